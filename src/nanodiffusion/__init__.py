@@ -1,0 +1,1 @@
+"""nanodiffusion: diffusion models as the field teaches them."""

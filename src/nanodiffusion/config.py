@@ -1,0 +1,174 @@
+"""Run configuration: plain dataclasses, presets, TOML files and `section.key=value` overrides.
+
+A run folder's config.json is `Config.to_dict()`: everything needed to rebuild the model,
+its schedule and the training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import NanodiffError
+from .losses import LossConfig
+from .nets.unet import UNetConfig
+from .schedules import Schedule
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # digits | mnist | fashion-mnist | a folder of images | a .npz file
+    image_size: int | None = None  # None: the data's own size
+    channels: int | None = None  # None: the data's own (1 grey, 3 RGB)
+    class_conditional: bool = False
+    p_uncond: float = 0.1  # label dropped to "no class" with this probability
+
+
+@dataclass
+class DiffusionConfig:
+    parameterization: str = "eps"  # eps | v | x0 | edm
+    sigma_data: float = 0.5  # EDM preconditioning only
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_steps: int = 100
+    decay: str = "cosine"  # cosine | constant
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    batch_size: int = 64  # global batch, whatever the number of processes
+    grad_accum: int = 1
+
+
+@dataclass
+class EMAConfig:
+    # decay_k = min(max_decay, 1 - (1 + k) ** -power): 0.95 at k=100, 0.99 at k=1000
+    # (the power-function warm-up of Karras et al. 2023 / ema_pytorch), so short runs sample well.
+    power: float = 2 / 3
+    max_decay: float = 0.9999
+
+
+@dataclass
+class RunConfig:
+    steps: int = 2000
+    seed: int = 0
+    log_every: int = 10
+    sample_every: int = 500  # write a grid of EMA samples; 0: only at the end
+    checkpoint_every: int = 500
+    sample_n: int = 64
+    sampler: str = "ddim"
+    sample_steps: int = 50
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: UNetConfig = field(default_factory=UNetConfig)
+    schedule: Schedule = field(default_factory=Schedule)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = set(d) - set(sections)
+        if unknown:
+            raise NanodiffError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            section_cls = type(getattr(cls(), f.name))
+            values = d.get(f.name, {})
+            names = {g.name for g in dataclasses.fields(section_cls)}
+            bad = set(values) - names
+            if bad:
+                raise NanodiffError(f"unknown config key(s) in [{f.name}]: {', '.join(sorted(bad))}")
+            kwargs[f.name] = section_cls(**values)
+        return cls(**kwargs)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Config:
+        path = Path(path)
+        try:
+            if path.suffix == ".toml":
+                d = tomllib.loads(path.read_text())
+            else:
+                d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise NanodiffError(f"config file not found: {path}") from None
+        except (ValueError, tomllib.TOMLDecodeError) as e:
+            raise NanodiffError(f"cannot parse config {path}: {e}") from None
+        try:
+            return cls.from_dict(d)
+        except TypeError as e:
+            raise NanodiffError(f"invalid config {path}: {e}") from None
+
+
+def _model(channels, mults, attn, size, blocks=2, dropout=0.1, in_channels=1) -> UNetConfig:
+    return UNetConfig(in_channels=in_channels, channels=channels, channel_mults=mults,
+                      blocks_per_level=blocks, attn_resolutions=attn, dropout=dropout,
+                      image_size=size)
+
+
+def preset(name: str) -> Config:
+    """Presets tuned for the budget a user has: minutes on a 2-core CPU."""
+    if name == "digits":  # 8x8 scikit-learn digits: the `nanodiff demo` model
+        return Config(
+            data=DataConfig(name="digits"),
+            model=_model(64, [1, 2], [4], 8, dropout=0.0),
+            optim=OptimConfig(lr=2e-3, batch_size=128, warmup_steps=100),
+            run=RunConfig(steps=1500, sample_every=500, checkpoint_every=500, sample_steps=50),
+        )
+    if name in ("mnist", "fashion-mnist"):  # 28x28
+        return Config(
+            data=DataConfig(name=name),
+            model=_model(32, [1, 2, 2], [7], 28),
+            optim=OptimConfig(lr=1e-3, batch_size=64, warmup_steps=100),
+            run=RunConfig(steps=4000, sample_every=1000, checkpoint_every=500),
+        )
+    raise NanodiffError(f"unknown preset {name!r}; choose one of digits, mnist, fashion-mnist")
+
+
+PRESETS = ("digits", "mnist", "fashion-mnist")
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # a bare string
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply `section.key=value` overrides (values parsed as JSON, else kept as strings)."""
+    d = cfg.to_dict()
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise NanodiffError(f"override {item!r} must look like section.key=value")
+        if section not in d or name not in d[section]:
+            raise NanodiffError(f"unknown config key {key!r}")
+        d[section][name] = _parse_value(value)
+    return Config.from_dict(d)
