@@ -97,7 +97,7 @@ class Denoiser(nn.Module):
 
     def raw(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None):
         """The network output F and the coefficients (c_skip, c_out), each broadcastable to x."""
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
         s = _expand(sigma, x)

