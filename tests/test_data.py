@@ -213,7 +213,7 @@ def test_idx_cache_round_trip(tiny_mnist):
     train = load_data("mnist", cache_dir=cache)
     images = np.frombuffer(raw[_TRAIN_FILES[0]], np.uint8, offset=16).reshape(5, 1, 28, 28)
     labels = np.frombuffer(raw[_TRAIN_FILES[1]], np.uint8, offset=8)
-    assert torch.equal(train.images, torch.from_numpy(images / 127.5 - 1).float())
+    assert torch.equal(train.images, torch.from_numpy(images.astype(np.float32)) / 127.5 - 1)
     assert train.images[0, 0, 0, 0] == -1 and train.images[0, 0, 0, 1] == 1
     assert train.labels.tolist() == labels.tolist() and train.num_classes == 10
     everything = load_data("mnist", split="all", cache_dir=cache, image_size=32, channels=3)

@@ -146,7 +146,7 @@ class UNet(nn.Module):
         return nn.ModuleList([res])
 
     @staticmethod
-    def _apply(block: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def _run_block(block: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if isinstance(block, nn.ModuleList):
             for layer in block:
                 h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
@@ -169,13 +169,13 @@ class UNet(nn.Module):
         h = self.conv_in(x)
         hs = [h]
         for block in self.down:
-            h = self._apply(block, h, emb)
+            h = self._run_block(block, h, emb)
             hs.append(h)
         for layer in self.mid:
             h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
         for block in self.up:
             if isinstance(block, nn.ModuleList):
                 h = torch.cat([h, hs.pop()], dim=1)
-            h = self._apply(block, h, emb)
+            h = self._run_block(block, h, emb)
         out = self.conv_out(F.silu(self.norm_out(h)))
         return out[..., :H, :W]
