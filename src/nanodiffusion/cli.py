@@ -111,7 +111,7 @@ def cmd_info(args) -> int:
     print(f"diffusion    {cfg.diffusion.parameterization} prediction, {s.kind} schedule"
           + (f", T={s.T}" if s.discrete else ""))
     print(f"training     step {step} of {cfg.run.steps}, batch {cfg.optim.batch_size}, lr {cfg.optim.lr}")
-    print(f"files        " + ", ".join(f for f in (MODEL, EMA, STATE) if (run / f).exists()))
+    print("files        " + ", ".join(f for f in (MODEL, EMA, STATE) if (run / f).exists()))
     return 0
 
 
@@ -165,9 +165,16 @@ def cmd_demo(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes get the same one-line error as every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"nanodiff: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nanodiff", description="Diffusion models, clear and fast.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="nanodiff", description="Diffusion models, clear and fast.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     d = sub.add_parser("demo", help="train on the built-in digits in ~3 minutes and draw the results")
     d.add_argument("--out", help="run folder (default runs/demo)")

@@ -136,9 +136,9 @@ def preset(name: str) -> Config:
     if name == "digits":  # 8x8 scikit-learn digits: the `nanodiff demo` model
         return Config(
             data=DataConfig(name="digits"),
-            model=_model(64, [1, 2], [4], 8, dropout=0.0),
-            optim=OptimConfig(lr=2e-3, batch_size=128, warmup_steps=100),
-            run=RunConfig(steps=1500, sample_every=500, checkpoint_every=500, sample_steps=50),
+            model=_model(32, [1, 2], [4], 8, dropout=0.0),
+            optim=OptimConfig(lr=2e-3, batch_size=128, warmup_steps=50),
+            run=RunConfig(steps=800, sample_every=400, checkpoint_every=400, sample_steps=50),
         )
     if name in ("mnist", "fashion-mnist"):  # 28x28
         return Config(

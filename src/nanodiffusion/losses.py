@@ -35,7 +35,9 @@ class LossConfig:
                 f"unknown sigma sampling {self.sigma_sampling!r}; choose one of {', '.join(SIGMA_SAMPLINGS)}"
             )
         if self.weighting not in WEIGHTINGS:
-            raise NanodiffError(f"unknown weighting {self.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+            raise NanodiffError(
+                f"unknown weighting {self.weighting!r}; choose one of {', '.join(WEIGHTINGS)}"
+            )
 
 
 def sample_sigmas(

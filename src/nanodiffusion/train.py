@@ -26,8 +26,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import (
-    EMA, MODEL, STATE, load_config, load_state, load_weights, save_config, save_state,
-    save_weights, weights_step,
+    EMA,
+    MODEL,
+    STATE,
+    load_config,
+    load_state,
+    load_weights,
+    save_config,
+    save_state,
+    save_weights,
+    weights_step,
 )
 from .config import Config
 from .data import ImageData, load_data
@@ -252,7 +260,8 @@ class Trainer:
             (self.run_dir / "samples").mkdir(exist_ok=True)
             save_config(cfg, self.run_dir)
         last = cfg.run.steps if stop_after is None else min(stop_after, cfg.run.steps)
-        old_handler = signal.signal(signal.SIGINT, self._on_sigint) if threading.current_thread() is threading.main_thread() else None
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        old_handler = signal.signal(signal.SIGINT, self._on_sigint) if in_main_thread else None
         bar = tqdm(total=cfg.run.steps, initial=self.step, disable=not self.progress,
                    desc="training", unit="step", dynamic_ncols=True)
         metrics = (self.run_dir / "metrics.jsonl").open("a") if main else None

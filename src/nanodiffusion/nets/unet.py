@@ -50,7 +50,7 @@ def timestep_embedding(c_noise: torch.Tensor, dim: int, max_period: float = 1000
 
 
 def _norm(ch: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, ch // 4), ch)
+    return nn.GroupNorm(math.gcd(32, ch), ch)  # 32 groups where the width allows
 
 
 class ResBlock(nn.Module):

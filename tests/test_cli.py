@@ -1,0 +1,128 @@
+"""The command line: one-line errors with a non-zero exit, nothing already written lost."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nanodiffusion.cli import main
+from nanodiffusion.train import train
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from nanodiffusion.config import apply_overrides, preset
+
+    cfg = apply_overrides(preset("digits"), [
+        "model.channels=8", "model.blocks_per_level=1", "model.attn_resolutions=[]",
+        "optim.batch_size=16", "run.steps=3", "run.sample_every=0", "run.checkpoint_every=0",
+        "run.sample_n=4", "run.sample_steps=5",
+    ])
+    run = tmp_path_factory.mktemp("cli") / "run"
+    train(cfg, run, progress=False)
+    return run
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+
+
+def _error(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        code = main(argv)
+        raise SystemExit(code)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code != 0
+    assert len(err.splitlines()) == 1 and err.startswith("nanodiff: error:"), err
+    assert "Traceback" not in err
+    return err
+
+
+def test_sample_same_seed_same_images(run_dir, tmp_path, capsys):
+    for name in ("a", "b"):
+        assert main(["sample", str(run_dir), "--n", "5", "--steps", "4", "--seed", "3",
+                     "--out", str(tmp_path / name)]) == 0
+    a = [np.array(Image.open(tmp_path / "a" / f"sample_{i:04d}.png")) for i in range(5)]
+    b = [np.array(Image.open(tmp_path / "b" / f"sample_{i:04d}.png")) for i in range(5)]
+    assert all((x == y).all() for x, y in zip(a, b, strict=True))
+    assert (tmp_path / "a" / "grid.png").is_file()
+    main(["sample", str(run_dir), "--n", "5", "--steps", "4", "--seed", "4", "--out", str(tmp_path / "c")])
+    c = np.array(Image.open(tmp_path / "c" / "sample_0000.png"))
+    assert not (c == a[0]).all()
+
+
+def test_info_describes_the_run(run_dir, capsys):
+    assert main(["info", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "step 3 of 3" in out and "eps prediction" in out and "linear schedule" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["sample", "RUN", "--n", "0"], "must be positive"),
+    (["sample", "RUN", "--steps", "-1"], "must be positive"),
+    (["sample", "RUN", "--steps", "2000"], "cannot exceed"),
+    (["sample", "RUN", "--class", "3"], "unconditional"),
+    (["train", "--steps", "0"], "must be positive"),
+    (["sample", "/no/such/run"], "run folder not found"),
+    (["train", "--set", "model.nonsense=1"], "unknown config key"),
+    (["train", "--config", "/no/such.toml"], "config file not found"),
+])
+def test_bad_arguments(run_dir, capsys, argv, message):
+    argv = [str(run_dir) if a == "RUN" else a for a in argv]
+    assert message in _error(capsys, argv)
+
+
+def test_missing_and_corrupt_checkpoints(run_dir, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    (broken / "ema.safetensors").write_bytes(b"not a safetensors file")
+    assert "corrupt checkpoint" in _error(capsys, ["sample", str(broken)])
+    (broken / "ema.safetensors").unlink()
+    assert "missing checkpoint file" in _error(capsys, ["sample", str(broken)])
+    (broken / "config.json").unlink()
+    assert "not a run folder" in _error(capsys, ["sample", str(broken)])
+
+
+def test_config_that_does_not_match_the_weights(run_dir, tmp_path, capsys):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["model"]["channels"] = 16
+    (other / "config.json").write_text(json.dumps(cfg))
+    before = _digest(other)
+    assert "does not match the weights" in _error(capsys, ["sample", str(other), "--n", "2"])
+    assert "does not match the weights" in _error(capsys, ["train", "--resume", str(other)])
+    assert _digest(other) == before  # nothing in the run was touched
+
+
+def test_bad_data(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no images found" in _error(capsys, ["train", "--data", str(empty), "--out", str(tmp_path / "r1")])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    Image.new("L", (8, 8)).save(bad / "ok.png")
+    (bad / "broken.png").write_bytes(b"\x89PNG garbage")
+    assert "broken.png" in _error(capsys, ["train", "--data", str(bad), "--out", str(tmp_path / "r2")])
+    np.savez(tmp_path / "x.npz", images=np.zeros((4, 5), dtype=np.uint8))
+    assert "shape" in _error(capsys, ["train", "--data", str(tmp_path / "x.npz"),
+                                      "--out", str(tmp_path / "r3")])
+    assert not (tmp_path / "r1").exists() or not any((tmp_path / "r1").iterdir())
+
+
+def test_training_into_an_existing_run_keeps_it(run_dir, capsys):
+    before = _digest(run_dir)
+    assert "already holds a run" in _error(capsys, ["train", "--steps", "2", "--out", str(run_dir)])
+    assert _digest(run_dir) == before
+
+
+def test_schedule_and_forward_pictures(tmp_path, capsys):
+    assert main(["schedules", "--out", str(tmp_path / "s.png")]) == 0
+    assert main(["forward", "--out", str(tmp_path / "f.png"), "--schedule", "cosine"]) == 0
+    assert Image.open(tmp_path / "s.png").size[0] > 200 and Image.open(tmp_path / "f.png").size[0] > 200
