@@ -126,3 +126,19 @@ def test_schedule_and_forward_pictures(tmp_path, capsys):
     assert main(["schedules", "--out", str(tmp_path / "s.png")]) == 0
     assert main(["forward", "--out", str(tmp_path / "f.png"), "--schedule", "cosine"]) == 0
     assert Image.open(tmp_path / "s.png").size[0] > 200 and Image.open(tmp_path / "f.png").size[0] > 200
+
+
+def test_toml_config_with_flag_overrides(tmp_path, capsys):
+    (tmp_path / "tiny.toml").write_text(
+        '[data]\nname = "digits"\n\n[model]\nchannels = 8\nblocks_per_level = 1\nattn_resolutions = []\n\n'
+        '[diffusion]\nparameterization = "v"\n\n[schedule]\nkind = "cosine"\n\n'
+        '[optim]\nbatch_size = 8\n\n[run]\nsteps = 50\nsample_every = 0\nsample_n = 4\nsample_steps = 4\n'
+    )
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(tmp_path / "tiny.toml"), "--steps", "2", "--quiet",
+                 "--out", str(run)]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["run"]["steps"] == 2  # the flag wins over the file
+    assert cfg["schedule"]["kind"] == "cosine" and cfg["diffusion"]["parameterization"] == "v"
+    (tmp_path / "bad.toml").write_text("[model\nchannels = 8")
+    assert "cannot parse config" in _error(capsys, ["train", "--config", str(tmp_path / "bad.toml")])
