@@ -137,3 +137,32 @@ def test_two_process_ddp_takes_the_same_steps_as_one_process(tmp_path):
     init = build_denoiser(cfg).net.state_dict()
     trained = _weights(tmp_path / "two")
     assert max((trained[k] - init[k]).abs().max().item() for k in init) > 1e-3
+
+
+def test_batches_walk_seeded_epochs_without_repeats():
+    from nanodiffusion.train import _batch_indices
+
+    n = 50
+    stream = torch.cat([_batch_indices(step, 0, 1, 16, n, seed=0) for step in range(25)])
+    assert len(stream) == 400
+    for epoch in range(8):  # every epoch is a permutation of the whole data set
+        assert sorted(stream[epoch * n:(epoch + 1) * n].tolist()) == list(range(n))
+    assert not torch.equal(stream[:n], stream[n:2 * n])
+
+
+def test_class_conditional_training_and_sampling(tmp_path, tiny_config):
+    from nanodiffusion.checkpoint import load_config
+
+    tiny_config.data.class_conditional = True
+    assert train(tiny_config, tmp_path / "run", progress=False)
+    cfg = load_config(tmp_path / "run")
+    assert cfg.model.num_classes == 10
+    w = _weights(tmp_path / "run")["class_emb.weight"]
+    assert w.shape == (11, 32)  # ten digits and the reserved "no class" row
+    from nanodiffusion.pipelines import load_run, sample_images
+
+    _, denoiser = load_run(tmp_path / "run")
+    shape = (1, 8, 8)
+    a = sample_images(denoiser, 2, shape, steps=3, class_labels=torch.tensor([3, 3]))
+    b = sample_images(denoiser, 2, shape, steps=3, class_labels=torch.tensor([7, 7]))
+    assert not torch.equal(a, b)  # the label reaches the network

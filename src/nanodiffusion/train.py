@@ -108,6 +108,7 @@ def prepare_config(cfg: Config, data: ImageData) -> Config:
         raise NanodiffError(f"images must be square, got {h}x{w}")
     cfg.model.in_channels = cfg.model.out_channels = c
     cfg.model.image_size = h
+    cfg.model.num_classes = 0
     if cfg.data.class_conditional:
         if data.labels is None:
             raise NanodiffError(f"class_conditional needs labels, and {data.name} has none")
@@ -119,15 +120,14 @@ def prepare_config(cfg: Config, data: ImageData) -> Config:
 
 def _batch_indices(step: int, micro: int, n_micro: int, micro_batch: int, n_data: int, seed: int):
     """Indices of one global micro-batch in a stream of seeded per-epoch permutations."""
-    first = (step * n_micro + micro) * micro_batch
-    idx, k = [], first
-    while len(idx) < micro_batch:
-        epoch, pos = divmod(k, n_data)
+    k = (step * n_micro + micro) * micro_batch  # position in the stream
+    chunks, taken = [], 0
+    while taken < micro_batch:
+        epoch, pos = divmod(k + taken, n_data)
         perm = torch.randperm(n_data, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        take = perm[pos:pos + micro_batch - len(idx)]
-        idx.append(take)
-        k += len(take)
-    return torch.cat(idx)
+        chunks.append(perm[pos:pos + micro_batch - taken])
+        taken += len(chunks[-1])
+    return torch.cat(chunks)
 
 
 class Trainer:
