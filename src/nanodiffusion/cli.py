@@ -107,7 +107,7 @@ def cmd_info(args) -> int:
     print(f"data         {cfg.data.name}  {m.in_channels}x{m.image_size}x{m.image_size}"
           + (f"  {m.num_classes} classes" if m.num_classes else ""))
     print(f"model        UNet {params / 1e6:.2f}M params, channels {m.channels} x {m.channel_mults},"
-          f" attention at {m.attn_resolutions}")
+          f" attention at {m.attn_resolutions or 'no'} resolutions and in the middle")
     print(f"diffusion    {cfg.diffusion.parameterization} prediction, {s.kind} schedule"
           + (f", T={s.T}" if s.discrete else ""))
     print(f"training     step {step} of {cfg.run.steps}, batch {cfg.optim.batch_size}, lr {cfg.optim.lr}")

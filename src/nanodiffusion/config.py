@@ -51,11 +51,15 @@ class OptimConfig:
     batch_size: int = 64  # global batch, whatever the number of processes
     grad_accum: int = 1
 
+    def __post_init__(self):
+        if self.decay not in ("cosine", "constant"):
+            raise NanodiffError(f"optim.decay must be cosine or constant, got {self.decay!r}")
+
 
 @dataclass
 class EMAConfig:
-    # decay_k = min(max_decay, 1 - (1 + k) ** -power): 0.95 at k=100, 0.99 at k=1000
-    # (the power-function warm-up of Karras et al. 2023 / ema_pytorch), so short runs sample well.
+    # decay_k = min(max_decay, 1 - (1 + k) ** -power): 0.95 at k=100, 0.99 at k=1000, the
+    # warm-up of ema_pytorch (inv_gamma = 1), so the EMA of a short run is not stuck at its init.
     power: float = 2 / 3
     max_decay: float = 0.9999
 
@@ -71,6 +75,16 @@ class RunConfig:
     sampler: str = "ddim"
     sample_steps: int = 50
     device: str = "auto"  # auto | cpu | cuda
+
+    def __post_init__(self):
+        from .samplers import SAMPLERS
+
+        if self.sampler not in SAMPLERS:
+            raise NanodiffError(f"run.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise NanodiffError(f"run.device must be auto, cpu or cuda, got {self.device!r}")
+        if min(self.sample_steps, self.sample_n, self.log_every) < 1:
+            raise NanodiffError("run.sample_steps, run.sample_n and run.log_every must be positive")
 
 
 @dataclass
@@ -101,6 +115,9 @@ class Config:
             bad = set(values) - names
             if bad:
                 raise NanodiffError(f"unknown config key(s) in [{f.name}]: {', '.join(sorted(bad))}")
+            defaults = section_cls()
+            for key, value in values.items():
+                _check_type(f"{f.name}.{key}", value, getattr(defaults, key))
             kwargs[f.name] = section_cls(**values)
         return cls(**kwargs)
 
@@ -123,6 +140,20 @@ class Config:
             return cls.from_dict(d)
         except TypeError as e:
             raise NanodiffError(f"invalid config {path}: {e}") from None
+
+
+def _check_type(key: str, value: Any, default: Any) -> None:
+    """A value must have its default's type (an int may stand for a float; None means any)."""
+    if default is None or value is None:
+        return
+    expected = float if isinstance(default, float) else type(default)
+    ok = isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool)
+    ok = ok or (expected is float and isinstance(value, int) and not isinstance(value, bool))
+    if isinstance(default, list) and ok:
+        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if not ok:
+        raise NanodiffError(f"config value {key} = {value!r} should be of type "
+                            f"{'list of int' if expected is list else expected.__name__}")
 
 
 def _model(channels, mults, attn, size, blocks=2, dropout=0.1, in_channels=1) -> UNetConfig:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .errors import NanodiffError
-from .schedules import Schedule
+from .schedules import Schedule, interpolate_t
 
 PARAMETERIZATIONS = ("eps", "v", "x0", "edm")
 
@@ -90,10 +90,7 @@ class Denoiser(nn.Module):
     def c_noise(self, sigma: torch.Tensor) -> torch.Tensor:
         if not self.schedule.discrete:
             return 250 * sigma.clamp(min=1e-12).log()
-        log_sigma = sigma.clamp(min=1e-12).log()
-        idx = torch.searchsorted(self.log_sigmas, log_sigma).clamp(1, len(self.log_sigmas) - 1)
-        lo, hi = self.log_sigmas[idx - 1], self.log_sigmas[idx]
-        return idx - 1 + ((log_sigma - lo) / (hi - lo)).clamp(0, 1)
+        return interpolate_t(self.log_sigmas, sigma)
 
     def raw(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None):
         """The network output F and the coefficients (c_skip, c_out), each broadcastable to x."""

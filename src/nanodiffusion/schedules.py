@@ -75,6 +75,14 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) 
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
+def interpolate_t(log_sigmas: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Fractional index of sigma in an increasing table of log sigmas (linear in log sigma)."""
+    log_sigma = sigma.clamp(min=1e-12).log().to(log_sigmas.dtype)
+    idx = torch.searchsorted(log_sigmas, log_sigma).clamp(1, len(log_sigmas) - 1)
+    lo, hi = log_sigmas[idx - 1], log_sigmas[idx]
+    return idx - 1 + ((log_sigma - lo) / (hi - lo)).clamp(0, 1)
+
+
 @dataclass(frozen=True)
 class Schedule:
     """A noise schedule. Discrete kinds hold T trained levels; ``edm`` is continuous in sigma."""
@@ -138,12 +146,7 @@ class Schedule:
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """Fractional step index of sigma, by interpolation in log sigma over the trained table."""
-        log_table = self.sigmas().log().to(sigma.device)
-        log_sigma = sigma.to(torch.float64).clamp(min=1e-12).log()
-        idx = torch.searchsorted(log_table, log_sigma).clamp(1, self.T - 1)
-        lo, hi = log_table[idx - 1], log_table[idx]
-        frac = ((log_sigma - lo) / (hi - lo)).clamp(0, 1)
-        return (idx - 1 + frac).to(sigma.dtype)
+        return interpolate_t(self.sigmas().log().to(sigma.device), sigma.to(torch.float64)).to(sigma.dtype)
 
     # --- the forward process -------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

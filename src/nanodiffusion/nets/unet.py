@@ -36,6 +36,9 @@ class UNetConfig:
             self.out_channels = self.in_channels
         if self.channels % 8 or any(m < 1 for m in self.channel_mults):
             raise NanodiffError("UNet channels must be a multiple of 8 and multipliers positive")
+        widths = [self.channels * m for m in self.channel_mults]
+        if any(w % self.head_dim and w > self.head_dim for w in widths):
+            raise NanodiffError(f"head_dim {self.head_dim} must divide every level's width {widths}")
 
     def to_dict(self) -> dict:
         return asdict(self)
