@@ -6,15 +6,15 @@ norm clipped to 1.0 and an AdamW step. The models alternate window by window, in
 order, so that the noise of a shared machine falls on all of them; the fp32 matmul ceiling is
 measured in every round too. Peak memory comes from a fresh process per model.
 
-    python bench/train_speed.py            # about 6 minutes; rewrites its section of docs/benchmarks.md
-    python bench/train_speed.py --quick    # a smoke test in under a minute; writes only with --out
+    python bench/train_speed.py          # about 6 minutes; rewrites its part of docs/benchmarks.md
+    python bench/train_speed.py --quick  # a smoke test; writes a file only when given --out
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import DOC, forward_flops, machine, matmul_gflops, write_section
 from torch import nn
 
+from _common import DOC, forward_flops, machine, matmul_gflops, write_section
 from nanodiffusion.config import OptimConfig, preset
 from nanodiffusion.denoisers import Denoiser
 from nanodiffusion.losses import diffusion_loss, sample_sigmas
@@ -51,7 +51,9 @@ def _random_images() -> torch.Tensor:
     return torch.rand(BATCH, *IMAGE) * 2 - 1
 
 
-def _update(loss: torch.Tensor, net: nn.Module, opt: torch.optim.Optimizer, grad_clip: float) -> None:
+def _update(
+    loss: torch.Tensor, net: nn.Module, opt: torch.optim.Optimizer, grad_clip: float
+) -> None:
     opt.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
@@ -63,9 +65,12 @@ def _adamw(net: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
                              weight_decay=optim.weight_decay)
 
 
-def nanodiffusion_trainer() -> Trainer:
-    """The `mnist` preset as it trains: eps target, uniform t, uniform weight."""
+def nanodiffusion_trainer(dropout: float | None = None) -> Trainer:
+    """The `mnist` preset as it trains: eps target, uniform t, uniform weight. `dropout`
+    replaces the preset's (None keeps it)."""
     cfg = preset("mnist")
+    if dropout is not None:
+        cfg.model.dropout = dropout
     denoiser = Denoiser(UNet(cfg.model), cfg.schedule, cfg.diffusion.parameterization)
     opt = _adamw(denoiser, cfg.optim)
 
@@ -75,7 +80,10 @@ def nanodiffusion_trainer() -> Trainer:
         loss = diffusion_loss(denoiser, x0, sigma, torch.randn_like(x0), cfg.loss)
         _update(loss, denoiser, opt, cfg.optim.grad_clip)
 
-    return Trainer(denoiser.net, lambda: denoiser.net(torch.zeros(1, *IMAGE), torch.zeros(1)), step)
+    def forward_one() -> torch.Tensor:
+        return denoiser.net(torch.zeros(1, *IMAGE), torch.zeros(1))
+
+    return Trainer(denoiser.net, forward_one, step)
 
 
 def diffusers_trainer(head_dim: int) -> Trainer:
@@ -101,11 +109,16 @@ def diffusers_trainer(head_dim: int) -> Trainer:
         loss = F.mse_loss(unet(scheduler.add_noise(x0, eps, t), t).sample, eps)
         _update(loss, unet, opt, optim.grad_clip)
 
-    return Trainer(unet, lambda: unet(torch.zeros(1, *IMAGE), torch.zeros(1, dtype=torch.long)), step)
+    def forward_one() -> torch.Tensor:
+        return unet(torch.zeros(1, *IMAGE), torch.zeros(1, dtype=torch.long)).sample
+
+    return Trainer(unet, forward_one, step)
 
 
 CONTENDERS: dict[str, tuple[str, Callable[[], Trainer]]] = {
-    "nanodiffusion": ("nanodiffusion `UNet`, `mnist` preset (head width 32)", nanodiffusion_trainer),
+    "nanodiffusion": ("nanodiffusion `UNet`, `mnist` preset, head width 32", nanodiffusion_trainer),
+    "nanodiffusion-p0": ("nanodiffusion `UNet`, `mnist` preset with dropout 0",
+                         lambda: nanodiffusion_trainer(dropout=0.0)),
     "diffusers": ("diffusers `UNet2DModel`, default head width 8", lambda: diffusers_trainer(8)),
     "diffusers-hd32": ("diffusers `UNet2DModel`, head width 32", lambda: diffusers_trainer(32)),
 }
@@ -118,15 +131,23 @@ def images_per_second(step: Callable[[], None], steps: int) -> float:
     return steps * BATCH / (time.perf_counter() - start)
 
 
+def _memory_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process from /proc/self/status, in MB. Not ru_maxrss:
+    a child's ru_maxrss starts at its parent's peak, since fork and exec carry it over."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024  # the file says kB
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def peak_rss_child(name: str, steps: int) -> None:
     """Run in a fresh process: print the RSS once the model is built and the peak RSS of `steps`
     training steps. The model is built first so that the lazy import of diffusers is in both."""
     trainer = CONTENDERS[name][1]()
-    built_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+    built_mb = _memory_mb("VmRSS")
     for _ in range(steps):
         trainer.step()
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"built_mb": built_kb / 1024, "peak_mb": peak_kb / 1024}))
+    print(json.dumps({"built_mb": built_mb, "peak_mb": _memory_mb("VmHWM")}))
 
 
 def peak_rss(name: str, steps: int) -> dict[str, float]:
@@ -139,11 +160,13 @@ def peak_rss(name: str, steps: int) -> dict[str, float]:
 
 def _spread(values: list[float], digits: int) -> str:
     """Median with the range in brackets."""
-    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+    median, low, high = (f"{v:.{digits}f}" for v in (statistics.median(values), min(values), max(values)))
+    return f"{median} ({low}-{high})"
 
 
 def benchmark(rounds: int, steps_per_window: int, warmup: int, memory_steps: int) -> str:
     """Run everything and return the docs section in Markdown."""
+    load = [os.getloadavg()[0]]  # other jobs on the machine, for the record
     trainers = {name: build() for name, (_, build) in CONTENDERS.items()}
     flops = {name: forward_flops(t.forward_one) for name, t in trainers.items()}
     params = {name: sum(p.numel() for p in t.net.parameters()) for name, t in trainers.items()}
@@ -161,60 +184,81 @@ def benchmark(rounds: int, steps_per_window: int, warmup: int, memory_steps: int
         print(f"round {r + 1}/{rounds}: ceiling {ceilings[-1]:.0f} GFLOP/s, "
               + ", ".join(f"{n} {rates[n][-1]:.1f} img/s" for n in names), flush=True)
     ceiling = statistics.median(ceilings)
+    load.append(os.getloadavg()[0])
     memory = {name: peak_rss(name, memory_steps) for name in names}
 
-    def ratios(other: str) -> list[float]:
-        """nanodiffusion / other, paired round by round (the windows run back to back)."""
-        return [ours / theirs for ours, theirs in zip(rates["nanodiffusion"], rates[other], strict=True)]
-
-    def per_flop(other: str) -> float:
-        """The images/s ratio corrected for the (small) difference in FLOPs per image."""
-        return statistics.median(ratios(other)) * flops["nanodiffusion"] / flops[other]
+    def ratio(ours: str, theirs: str) -> list[float]:
+        """Images/s of `ours` over `theirs`, paired round by round (their windows are adjacent)."""
+        return [a / b for a, b in zip(rates[ours], rates[theirs], strict=True)]
 
     rows = [
-        "| model | params | forward GFLOPs / image | images/s, median (range) | nanodiffusion / this, "
-        "images/s | training FLOP/s, % of matmul ceiling | peak RSS MB (growth in training) |",
+        "| model | params | forward GFLOPs / image | images/s, median (range) "
+        "| nanodiffusion / this, images/s | training FLOP/s, % of matmul ceiling "
+        "| peak RSS MB (growth in training) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in names:
-        rate = statistics.median(rates[name])
-        vs = "1" if name == "nanodiffusion" else _spread(ratios(name), 2)
+        ceiling_share = 3 * flops[name] * statistics.median(rates[name]) / (ceiling * 1e9)
+        vs = "1" if name == "nanodiffusion" else _spread(ratio("nanodiffusion", name), 2)
         mem = memory[name]
         rows.append(
             f"| {CONTENDERS[name][0]} | {params[name] / 1e6:.2f}M | {flops[name] / 1e9:.3f} "
-            f"| {_spread(rates[name], 1)} | {vs} | {100 * 3 * flops[name] * rate / (ceiling * 1e9):.0f}% "
+            f"| {_spread(rates[name], 1)} | {vs} | {100 * ceiling_share:.0f}% "
             f"| {mem['peak_mb']:.0f} ({mem['peak_mb'] - mem['built_mb']:+.0f}) |"
         )
     gap = 100 * (flops["diffusers"] / flops["nanodiffusion"] - 1)
+    ours_mb = memory["nanodiffusion"]["peak_mb"]
+    def median_ratio(ours: str, theirs: str) -> str:
+        return f"{statistics.median(ratio(ours, theirs)):.2f}x"
+
+    summary = (
+        f"At equal forward FLOPs the `mnist` preset trains "
+        f"{median_ratio('nanodiffusion', 'diffusers')} as many images/s as diffusers at its "
+        f"default head width and {median_ratio('nanodiffusion', 'diffusers-hd32')} as many at "
+        f"head width 32 (medians of rounds). Without the preset's dropout, which diffusers does "
+        f"not use by default, it trains {median_ratio('nanodiffusion-p0', 'diffusers')} and "
+        f"{median_ratio('nanodiffusion-p0', 'diffusers-hd32')} as many. The preset at batch "
+        f"{BATCH} peaks at {ours_mb:.0f} MB of resident memory ({ours_mb / 1024:.2f} GiB; the "
+        f"budget is 1.5 GB)."
+    )
     return f"""
 ## Training speed: nanodiffusion's UNet against diffusers' `UNet2DModel`
 
-Images per second of one full training step at batch {BATCH} on random {IMAGE[1]}x{IMAGE[2]}x{IMAGE[0]}
-images in [-1, 1]: eps-prediction MSE at a uniform step of the DDPM schedule, backward, gradient norm
-clipped to 1.0, AdamW with the `mnist` preset's settings. nanodiffusion trains through its `Denoiser`
-and `diffusion_loss`; diffusers as its unconditional training example does (`DDPMScheduler.add_noise`,
-`unet(x_t, t).sample`). diffusers' model is shaped like the preset: widths 32, 64, 64, two ResNet
-blocks per level, self-attention at 7x7 in two down blocks, the middle block and three up blocks.
-Its forward pass costs {gap:+.1f}% the FLOPs of ours, so the comparison is at equal FLOPs within
-that margin; corrected for it, nanodiffusion does {per_flop("diffusers"):.2f}x diffusers' training FLOP/s.
+{summary}
 
-The headline row is diffusers with its default `attention_head_dim=8`, as its users run it;
-nanodiffusion's heads are 32 wide, because width-8 attention is slow on CPU. The third row gives
-diffusers the same head width, which isolates everything but that choice.
+One training step at batch {BATCH} on random {IMAGE[1]}x{IMAGE[2]}x{IMAGE[0]} images in [-1, 1]:
+eps-prediction MSE at a uniform step of the DDPM schedule, backward, gradient norm clipped to 1.0,
+AdamW with the `mnist` preset's settings. nanodiffusion trains through its `Denoiser` and
+`diffusion_loss`, with the preset's dropout of 0.1; diffusers as its unconditional training
+example does (`DDPMScheduler.add_noise`, `unet(x_t, t).sample`, its default dropout of 0). The
+`UNet2DModel` is shaped like the preset: widths 32, 64, 64, two ResNet blocks per level, and
+self-attention at 7x7 in the last down block, the middle block and the first up block. Forward
+FLOPs per image differ by {gap:+.2f}%.
 
-- Machine: {machine()}; diffusers {version('diffusers')}.
+The headline comparison is the preset against diffusers with its default `attention_head_dim=8`,
+each as its users run it. nanodiffusion's heads are 32 wide because width-8 attention is slow on
+CPU, and its preset trains with dropout 0.1; both choices are part of what is measured. Two
+more rows take each choice away: the preset with dropout 0, and diffusers with heads of width 32.
+The ratio column is the preset's images/s over the row's, so the second row's is the cost of
+dropout.
+
+- Machine: {machine()}; diffusers {version("diffusers")}. Other jobs share it: absolute
+  numbers move with their load, ratios measured side by side much less.
 - Matmul ceiling: fp32 2048x2048 `torch.mm`, median of {rounds} rounds: {ceiling:.0f} GFLOP/s
   (range {min(ceilings):.0f}-{max(ceilings):.0f}). Training FLOP/s counts 3x the forward FLOPs.
-- FLOPs: `torch.utils.flop_counter.FlopCounterMode` on one image, with CPU flash attention counted
-  as 4 B heads L^2 head_dim (torch counts it as 0).
-- Timing: {warmup} warm-up steps each, then {rounds} rounds of {steps_per_window} steps per model, the
-  models in a rotating order; ratios are paired within a round.
-- Memory: peak RSS (`ru_maxrss`) of {memory_steps} training steps in a fresh process; in brackets,
-  the growth over the RSS once the libraries are imported and the model is built.
+- FLOPs: `torch.utils.flop_counter.FlopCounterMode` on one image, with CPU flash attention
+  counted as 4 B heads L^2 head_dim (torch counts it as 0).
+- Timing: {warmup} warm-up steps per model, then {rounds} rounds; each round measures the ceiling
+  and times {steps_per_window} step(s) of every model, in an order that rotates from round to
+  round. Ratios are taken within a round, where the models ran seconds apart, then their median.
+  Load average (1 minute) at the start and the end: {load[0]:.1f}, {load[1]:.1f}.
+- Memory: peak resident set (`VmHWM`) of {memory_steps} training steps in a fresh process; in
+  brackets, its growth over the resident set once the libraries are imported and the model built.
+  (Not `ru_maxrss`: in a child process it starts at the parent's peak.)
 
 {chr(10).join(rows)}
 
-Reproduce with `python bench/train_speed.py` (about 6 minutes on 2 cores).
+Reproduce with `python bench/train_speed.py` (about 6 minutes on 2 quiet cores).
 """
 
 
@@ -231,9 +275,9 @@ def main() -> None:
         return
 
     if args.quick:
-        section = benchmark(rounds=2, steps_per_window=1, warmup=1, memory_steps=2)
+        section = benchmark(rounds=3, steps_per_window=1, warmup=1, memory_steps=2)
     else:
-        section = benchmark(rounds=9, steps_per_window=3, warmup=3, memory_steps=10)
+        section = benchmark(rounds=40, steps_per_window=1, warmup=3, memory_steps=10)
     print(section)
     out = args.out or (None if args.quick else DOC)
     if out is not None:
