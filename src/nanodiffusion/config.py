@@ -167,7 +167,7 @@ def preset(name: str) -> Config:
     if name == "digits":  # 8x8 scikit-learn digits: the `nanodiff demo` model
         return Config(
             data=DataConfig(name="digits"),
-            model=_model(32, [1, 2], [4], 8, dropout=0.0),
+            model=_model(32, [1, 2], [4], 8, blocks=1, dropout=0.0),
             optim=OptimConfig(lr=2e-3, batch_size=128, warmup_steps=50),
             run=RunConfig(steps=800, sample_every=400, checkpoint_every=400, sample_steps=50),
         )
