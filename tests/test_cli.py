@@ -68,6 +68,7 @@ def test_info_describes_the_run(run_dir, capsys):
     (["sample", "/no/such/run"], "run folder not found"),
     (["train", "--set", "model.nonsense=1"], "unknown config key"),
     (["train", "--config", "/no/such.toml"], "config file not found"),
+    (["train", "--resume", "RUN", "--lr", "0.1"], "only --steps and --device may change"),
 ])
 def test_bad_arguments(run_dir, capsys, argv, message):
     argv = [str(run_dir) if a == "RUN" else a for a in argv]

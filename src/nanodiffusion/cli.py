@@ -55,7 +55,14 @@ def cmd_train(args) -> int:
     from .train import resume, train
 
     if args.resume:
-        done = resume(args.resume, steps=args.steps, progress=not args.quiet)
+        ignored = [flag for flag, value in [("--config", args.config), ("--data", args.data),
+                   ("--batch-size", args.batch_size), ("--lr", args.lr), ("--seed", args.seed),
+                   ("--set", args.set), ("--out", args.out),
+                   ("--class-conditional", args.class_conditional)] if value]
+        if ignored:
+            raise NanodiffError(f"--resume continues the run as configured; only --steps and --device "
+                                f"may change, not {', '.join(ignored)}")
+        done = resume(args.resume, steps=args.steps, device=args.device, progress=not args.quiet)
         run_dir = Path(args.resume)
     else:
         cfg = _train_config(args)
@@ -196,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any config value, e.g. --set model.channels=64")
     t.add_argument("--out", help="run folder (default runs/<preset>)")
     t.add_argument("--resume", metavar="RUN", help="continue a run exactly where it stopped")
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="draw images from a trained run")

@@ -315,10 +315,12 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True,
     return Trainer(cfg, run_dir, progress=progress).fit(stop_after)
 
 
-def resume(run_dir: str | Path, steps: int | None = None, progress: bool = True,
-           stop_after: int | None = None) -> bool:
-    """Continue a run exactly where it stopped (optionally to a new total number of steps)."""
+def resume(run_dir: str | Path, steps: int | None = None, device: str | None = None,
+           progress: bool = True, stop_after: int | None = None) -> bool:
+    """Continue a run exactly where it stopped (optionally to a new total of steps, or elsewhere)."""
     cfg = load_config(run_dir)
     if steps is not None:
         cfg.run.steps = steps
+    if device is not None:
+        cfg.run.device = device
     return Trainer(cfg, Path(run_dir), resume=True, progress=progress).fit(stop_after)
