@@ -15,9 +15,10 @@ from .nets.unet import UNet
 from .samplers import get_sampler
 
 
-def build_denoiser(cfg: Config) -> Denoiser:
-    return Denoiser(UNet(cfg.model), cfg.schedule, cfg.diffusion.parameterization,
-                    cfg.diffusion.sigma_data)
+def build_denoiser(cfg: Config, net: torch.nn.Module | None = None) -> Denoiser:
+    """The config's denoiser around `net` (default: a new UNet from cfg.model)."""
+    return Denoiser(UNet(cfg.model) if net is None else net, cfg.schedule,
+                    cfg.diffusion.parameterization, cfg.diffusion.sigma_data)
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -39,7 +39,6 @@ from .checkpoint import (
 )
 from .config import Config
 from .data import ImageData, load_data
-from .denoisers import Denoiser
 from .errors import NanodiffError
 from .losses import diffusion_loss, sample_sigmas
 from .pipelines import build_denoiser, pick_device, sample_images
@@ -154,9 +153,7 @@ class Trainer:
         if self.dist.world > 1:  # the same weights, with gradients averaged across processes
             self.model = nn.parallel.DistributedDataParallel(
                 self.denoiser.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            self.train_denoiser = Denoiser(self.model, self.cfg.schedule,
-                                           self.cfg.diffusion.parameterization,
-                                           self.cfg.diffusion.sigma_data)
+            self.train_denoiser = build_denoiser(self.cfg, self.model)
         self._stop_requested = False
 
     # --- checkpoints ------------------------------------------------------------------
@@ -229,8 +226,7 @@ class Trainer:
     def sample_grid(self, path: Path) -> None:
         from .viz import save_grid
 
-        ema = build_denoiser(self.cfg).to(self.device)
-        ema.net = self.ema.model
+        ema = build_denoiser(self.cfg, self.ema.model).to(self.device)
         labels = None
         if self.cfg.model.num_classes:
             labels = torch.arange(self.cfg.run.sample_n) % self.cfg.model.num_classes
