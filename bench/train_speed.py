@@ -32,9 +32,10 @@ from _common import DOC, forward_flops, machine, matmul_gflops, write_section
 from nanodiffusion.config import OptimConfig, preset
 from nanodiffusion.denoisers import Denoiser
 from nanodiffusion.losses import diffusion_loss, sample_sigmas
-from nanodiffusion.nets.unet import UNet
+from nanodiffusion.nets.unet import UNet, UNetConfig
 
 BATCH = 64
+DROPOUT = UNetConfig().dropout  # the UNet's default, which the second row trains with
 IMAGE = (1, 28, 28)
 
 
@@ -117,8 +118,8 @@ def diffusers_trainer(head_dim: int) -> Trainer:
 
 CONTENDERS: dict[str, tuple[str, Callable[[], Trainer]]] = {
     "nanodiffusion": ("nanodiffusion `UNet`, `mnist` preset, head width 32", nanodiffusion_trainer),
-    "nanodiffusion-p0": ("nanodiffusion `UNet`, `mnist` preset with dropout 0",
-                         lambda: nanodiffusion_trainer(dropout=0.0)),
+    "nanodiffusion-dropout": (f"nanodiffusion `UNet`, `mnist` preset with dropout {DROPOUT}",
+                              lambda: nanodiffusion_trainer(dropout=DROPOUT)),
     "diffusers": ("diffusers `UNet2DModel`, default head width 8", lambda: diffusers_trainer(8)),
     "diffusers-hd32": ("diffusers `UNet2DModel`, head width 32", lambda: diffusers_trainer(32)),
 }
@@ -208,6 +209,8 @@ def benchmark(rounds: int, steps_per_window: int, warmup: int, memory_steps: int
         )
     gap = 100 * (flops["diffusers"] / flops["nanodiffusion"] - 1)
     ours_mb = memory["nanodiffusion"]["peak_mb"]
+    preset_dropout = preset("mnist").model.dropout
+
     def median_ratio(ours: str, theirs: str) -> str:
         return f"{statistics.median(ratio(ours, theirs)):.2f}x"
 
@@ -215,9 +218,9 @@ def benchmark(rounds: int, steps_per_window: int, warmup: int, memory_steps: int
         f"At equal forward FLOPs the `mnist` preset trains "
         f"{median_ratio('nanodiffusion', 'diffusers')} as many images/s as diffusers at its "
         f"default head width and {median_ratio('nanodiffusion', 'diffusers-hd32')} as many at "
-        f"head width 32 (medians of rounds). Without the preset's dropout, which diffusers does "
-        f"not use by default, it trains {median_ratio('nanodiffusion-p0', 'diffusers')} and "
-        f"{median_ratio('nanodiffusion-p0', 'diffusers-hd32')} as many. The preset at batch "
+        f"head width 32 (medians of rounds). With dropout {DROPOUT}, the `UNetConfig` default, "
+        f"it trains {median_ratio('nanodiffusion-dropout', 'diffusers')} and "
+        f"{median_ratio('nanodiffusion-dropout', 'diffusers-hd32')} as many. The preset at batch "
         f"{BATCH} peaks at {ours_mb:.0f} MB of resident memory ({ours_mb / 1024:.2f} GiB; the "
         f"budget is 1.5 GB)."
     )
@@ -229,21 +232,21 @@ def benchmark(rounds: int, steps_per_window: int, warmup: int, memory_steps: int
 One training step at batch {BATCH} on random {IMAGE[1]}x{IMAGE[2]}x{IMAGE[0]} images in [-1, 1]:
 eps-prediction MSE at a uniform step of the DDPM schedule, backward, gradient norm clipped to 1.0,
 AdamW with the `mnist` preset's settings. nanodiffusion trains through its `Denoiser` and
-`diffusion_loss`, with the preset's dropout of 0.1; diffusers as its unconditional training
-example does (`DDPMScheduler.add_noise`, `unet(x_t, t).sample`, its default dropout of 0). The
+`diffusion_loss`, with the preset's dropout of {preset_dropout}; diffusers as its unconditional
+training example does (`DDPMScheduler.add_noise`, `unet(x_t, t).sample`, dropout 0). The
 `UNet2DModel` is shaped like the preset: widths 32, 64, 64, two ResNet blocks per level, and
 self-attention at 7x7 in the last down block, the middle block and the first up block. Forward
 FLOPs per image differ by {gap:+.2f}%.
 
 The headline comparison is the preset against diffusers with its default `attention_head_dim=8`,
 each as its users run it. nanodiffusion's heads are 32 wide because width-8 attention is slow on
-CPU, and its preset trains with dropout 0.1; both choices are part of what is measured. Two
-more rows take each choice away: the preset with dropout 0, and diffusers with heads of width 32.
-The ratio column is the preset's images/s over the row's, so the second row's is the cost of
-dropout.
+CPU, and that choice is part of what is measured. Two more rows change one thing each: the
+preset with dropout {DROPOUT} (the `UNetConfig` default, which draws a random mask per activation
+in every residual block), and diffusers with heads of width 32. The ratio column is the preset's
+images/s over the row's.
 
-- Machine: {machine()}; diffusers {version("diffusers")}. Other jobs share it: absolute
-  numbers move with their load, ratios measured side by side much less.
+- Machine: {machine()}; diffusers {version("diffusers")}.
+  Other jobs share it: absolute numbers move with their load, side-by-side ratios much less.
 - Matmul ceiling: fp32 2048x2048 `torch.mm`, median of {rounds} rounds: {ceiling:.0f} GFLOP/s
   (range {min(ceilings):.0f}-{max(ceilings):.0f}). Training FLOP/s counts 3x the forward FLOPs.
 - FLOPs: `torch.utils.flop_counter.FlopCounterMode` on one image, with CPU flash attention
