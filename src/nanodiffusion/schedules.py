@@ -12,6 +12,7 @@ levels so that sampling happens exactly at the steps a model was trained on.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -83,6 +84,16 @@ def interpolate_t(log_sigmas: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor
     return idx - 1 + ((log_sigma - lo) / (hi - lo)).clamp(0, 1)
 
 
+@functools.lru_cache(maxsize=16)
+def _betas_table(s: Schedule) -> torch.Tensor:
+    """The betas of a discrete schedule, built once per schedule (training asks every step)."""
+    if s.kind == "linear":
+        return linear_betas(s.T, s.beta_start, s.beta_end)
+    if s.kind == "cosine":
+        return cosine_betas(s.T, s.cosine_s)
+    return sigmoid_betas(s.T, s.sigmoid_start, s.sigmoid_end, s.sigmoid_tau)
+
+
 @dataclass(frozen=True)
 class Schedule:
     """A noise schedule. Discrete kinds hold T trained levels; ``edm`` is continuous in sigma."""
@@ -119,13 +130,9 @@ class Schedule:
 
     # --- the discrete table -------------------------------------------------------
     def betas(self) -> torch.Tensor:
-        if self.kind == "linear":
-            return linear_betas(self.T, self.beta_start, self.beta_end)
-        if self.kind == "cosine":
-            return cosine_betas(self.T, self.cosine_s)
-        if self.kind == "sigmoid":
-            return sigmoid_betas(self.T, self.sigmoid_start, self.sigmoid_end, self.sigmoid_tau)
-        raise NanodiffError("the edm schedule is continuous and has no betas")
+        if not self.discrete:
+            raise NanodiffError("the edm schedule is continuous and has no betas")
+        return _betas_table(self).clone()  # a copy: callers may modify it
 
     def alpha_bar(self) -> torch.Tensor:
         """alpha_bar_t for t = 0 .. T-1 (float64, decreasing)."""
@@ -156,10 +163,6 @@ class Schedule:
         return a.sqrt() * x0 + (1 - a).sqrt() * eps
 
     # --- sampling -------------------------------------------------------------------
-    @property
-    def max_sigma(self) -> float:
-        return float(self.sigmas()[-1]) if self.discrete else self.sigma_max
-
     def prior_std(self, sigma: float) -> float:
         """Std of x at the first sampling level in sigma form: VP models start from N(0, I) in x_t."""
         return math.sqrt(1 + sigma**2) if self.vp else sigma
