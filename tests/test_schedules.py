@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.schedules import KINDS, Schedule, karras_sigmas
+from nanodiffusion.schedules import KINDS, SPACINGS, TIME_SPACINGS, Schedule, karras_sigmas
 
 
-@pytest.mark.parametrize("kind", ["linear", "cosine", "sigmoid"])
+@pytest.mark.parametrize("kind", ["linear", "scaled_linear", "cosine", "sigmoid"])
 def test_discrete_tables_are_monotone_with_sane_endpoints(kind):
     s = Schedule(kind=kind)
     ab, sig = s.alpha_bar(), s.sigmas()
@@ -57,12 +57,40 @@ def test_sigma_to_t_inverts_the_table():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
-@pytest.mark.parametrize("steps", [1, 7, 50, 1000])
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("steps", [1, 2, 7, 50, 1000])
 def test_sampling_sigmas_decrease_end_at_zero_and_never_repeat(kind, spacing, steps):
-    sig = Schedule(kind=kind).sampling_sigmas(steps, spacing)
+    s = Schedule(kind=kind)
+    if kind == "edm" and spacing in TIME_SPACINGS:
+        with pytest.raises(NanodiffError, match="continuous"):
+            s.sampling_sigmas(steps, spacing)
+        return
+    sig = s.sampling_sigmas(steps, spacing)
     assert len(sig) == steps + 1 and sig[-1] == 0
     assert (sig[1:] < sig[:-1]).all()
+    top = s.sigmas()[-1] if s.discrete else s.sigma_max
+    assert sig[0] <= top * (1 + 1e-12)
+    if spacing in ("karras", "exponential", "trailing"):  # these always start at the top
+        assert sig[0] == pytest.approx(float(top), rel=1e-9)
+
+
+def test_karras_and_exponential_sequences_follow_their_formulas():
+    s = Schedule(kind="cosine")
+    lo, hi = float(s.sigmas()[0]), float(s.sigmas()[-1])
+    ex = s.sampling_sigmas(9, "exponential")[:-1].log()
+    assert torch.allclose(ex.diff(), torch.full((8,), (math.log(lo) - math.log(hi)) / 8, dtype=ex.dtype))
+    k = Schedule(kind="edm").sampling_sigmas(9, "karras")[:-1] ** (1 / 7)
+    assert torch.allclose(k.diff(), k.diff()[:1].expand(8))  # uniform in sigma^(1/rho)
+    assert Schedule().default_spacing() == "trailing" and Schedule(kind="edm").default_spacing() == "karras"
+
+
+def test_scaled_linear_matches_diffusers():
+    from diffusers import DDPMScheduler
+
+    ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                        beta_end=0.012)
+    ours = Schedule(kind="scaled_linear", beta_start=0.00085, beta_end=0.012).alpha_bar()
+    assert torch.allclose(ours.float(), ref.alphas_cumprod, atol=1e-6)
 
 
 def test_timesteps_match_diffusers_spacings():

@@ -12,7 +12,7 @@ from .config import Config
 from .denoisers import Denoiser
 from .errors import NanodiffError
 from .nets.unet import UNet
-from .samplers import get_sampler
+from .samplers import CountingDenoiser, get_sampler
 
 
 def build_denoiser(cfg: Config, net: torch.nn.Module | None = None) -> Denoiser:
@@ -43,26 +43,32 @@ def load_run(run_dir: str | Path, weights: str = "ema", device: str = "auto"):
 @torch.no_grad()
 def sample_images(
     denoiser: Denoiser, n: int, shape: tuple[int, ...], sampler: str = "ddim", steps: int = 50,
-    seed: int = 0, class_labels: torch.Tensor | None = None, spacing: str = "leading",
+    seed: int = 0, class_labels: torch.Tensor | None = None, spacing: str | None = None,
     batch_size: int = 256, callback: Callable | None = None, progress: bool = False,
-    **sampler_kwargs,
+    stats: dict | None = None, **sampler_kwargs,
 ) -> torch.Tensor:
-    """n samples [n, *shape] in [-1, 1]. Same seed, n and batch_size: the same images."""
+    """n samples [n, *shape] in [-1, 1]. Same seed, n and batch_size: the same images.
+
+    ``spacing`` None takes the schedule's default (trailing, or Karras for EDM). If ``stats``
+    is a dict, it receives "nfe": the network evaluations per batch, counted, and "sigmas".
+    """
     if n < 1:
         raise NanodiffError(f"the number of samples must be positive, got {n}")
     if batch_size < 1:
         raise NanodiffError(f"batch size must be positive, got {batch_size}")
-    sample_fn = get_sampler(sampler)
+    sample_fn = get_sampler(sampler).fn
     schedule = denoiser.schedule
     sigmas = schedule.sampling_sigmas(steps, spacing)
     device = next(denoiser.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(n, *shape, generator=generator)  # all drawn first: batching-independent
-    out = []
+    out, counted = [], CountingDenoiser(denoiser)
     for start in range(0, n, batch_size):
         x = noise[start:start + batch_size].to(device) * schedule.prior_std(float(sigmas[0]))
         labels = None if class_labels is None else class_labels[start:start + batch_size].to(device)
-        x = sample_fn(denoiser, x, sigmas, labels, generator=generator, callback=callback,
+        x = sample_fn(counted, x, sigmas, labels, generator=generator, callback=callback,
                       progress=progress, **sampler_kwargs)
         out.append(x.clamp(-1, 1).cpu())
+    if stats is not None:
+        stats.update(nfe=counted.calls // len(out), sigmas=sigmas)
     return torch.cat(out)

@@ -21,8 +21,9 @@ import torch
 
 from .errors import NanodiffError
 
-KINDS = ("linear", "cosine", "sigmoid", "edm")
-SPACINGS = ("leading", "trailing", "linspace")
+KINDS = ("linear", "scaled_linear", "cosine", "sigmoid", "edm")
+TIME_SPACINGS = ("leading", "trailing", "linspace")  # subsets of a discrete model's trained steps
+SPACINGS = TIME_SPACINGS + ("karras", "exponential")
 
 
 def sigma_from_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
@@ -47,6 +48,14 @@ def linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> to
     """DDPM (Ho et al. 2020): betas linear from 1e-4 to 0.02 at T = 1000, rescaled for other T."""
     scale = 1000 / T
     return torch.linspace(beta_start * scale, beta_end * scale, T, dtype=torch.float64)
+
+
+def scaled_linear_betas(T: int, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+    """Latent/Stable Diffusion (Rombach et al. 2022): sqrt(beta) linear, i.e. betas on a parabola.
+
+    Taken at face value for any T (no rescaling), as diffusers' ``scaled_linear`` does.
+    """
+    return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
 
 
 def cosine_betas(T: int, s: float = 0.008) -> torch.Tensor:
@@ -76,6 +85,12 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) 
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
+def exponential_sigmas(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """n noise levels uniform in log sigma (equal steps in DPM-Solver's lambda = -log sigma), then 0."""
+    sigmas = torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp()
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
 def interpolate_t(log_sigmas: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Fractional index of sigma in an increasing table of log sigmas (linear in log sigma)."""
     log_sigma = sigma.clamp(min=1e-12).log().to(log_sigmas.dtype)
@@ -89,6 +104,8 @@ def _betas_table(s: Schedule) -> torch.Tensor:
     """The betas of a discrete schedule, built once per schedule (training asks every step)."""
     if s.kind == "linear":
         return linear_betas(s.T, s.beta_start, s.beta_end)
+    if s.kind == "scaled_linear":
+        return scaled_linear_betas(s.T, s.beta_start, s.beta_end)
     if s.kind == "cosine":
         return cosine_betas(s.T, s.cosine_s)
     return sigmoid_betas(s.T, s.sigmoid_start, s.sigmoid_end, s.sigmoid_tau)
@@ -185,11 +202,36 @@ class Schedule:
             raise NanodiffError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
         return ts.sort(descending=True).values
 
-    def sampling_sigmas(self, steps: int, spacing: str = "leading") -> torch.Tensor:
-        """steps + 1 decreasing noise levels ending exactly at 0 (float64)."""
-        if not self.discrete:
-            if steps < 1:
-                raise NanodiffError(f"steps must be positive, got {steps}")
-            return karras_sigmas(steps, self.sigma_min, self.sigma_max, self.rho)
-        sig = self.sigmas()[self.timesteps(steps, spacing)]
-        return torch.cat([sig, sig.new_zeros(1)])
+    def default_spacing(self) -> str:
+        """trailing for discrete models (always starts at the noisiest trained level; Lin et al.
+        2024 show leading's late start hurts), Karras for EDM."""
+        return "trailing" if self.discrete else "karras"
+
+    def sampling_sigmas(self, steps: int, spacing: str | None = None) -> torch.Tensor:
+        """steps + 1 strictly decreasing noise levels ending exactly at 0 (float64).
+
+        leading / trailing / linspace pick `steps` of a discrete model's own trained levels
+        (as diffusers' timestep spacings do); karras (rho) and exponential (log-uniform) span
+        [sigma_min, sigma_max], for discrete models the ends of the trained table.
+        """
+        spacing = spacing or self.default_spacing()
+        if spacing not in SPACINGS:
+            raise NanodiffError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+        if steps < 1:
+            raise NanodiffError(f"steps must be positive, got {steps}")
+        if spacing in TIME_SPACINGS:
+            if not self.discrete:
+                raise NanodiffError(f"spacing {spacing!r} picks trained steps, and the edm schedule "
+                                    "is continuous; use karras or exponential")
+            sig = self.sigmas()[self.timesteps(steps, spacing)]
+            return torch.cat([sig, sig.new_zeros(1)])
+        if self.discrete:
+            table = self.sigmas()
+            lo, hi = float(table[0]), float(table[-1])
+        else:
+            lo, hi = self.sigma_min, self.sigma_max
+        if steps == 1:
+            return torch.tensor([hi, 0.0], dtype=torch.float64)
+        if spacing == "karras":
+            return karras_sigmas(steps, lo, hi, self.rho)
+        return exponential_sigmas(steps, lo, hi)
