@@ -53,6 +53,33 @@ def test_sample_same_seed_same_images(run_dir, tmp_path, capsys):
     assert not (c == a[0]).all()
 
 
+@pytest.mark.parametrize("sampler", ["heun", "unipc", "sde"])
+def test_sample_reports_nfe(run_dir, tmp_path, capsys, sampler):
+    assert main(["sample", str(run_dir), "--n", "2", "--steps", "3", "--sampler", sampler,
+                 "--spacing", "karras", "--out", str(tmp_path)]) == 0
+    nfe = 5 if sampler == "heun" else 3
+    assert f"3 steps = {nfe} NFE" in capsys.readouterr().out
+
+
+def test_guidance_rows_and_class_checks(tmp_path, capsys):
+    from nanodiffusion.config import apply_overrides, preset
+
+    cfg = apply_overrides(preset("digits"), [
+        "model.channels=8", "model.attn_resolutions=[]", "optim.batch_size=16", "run.steps=2",
+        "run.sample_every=0", "run.checkpoint_every=0", "run.sample_n=4", "run.sample_steps=3",
+        "data.class_conditional=true"])
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    assert main(["sample", str(run), "--n", "4", "--steps", "3", "--guidance", "0,1,3",
+                 "--out", str(tmp_path / "rows")]) == 0
+    assert "one row each" in capsys.readouterr().out
+    assert Image.open(tmp_path / "rows" / "guidance.png").size[1] > 3 * 8
+    assert main(["sample", str(run), "--n", "3", "--steps", "3", "--class", "7", "--guidance", "3",
+                 "--out", str(tmp_path / "seven")]) == 0
+    assert "guidance 3" in capsys.readouterr().out
+    assert "--class must be in 0..9" in _error(capsys, ["sample", str(run), "--class", "10"])
+
+
 def test_info_describes_the_run(run_dir, capsys):
     assert main(["info", str(run_dir)]) == 0
     out = capsys.readouterr().out
@@ -64,6 +91,12 @@ def test_info_describes_the_run(run_dir, capsys):
     (["sample", "RUN", "--steps", "-1"], "must be positive"),
     (["sample", "RUN", "--steps", "2000"], "cannot exceed"),
     (["sample", "RUN", "--class", "3"], "unconditional"),
+    (["sample", "RUN", "--guidance", "3"], "unconditional"),
+    (["sample", "RUN", "--guidance", "1,x"], "expected numbers"),
+    (["sample", "RUN", "--guidance", "-2"], ">= 0"),
+    (["sample", "RUN", "--sampler", "euler", "--eta", "0.5"], "sampler euler has no option --eta"),
+    (["sample", "RUN", "--sampler", "unipc", "--order", "5"], "order must be 1, 2 or 3"),
+    (["sample", "RUN", "--sampler", "nope"], "invalid choice"),
     (["train", "--steps", "0"], "must be positive"),
     (["sample", "/no/such/run"], "run folder not found"),
     (["train", "--set", "model.nonsense=1"], "unknown config key"),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -77,27 +79,66 @@ def cmd_train(args) -> int:
 
 
 # --- sample ------------------------------------------------------------------------------
+def _scales(text: str) -> list[float]:
+    try:
+        scales = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if any(not math.isfinite(w) or w < 0 for w in scales):
+        raise argparse.ArgumentTypeError(f"guidance scales must be finite and >= 0, got {text!r}")
+    return scales
+
+
+def _sampler_options(args) -> dict:
+    """The sampler flags that were given, checked against what the chosen sampler takes."""
+    fn = SAMPLERS[args.sampler].fn
+    given = {k: v for k, v in [("eta", args.eta), ("order", args.order), ("s_churn", args.churn)]
+             if v is not None}
+    accepted = inspect.signature(fn).parameters
+    for key in given:
+        if key not in accepted:
+            flag = {"s_churn": "--churn"}.get(key, f"--{key}")
+            raise NanodiffError(f"sampler {args.sampler} has no option {flag}")
+    return given
+
+
 def cmd_sample(args) -> int:
     from .pipelines import load_run, sample_images
 
+    options = _sampler_options(args)
     cfg, denoiser = load_run(args.run, weights=args.weights, device=args.device)
+    k = cfg.model.num_classes
+    scales = args.guidance or [1.0]
     labels = None
     if args.class_label is not None:
-        if not cfg.model.num_classes:
+        if not k:
             raise NanodiffError("this model is unconditional; --class needs a class-conditional run")
-        if not 0 <= args.class_label < cfg.model.num_classes:
-            raise NanodiffError(f"--class must be in 0..{cfg.model.num_classes - 1}")
+        if not 0 <= args.class_label < k:
+            raise NanodiffError(f"--class must be in 0..{k - 1}")
         labels = torch.full((args.n,), args.class_label)
-    kwargs = {"eta": args.eta} if args.sampler == "ddim" else {}
+    elif scales != [1.0]:
+        if not k:
+            raise NanodiffError("this model is unconditional; --guidance needs a class-conditional run")
+        labels = torch.arange(args.n) % k  # column j draws class j mod K
     shape = (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
-    images = sample_images(denoiser, args.n, shape, args.sampler, args.steps, seed=args.seed,
-                           class_labels=labels, spacing=args.spacing, progress=True, **kwargs)
-    out = Path(args.out) if args.out else Path(args.run) / "samples" / (
-        f"{args.sampler}-{args.steps}-seed{args.seed}")
+    tag = f"{args.sampler}-{args.steps}-seed{args.seed}" + (
+        f"-w{','.join(f'{w:g}' for w in scales)}" if scales != [1.0] else "")
+    out = Path(args.out) if args.out else Path(args.run) / "samples" / tag
+    rows, stats = [], {}
+    for w in scales:
+        rows.append(sample_images(denoiser, args.n, shape, args.sampler, args.steps, seed=args.seed,
+                                  class_labels=labels, spacing=args.spacing, progress=True,
+                                  stats=stats, guidance=w, **options))
     out.mkdir(parents=True, exist_ok=True)
-    grid = viz.save_grid(images, out / "grid.png")
-    viz.save_images(images, out)
-    print(f"{args.n} samples ({args.sampler}, {args.steps} steps, seed {args.seed}): {grid}")
+    what = f"{args.sampler}, {args.steps} steps = {stats['nfe']} NFE, seed {args.seed}"
+    if len(scales) == 1:
+        picture = viz.save_grid(rows[0], out / "grid.png")
+        viz.save_images(rows[0], out)
+        guided = f", guidance {scales[0]:g}" if scales[0] != 1 else ""
+        print(f"{args.n} samples ({what}{guided}): {picture}")
+    else:
+        picture = viz.plot_rows(rows, [f"w = {w:g}" for w in scales], out / "guidance.png")
+        print(f"{args.n} samples per guidance scale, same seeds, one row each ({what}): {picture}")
     return 0
 
 
@@ -209,12 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="draw images from a trained run")
     s.add_argument("run")
     s.add_argument("--n", type=_positive, default=64)
-    s.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS))
-    s.add_argument("--steps", type=_positive, default=50)
-    s.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity, 0 to 1")
-    s.add_argument("--spacing", default="leading", choices=SPACINGS)
+    s.add_argument("--sampler", default="dpm++2m", choices=list(SAMPLERS),
+                   help="see docs/samplers.md (default dpm++2m)")
+    s.add_argument("--steps", type=_positive, default=20)
+    s.add_argument("--spacing", choices=SPACINGS,
+                   help="noise-level sequence (default: trailing for discrete schedules, karras for edm)")
+    s.add_argument("--eta", type=float, help="stochasticity of ddim (0 to 1) and euler-a")
+    s.add_argument("--order", type=int, help="unipc's order, 1 to 3 (default 2)")
+    s.add_argument("--churn", type=float, help="S_churn of heun and edm (EDM Algorithm 2)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--class", dest="class_label", type=int, help="class index to draw")
+    s.add_argument("--guidance", type=_scales, metavar="W[,W...]",
+                   help="classifier-free guidance scale (1: none); several give one row each")
     s.add_argument("--weights", default="ema", choices=["ema", "model"])
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--out", help="output folder (default RUN/samples/<sampler>-<steps>-seed<seed>)")
