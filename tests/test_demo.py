@@ -1,6 +1,7 @@
 """`nanodiff demo` end to end: it runs, writes its pictures, and its samples are digits."""
 
 import numpy as np
+import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
@@ -38,16 +39,37 @@ def test_the_judge_tells_digits_from_noise():
     assert confident_digits(judge, noise)[0] < 0.3 and confident_digits(judge, blobs)[0] < 0.3
 
 
-def test_demo_draws_digits(tmp_path, capsys):
-    out = tmp_path / "demo"
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "demo"
     assert main(["demo", "--out", str(out), "--quiet"]) == 0
-    printed = capsys.readouterr().out
-    for name in ["demo_samples.png", "denoising.gif", "forward_process.png", "loss.png"]:
-        assert (out / name).is_file() and name in printed, name
-    _, denoiser = load_run(out)
-    samples = sample_images(denoiser, 200, (1, 8, 8), "ddim", 50, seed=1)
+    return out
+
+
+def test_demo_draws_digits(demo_run, capsys):
+    main(["info", str(demo_run)])  # (the demo's own printout went to the fixture)
+    for name in ["demo_samples.png", "denoising.gif", "guidance.png", "forward_process.png", "loss.png"]:
+        assert (demo_run / name).is_file(), name
+    _, denoiser = load_run(demo_run)
+    samples = sample_images(denoiser, 200, (1, 8, 8), "ddim", 50, seed=1,
+                            class_labels=torch.arange(200) % 10)
     frac, classes = confident_digits(digit_judge(), samples)
     print(f"confident: {frac:.2f}, classes: {sorted(classes)}")
     assert frac > 0.6, f"only {frac:.0%} of samples are confidently digits"
     assert classes == set(range(10)), f"classes found: {sorted(classes)}"
     assert np.isfinite(samples.numpy()).all()
+
+
+def test_guided_samples_are_the_requested_digit(demo_run):
+    """The judge (trained on real digits) finds the requested class far above chance, and more
+    often with guidance w = 3 than without (w = 1); w = 0 is the unconditional model: chance."""
+    _, denoiser = load_run(demo_run)
+    judge, labels = digit_judge(), torch.arange(500) % 10
+    hits = {}
+    for w in (0.0, 1.0, 3.0):
+        images = sample_images(denoiser, 500, (1, 8, 8), "dpm++2m", 10, seed=2, class_labels=labels,
+                               guidance=w)
+        hits[w] = (torch.as_tensor(judge(images)[0]) == labels).double().mean().item()
+    print("fraction recognised as the requested digit:", hits)
+    assert hits[0.0] < 0.25
+    assert hits[3.0] > 0.9 and hits[3.0] > hits[1.0] > 0.5
