@@ -277,15 +277,21 @@ def sample_sde(
 def sample_dpmpp_2m(
     denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, cond: Any = None, *,
     generator: torch.Generator | None = None, callback: Callback | None = None, progress: bool = False,
+    eta: float = 0.0, s_noise: float = 1.0,
 ) -> torch.Tensor:
     """DPM-Solver++(2M), the multistep second-order data-prediction solver (Lu et al. 2022,
     Algorithm 2), in sigma form where alpha_t = 1 and lambda_t = -log sigma_t.
 
     With h_i = lambda_{i+1} - lambda_i, r_i = h_{i-1} / h_i and x0_i = D(x_i; sigma_i):
-        D_i     = (1 + 1 / (2 r_i)) x0_i - 1 / (2 r_i) x0_{i-1}    (x0_i on the first step)
-        x_{i+1} = (sigma_{i+1} / sigma_i) x_i - (e^{-h_i} - 1) D_i
-    The last step, to sigma = 0 (h infinite), is first order and returns x0_i.
+        D_i     = x0_i + (x0_i - x0_{i-1}) / (2 r_i)                   (x0_i on the first step)
+        x_{i+1} = (sigma_{i+1} / sigma_i) e^{-eta h} x_i + (1 - e^{-(1 + eta) h}) D_i
+                  + sigma_{i+1} sqrt(1 - e^{-2 eta h}) S_noise z
+    eta = 0 is the ODE solver, x_{i+1} = (sigma_{i+1} / sigma_i) x_i - (e^{-h} - 1) D_i;
+    eta = 1 is SDE-DPM-Solver++(2M) (its 'midpoint' form, as in diffusers). The last step,
+    to sigma = 0 (h infinite), is first order and returns x0_i.
     """
+    if eta < 0:
+        raise NanodiffError(f"eta must be non-negative, got {eta}")
     model = _Model(denoiser, x, cond, callback)
     prev = None  # (x0_hat, h) of the previous step
     for i, sigma, sigma_next in _steps(sigmas, progress):
@@ -295,46 +301,22 @@ def sample_dpmpp_2m(
             x = x0_hat
             continue
         h = math.log(sigma / sigma_next)
-        d = x0_hat
-        if prev is not None:
-            r = prev[1] / h
-            d = (1 + 1 / (2 * r)) * x0_hat - 1 / (2 * r) * prev[0]
-        x = (sigma_next / sigma) * x - math.expm1(-h) * d
+        d = x0_hat if prev is None else x0_hat + (x0_hat - prev[0]) / (2 * prev[1] / h)
+        x = (sigma_next / sigma) * math.exp(-eta * h) * x - math.expm1(-(1 + eta) * h) * d
+        if eta > 0:
+            x = x + sigma_next * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise * _noise(x, generator)
         prev = (x0_hat, h)
     return x
 
 
-@torch.no_grad()
 def sample_dpmpp_2m_sde(
     denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, cond: Any = None, *,
     generator: torch.Generator | None = None, callback: Callback | None = None, progress: bool = False,
     s_noise: float = 1.0,
 ) -> torch.Tensor:
-    """SDE-DPM-Solver++(2M) (Lu et al. 2022, Appendix; the 'midpoint' form diffusers uses).
-
-    The data-prediction solver of the reverse SDE, exact in its linear part:
-        x_{i+1} = (sigma_{i+1} / sigma_i) e^{-h} x_i + (1 - e^{-2h}) D_i
-                  + sigma_{i+1} sqrt(1 - e^{-2h}) S_noise z,
-    with D_i = x0_i + (x0_i - x0_{i-1}) / (2 r_i) after the first step (r_i = h_{i-1} / h_i).
-    The last step returns x0_i.
-    """
-    model = _Model(denoiser, x, cond, callback)
-    prev = None
-    for i, sigma, sigma_next in _steps(sigmas, progress):
-        x0_hat = model(x, sigma)
-        model.report(i, x, sigma, sigma_next, x0_hat)
-        if sigma_next == 0:
-            x = x0_hat
-            continue
-        h = math.log(sigma / sigma_next)
-        d = x0_hat
-        if prev is not None:
-            r = prev[1] / h
-            d = x0_hat + (x0_hat - prev[0]) / (2 * r)
-        x = (sigma_next / sigma) * math.exp(-h) * x - math.expm1(-2 * h) * d
-        x = x + sigma_next * math.sqrt(-math.expm1(-2 * h)) * s_noise * _noise(x, generator)
-        prev = (x0_hat, h)
-    return x
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022): ``sample_dpmpp_2m`` with eta = 1."""
+    return sample_dpmpp_2m(denoiser, x, sigmas, cond, generator=generator, callback=callback,
+                           progress=progress, eta=1.0, s_noise=s_noise)
 
 
 # --- UniPC ------------------------------------------------------------------------------------
