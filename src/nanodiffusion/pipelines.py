@@ -11,7 +11,7 @@ from .checkpoint import EMA, MODEL, load_config, load_weights
 from .config import Config
 from .denoisers import Denoiser
 from .errors import NanodiffError
-from .guidance import class_guidance
+from .guidance import ClassifierFreeGuidance, class_guidance
 from .nets.unet import UNet
 from .samplers import CountingDenoiser, get_sampler
 
@@ -46,14 +46,16 @@ def sample_images(
     denoiser: Denoiser, n: int, shape: tuple[int, ...], sampler: str = "ddim", steps: int = 50,
     seed: int = 0, class_labels: torch.Tensor | None = None, spacing: str | None = None,
     batch_size: int = 256, callback: Callable | None = None, progress: bool = False,
-    stats: dict | None = None, guidance: float = 1.0, **sampler_kwargs,
+    stats: dict | None = None, guidance: float = 1.0, uncond: torch.Tensor | None = None,
+    **sampler_kwargs,
 ) -> torch.Tensor:
     """n samples [n, *shape] in [-1, 1]. Same seed, n and batch_size: the same images.
 
     ``spacing`` None takes the schedule's default (trailing, or Karras for EDM). If ``stats``
     is a dict, it receives "nfe": the network evaluations per batch, counted, and "sigmas".
     ``guidance`` w != 1 applies classifier-free guidance towards ``class_labels`` (one batched
-    forward pass over conditional and unconditional inputs per evaluation).
+    forward pass over conditional and unconditional inputs per evaluation); ``uncond`` is the
+    "no condition" input, by default nanodiffusion's UNet's reserved class index.
     """
     if n < 1:
         raise NanodiffError(f"the number of samples must be positive, got {n}")
@@ -63,8 +65,11 @@ def sample_images(
     if guidance != 1:
         if class_labels is None:
             raise NanodiffError("guidance needs class labels to guide towards")
-        net_cfg = getattr(getattr(denoiser, "net", None), "cfg", None)
-        denoiser = class_guidance(denoiser, guidance, getattr(net_cfg, "num_classes", 0))
+        if uncond is not None:
+            denoiser = ClassifierFreeGuidance(denoiser, guidance, uncond)
+        else:
+            net_cfg = getattr(getattr(denoiser, "net", None), "cfg", None)
+            denoiser = class_guidance(denoiser, guidance, getattr(net_cfg, "num_classes", 0))
     schedule = denoiser.schedule
     sigmas = schedule.sampling_sigmas(steps, spacing)
     device = next(denoiser.parameters()).device
