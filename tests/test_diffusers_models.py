@@ -26,11 +26,11 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _unet(seed=0, **kw):
+def _unet(seed=0, out_channels=1, **kw):
     torch.manual_seed(seed)
     return diffusers.UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1,
-        norm_num_groups=8, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        sample_size=8, in_channels=1, out_channels=out_channels, block_out_channels=(16, 32),
+        layers_per_block=1, norm_num_groups=8, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D"), **kw)
 
 
@@ -138,6 +138,21 @@ def test_ddim_follows_diffusers_ddim_scheduler_step_by_step(folders, prediction,
     for i in range(1, steps):  # x at the start of step i vs diffusers' x after step i - 1
         assert torch.allclose(ours[i], theirs[i - 1], atol=1e-4), f"step {i}"
     assert torch.allclose(final, theirs[-1], atol=1e-4)
+    # the check has teeth: the UNet's output moves far more than 1e-4 when its step moves by one
+    with torch.no_grad():
+        t = torch.full((2,), 500.0)
+        assert (D.net(noise, t) - D.net(noise, t + 1)).abs().max() > 1e-3
+
+
+def test_loaded_weights_are_the_saved_ones(folders):
+    saved = _unet().state_dict()
+    loaded = load_diffusers(folders["eps"], device="cpu").net.unet.state_dict()
+    assert loaded.keys() == saved.keys() and all(torch.equal(v, saved[k]) for k, v in loaded.items())
+
+
+def test_learned_variance_unets_are_refused(folders):
+    with pytest.raises(NanodiffError, match="out_channels=2"):
+        denoiser_from_diffusers(_unet(out_channels=2), {})
 
 
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside diffusers

@@ -82,6 +82,10 @@ class DiffusersUNet(nn.Module):
         if kind != "positional":  # fourier: a VE score model fed sigma; learned: integer steps only
             raise NanodiffError(f"unsupported UNet2DModel time_embedding_type={kind!r}: only "
                                 "'positional' (DDPM-style step embeddings) is supported")
+        cfg = unet.config
+        if cfg.out_channels != cfg.in_channels:  # e.g. improved DDPM's extra variance channels
+            raise NanodiffError(f"unsupported UNet2DModel out_channels={cfg.out_channels}: must equal "
+                                f"in_channels ({cfg.in_channels}); learned variances are not supported")
         self.unet = unet
 
     @property
@@ -143,7 +147,21 @@ def schedule_from_diffusers(scheduler_or_config: Any) -> tuple[Schedule, str]:
     else:
         raise NanodiffError(f"unsupported diffusers scheduler option beta_schedule={kind!r}: "
                             "choose linear, scaled_linear or squaredcos_cap_v2")
+    _check_table(schedule, scheduler_or_config, config)
     return schedule, PREDICTION_TYPES[prediction]
+
+
+def _check_table(schedule: Schedule, scheduler_or_config: Any, config: Mapping) -> None:
+    """Our alpha_bar must equal diffusers' alphas_cumprod (float32 there, ~1e-5 off in the cosine tail)."""
+    ref = getattr(scheduler_or_config, "alphas_cumprod", None)
+    if ref is None:  # a config dict: rebuild the table from the fields that define it
+        keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
+        ref = _diffusers().DDPMScheduler(**{k: config[k] for k in keys if k in config}).alphas_cumprod
+    ref, ours = torch.as_tensor(ref, dtype=torch.float64), schedule.alpha_bar()
+    err = float(((ours - ref) / ref).abs().max()) if ref.shape == ours.shape else float("inf")
+    if not err <= 1e-4:
+        raise NanodiffError(f"the converted {schedule.kind} schedule differs from diffusers' alphas_cumprod "
+                            f"(max relative error {err:.2g}): this scheduler is not supported")
 
 
 def denoiser_from_diffusers(unet: nn.Module, scheduler_or_config: Any) -> Denoiser:
