@@ -97,6 +97,8 @@ def test_info_describes_the_run(run_dir, capsys):
     (["sample", "RUN", "--sampler", "euler", "--eta", "0.5"], "sampler euler has no option --eta"),
     (["sample", "RUN", "--sampler", "unipc", "--order", "5"], "order must be 1, 2 or 3"),
     (["sample", "RUN", "--sampler", "nope"], "invalid choice"),
+    (["bench-samplers", "--samplers", "nope"], "unknown sampler 'nope'"),
+    (["bench-samplers", "--nfe", "10,x"], "--nfe"),
     (["train", "--steps", "0"], "must be positive"),
     (["sample", "/no/such/run"], "run folder not found"),
     (["train", "--set", "model.nonsense=1"], "unknown config key"),

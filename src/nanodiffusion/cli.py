@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import viz
+from . import bench_samplers, viz
 from .checkpoint import EMA, MODEL, STATE, load_config, weights_step
 from .config import PRESETS, Config, apply_overrides, preset
 from .errors import NanodiffError
@@ -271,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--out", help="output folder (default RUN/samples/<sampler>-<steps>-seed<seed>)")
     s.set_defaults(func=cmd_sample)
+
+    b = sub.add_parser("bench-samplers", help="every sampler's error per NFE against exact answers on "
+                       "Gaussian mixtures; writes docs/samplers.md")
+    bench_samplers.add_arguments(b)
+    b.set_defaults(func=bench_samplers.run_from_args)
 
     i = sub.add_parser("info", help="describe a run folder")
     i.add_argument("run")

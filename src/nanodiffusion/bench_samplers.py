@@ -1,0 +1,357 @@
+"""Ground-truth sampler benchmark: every sampler on Gaussian mixtures, whose ideal denoiser is exact.
+
+For each mixture, sampler and NFE budget (steps = ``SAMPLERS[name].steps_for_nfe(budget)``, the
+NFE actually spent counted by ``CountingDenoiser``), all on Karras et al. (2022) sigmas
+(sigma_min 0.002, sigma_max 80, rho 7) and in float64:
+
+(a) deterministic samplers: the RMS error (per coordinate) of the final samples against a
+    high-accuracy solution of the same probability-flow ODE from the same starting noise:
+    Heun with 1000 Karras steps, checked against its own 500-step solution; plus the share of
+    samples that end in a different mixture component than the reference (a "mode flip": one
+    of those costs O(1) and dominates the RMS in high dimensions);
+(b) every sampler: the sliced Wasserstein distance (``gmm.sliced_wasserstein``) of its n
+    samples to n fresh true samples, beside the noise floor (two true sets, same n) and
+    1000-step rows (Heun, DDPM).
+
+Results go to a log-log plot and to markdown tables between the markers in docs/samplers.md:
+    python -m nanodiffusion.bench_samplers [--quick] [--n N] [--samplers euler heun ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .gmm import GaussianMixture, mixture_2d, mixture_nd, sliced_wasserstein, sw_noise_floor
+from .samplers import SAMPLERS, CountingDenoiser, get_sampler
+from .schedules import karras_sigmas
+
+MARK_START, MARK_END = "<!-- bench-samplers:start -->", "<!-- bench-samplers:end -->"
+SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
+DEFAULT_NFES = (5, 10, 20, 50, 100, 200)
+N_PROJ = 128  # sliced-W directions
+FULL = {"n": 20_000, "ref_steps": 1000, "long_steps": 1000}
+QUICK = {"n": 256, "ref_steps": 100, "long_steps": 100, "nfes": (5, 10), "dims": (2,)}
+
+
+def karras(steps: int) -> torch.Tensor:
+    return karras_sigmas(steps, SIGMA_MIN, SIGMA_MAX, RHO)
+
+
+def run_sampler(mixture: GaussianMixture, name: str, x: torch.Tensor, steps: int, seed: int):
+    """(final samples, measured NFE) of one sampler run from x at sigma_max."""
+    info, counted = get_sampler(name), CountingDenoiser(mixture.denoiser)
+    generator = torch.Generator().manual_seed(seed) if info.stochastic else None
+    return info.fn(counted, x, karras(steps), generator=generator), counted.calls
+
+
+def rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    """RMS difference per coordinate, so that 2-D and 64-D numbers read alike."""
+    return float(((a - b) ** 2).mean().sqrt())
+
+
+def mode_flips(mixture: GaussianMixture, a: torch.Tensor, b: torch.Tensor) -> float:
+    """Share of rows whose most likely mixture component differs between a and b."""
+    ka, kb = mixture.responsibilities(a).argmax(1), mixture.responsibilities(b).argmax(1)
+    return float((ka != kb).double().mean())
+
+
+# --- one mixture ----------------------------------------------------------------------------------
+@dataclass
+class Problem:
+    """A mixture with its shared starting noise, its true samples and its reference ODE solution."""
+
+    name: str
+    mixture: GaussianMixture
+    noise: torch.Tensor  # x at sigma_max, the same for every sampler
+    truth: torch.Tensor  # n true samples every sampler is scored against
+    floor: tuple[float, float]  # sliced W of fresh true samples to `truth`: mean, std
+    reference: torch.Tensor = None
+    ref_steps: int = 0
+    ref_check: float = math.nan  # RMS(ref at ref_steps, ref at ref_steps / 2)
+    rows: dict = field(default_factory=dict)  # sampler -> list of measurements per budget
+    long_rows: dict = field(default_factory=dict)  # "heun, 1000 steps" -> (NFE, sliced W)
+
+
+def make_mixture(dim: int) -> tuple[str, GaussianMixture]:
+    if dim == 2:
+        return "2-D: 8 Gaussians on a ring (std 0.05)", mixture_2d()
+    return f"{dim}-D: 10 Gaussians, per-axis std 0.02-0.1", mixture_nd(dim)
+
+
+def make_problem(dim: int, n: int, seed: int) -> Problem:
+    name, mixture = make_mixture(dim)
+    g = torch.Generator().manual_seed(seed)
+    noise = SIGMA_MAX * torch.randn(n, dim, generator=g, dtype=torch.float64)
+    truth = mixture.sample(n, torch.Generator().manual_seed(seed + 1))
+    floor = sw_noise_floor(mixture, n, truth, n_proj=N_PROJ, seed=seed)
+    return Problem(name, mixture, noise, truth, floor)
+
+
+def solve_reference(p: Problem, steps: int) -> None:
+    """Heun at `steps` Karras steps; its distance to the `steps // 2` solution bounds its error
+    (for a 2nd-order method the finer one's error is about a third of that distance)."""
+    p.reference, nfe = run_sampler(p.mixture, "heun", p.noise, steps, 0)
+    half, _ = run_sampler(p.mixture, "heun", p.noise, steps // 2, 0)
+    p.ref_steps, p.ref_check = steps, rms(p.reference, half)
+    p.long_rows[f"heun, {steps} steps"] = (nfe, sliced_wasserstein(p.reference, p.truth, N_PROJ))
+
+
+def measure(p: Problem, name: str, budget: int, seed: int) -> dict:
+    """One sampler at one NFE budget: measured NFE, ODE error and mode flips (deterministic), sliced W."""
+    info = SAMPLERS[name]
+    steps = info.steps_for_nfe(budget)
+    out, nfe = run_sampler(p.mixture, name, p.noise, steps, seed)
+    row = {"budget": budget, "steps": steps, "nfe": nfe, "expected_nfe": info.nfe(steps),
+           "sw": sliced_wasserstein(out, p.truth, N_PROJ), "ode": None, "flips": None}
+    if not info.stochastic:
+        row["ode"], row["flips"] = rms(out, p.reference), mode_flips(p.mixture, out, p.reference)
+    return row
+
+
+# --- tables ---------------------------------------------------------------------------------------
+def _nfe_note(rows: list[dict]) -> str:
+    used = [r["nfe"] for r in rows]
+    note = ", ".join(map(str, used))
+    bad = [r for r in rows if r["nfe"] != r["expected_nfe"]]
+    return note + (" (registry says " + ", ".join(str(r["expected_nfe"]) for r in bad) + "!)" if bad else "")
+
+
+def table(p: Problem, budgets, metric: str, fmt: str) -> list[str]:
+    """Markdown rows: samplers down, NFE budgets across, the measured NFE last."""
+    lines = ["| sampler | " + " | ".join(f"NFE {b}" for b in budgets) + " | NFE used |",
+             "|---" * (len(budgets) + 2) + "|"]
+    for name, rows in p.rows.items():
+        if rows[0][metric] is None:
+            continue
+        cells = " | ".join(format(r[metric], fmt) for r in rows)
+        lines.append(f"| {name} | {cells} | {_nfe_note(rows)} |")
+    if metric == "sw":
+        for label, (nfe, value) in p.long_rows.items():
+            lines.append(f"| *{label}* | " + " | ".join([f"*{value:{fmt}}*"] * len(budgets)) + f" | {nfe} |")
+        mean, std = p.floor
+        lines.append("| *noise floor (true vs true)* | "
+                     + " | ".join([f"*{mean:{fmt}}*"] * len(budgets)) + f" | ± {std:{fmt}} (std) |")
+    return lines
+
+
+def problem_section(p: Problem, budgets) -> list[str]:
+    n, d = p.truth.shape
+    flips = [f"| {name} | " + " | ".join(f"{100 * r['flips']:.2f}" for r in rows) + " |"
+             for name, rows in p.rows.items() if rows[0]["flips"] is not None]
+    return [
+        f"### {p.name}; n = {n}", "",
+        f"ODE error: RMS per coordinate of the final samples against Heun at {p.ref_steps} Karras "
+        f"steps from the same noise (that reference is {p.ref_check:.1e} from its own "
+        f"{p.ref_steps // 2}-step solution).", "",
+        *table(p, budgets, "ode", ".2e"), "",
+        "Samples (%) ending in a different mixture component than the reference:", "",
+        "| sampler | " + " | ".join(f"NFE {b}" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|",
+        *flips, "",
+        f"Sliced W2 ({N_PROJ} directions) to {n} fresh true samples:", "",
+        *table(p, budgets, "sw", ".4f"), "",
+    ]
+
+
+def summary(p: Problem, budgets) -> str:
+    """Where the best sampler at 10 NFE (or the budget nearest 10) lands against the 1000-step
+    rows and the noise floor."""
+    i = min(range(len(budgets)), key=lambda j: abs(math.log(budgets[j] / 10)))
+    best = min(p.rows, key=lambda name: p.rows[name][i]["sw"])
+    value, nfe = p.rows[best][i]["sw"], p.rows[best][i]["nfe"]
+    label, (long_nfe, long_sw) = next(iter(p.long_rows.items()))
+    floor, spread = p.floor
+    gap = value - long_sw
+    if gap <= 2 * spread:
+        verdict = "within the noise floor's reach of the 1000-step result (less than 2 floor std above it)"
+    else:
+        reach = sorted((r["nfe"], r["sw"], name) for name, rows in p.rows.items() for r in rows
+                       if r["sw"] - long_sw <= 2 * spread)
+        first = (f"; the fewest NFE that get within 2 floor std of it are {reach[0][0]}, best there "
+                 f"{reach[0][2]} ({reach[0][1]:.4f})") if reach else "; no sampler gets there in this sweep"
+        verdict = f"not within the noise floor's reach of the 1000-step result{first}"
+    return (f"**{p.name}.** At {budgets[i]} NFE the best sampler is **{best}** ({nfe} NFE): sliced W2 "
+            f"{value:.4f}, against {long_sw:.4f} for {label} ({long_nfe} NFE) and a noise floor of "
+            f"{floor:.4f} ± {spread:.4f}. That is {value / long_sw:.2f}x the 1000-step distance "
+            f"({gap:+.4f}, or {gap / spread:.1f} floor std) and {value / floor:.2f}x the floor: {verdict}.")
+
+
+def write_doc(path: Path, body: str) -> None:
+    """Replace what lies between the markers (creating the file with just them if it is missing)."""
+    text = path.read_text() if path.exists() else f"{MARK_START}\n{MARK_END}\n"
+    if MARK_START not in text or MARK_END not in text:
+        text = text.rstrip("\n") + f"\n\n{MARK_START}\n{MARK_END}\n"
+    head, rest = text.split(MARK_START, 1)
+    tail = rest.split(MARK_END, 1)[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{head}{MARK_START}\n{body.strip()}\n{MARK_END}{tail}")
+
+
+# --- the plot -------------------------------------------------------------------------------------
+def plot(problems: list[Problem], path: Path) -> None:
+    """Log-log error vs measured NFE: a row per mixture, ODE error left and sliced W right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(problems), 2, figsize=(12, 4.5 * len(problems)), squeeze=False)
+    for p, (ax_ode, ax_sw) in zip(problems, axes, strict=True):
+        for k, (name, rows) in enumerate(p.rows.items()):
+            style = {"color": plt.cm.tab20(k % 20), "marker": "o", "ms": 3, "label": name}
+            nfes = [r["nfe"] for r in rows]
+            if rows[0]["ode"] is not None:
+                ax_ode.loglog(nfes, [max(r["ode"], 1e-16) for r in rows], **style)
+            dash = "--" if SAMPLERS[name].stochastic else "-"
+            ax_sw.loglog(nfes, [r["sw"] for r in rows], ls=dash, **style)
+        floor, spread = p.floor
+        ax_sw.axhspan(floor - spread, floor + spread, color="0.85")
+        ax_sw.axhline(floor, color="0.4", ls=":", label="noise floor")
+        for k, (label, (_, value)) in enumerate(p.long_rows.items()):
+            ax_sw.axhline(value, color=("k", "0.55")[k % 2], ls="-.", lw=1, label=label)
+        ax_ode.set(title=f"{p.name}\nODE error vs reference", xlabel="NFE", ylabel="RMS error")
+        ax_sw.set(title=f"{p.name}\nsliced W2 to true samples", xlabel="NFE", ylabel="sliced W2")
+        for ax in (ax_ode, ax_sw):
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- the whole run --------------------------------------------------------------------------------
+def _row_text(name: str, rows: list[dict]) -> str:
+    ode = " ".join("-" if r["ode"] is None else f"{r['ode']:.2e}" for r in rows)
+    return f"{name:12} NFE {_nfe_note(rows):26} ODE {ode} | SW " + " ".join(f"{r['sw']:.4f}" for r in rows)
+
+
+@contextmanager
+def threads_for(work: int):
+    """One torch thread for small per-call work: on a shared 2-core machine, intra-op threads
+    that wait on each other's barriers made small runs up to 20x slower here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1 if work < 1_000_000 else before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run(
+    samplers=None, nfes=DEFAULT_NFES, dims=(2, 64), n: int | None = None, seed: int = 0,
+    out_doc="docs/samplers.md", image_dir="docs/images", quick: bool = False, progress: bool = True,
+) -> list[Problem]:
+    """Benchmark the samplers on the mixtures of `dims`, write the tables and the plot, return the data."""
+    sizes = dict(QUICK if quick else FULL)
+    if quick:
+        nfes = sizes["nfes"] if tuple(nfes) == DEFAULT_NFES else nfes
+        dims = sizes["dims"] if tuple(dims) == (2, 64) else dims
+    n, budgets = n or sizes["n"], sorted(nfes)
+    names = list(samplers or SAMPLERS)
+    for name in names:
+        get_sampler(name)  # unknown names fail before any work
+    start, problems = time.time(), []
+    bar = tqdm(total=len(dims) * (len(names) * len(budgets) + 2), disable=not progress, desc="bench-samplers")
+    for dim in dims:
+        with threads_for(n * dim * 10):
+            problems.append(_bench_mixture(dim, n, seed, names, budgets, sizes, bar))
+    bar.close()
+    elapsed = time.time() - start
+    image = Path(image_dir) / "samplers_gmm.png"
+    plot(problems, image)
+    body = report(problems, budgets, elapsed, seed, image, Path(out_doc))
+    write_doc(Path(out_doc), body)
+    print("\n".join(summary(p, budgets) for p in problems))
+    print(f"wrote {out_doc} and {image} ({elapsed:.0f} s)")
+    return problems
+
+
+def _bench_mixture(dim: int, n: int, seed: int, names, budgets, sizes: dict, bar) -> Problem:
+    """The reference, every sampler at every budget, and the long DDPM row, for one mixture."""
+    p = make_problem(dim, n, seed)
+    bar.set_postfix_str(f"{dim}-D reference")
+    solve_reference(p, sizes["ref_steps"])
+    tqdm.write(f"\n{p.name}, n = {n}: noise floor {p.floor[0]:.4f} ± {p.floor[1]:.4f}; reference "
+               f"Heun {p.ref_steps} steps vs {p.ref_steps // 2}: RMS {p.ref_check:.2e}")
+    bar.update()
+    for name in names:
+        bar.set_postfix_str(f"{dim}-D {name}")
+        p.rows[name] = []
+        for budget in budgets:
+            p.rows[name].append(measure(p, name, budget, seed + 2))
+            bar.update()
+        tqdm.write(_row_text(name, p.rows[name]))
+    bar.set_postfix_str(f"{dim}-D ddpm long")
+    long, nfe = run_sampler(p.mixture, "ddpm", p.noise, sizes["long_steps"], seed + 2)
+    p.long_rows[f"ddpm, {sizes['long_steps']} steps"] = (nfe, sliced_wasserstein(long, p.truth, N_PROJ))
+    bar.update()
+    tqdm.write("\n".join(problem_section(p, budgets)))
+    return p
+
+
+def report(problems: list[Problem], budgets, elapsed: float, seed: int, image: Path, doc: Path) -> str:
+    """The markdown between the markers."""
+    try:
+        rel = Path(image).resolve().relative_to(doc.resolve().parent)
+    except ValueError:
+        rel = Path(image).resolve()
+    lines = [
+        f"Generated by `python -m nanodiffusion.bench_samplers` (seed {seed}) in {elapsed:.0f} s: "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}. "
+        f"Karras sigmas ({SIGMA_MIN} to {SIGMA_MAX}, rho {RHO:g}), float64. Columns are NFE budgets; "
+        "a sampler runs the most steps that fit (Heun-type: 2 steps - 1 NFE), and the last column "
+        "lists the NFE counted. Stochastic samplers have no ODE error.", "",
+        f"![error vs NFE]({rel.as_posix()})", "",
+    ]
+    for p in problems:
+        lines += problem_section(p, budgets)
+    lines += [summary(p, budgets) + "\n" for p in problems]
+    return "\n".join(lines)
+
+
+# --- command line ---------------------------------------------------------------------------------
+def _list(kind):
+    def parse(text: str):
+        return [kind(v) for v in text.split(",") if v]
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--samplers", type=_list(str), default=None,
+                        help=f"comma-separated sampler names (default: all of {', '.join(SAMPLERS)})")
+    parser.add_argument("--nfe", type=_list(int), default=list(DEFAULT_NFES),
+                        help="comma-separated NFE budgets (default: %(default)s)")
+    parser.add_argument("--dims", type=_list(int), default=[2, 64],
+                        help="mixture dimensions: 2 is the ring, others a random mixture (default: 2,64)")
+    parser.add_argument("--n", type=int, default=None,
+                        help=f"samples per run (default: {FULL['n']}, quick {QUICK['n']})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="docs/samplers.md", help="markdown file with the markers")
+    parser.add_argument("--image-dir", default="docs/images", help="where samplers_gmm.png goes")
+    parser.add_argument("--quick", action="store_true", help="a small, fast run (2-D, NFE 5 and 10)")
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    run(samplers=args.samplers, nfes=tuple(args.nfe), dims=tuple(args.dims), n=args.n, seed=args.seed,
+        out_doc=args.out, image_dir=args.image_dir, quick=args.quick)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nanodiffusion.bench_samplers",
+                                     description=__doc__.split("\n")[0])
+    return run_from_args(add_arguments(parser).parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
