@@ -162,25 +162,25 @@ def problem_section(p: Problem, budgets) -> list[str]:
 
 
 def summary(p: Problem, budgets) -> str:
-    """Where the best sampler at 10 NFE (or the budget nearest 10) lands against the 1000-step
-    rows and the noise floor."""
+    """Where the best sampler at 10 NFE (or the budget nearest 10) lands against the long-run
+    (reference-length) rows and the noise floor."""
     i = min(range(len(budgets)), key=lambda j: abs(math.log(budgets[j] / 10)))
     best = min(p.rows, key=lambda name: p.rows[name][i]["sw"])
     value, nfe = p.rows[best][i]["sw"], p.rows[best][i]["nfe"]
     label, (long_nfe, long_sw) = next(iter(p.long_rows.items()))
     floor, spread = p.floor
-    gap = value - long_sw
+    gap, steps = value - long_sw, p.ref_steps
     if gap <= 2 * spread:
-        verdict = "within the noise floor's reach of the 1000-step result (less than 2 floor std above it)"
+        verdict = f"within the noise floor's reach of the {steps}-step result (at most 2 floor std above)"
     else:
         reach = sorted((r["nfe"], r["sw"], name) for name, rows in p.rows.items() for r in rows
                        if r["sw"] - long_sw <= 2 * spread)
         first = (f"; the fewest NFE that get within 2 floor std of it are {reach[0][0]}, best there "
                  f"{reach[0][2]} ({reach[0][1]:.4f})") if reach else "; no sampler gets there in this sweep"
-        verdict = f"not within the noise floor's reach of the 1000-step result{first}"
+        verdict = f"not within the noise floor's reach of the {steps}-step result{first}"
     return (f"**{p.name}.** At {budgets[i]} NFE the best sampler is **{best}** ({nfe} NFE): sliced W2 "
             f"{value:.4f}, against {long_sw:.4f} for {label} ({long_nfe} NFE) and a noise floor of "
-            f"{floor:.4f} ± {spread:.4f}. That is {value / long_sw:.2f}x the 1000-step distance "
+            f"{floor:.4f} ± {spread:.4f}. That is {value / long_sw:.2f}x the {steps}-step distance "
             f"({gap:+.4f}, or {gap / spread:.1f} floor std) and {value / floor:.2f}x the floor: {verdict}.")
 
 
