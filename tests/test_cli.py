@@ -80,6 +80,20 @@ def test_guidance_rows_and_class_checks(tmp_path, capsys):
     assert "--class must be in 0..9" in _error(capsys, ["sample", str(run), "--class", "10"])
 
 
+def test_eval_writes_json_and_prints_every_caveat(run_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NANODIFF_DATA", str(tmp_path / "cache"))
+    out = tmp_path / "metrics.json"
+    assert main(["eval", str(run_dir), "--n", "40", "--steps", "3", "--features", "classifier",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert {"fid", "kid_mean", "kid_std", "precision", "recall", "floor_fid"} <= set(result)
+    assert result["n"] == 40 and result["nfe"] == 3 and result["sampler"] == "dpm++2m"
+    for caveat in ["real-vs-real floor", "N          40 generated", "nanodiff-classifier", "resize"]:
+        assert caveat in printed, caveat
+    assert "unconditional" in _error(capsys, ["eval", str(run_dir), "--guidance", "3"])
+
+
 def test_info_describes_the_run(run_dir, capsys):
     assert main(["info", str(run_dir)]) == 0
     out = capsys.readouterr().out

@@ -142,6 +142,38 @@ def cmd_sample(args) -> int:
     return 0
 
 
+# --- eval ------------------------------------------------------------------------------
+def cmd_eval(args) -> int:
+    from .checkpoint import atomic_write
+    from .evaluate import evaluate_images, format_table
+    from .pipelines import load_run, sample_images
+
+    options = _sampler_options(args)
+    cfg, denoiser = load_run(args.run, weights=args.weights, device=args.device)
+    k = cfg.model.num_classes
+    if args.guidance != 1 and not k:
+        raise NanodiffError("this model is unconditional; --guidance needs a class-conditional run")
+    labels = torch.arange(args.n) % k if k else None  # every class equally often
+    shape = (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
+    stats: dict = {}
+    images = sample_images(denoiser, args.n, shape, args.sampler, args.steps, seed=args.seed,
+                           class_labels=labels, spacing=args.spacing, progress=True, stats=stats,
+                           guidance=args.guidance, batch_size=args.batch_size, **options)
+    result = evaluate_images(images, cfg.data.name, args.features, n_ref=args.n_ref, device=args.device)
+    result.update(run=str(args.run), weights=args.weights, sampler=args.sampler, steps=args.steps,
+                  nfe=stats["nfe"], seed=args.seed, guidance=args.guidance)
+    tag = f"{args.sampler}-{args.steps}-n{args.n}-{args.features}-seed{args.seed}" + (
+        f"-w{args.guidance:g}" if args.guidance != 1 else "")
+    out = Path(args.out) if args.out else Path(args.run) / "eval" / f"{tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+    print(f"{args.sampler}, {args.steps} steps = {stats['nfe']} NFE, seed {args.seed}"
+          + (f", guidance {args.guidance:g}" if args.guidance != 1 else ""))
+    print(format_table(result))
+    print(f"written: {out}")
+    return 0
+
+
 # --- info --------------------------------------------------------------------------------
 def cmd_info(args) -> int:
     run = Path(args.run)
@@ -276,6 +308,26 @@ def build_parser() -> argparse.ArgumentParser:
                        "Gaussian mixtures; writes docs/samplers.md")
     bench_samplers.add_arguments(b)
     b.set_defaults(func=bench_samplers.run_from_args)
+
+    e = sub.add_parser("eval", help="FID, KID, precision/recall of a run's samples against the test split")
+    e.add_argument("run")
+    e.add_argument("--n", type=_positive, default=1000, help="generated images (default 1000)")
+    e.add_argument("--n-ref", type=_positive, help="real test images (default: --n)")
+    e.add_argument("--features", default="inception", choices=["inception", "classifier"],
+                   help="inception: comparable FID (slow on CPU); classifier: fast, nanodiff's own")
+    e.add_argument("--sampler", default="dpm++2m", choices=list(SAMPLERS))
+    e.add_argument("--steps", type=_positive, default=20)
+    e.add_argument("--spacing", choices=SPACINGS)
+    e.add_argument("--eta", type=float)
+    e.add_argument("--order", type=int)
+    e.add_argument("--churn", type=float)
+    e.add_argument("--guidance", type=float, default=1.0)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--batch-size", type=_positive, default=256)
+    e.add_argument("--weights", default="ema", choices=["ema", "model"])
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--out", help="JSON file (default RUN/eval/<sampler>-<steps>-n<n>-<features>-...json)")
+    e.set_defaults(func=cmd_eval)
 
     i = sub.add_parser("info", help="describe a run folder")
     i.add_argument("run")
