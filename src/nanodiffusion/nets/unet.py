@@ -2,8 +2,12 @@
 
 Encoder levels of residual blocks with GroupNorm and a noise-level embedding, optional
 self-attention at chosen resolutions, a middle block, and a decoder that concatenates the
-encoder's activations through skip connections. Sizes that do not divide by the number of
-downsamplings (28x28 with three of them) are padded on the way in and cropped on the way out.
+encoder's activations through skip connections. A text-conditional UNet (context_dim > 0)
+turns each attention into a transformer block: self-attention, cross-attention from the
+pixels to the prompt's tokens (padding masked), and a feed-forward layer, as in latent
+diffusion (Rombach et al. 2022); the prompt's mean token also joins the noise embedding.
+Sizes that do not divide by the number of downsamplings (28x28 with three of them) are padded
+on the way in and cropped on the way out.
 """
 
 from __future__ import annotations
@@ -30,12 +34,15 @@ class UNetConfig:
     dropout: float = 0.1
     num_classes: int = 0  # 0: unconditional; else index num_classes is "no class"
     image_size: int = 28
+    context_dim: int = 0  # > 0: text-conditional, cross-attending to tokens of this width
 
     def __post_init__(self):
         if self.out_channels is None:
             self.out_channels = self.in_channels
         if self.channels % 8 or any(m < 1 for m in self.channel_mults):
             raise NanodiffError("UNet channels must be a multiple of 8 and multipliers positive")
+        if self.num_classes and self.context_dim:
+            raise NanodiffError("a UNet is class-conditional or text-conditional, not both")
         widths = [self.channels * m for m in self.channel_mults]
         if any(w % self.head_dim and w > self.head_dim for w in widths):
             raise NanodiffError(f"head_dim {self.head_dim} must divide every level's width {widths}")
@@ -97,6 +104,65 @@ class Attention(nn.Module):
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
 
 
+def split_context(cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A text condition [B, L, D + 1] -> tokens [B, L, D] and mask [B, L] (True: a real token).
+
+    The mask travels as the last channel so that a prompt is one tensor, which batching,
+    guidance (torch.cat of [cond, uncond]) and devices handle like a class label."""
+    if cond.ndim != 3:
+        raise NanodiffError(f"a text condition is [batch, tokens, width + 1], got shape {tuple(cond.shape)}")
+    return cond[..., :-1], cond[..., -1] > 0.5
+
+
+class CrossAttention(nn.Module):
+    """Queries from the pixels, keys and values from the prompt's tokens; padding is masked."""
+
+    def __init__(self, ch: int, context_dim: int, head_dim: int):
+        super().__init__()
+        self.heads = max(1, ch // head_dim)
+        self.norm = _norm(ch)
+        self.q = nn.Conv2d(ch, ch, 1)
+        self.kv = nn.Linear(context_dim, 2 * ch)
+        self.proj = nn.Conv2d(ch, ch, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        d = C // self.heads
+        q = self.q(self.norm(x)).reshape(B, self.heads, d, H * W).transpose(-1, -2)  # [B, h, HW, d]
+        k, v = self.kv(tokens).reshape(B, -1, 2, self.heads, d).permute(2, 0, 3, 1, 4)  # [B, h, L, d]
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
+
+
+class FeedForward(nn.Module):
+    """GroupNorm, a 4x wider 1x1 conv, GELU, back: per-pixel MLP of a transformer block, residual."""
+
+    def __init__(self, ch: int, mult: int = 4):
+        super().__init__()
+        self.net = nn.Sequential(_norm(ch), nn.Conv2d(ch, mult * ch, 1), nn.GELU(),
+                                 nn.Conv2d(mult * ch, ch, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
+
+
+class TransformerBlock(nn.Module):
+    """Self-attention, cross-attention to the prompt, feed-forward (Rombach et al. 2022, Fig. 3)."""
+
+    def __init__(self, ch: int, context_dim: int, head_dim: int):
+        super().__init__()
+        self.self_attn = Attention(ch, head_dim)
+        self.cross_attn = CrossAttention(ch, context_dim, head_dim)
+        self.ff = FeedForward(ch)
+
+    def forward(self, x: torch.Tensor, context: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.ff(self.cross_attn(self.self_attn(x), *context))
+
+
 class UNet(nn.Module):
     """net(x, c_noise, class_labels) -> output of x's shape."""
 
@@ -106,6 +172,7 @@ class UNet(nn.Module):
         ch, emb_dim = cfg.channels, 4 * cfg.channels
         self.emb_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
+        self.text_emb = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim else None
         self.stride = 2 ** (len(cfg.channel_mults) - 1)
         size = -(-cfg.image_size // self.stride) * self.stride  # padded size
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
@@ -123,7 +190,7 @@ class UNet(nn.Module):
                 size //= 2
 
         self.mid = nn.ModuleList([
-            ResBlock(cur, cur, emb_dim, cfg.dropout), Attention(cur, cfg.head_dim),
+            ResBlock(cur, cur, emb_dim, cfg.dropout), self._attention(cur),
             ResBlock(cur, cur, emb_dim, cfg.dropout),
         ])
 
@@ -145,40 +212,64 @@ class UNet(nn.Module):
     def _block(self, cin: int, cout: int, emb_dim: int, size: int) -> nn.Module:
         res = ResBlock(cin, cout, emb_dim, self.cfg.dropout)
         if size in self.cfg.attn_resolutions:
-            return nn.ModuleList([res, Attention(cout, self.cfg.head_dim)])
+            return nn.ModuleList([res, self._attention(cout)])
         return nn.ModuleList([res])
 
+    def _attention(self, ch: int) -> nn.Module:
+        if self.cfg.context_dim:
+            return TransformerBlock(ch, self.cfg.context_dim, self.cfg.head_dim)
+        return Attention(ch, self.cfg.head_dim)
+
     @staticmethod
-    def _run_block(block: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def _layer(layer: nn.Module, h: torch.Tensor, emb: torch.Tensor, context) -> torch.Tensor:
+        if isinstance(layer, ResBlock):
+            return layer(h, emb)
+        return layer(h, context) if isinstance(layer, TransformerBlock) else layer(h)
+
+    def _run_block(self, block: nn.Module, h: torch.Tensor, emb: torch.Tensor, context) -> torch.Tensor:
         if isinstance(block, nn.ModuleList):
             for layer in block:
-                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+                h = self._layer(layer, h, emb, context)
             return h
         return block(h)  # a down- or upsampler
 
-    def forward(
-        self, x: torch.Tensor, c_noise: torch.Tensor, class_labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """cond: class labels [B] (class-conditional; None = "no class"), or a text condition
+        [B, L, D + 1] (text-conditional; see split_context), or None (unconditional)."""
         H, W = x.shape[-2:]
         pad_h, pad_w = (-H) % self.stride, (-W) % self.stride
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         emb = self.emb_mlp(timestep_embedding(c_noise.reshape(-1).expand(x.shape[0]), self.cfg.channels))
+        context = None
         if self.class_emb is not None:
-            if class_labels is None:  # unconditional: the reserved "no class" index
-                class_labels = torch.full((x.shape[0],), self.cfg.num_classes, device=x.device)
-            emb = emb + self.class_emb(class_labels)
+            if cond is None:  # unconditional: the reserved "no class" index
+                cond = torch.full((x.shape[0],), self.cfg.num_classes, device=x.device)
+            emb = emb + self.class_emb(cond)
+        elif self.text_emb is not None:
+            if cond is None:
+                raise NanodiffError("a text-conditional UNet needs a prompt "
+                                    "(the empty prompt is its unconditional input)")
+            tokens, mask = split_context(cond.to(x.dtype))
+            if tokens.shape[-1] != self.cfg.context_dim:
+                raise NanodiffError(f"text tokens are {tokens.shape[-1]} wide, the UNet expects "
+                                    f"{self.cfg.context_dim}")
+            weights = mask.to(x.dtype)[..., None]
+            pooled = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1)  # the mean real token
+            emb = emb + self.text_emb(pooled)
+            context = (tokens, mask)
 
         h = self.conv_in(x)
         hs = [h]
         for block in self.down:
-            h = self._run_block(block, h, emb)
+            h = self._run_block(block, h, emb, context)
             hs.append(h)
         for layer in self.mid:
-            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            h = self._layer(layer, h, emb, context)
         for block in self.up:
             if isinstance(block, nn.ModuleList):
                 h = torch.cat([h, hs.pop()], dim=1)
-            h = self._run_block(block, h, emb)
+            h = self._run_block(block, h, emb, context)
         out = self.conv_out(F.silu(self.norm_out(h)))
         return out[..., :H, :W]
