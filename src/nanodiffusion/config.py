@@ -29,7 +29,9 @@ class DataConfig:
     image_size: int | None = None  # None: the data's own size
     channels: int | None = None  # None: the data's own (1 grey, 3 RGB)
     class_conditional: bool = False
-    p_uncond: float = 0.1  # label dropped to "no class" with this probability
+    p_uncond: float = 0.1  # label (or prompt, to "") dropped with this probability
+    text_encoder: str = ""  # "": no text; "minilm" or a local transformers folder: train on captions
+    max_tokens: int = 24  # prompts are padded or cut to this many tokens
 
 
 @dataclass

@@ -29,10 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
+from tqdm import tqdm
 
 from .errors import NanodiffError
 
-BUILTINS = ("digits", "mnist", "fashion-mnist")
+BUILTINS = ("digits", "mnist", "fashion-mnist", "shapes")
+SHAPES_SCENES = {"train": 20000, "test": 2000}  # test scenes use seeds from SHAPES_TEST_SEED
+SHAPES_TEST_SEED = 10**7
 SPLITS = ("train", "test", "all")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -83,6 +86,7 @@ class ImageData:
     num_classes: int  # 0 when unlabelled
     name: str
     class_names: list[str] | None = None
+    captions: list[str] | None = None  # one per image (the shapes world; caption sidecars later)
 
 
 def load_data(
@@ -95,6 +99,7 @@ def load_data(
     """Load a dataset by built-in name or path.
 
     name: "digits" (scikit-learn, 1797 images 8x8), "mnist", "fashion-mnist" (28x28, 60k/10k),
+        "shapes" (captioned scenes rendered at image_size, default 32: 20000 train, 2000 test),
         a folder of images (recursive; if every image sits in a sub-folder, the sorted
         sub-folder names are the classes) or a ``.npz`` file (see ``_load_npz``).
     split: "train", "test" or "all". Digits: train is the first 1437 images (80%), test the
@@ -114,6 +119,12 @@ def load_data(
         raise NanodiffError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
 
     class_names = None
+    if name == "shapes":
+        images, captions = _load_shapes(split, image_size or 32, cache_dir)
+        x = _to_unit_range(_to_nchw(images, name), name)
+        if channels is not None:
+            x = _set_channels(x, channels)
+        return ImageData(x, None, 0, name, captions=captions)
     if name == "digits":
         images, labels = _load_digits(split)
         class_names = [str(d) for d in range(10)]
@@ -144,6 +155,33 @@ def load_data(
     y = _check_labels(labels, len(x), name)
     num_classes = len(class_names) if class_names else int(y.max()) + 1
     return ImageData(x, y, num_classes, name, class_names)
+
+
+def _cache_root(cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir or os.environ.get("NANODIFF_DATA") or "~/.cache/nanodiffusion").expanduser()
+
+
+def _load_shapes(split: str, size: int, cache_dir: str | Path | None) -> tuple[np.ndarray, list[str]]:
+    """The shapes world's scenes of a split at a size, rendered once and cached as .npz."""
+    from .shapes import render_scene
+
+    if split == "all":
+        a, b = (_load_shapes(s, size, cache_dir) for s in ("train", "test"))
+        return np.concatenate([a[0], b[0]]), a[1] + b[1]
+    n = SHAPES_SCENES[split]
+    first = 0 if split == "train" else SHAPES_TEST_SEED
+    path = _cache_root(cache_dir) / "shapes" / f"shapes-{split}-{n}-{size}.npz"
+    if path.is_file():
+        with np.load(path) as f:
+            return f["images"], [str(c) for c in f["captions"]]
+    scenes = [render_scene(first + i, size) for i in tqdm(range(n), desc=f"rendering shapes {split}",
+                                                           leave=False)]
+    images, captions = np.stack([s.image for s in scenes]), [s.caption for s in scenes]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, images=images, captions=np.array(captions))
+    tmp.replace(path)
+    return images, captions
 
 
 def _load_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -294,8 +332,7 @@ def _load_idx_dataset(
 def _idx_bytes(name: str, parts: list[str], cache_dir: str | Path | None) -> dict[str, bytes]:
     """Uncompressed, MD5-checked IDX files: from an installed package, the cache or a download."""
     raw = _installed_idx(name, parts)
-    cache = Path(cache_dir or os.environ.get("NANODIFF_DATA") or "~/.cache/nanodiffusion")
-    folder = cache.expanduser() / name
+    folder = _cache_root(cache_dir) / name
     for file in [file for part in parts for file in _IDX_FILES[part] if file not in raw]:
         path = folder / f"{file}.gz"
         if path.exists():

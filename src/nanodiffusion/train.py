@@ -100,8 +100,8 @@ def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
     return d, device
 
 
-def prepare_config(cfg: Config, data: ImageData) -> Config:
-    """Fill in what the data decides: channels, size, number of classes."""
+def prepare_config(cfg: Config, data: ImageData, text_dim: int = 0) -> Config:
+    """Fill in what the data decides: channels, size, number of classes, the text width."""
     _, c, h, w = data.images.shape
     if h != w:
         raise NanodiffError(f"images must be square, got {h}x{w}")
@@ -112,6 +112,12 @@ def prepare_config(cfg: Config, data: ImageData) -> Config:
         if data.labels is None:
             raise NanodiffError(f"class_conditional needs labels, and {data.name} has none")
         cfg.model.num_classes = data.num_classes
+    cfg.model.context_dim = text_dim
+    if cfg.data.text_encoder:
+        if cfg.data.class_conditional:
+            raise NanodiffError("train on labels (class_conditional) or on captions (text_encoder), not both")
+        if data.captions is None:
+            raise NanodiffError(f"text_encoder needs captions, and {data.name} has none")
     if cfg.optim.batch_size < 1 or cfg.run.steps < 1 or cfg.optim.grad_accum < 1:
         raise NanodiffError("batch_size, steps and grad_accum must be positive")
     return cfg
@@ -135,7 +141,17 @@ class Trainer:
         self.dist, self.device = setup_distributed(cfg.run.device)
         self.progress = progress and self.dist.main
         self.data = load_data(cfg.data.name, "train", cfg.data.image_size, cfg.data.channels)
-        self.cfg = cfg if resume else prepare_config(cfg, self.data)
+        self.prompts = None  # text: every distinct caption encoded once (row 0 is "")
+        if cfg.data.text_encoder:
+            from .text import encode_unique, load_text_encoder
+
+            if self.data.captions is None:
+                raise NanodiffError(f"text_encoder needs captions, and {self.data.name} has none")
+            encoder = load_text_encoder(cfg.data.text_encoder, cfg.data.max_tokens)
+            self.prompts, self.prompt_index, _ = encode_unique(encoder, self.data.captions)
+            self.encoder = encoder
+        text_dim = 0 if self.prompts is None else self.prompts.shape[-1] - 1
+        self.cfg = cfg if resume else prepare_config(cfg, self.data, text_dim)
         o = self.cfg.optim
         if o.batch_size % (o.grad_accum * self.dist.world):
             raise NanodiffError(f"batch_size {o.batch_size} must divide by grad_accum x processes "
@@ -205,6 +221,10 @@ class Trainer:
                 drop = torch.rand(micro_batch, generator=self.noise_gen) < cfg.data.p_uncond
                 labels[drop] = cfg.model.num_classes
                 labels = labels[mine].to(self.device)
+            elif self.prompts is not None:  # the prompt, or "" (row 0) with probability p_uncond
+                rows = self.prompt_index[idx].clone()
+                rows[torch.rand(micro_batch, generator=self.noise_gen) < cfg.data.p_uncond] = 0
+                labels = self.prompts[rows[mine]].to(self.device)
             x0 = self.data.images[idx][mine].to(self.device)
             sync = micro == o.grad_accum - 1 or self.dist.world == 1
             ctx = nullcontext() if sync else self.model.no_sync()
@@ -230,6 +250,8 @@ class Trainer:
         labels = None
         if self.cfg.model.num_classes:
             labels = torch.arange(self.cfg.run.sample_n) % self.cfg.model.num_classes
+        elif self.prompts is not None:  # the first captions, one per grid cell
+            labels = self.prompts[self.prompt_index[:self.cfg.run.sample_n]]
         images = sample_images(ema, self.cfg.run.sample_n, tuple(self.data.images.shape[1:]),
                                self.cfg.run.sampler, self.cfg.run.sample_steps, seed=0,
                                class_labels=labels)
