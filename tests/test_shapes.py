@@ -102,3 +102,22 @@ def test_bad_input_gets_a_clear_error():
         render_scene(0, kind="cloud")
     with pytest.raises(NanodiffError, match="16 pixels"):
         render_scene(0, size=8)
+
+
+def test_adherence_of_the_renders_themselves_and_of_noise():
+    from nanodiffusion.shapes import adherence, prompt_set
+
+    scenes = prompt_set(60)
+    exact = adherence([s.image for s in scenes], [s.spec for s in scenes])
+    assert exact["overall"]["all"] >= 0.98 and exact["overall"]["n"] == 60
+    assert set(exact) >= {"single", "relation", "count", "overall"}
+    rng = np.random.default_rng(0)
+    noise = adherence([rng.integers(0, 256, (32, 32, 3)).astype(np.uint8) for _ in scenes],
+                      [s.spec for s in scenes])
+    assert noise["overall"]["all"] <= 0.05
+    shuffled = adherence([s.image for s in scenes], [s.spec for s in scenes[1:] + scenes[:1]])
+    assert shuffled["overall"]["all"] < 0.3  # another scene's caption rarely holds
+    held = prompt_set(10, held_out=True)
+    assert all({(o.colour, o.shape) for o in s.objects} & set(HELD_OUT) for s in held)
+    with pytest.raises(NanodiffError, match="images for"):
+        adherence([scenes[0].image], [s.spec for s in scenes[:2]])

@@ -415,3 +415,25 @@ def detector_accuracy(n: int = 500, size: int = 32, seed: int = 10**6) -> dict[s
             hits["size"] += d.size == obj.size
             hits["position"] += d.position == position_of(obj.cx, obj.cy)
     return {k: v / (n if k == "count" else total) for k, v in hits.items()}
+
+
+def prompt_set(n: int, held_out: bool = False, seed: int = 2 * 10**7) -> list[Scene]:
+    """n evaluation scenes (captions and specs; their images are the reference), from seeds
+    away from the training and test streams; held_out=True: each uses a held-out colour-shape pair."""
+    return [render_scene(seed + i, 32, held_out=held_out) for i in range(n)]
+
+
+def adherence(images: list[np.ndarray] | np.ndarray, specs: list[dict]) -> dict[str, dict[str, float]]:
+    """Prompt adherence of generated images [H, W, 3] uint8, one per caption spec: per caption
+    kind, the fraction of images in which each check holds (`all`: every stated attribute,
+    count and relation), and the number of images."""
+    if len(images) != len(specs):
+        raise NanodiffError(f"{len(images)} images for {len(specs)} prompts")
+    table: dict[str, dict[str, list[bool]]] = {}
+    for image, spec in zip(images, specs, strict=True):
+        for name, ok in judge(image, spec).items():
+            for kind in (spec["kind"], "overall"):
+                if name == "all" or kind != "overall":
+                    table.setdefault(kind, {}).setdefault(name, []).append(ok)
+    return {kind: {**{name: float(np.mean(v)) for name, v in checks.items()}, "n": len(checks["all"])}
+            for kind, checks in table.items()}
