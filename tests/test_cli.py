@@ -192,3 +192,21 @@ def test_toml_config_with_flag_overrides(tmp_path, capsys):
     assert cfg["schedule"]["kind"] == "cosine" and cfg["diffusion"]["parameterization"] == "v"
     (tmp_path / "bad.toml").write_text("[model\nchannels = 8")
     assert "cannot parse config" in _error(capsys, ["train", "--config", str(tmp_path / "bad.toml")])
+
+
+def test_train_autoencoder_command(tmp_path, monkeypatch, capsys):
+    from nanodiffusion import data
+    from nanodiffusion.nets.autoencoder import load_autoencoder
+
+    monkeypatch.setenv("NANODIFF_DATA", str(tmp_path / "cache"))
+    monkeypatch.setitem(data.SHAPES_SCENES, "train", 64)
+    monkeypatch.setitem(data.SHAPES_SCENES, "test", 16)
+    out = tmp_path / "ae"
+    assert main(["train-autoencoder", "--size", "16", "--steps", "5", "--batch-size", "8", "--channels", "8",
+                 "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "latents 4x4x4" in printed and "PSNR" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["latent_shape"] == [4, 4, 4] and (out / "reconstructions.png").is_file()
+    assert load_autoencoder(out).cfg.scale_factor == report["scale_factor"]
+    assert main(["train-autoencoder", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
