@@ -204,3 +204,29 @@ def test_text_encoder_needs_captions(tmp_path, tiny_config):
     tiny_config.data.text_encoder = "minilm"
     with pytest.raises(NanodiffError, match="needs captions"):
         train(tiny_config, tmp_path / "run", progress=False)
+
+
+def test_latent_diffusion_trains_in_the_autoencoders_space(tmp_path, monkeypatch):
+    """With data.autoencoder the UNet sees the scaled latents; samples come back decoded."""
+    from nanodiffusion.cli import main
+    from nanodiffusion.config import apply_overrides
+    from nanodiffusion.nets.autoencoder import AutoencoderConfig, save_autoencoder, train_autoencoder
+    from nanodiffusion.shapes import render_dataset
+
+    cfg = _text_config(tmp_path, monkeypatch)
+    images = torch.from_numpy(render_dataset(48, size=16)[0]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    ae, _ = train_autoencoder(images, AutoencoderConfig(channels=8, channel_mults=[1, 2]), steps=3,
+                              batch_size=8, progress=False)
+    save_autoencoder(ae, tmp_path / "ae")
+    cfg = apply_overrides(cfg, [f"data.autoencoder={tmp_path / 'ae'}", "model.attn_resolutions=[4]",
+                                "data.text_encoder=", "run.sample_every=2"])
+    assert train(cfg, tmp_path / "run", progress=False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    assert (saved["in_channels"], saved["image_size"]) == (4, 8)  # 16x16x3 images -> 8x8x4 latents
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "run" / "samples.png")
+    assert grid.mode == "RGB"  # decoded to colour images, not 4-channel latents
+    out = tmp_path / "drawn"
+    assert main(["sample", str(tmp_path / "run"), "--n", "2", "--steps", "2", "--out", str(out)]) == 0
+    assert Image.open(out / "grid.png").mode == "RGB"

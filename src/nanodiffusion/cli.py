@@ -103,7 +103,7 @@ def _sampler_options(args) -> dict:
 
 
 def cmd_sample(args) -> int:
-    from .pipelines import load_run, sample_images
+    from .pipelines import load_run, sample_images, to_pixels
 
     options = _sampler_options(args)
     cfg, denoiser = load_run(args.run, weights=args.weights, device=args.device)
@@ -129,6 +129,7 @@ def cmd_sample(args) -> int:
         rows.append(sample_images(denoiser, args.n, shape, args.sampler, args.steps, seed=args.seed,
                                   class_labels=labels, spacing=args.spacing, progress=True,
                                   stats=stats, guidance=w, **options))
+    rows = [to_pixels(cfg, r) for r in rows]  # latent runs: decoded by their autoencoder
     out.mkdir(parents=True, exist_ok=True)
     what = f"{args.sampler}, {args.steps} steps = {stats['nfe']} NFE, seed {args.seed}"
     if len(scales) == 1:
@@ -146,7 +147,7 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     from .checkpoint import atomic_write
     from .evaluate import evaluate_images, format_table
-    from .pipelines import load_run, sample_images
+    from .pipelines import load_run, sample_images, to_pixels
 
     options = _sampler_options(args)
     cfg, denoiser = load_run(args.run, weights=args.weights, device=args.device)
@@ -159,6 +160,7 @@ def cmd_eval(args) -> int:
     images = sample_images(denoiser, args.n, shape, args.sampler, args.steps, seed=args.seed,
                            class_labels=labels, spacing=args.spacing, progress=True, stats=stats,
                            guidance=args.guidance, batch_size=args.batch_size, **options)
+    images = to_pixels(cfg, images)
     result = evaluate_images(images, cfg.data.name, args.features, n_ref=args.n_ref, device=args.device)
     result.update(run=str(args.run), weights=args.weights, sampler=args.sampler, steps=args.steps,
                   nfe=stats["nfe"], seed=args.seed, guidance=args.guidance)

@@ -32,6 +32,7 @@ class DataConfig:
     p_uncond: float = 0.1  # label (or prompt, to "") dropped with this probability
     text_encoder: str = ""  # "": no text; "minilm" or a local transformers folder: train on captions
     max_tokens: int = 24  # prompts are padded or cut to this many tokens
+    autoencoder: str = ""  # a `nanodiff train-autoencoder` folder: diffusion runs in its latent space
 
 
 @dataclass

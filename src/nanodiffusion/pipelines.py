@@ -22,6 +22,17 @@ def build_denoiser(cfg: Config, net: torch.nn.Module | None = None) -> Denoiser:
                     cfg.diffusion.parameterization, cfg.diffusion.sigma_data)
 
 
+@torch.no_grad()
+def to_pixels(cfg: Config, samples: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+    """A run's samples as images in [-1, 1]: a latent run's (data.autoencoder) are decoded."""
+    if not cfg.data.autoencoder:
+        return samples
+    from .nets.autoencoder import load_autoencoder
+
+    ae = load_autoencoder(cfg.data.autoencoder, device)
+    return torch.cat([ae.decode(chunk.to(device)).cpu() for chunk in samples.split(256)]).clamp(-1, 1)
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -41,7 +41,7 @@ from .config import Config
 from .data import ImageData, load_data
 from .errors import NanodiffError
 from .losses import diffusion_loss, sample_sigmas
-from .pipelines import build_denoiser, pick_device, sample_images
+from .pipelines import build_denoiser, pick_device, sample_images, to_pixels
 
 
 class EMAModel:
@@ -141,6 +141,8 @@ class Trainer:
         self.dist, self.device = setup_distributed(cfg.run.device)
         self.progress = progress and self.dist.main
         self.data = load_data(cfg.data.name, "train", cfg.data.image_size, cfg.data.channels)
+        if cfg.data.autoencoder:  # latent diffusion: train on the scaled posterior means, encoded once
+            self.data.images = self._encode(cfg.data.autoencoder, self.data.images)
         self.prompts = None  # text: every distinct caption encoded once (row 0 is "")
         if cfg.data.text_encoder:
             from .text import encode_unique, load_text_encoder
@@ -171,6 +173,19 @@ class Trainer:
                 self.denoiser.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             self.train_denoiser = build_denoiser(self.cfg, self.model)
         self._stop_requested = False
+
+    def _encode(self, folder: str, images: torch.Tensor) -> torch.Tensor:
+        from .nets.autoencoder import load_autoencoder
+
+        ae = load_autoencoder(folder, self.device)
+        if ae.cfg.in_channels != images.shape[1]:
+            raise NanodiffError(f"the autoencoder in {folder} takes {ae.cfg.in_channels}-channel images, "
+                                f"the data has {images.shape[1]}")
+        with torch.no_grad():
+            chunks = [ae.encode(images[i:i + 256].to(self.device)).cpu() for i in
+                      tqdm(range(0, len(images), 256), desc="encoding to latents", disable=not self.progress,
+                           leave=False)]
+        return torch.cat(chunks)
 
     # --- checkpoints ------------------------------------------------------------------
     def _load(self) -> None:
@@ -255,7 +270,7 @@ class Trainer:
         images = sample_images(ema, self.cfg.run.sample_n, tuple(self.data.images.shape[1:]),
                                self.cfg.run.sampler, self.cfg.run.sample_steps, seed=0,
                                class_labels=labels)
-        save_grid(images, path, nrow=int(math.sqrt(self.cfg.run.sample_n)))
+        save_grid(to_pixels(self.cfg, images, self.device), path, nrow=int(math.sqrt(self.cfg.run.sample_n)))
 
     def _on_sigint(self, signum, frame) -> None:
         if self._stop_requested:  # a second Ctrl-C: stop now
