@@ -230,3 +230,27 @@ def test_latent_diffusion_trains_in_the_autoencoders_space(tmp_path, monkeypatch
     out = tmp_path / "drawn"
     assert main(["sample", str(tmp_path / "run"), "--n", "2", "--steps", "2", "--out", str(out)]) == 0
     assert Image.open(out / "grid.png").mode == "RGB"
+
+
+def test_text_to_image_pipeline_and_generate_command(tmp_path, monkeypatch, capsys):
+    from nanodiffusion.cli import main
+    from nanodiffusion.pipelines import TextToImage
+
+    cfg = _text_config(tmp_path, monkeypatch)
+    assert train(cfg, tmp_path / "run", progress=False)
+    pipe = TextToImage.from_pretrained(tmp_path / "run", device="cpu")
+    images = pipe(["a red circle", "two blue squares"], n=2, steps=3, seed=1)
+    assert len(images) == 4 and images[0].size == (16, 16) and images[0].mode == "RGB"
+    a = pipe("a red circle", n=2, steps=3, seed=1, output="tensor")
+    assert torch.equal(a, pipe("a red circle", n=2, steps=3, seed=1, output="tensor"))  # seeded
+    assert not torch.equal(a, pipe("a red circle", n=2, steps=3, seed=1, guidance=1.0, output="tensor"))
+    pipe.save_pretrained(tmp_path / "saved")
+    again = TextToImage.from_pretrained(tmp_path / "saved", device="cpu")
+    assert torch.equal(a, again("a red circle", n=2, steps=3, seed=1, output="tensor"))
+
+    out = tmp_path / "drawn"
+    assert main(["generate", str(tmp_path / "run"), "a red circle", "--n", "2", "--steps", "2",
+                 "--out", str(out)]) == 0
+    assert (out / "grid.png").is_file() and "2 images of 'a red circle'" in capsys.readouterr().out
+    assert main(["generate", str(tmp_path / "run"), "x", "--guidance", "-1"]) == 2
+    assert main(["generate", str(tmp_path / "missing"), "x"]) == 2

@@ -213,6 +213,25 @@ def cmd_forward(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from .pipelines import TextToImage
+
+    if not 0 <= args.guidance <= 100:
+        raise NanodiffError(f"--guidance must be between 0 and 100, got {args.guidance}")
+    pipe = TextToImage.from_pretrained(args.run, args.weights, args.device)
+    images = pipe(args.prompt, n=args.n, steps=args.steps, guidance=args.guidance,
+                  negative_prompt=args.negative, sampler=args.sampler, seed=args.seed, output="tensor",
+                  progress=True)
+    slug = "".join(c if c.isalnum() else "-" for c in args.prompt.lower()).strip("-")[:60] or "empty"
+    out = Path(args.out) if args.out else Path(args.run) / "generated" / f"{slug}-seed{args.seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    picture = viz.save_grid(images, out / "grid.png")
+    viz.save_images(images, out)
+    print(f"{args.n} images of {args.prompt!r} ({args.sampler}, {args.steps} steps, "
+          f"guidance {args.guidance:g}, seed {args.seed}): {picture}")
+    return 0
+
+
 def cmd_train_autoencoder(args) -> int:
     from .data import load_data
     from .nets.autoencoder import AutoencoderConfig, save_autoencoder, train_autoencoder
@@ -368,6 +387,20 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("schedules", help="plot alpha_bar and log-SNR of every schedule")
     sc.add_argument("--out", default="schedules.png")
     sc.set_defaults(func=cmd_schedules)
+
+    g = sub.add_parser("generate", help="draw images of a prompt from a text-conditional run")
+    g.add_argument("run")
+    g.add_argument("prompt")
+    g.add_argument("--n", type=_positive, default=8)
+    g.add_argument("--steps", type=_positive, default=20)
+    g.add_argument("--guidance", type=float, default=4.0)
+    g.add_argument("--negative", default="", help="negative prompt (default: the empty prompt)")
+    g.add_argument("--sampler", default="dpm++2m", choices=list(SAMPLERS))
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--weights", choices=("ema", "model"), default="ema")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    g.add_argument("--out", help="output folder (default RUN/generated/<prompt>-seed<seed>)")
+    g.set_defaults(func=cmd_generate)
 
     a = sub.add_parser("train-autoencoder", help="train the KL autoencoder that latent diffusion runs in")
     a.add_argument("--data", default="shapes", help="shapes (default), a built-in name, a folder or .npz")

@@ -96,3 +96,68 @@ def sample_images(
     if stats is not None:
         stats.update(nfe=counted.calls // len(out), sigmas=sigmas)
     return torch.cat(out)
+
+
+class TextToImage:
+    """Prompt in, images out: a text-conditional run (pixel or latent) with its text encoder and
+    autoencoder, sampled with classifier-free guidance towards the prompt and away from the
+    negative prompt (default "", the unconditional input the model was trained with).
+
+        pipe = TextToImage.from_pretrained("runs/text")
+        images = pipe("a red circle left of a blue square", steps=20, guidance=4.0, seed=0)
+    """
+
+    def __init__(self, cfg: Config, denoiser: Denoiser, encoder, autoencoder=None):
+        self.cfg, self.denoiser, self.encoder, self.autoencoder = cfg, denoiser, encoder, autoencoder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, weights: str = "ema", device: str = "auto") -> TextToImage:
+        from .nets.autoencoder import load_autoencoder
+        from .text import load_text_encoder
+
+        cfg, denoiser = load_run(folder, weights, device)
+        if not cfg.data.text_encoder:
+            raise NanodiffError(f"{folder} is not a text-conditional run (its data.text_encoder is empty)")
+        ae_folder = Path(folder) / "autoencoder"  # save_pretrained keeps it beside the UNet
+        if cfg.data.autoencoder and not ae_folder.is_dir():
+            ae_folder = Path(cfg.data.autoencoder)
+        autoencoder = load_autoencoder(ae_folder, pick_device(device)) if cfg.data.autoencoder else None
+        return cls(cfg, denoiser, load_text_encoder(cfg.data.text_encoder, cfg.data.max_tokens), autoencoder)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """config.json and ema.safetensors (the weights in use), and the autoencoder if any."""
+        from .checkpoint import save_config, save_weights
+        from .nets.autoencoder import save_autoencoder
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_weights(self.denoiser.net, folder / EMA, 0)
+        if self.autoencoder is not None:
+            save_autoencoder(self.autoencoder, folder / "autoencoder")
+        save_config(self.cfg, folder)
+        return folder
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], n: int = 1, steps: int = 20, guidance: float = 4.0,
+                 negative_prompt: str = "", sampler: str = "dpm++2m", seed: int = 0,
+                 output: str = "pil", progress: bool = False, **sampler_kwargs):
+        """n images per prompt, prompt by prompt; output 'pil' (a list of PIL images) or 'tensor'
+        ([N, C, H, W] in [-1, 1])."""
+        from .viz import to_pil
+
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or n < 1:
+            raise NanodiffError("give at least one prompt and n >= 1")
+        cond = self.encoder([p for p in prompts for _ in range(n)])
+        uncond = self.encoder([negative_prompt])[0]
+        m = self.cfg.model
+        shape = (m.in_channels, m.image_size, m.image_size)
+        latents = sample_images(self.denoiser, len(cond), shape, sampler, steps, seed=seed, class_labels=cond,
+                                guidance=guidance, uncond=uncond, progress=progress, **sampler_kwargs)
+        device = next(self.denoiser.parameters()).device
+        images = latents if self.autoencoder is None else torch.cat(
+            [self.autoencoder.decode(c.to(device)).cpu() for c in latents.split(256)])
+        images = images.clamp(-1, 1)
+        if output == "tensor":
+            return images
+        return [to_pil(img[None], padding=0) for img in images]
