@@ -34,8 +34,17 @@ def test_latent_shapes_and_bad_input():
         ae.encode(torch.zeros(1, 1, 32, 32))
 
 
-def test_short_training_lowers_the_error_and_measures_the_scale(shapes16, tmp_path):
+@pytest.fixture
+def one_thread():
+    """Small convolutions run faster on one thread here; the setting is restored after the test
+    (other tests compare runs across processes bit for bit, which needs the default)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_short_training_lowers_the_error_and_measures_the_scale(shapes16, tmp_path, one_thread):
     cfg = AutoencoderConfig(channels=16, channel_mults=[1, 2], z_channels=4)
     ae, report = train_autoencoder(shapes16[:300], cfg, steps=150, batch_size=32, lr=2e-3,
                                    held_out=shapes16[300:], progress=False)
