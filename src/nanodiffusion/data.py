@@ -157,7 +157,9 @@ def load_data(
     return ImageData(x, y, num_classes, name, class_names)
 
 
-def _cache_root(cache_dir: str | Path | None) -> Path:
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """Where downloads, rendered datasets and evaluation features are kept: cache_dir, else
+    $NANODIFF_DATA, else ~/.cache/nanodiffusion."""
     return Path(cache_dir or os.environ.get("NANODIFF_DATA") or "~/.cache/nanodiffusion").expanduser()
 
 
@@ -170,7 +172,7 @@ def _load_shapes(split: str, size: int, cache_dir: str | Path | None) -> tuple[n
         return np.concatenate([a[0], b[0]]), a[1] + b[1]
     n = SHAPES_SCENES[split]
     first = 0 if split == "train" else SHAPES_TEST_SEED
-    path = _cache_root(cache_dir) / "shapes" / f"shapes-{split}-{n}-{size}.npz"
+    path = cache_root(cache_dir) / "shapes" / f"shapes-{split}-{n}-{size}.npz"
     if path.is_file():
         with np.load(path) as f:
             return f["images"], [str(c) for c in f["captions"]]
@@ -332,7 +334,7 @@ def _load_idx_dataset(
 def _idx_bytes(name: str, parts: list[str], cache_dir: str | Path | None) -> dict[str, bytes]:
     """Uncompressed, MD5-checked IDX files: from an installed package, the cache or a download."""
     raw = _installed_idx(name, parts)
-    folder = _cache_root(cache_dir) / name
+    folder = cache_root(cache_dir) / name
     for file in [file for part in parts for file in _IDX_FILES[part] if file not in raw]:
         path = folder / f"{file}.gz"
         if path.exists():

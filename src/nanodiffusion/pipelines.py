@@ -29,8 +29,7 @@ def to_pixels(cfg: Config, samples: torch.Tensor, device: str | torch.device = "
         return samples
     from .nets.autoencoder import load_autoencoder
 
-    ae = load_autoencoder(cfg.data.autoencoder, device)
-    return torch.cat([ae.decode(chunk.to(device)).cpu() for chunk in samples.split(256)]).clamp(-1, 1)
+    return load_autoencoder(cfg.data.autoencoder, device).decode_images(samples)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -154,10 +153,7 @@ class TextToImage:
         shape = (m.in_channels, m.image_size, m.image_size)
         latents = sample_images(self.denoiser, len(cond), shape, sampler, steps, seed=seed, class_labels=cond,
                                 guidance=guidance, uncond=uncond, progress=progress, **sampler_kwargs)
-        device = next(self.denoiser.parameters()).device
-        images = latents if self.autoencoder is None else torch.cat(
-            [self.autoencoder.decode(c.to(device)).cpu() for c in latents.split(256)])
-        images = images.clamp(-1, 1)
+        images = latents.clamp(-1, 1) if self.autoencoder is None else self.autoencoder.decode_images(latents)
         if output == "tensor":
             return images
         return [to_pil(img[None], padding=0) for img in images]

@@ -113,11 +113,6 @@ def prepare_config(cfg: Config, data: ImageData, text_dim: int = 0) -> Config:
             raise NanodiffError(f"class_conditional needs labels, and {data.name} has none")
         cfg.model.num_classes = data.num_classes
     cfg.model.context_dim = text_dim
-    if cfg.data.text_encoder:
-        if cfg.data.class_conditional:
-            raise NanodiffError("train on labels (class_conditional) or on captions (text_encoder), not both")
-        if data.captions is None:
-            raise NanodiffError(f"text_encoder needs captions, and {data.name} has none")
     if cfg.optim.batch_size < 1 or cfg.run.steps < 1 or cfg.optim.grad_accum < 1:
         raise NanodiffError("batch_size, steps and grad_accum must be positive")
     return cfg
@@ -141,17 +136,19 @@ class Trainer:
         self.dist, self.device = setup_distributed(cfg.run.device)
         self.progress = progress and self.dist.main
         self.data = load_data(cfg.data.name, "train", cfg.data.image_size, cfg.data.channels)
-        if cfg.data.autoencoder:  # latent diffusion: train on the scaled posterior means, encoded once
-            self.data.images = self._encode(cfg.data.autoencoder, self.data.images)
         self.prompts = None  # text: every distinct caption encoded once (row 0 is "")
         if cfg.data.text_encoder:
             from .text import encode_unique, load_text_encoder
 
+            if cfg.data.class_conditional:
+                raise NanodiffError("train on labels (class_conditional) or on captions (text_encoder), "
+                                    "not both")
             if self.data.captions is None:
                 raise NanodiffError(f"text_encoder needs captions, and {self.data.name} has none")
             encoder = load_text_encoder(cfg.data.text_encoder, cfg.data.max_tokens)
             self.prompts, self.prompt_index, _ = encode_unique(encoder, self.data.captions)
-            self.encoder = encoder
+        if cfg.data.autoencoder:  # latent diffusion: train on the scaled posterior means, encoded once
+            self.data.images = self._encode(cfg.data.autoencoder, self.data.images)
         text_dim = 0 if self.prompts is None else self.prompts.shape[-1] - 1
         self.cfg = cfg if resume else prepare_config(cfg, self.data, text_dim)
         o = self.cfg.optim

@@ -112,6 +112,12 @@ class Autoencoder(nn.Module):
         """Images in [-1, 1] (not clamped) from scaled latents."""
         return self.decoder(z / self.cfg.scale_factor)
 
+    @torch.no_grad()
+    def decode_images(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Scaled latents (any device) -> images in [-1, 1] on the CPU, decoded in batches."""
+        device = next(self.parameters()).device
+        return torch.cat([self.decode(c.to(device)).cpu() for c in z.split(batch_size)]).clamp(-1, 1)
+
     def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """Mean squared reconstruction error of a posterior draw, plus kl_weight x KL per latent element."""
         mean, logvar = self.encode_dist(x)
