@@ -114,6 +114,32 @@ def test_folder_empty(tmp_path):
         load_data(str(tmp_path))
 
 
+def test_folder_captions_txt_and_metadata_jsonl(tmp_path):
+    _save(tmp_path / "cats" / "a.png", np.zeros((8, 8), np.uint8))
+    _save(tmp_path / "cats" / "b.png", np.zeros((8, 8), np.uint8))
+    _save(tmp_path / "dogs" / "c.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "cats" / "a.txt").write_text("a black cat\n")
+    (tmp_path / "metadata.jsonl").write_text(
+        '{"file_name": "cats/b.png", "text": "a sleepy cat"}\n\n'
+        '{"file_name": "cats/a.png", "text": "overridden by a.txt"}\n'
+        '{"file_name": "dogs/c.png", "text": "a dog"}\n')
+    loaded = load_data(str(tmp_path))
+    assert loaded.captions == ["a black cat", "a sleepy cat", "a dog"]  # sorted paths
+    assert loaded.labels.tolist() == [0, 0, 1]
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "cats/b.png", "text": "a sleepy cat"}\n')
+    with pytest.raises(NanodiffError, match=r"1 of 3 images .* have no caption \(first: dogs/c.png\)"):
+        load_data(str(tmp_path))
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "cats/b.png"}\n')
+    with pytest.raises(NanodiffError, match="metadata.jsonl line 1: expected a JSON object"):
+        load_data(str(tmp_path))
+
+
+def test_folder_without_captions_has_none(tmp_path):
+    _save(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "notes.md").write_text("not a caption")
+    assert load_data(str(tmp_path)).captions is None
+
+
 def test_path_has_no_test_split(tmp_path):
     _save(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
     with pytest.raises(NanodiffError, match="no test split"):

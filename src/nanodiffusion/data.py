@@ -86,7 +86,7 @@ class ImageData:
     num_classes: int  # 0 when unlabelled
     name: str
     class_names: list[str] | None = None
-    captions: list[str] | None = None  # one per image (the shapes world; caption sidecars later)
+    captions: list[str] | None = None  # one per image: the shapes world, or a folder's sidecars
 
 
 def load_data(
@@ -101,7 +101,9 @@ def load_data(
     name: "digits" (scikit-learn, 1797 images 8x8), "mnist", "fashion-mnist" (28x28, 60k/10k),
         "shapes" (captioned scenes rendered at image_size, default 32: 20000 train, 2000 test),
         a folder of images (recursive; if every image sits in a sub-folder, the sorted
-        sub-folder names are the classes) or a ``.npz`` file (see ``_load_npz``).
+        sub-folder names are the classes; captions come from ``name.txt`` beside ``name.png`` or
+        from ``metadata.jsonl`` rows with ``file_name`` and ``text``) or a ``.npz`` file (see
+        ``_load_npz``).
     split: "train", "test" or "all". Digits: train is the first 1437 images (80%), test the
         last 360. MNIST-style: the official splits; "all" is train then test. A folder or
         .npz is a single split: "train" and "all" both return it, "test" is an error.
@@ -118,7 +120,7 @@ def load_data(
     if channels not in (None, 1, 3):
         raise NanodiffError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
 
-    class_names = None
+    class_names, captions = None, None
     if name == "shapes":
         images, captions = _load_shapes(split, image_size or 32, cache_dir)
         x = _to_unit_range(_to_nchw(images, name), name)
@@ -141,7 +143,7 @@ def load_data(
         if split == "test":
             raise NanodiffError(f"{name} has no test split: a folder or .npz file is one split")
         if path.is_dir():
-            images, labels, class_names = _load_folder(path, image_size, channels)
+            images, labels, class_names, captions = _load_folder(path, image_size, channels)
         else:
             images, labels = _load_npz(path)
 
@@ -151,10 +153,10 @@ def load_data(
     if channels is not None:
         x = _set_channels(x, channels)
     if labels is None:
-        return ImageData(x, None, 0, name)
+        return ImageData(x, None, 0, name, captions=captions)
     y = _check_labels(labels, len(x), name)
     num_classes = len(class_names) if class_names else int(y.max()) + 1
-    return ImageData(x, y, num_classes, name, class_names)
+    return ImageData(x, y, num_classes, name, class_names, captions)
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -216,7 +218,7 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 def _load_folder(
     root: Path, image_size: int | None, channels: int | None
-) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, list[str] | None]:
     paths = sorted(
         p
         for p in root.rglob("*")
@@ -251,13 +253,48 @@ def _load_folder(
     if channels is None and all_grey:
         images = images[..., :1]
 
+    captions = _folder_captions(root, paths)
     relative = [p.relative_to(root) for p in paths]
     if not all(len(r.parts) > 1 for r in relative):
-        return _to_nchw(images, root), None, None
+        return _to_nchw(images, root), None, None, captions
     class_names = sorted({r.parts[0] for r in relative})
     label_of = {c: i for i, c in enumerate(class_names)}
     labels = np.array([label_of[r.parts[0]] for r in relative])
-    return _to_nchw(images, root), labels, class_names
+    return _to_nchw(images, root), labels, class_names, captions
+
+
+def _folder_captions(root: Path, paths: list[Path]) -> list[str] | None:
+    """Captions in the two sidecar conventions: ``metadata.jsonl`` files (one JSON object a line
+    with ``file_name``, relative to the metadata file's folder, and ``text``; the Hugging Face
+    imagefolder layout) and ``name.txt`` beside ``name.png`` (a .txt wins over metadata).
+    None when no image has a caption; an error when only some have."""
+    import json
+
+    captions: dict[Path, str] = {}
+    for meta in sorted(root.rglob("metadata.jsonl")):
+        for i, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                file, text = row["file_name"], row["text"]
+            except (ValueError, KeyError, TypeError):
+                raise NanodiffError(f"{meta} line {i}: expected a JSON object with file_name and text")
+            if not isinstance(text, str):
+                raise NanodiffError(f"{meta} line {i}: text must be a string, got {text!r}")
+            captions[(meta.parent / file).resolve()] = text.strip()
+    for path in paths:
+        txt = path.with_suffix(".txt")
+        if txt.is_file():
+            captions[path.resolve()] = txt.read_text(encoding="utf-8").strip()
+    if not captions:
+        return None
+    missing = [p for p in paths if p.resolve() not in captions]
+    if missing:
+        raise NanodiffError(f"{len(missing)} of {len(paths)} images in {root} have no caption "
+                            f"(first: {missing[0].relative_to(root)}); give every image a "
+                            "name.txt or a metadata.jsonl row, or none")
+    return [captions[p.resolve()] for p in paths]
 
 
 def _to_nchw(images: np.ndarray, where: str | Path) -> np.ndarray:
