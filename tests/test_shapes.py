@@ -121,3 +121,19 @@ def test_adherence_of_the_renders_themselves_and_of_noise():
     assert all({(o.colour, o.shape) for o in s.objects} & set(HELD_OUT) for s in held)
     with pytest.raises(NanodiffError, match="images for"):
         adherence([scenes[0].image], [s.spec for s in scenes[:2]])
+
+
+def test_evaluate_prompts_scores_renders_perfect_and_blank_images_zero():
+    from nanodiffusion.shapes import evaluate_prompts, format_adherence, prompt_set
+
+    held = prompt_set(12, held_out=True, seed=2 * 10**7 + 10**6)  # evaluate_prompts' held-out seeds
+    scenes = {s.caption: s.image for s in prompt_set(24) + held}
+    perfect = evaluate_prompts(lambda caps: np.stack([scenes[c] for c in caps]), n=24, n_held_out=12)
+    blank = evaluate_prompts(lambda caps: np.full((len(caps), 32, 32, 3), 128, np.uint8), n=24, n_held_out=12)
+    for name in ("prompts", "held-out"):
+        assert perfect[name]["generated"]["overall"]["all"] == 1.0
+        assert blank[name]["generated"]["overall"]["all"] == 0.0
+        assert perfect[name]["generated"]["overall"]["n"] == (24 if name == "prompts" else 12)
+    assert "held-out overall" in format_adherence(perfect)
+    with pytest.raises(NanodiffError, match="expected"):
+        evaluate_prompts(lambda caps: np.zeros((1, 32, 32, 3), np.uint8), n=4, n_held_out=0)

@@ -254,3 +254,13 @@ def test_text_to_image_pipeline_and_generate_command(tmp_path, monkeypatch, caps
     assert (out / "grid.png").is_file() and "2 images of 'a red circle'" in capsys.readouterr().out
     assert main(["generate", str(tmp_path / "run"), "x", "--guidance", "-1"]) == 2
     assert main(["generate", str(tmp_path / "missing"), "x"]) == 2
+
+    capsys.readouterr()
+    out = tmp_path / "adherence.json"
+    assert main(["eval-prompts", str(tmp_path / "run"), "--n", "6", "--held-out", "3", "--steps", "2",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert len(result["prompts"]["captions"]) == 6 and len(result["held-out"]["captions"]) == 3
+    assert result["prompts"]["renders"]["overall"]["all"] == 1.0  # the referee passes the renders
+    assert "held-out overall" in printed and out.with_suffix(".png").is_file()

@@ -232,6 +232,37 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_eval_prompts(args) -> int:
+    from .checkpoint import atomic_write
+    from .pipelines import TextToImage
+    from .shapes import evaluate_prompts, format_adherence
+
+    if not 0 <= args.guidance <= 100:
+        raise NanodiffError(f"--guidance must be between 0 and 100, got {args.guidance}")
+    pipe = TextToImage.from_pretrained(args.run, args.weights, args.device)
+    drawn = []
+
+    def generate(captions: list[str]):
+        images = pipe(captions, n=1, steps=args.steps, guidance=args.guidance, sampler=args.sampler,
+                      seed=args.seed, output="tensor", progress=True)
+        drawn.append(images)
+        return viz.to_uint8(images)
+
+    result = evaluate_prompts(generate, n=args.n, n_held_out=args.held_out)
+    result.update(run=str(args.run), sampler=args.sampler, steps=args.steps, guidance=args.guidance,
+                  seed=args.seed, weights=args.weights)
+    tag = f"{args.sampler}-{args.steps}-w{args.guidance:g}-n{args.n}-seed{args.seed}"
+    out = Path(args.out) if args.out else Path(args.run) / "eval-prompts" / f"{tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+    picture = viz.save_grid(drawn[0][:32], out.with_suffix(".png"), nrow=8)
+    print(f"prompt adherence ({args.sampler}, {args.steps} steps, guidance {args.guidance:g}, "
+          f"seed {args.seed}); 'renders' is the referee's score on the prompts' own renders")
+    print(format_adherence(result))
+    print(f"written: {out}, {picture} (the first 32 prompts' images)")
+    return 0
+
+
 def cmd_train_autoencoder(args) -> int:
     from .data import load_data
     from .nets.autoencoder import AutoencoderConfig, save_autoencoder, train_autoencoder
@@ -401,6 +432,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     g.add_argument("--out", help="output folder (default RUN/generated/<prompt>-seed<seed>)")
     g.set_defaults(func=cmd_generate)
+
+    ep = sub.add_parser("eval-prompts", help="prompt adherence of a shapes text-to-image run, judged exactly")
+    ep.add_argument("run")
+    ep.add_argument("--n", type=_positive, default=200, help="evaluation prompts (default 200)")
+    ep.add_argument("--held-out", type=int, default=100,
+                    help="prompts naming held-out colour-shape pairs (default 100; 0: none)")
+    ep.add_argument("--steps", type=_positive, default=20)
+    ep.add_argument("--guidance", type=float, default=4.0)
+    ep.add_argument("--sampler", default="dpm++2m", choices=list(SAMPLERS))
+    ep.add_argument("--seed", type=int, default=0)
+    ep.add_argument("--weights", choices=("ema", "model"), default="ema")
+    ep.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ep.add_argument("--out", help="JSON file (default RUN/eval-prompts/<sampler>-<steps>-w<g>-n<n>-"
+                    "seed<s>.json)")
+    ep.set_defaults(func=cmd_eval_prompts)
 
     a = sub.add_parser("train-autoencoder", help="train the KL autoencoder that latent diffusion runs in")
     a.add_argument("--data", default="shapes", help="shapes (default), a built-in name, a folder or .npz")

@@ -279,7 +279,8 @@ def _folder_captions(root: Path, paths: list[Path]) -> list[str] | None:
                 row = json.loads(line)
                 file, text = row["file_name"], row["text"]
             except (ValueError, KeyError, TypeError):
-                raise NanodiffError(f"{meta} line {i}: expected a JSON object with file_name and text")
+                raise NanodiffError(f"{meta} line {i}: expected a JSON object with file_name and "
+                                    "text") from None
             if not isinstance(text, str):
                 raise NanodiffError(f"{meta} line {i}: text must be a string, got {text!r}")
             captions[(meta.parent / file).resolve()] = text.strip()

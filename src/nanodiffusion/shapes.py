@@ -437,3 +437,50 @@ def adherence(images: list[np.ndarray] | np.ndarray, specs: list[dict]) -> dict[
                     table.setdefault(kind, {}).setdefault(name, []).append(ok)
     return {kind: {**{name: float(np.mean(v)) for name, v in checks.items()}, "n": len(checks["all"])}
             for kind, checks in table.items()}
+
+
+# --- prompt adherence of a model ------------------------------------------------------------------
+def evaluate_prompts(generate, n: int = 200, n_held_out: int = 100, size: int = 32,
+                     seed: int = 2 * 10**7) -> dict:
+    """Prompt adherence of a text-to-image model on the shapes world's evaluation prompts.
+
+    generate(captions) -> images [N, H, W, 3] uint8, one per caption. The prompts are
+    `prompt_set(n)` (single, relation and count captions in the training mix) and
+    `prompt_set(n_held_out, held_out=True)` (each names a held-out colour-shape pair). Beside the
+    generated images' adherence, the same prompts' own renders at `size` are judged: the score a
+    perfect model gets from this referee (1.0 up to the detector's errors)."""
+    sets = {"prompts": prompt_set(n, seed=seed)}
+    if n_held_out:
+        sets["held-out"] = prompt_set(n_held_out, held_out=True, seed=seed + 10**6)
+    result: dict = {"n": n, "n_held_out": n_held_out, "size": size}
+    for name, scenes in sets.items():
+        captions, specs = [s.caption for s in scenes], [s.spec for s in scenes]
+        images = np.asarray(generate(captions))
+        if images.shape[0] != len(captions) or images.ndim != 4 or images.shape[3] != 3:
+            raise NanodiffError(f"generate returned {images.shape} for {len(captions)} prompts; "
+                                "expected [N, H, W, 3]")
+        renders = [render_scene(seed + i + (10**6 if name == "held-out" else 0), images.shape[1],
+                                held_out=name == "held-out").image for i in range(len(scenes))]
+        result[name] = {"generated": adherence(images, specs), "renders": adherence(renders, specs),
+                        "captions": captions}
+    return result
+
+
+def format_adherence(result: dict) -> str:
+    """The table `nanodiff eval-prompts` prints: per category and check, the fraction of
+    generated images that hold it, beside the renders' own score."""
+    rows = [("category", "check", "generated", "renders", "n")]
+    for name in ("prompts", "held-out"):
+        if name not in result:
+            continue
+        gen, ref = result[name]["generated"], result[name]["renders"]
+        for kind in ("single", "relation", "count", "overall"):
+            if kind not in gen:
+                continue
+            label = kind if name == "prompts" else f"held-out {kind}"
+            for check in [c for c in gen[kind] if c not in ("all", "n")] + ["all"]:
+                rows.append((label, check, f"{gen[kind][check]:.3f}", f"{ref[kind][check]:.3f}",
+                             str(gen[kind]["n"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in
+                               enumerate(zip(r, widths, strict=True))) for r in rows)

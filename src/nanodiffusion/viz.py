@@ -45,7 +45,7 @@ def _check_images(images: torch.Tensor, name: str = "images") -> None:
         raise NanodiffError(f"{name} is an empty batch; nothing to draw")
 
 
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
+def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[N, C, H, W] in [-1, 1] -> [N, H, W, C] uint8 in [0, 255]."""
     pixels = ((images.detach().cpu().float().clamp(-1, 1) + 1) * 127.5).round()
     return pixels.to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -53,7 +53,7 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def _grid(images: torch.Tensor, ncol: int, padding: int) -> np.ndarray:
     """Tile [N, C, H, W] into one [H', W', C] uint8 array, ncol tiles per row."""
-    tiles = _to_uint8(images)
+    tiles = to_uint8(images)
     n, h, w, c = tiles.shape
     nrows = math.ceil(n / ncol)
     grid = np.full((nrows * (h + padding) + padding, ncol * (w + padding) + padding, c), PAD)
@@ -174,7 +174,7 @@ def save_forward_strip(
     axes = fig.subplots(x0.shape[0], len(titles), squeeze=False)
     for row, image in zip(axes, x0, strict=True):
         for ax, x_t in zip(row, _forward(image, alpha_bar, seed), strict=True):
-            _imshow(ax, _to_uint8(x_t[None])[0])
+            _imshow(ax, to_uint8(x_t[None])[0])
             ax.set_axis_off()
     for ax, title in zip(axes[0], titles, strict=True):
         ax.set_title(title, fontsize=9)
