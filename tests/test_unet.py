@@ -72,6 +72,8 @@ def test_guidance_batches_prompts_like_labels():
         guided = ClassifierFreeGuidance(denoiser, 3.0, empty)(x, sigma, cond)
         d_c, d_u = denoiser(x, sigma, cond), denoiser(x, sigma, empty.expand(2, L, D + 1))
     assert torch.allclose(guided, d_u + 3.0 * (d_c - d_u), atol=1e-5)
+    with torch.no_grad():  # scale 1 with the empty prompt is the conditional model
+        assert torch.allclose(ClassifierFreeGuidance(denoiser, 1.0, empty)(x, sigma, cond), d_c, atol=1e-6)
 
 
 def test_text_unet_errors():
