@@ -48,6 +48,27 @@ def forward_flops(forward: Callable[[], object]) -> int:
     return fc.get_total_flops()
 
 
+class BudgetClock:
+    """The training time spent so far (the steps' own time) and the run length it predicts.
+
+    The cosine decay of every recipe is planned to end when the budget does: its length is
+    re-estimated after every step from the mean speed so far, so the plan follows the machine's
+    load. Before the first few steps (all within every recipe's warm-up) `fallback` stands in.
+    """
+
+    def __init__(self, budget_s: float):
+        self.budget_s, self.used = budget_s, 0.0
+
+    def planned_steps(self, step: int, fallback: int = 10**6) -> int:
+        if step < 10 or self.used <= 0:
+            return fallback
+        return max(step + 1, round(step + (self.budget_s - self.used) * step / self.used))
+
+    @property
+    def done(self) -> bool:
+        return self.used >= self.budget_s
+
+
 def machine() -> str:
     """CPU model, torch's thread count, torch version and today's date, in one line."""
     cpuinfo = Path("/proc/cpuinfo")

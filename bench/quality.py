@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from _common import DOC, forward_flops, machine, write_section
+from _common import DOC, BudgetClock, forward_flops, machine, write_section
 from nanodiffusion.checkpoint import load_config, load_weights, save_config, save_weights
 from nanodiffusion.config import preset
 from nanodiffusion.data import load_data
@@ -145,27 +145,6 @@ def _prepare_out(out: Path, reuse: bool) -> None:
 
 
 # --- training ---------------------------------------------------------------------------------
-class BudgetClock:
-    """The training time spent so far (the steps' own time) and the run length it predicts.
-
-    The cosine decay of every recipe is planned to end when the budget does: its length is
-    re-estimated after every step from the mean speed so far, so the plan follows the machine's
-    load. Before the first few steps (all within every recipe's warm-up) `fallback` stands in.
-    """
-
-    def __init__(self, budget_s: float):
-        self.budget_s, self.used = budget_s, 0.0
-
-    def planned_steps(self, step: int, fallback: int = 10**6) -> int:
-        if step < 10 or self.used <= 0:
-            return fallback
-        return max(step + 1, round(step + (self.budget_s - self.used) * step / self.used))
-
-    @property
-    def done(self) -> bool:
-        return self.used >= self.budget_s
-
-
 def _diffusers_cosine(step: int, warmup: int, total: int) -> float:
     """diffusers' get_cosine_schedule_with_warmup, with the total steps passed in at each step."""
     if step < warmup:

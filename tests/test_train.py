@@ -233,6 +233,40 @@ def test_latent_diffusion_trains_in_the_autoencoders_space(tmp_path, monkeypatch
     assert Image.open(out / "grid.png").mode == "RGB"
 
 
+def test_text_preset_trains_its_autoencoder_first_and_grids_show_the_fixed_prompts(tmp_path, monkeypatch):
+    """data.autoencoder = "train" (the text preset's): the autoencoder is trained into
+    RUN/autoencoder with its report, the config then names that folder, a resume reuses it, and
+    the sample grids are guided samples of shapes' fixed prompt list."""
+    from nanodiffusion import data
+    from nanodiffusion.config import apply_overrides, preset
+    from nanodiffusion.pipelines import TextToImage
+    from nanodiffusion.train import grid_prompts
+
+    monkeypatch.setenv("NANODIFF_DATA", str(tmp_path / "cache"))
+    monkeypatch.setitem(data.SHAPES_SCENES, "train", 40)
+    monkeypatch.setitem(data.SHAPES_SCENES, "test", 8)
+    cfg = apply_overrides(preset("text"), [
+        "data.image_size=16", "data.autoencoder_steps=3", "data.autoencoder_channels=8",
+        "data.autoencoder_batch_size=8", "data.max_tokens=12", "model.channels=32",
+        "model.attn_resolutions=[2]", "optim.batch_size=8", "optim.warmup_steps=1", "run.steps=2",
+        "run.sample_every=2", "run.checkpoint_every=0", "run.sample_steps=2", "run.sample_n=4"])
+    assert train(cfg, tmp_path / "run", progress=False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["data"]["autoencoder"] == str(tmp_path / "run" / "autoencoder")
+    assert (saved["model"]["in_channels"], saved["model"]["image_size"]) == (4, 4)  # 16x16x3 -> 4x4x4
+    report = json.loads((tmp_path / "run" / "autoencoder" / "report.json").read_text())
+    assert report["steps"] == 3 and report["latent_shape"] == [4, 4, 4] and report["seconds"] > 0
+    assert (tmp_path / "run" / "autoencoder" / "reconstructions.png").is_file()
+    assert (tmp_path / "run" / "samples" / "step_0000002.png").is_file()
+    assert grid_prompts(cfg, ["x"])[-4] == "a purple triangle"  # the held-out row
+    assert grid_prompts(apply_overrides(cfg, ["run.sample_prompts=a | b"]), ["x"]) == ["a", "b"]
+    before = (tmp_path / "run" / "autoencoder" / "autoencoder.safetensors").read_bytes()
+    assert resume(tmp_path / "run", steps=3, progress=False)
+    assert (tmp_path / "run" / "autoencoder" / "autoencoder.safetensors").read_bytes() == before
+    image = TextToImage.from_pretrained(tmp_path / "run", device="cpu")("a red circle", steps=2)[0]
+    assert image.size == (16, 16)
+
+
 def test_text_to_image_pipeline_and_generate_command(tmp_path, monkeypatch, capsys):
     from nanodiffusion.cli import main
     from nanodiffusion.pipelines import TextToImage

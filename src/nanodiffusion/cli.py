@@ -265,7 +265,7 @@ def cmd_eval_prompts(args) -> int:
 
 def cmd_train_autoencoder(args) -> int:
     from .data import load_data
-    from .nets.autoencoder import AutoencoderConfig, save_autoencoder, train_autoencoder
+    from .nets.autoencoder import AutoencoderConfig, train_autoencoder_folder
     from .pipelines import pick_device
 
     train_data = load_data(args.data, "train", args.size)
@@ -281,13 +281,9 @@ def cmd_train_autoencoder(args) -> int:
     print(f"nanodiff train-autoencoder: {len(train_data.images)} {args.data} images "
           f"{tuple(train_data.images.shape[1:])} -> latents {cfg.z_channels}x{h // cfg.factor}"
           f"x{w // cfg.factor}, {args.steps} steps -> {out}")
-    ae, report = train_autoencoder(train_data.images, cfg, args.steps, args.batch_size, args.lr, args.seed,
-                                   device, held_out, progress=not args.quiet)
-    save_autoencoder(ae, out, args.steps)
-    with torch.no_grad():
-        recon = ae.decode(ae.encode(held_out[:16].to(device))).cpu().clamp(-1, 1)
-    viz.plot_rows([held_out[:16], recon], ["held-out images", "reconstructions"], out / "reconstructions.png")
-    (out / "report.json").write_text(json.dumps({**report, "data": args.data}, indent=2) + "\n")
+    report = train_autoencoder_folder(train_data.images, held_out, cfg, out, args.steps, args.batch_size,
+                                      args.lr, args.seed, device, progress=not args.quiet,
+                                      about={"data": args.data})
     print(f"held-out PSNR {report['psnr']:.2f} dB; latent scale factor {report['scale_factor']:.4f} "
           f"(1 / std of the latents); wrote {out / 'reconstructions.png'}")
     return 0

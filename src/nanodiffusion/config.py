@@ -32,7 +32,11 @@ class DataConfig:
     p_uncond: float = 0.1  # label (or prompt, to "") dropped with this probability
     text_encoder: str = ""  # "": no text; "minilm" or a local transformers folder: train on captions
     max_tokens: int = 24  # prompts are padded or cut to this many tokens
-    autoencoder: str = ""  # a `nanodiff train-autoencoder` folder: diffusion runs in its latent space
+    autoencoder: str = ""  # a `nanodiff train-autoencoder` folder: diffusion runs in its latent space;
+    # "train": first train one into RUN/autoencoder (the settings below), then diffuse in its latents
+    autoencoder_steps: int = 2000
+    autoencoder_channels: int = 16
+    autoencoder_batch_size: int = 64
 
 
 @dataclass
@@ -75,6 +79,8 @@ class RunConfig:
     sample_every: int = 500  # write a grid of EMA samples; 0: only at the end
     checkpoint_every: int = 500
     sample_n: int = 64
+    sample_guidance: float = 1.0  # classifier-free guidance scale of the grids of conditional runs
+    sample_prompts: str = ""  # text runs: grid prompts split by "|" ("": shapes' fixed list, else captions)
     sampler: str = "ddim"
     sample_steps: int = 50
     device: str = "auto"  # auto | cpu | cuda
@@ -189,10 +195,25 @@ def preset(name: str) -> Config:
             run=RunConfig(steps=1000, sample_every=500, checkpoint_every=500, sampler="dpm++2m",
                           sample_steps=20),
         )
-    raise NanodiffError(f"unknown preset {name!r}; choose one of digits, mnist, fashion-mnist")
+    if name == "text":  # the shapes world, text to image, Stable Diffusion's recipe at laptop size
+        # A small autoencoder (trained first, into RUN/autoencoder) takes the 32x32 scenes to 8x8x4
+        # latents, where a UNet with transformer blocks (cross-attention to MiniLM's tokens) is
+        # cheap enough for thousands of steps; EDM's training recipe as in the 28x28 presets.
+        return Config(
+            data=DataConfig(name="shapes", image_size=32, text_encoder="minilm", autoencoder="train",
+                            autoencoder_steps=1500, autoencoder_channels=16),
+            model=_model(64, [1, 2], [8, 4], 8, dropout=0.0, in_channels=4),
+            schedule=Schedule(kind="edm"),
+            diffusion=DiffusionConfig(parameterization="edm"),
+            loss=LossConfig(sigma_sampling="lognormal", weighting="edm"),
+            optim=OptimConfig(lr=1e-3, batch_size=64, warmup_steps=100),
+            run=RunConfig(steps=4000, sample_every=1000, checkpoint_every=500, sampler="dpm++2m",
+                          sample_steps=20, sample_n=16, sample_guidance=3.0),
+        )
+    raise NanodiffError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
 
 
-PRESETS = ("digits", "mnist", "fashion-mnist")
+PRESETS = ("digits", "mnist", "fashion-mnist", "text")
 
 
 def _parse_value(text: str) -> Any:

@@ -37,6 +37,16 @@ RELATIONS = ("left of", "right of", "above", "below")
 # colour-shape pairs the training stream never renders: prompts with them test composition
 HELD_OUT = (("purple", "triangle"), ("orange", "circle"), ("green", "star"))
 
+# The fixed prompt list of training grids and benchmark figures: every category (4 x 4), the last
+# row the held-out colour-shape pairs.
+GRID_PROMPTS = (
+    "a red circle", "a blue square on the left", "a large yellow star", "a small green triangle at the top",
+    "a purple diamond in the centre", "an orange square at the bottom", "a red circle left of a blue square",
+    "a yellow star above a green diamond", "a blue triangle below a red square", "two green triangles",
+    "three red circles", "two blue stars",
+    "a purple triangle", "an orange circle", "a green star", "a purple triangle right of a yellow square",
+)
+
 _SUPERSAMPLE = 4  # anti-aliasing: coverage averaged over 4 x 4 points per pixel
 _SATURATION = 50  # max - min channel above which a pixel belongs to an object
 

@@ -118,6 +118,18 @@ def prepare_config(cfg: Config, data: ImageData, text_dim: int = 0) -> Config:
     return cfg
 
 
+def grid_prompts(cfg: Config, captions: list[str]) -> list[str]:
+    """The prompts of a text run's sample grids: run.sample_prompts ("|"-separated), else the
+    shapes world's fixed list (shapes.GRID_PROMPTS), else the data's first captions."""
+    if cfg.run.sample_prompts.strip():
+        return [p.strip() for p in cfg.run.sample_prompts.split("|")]
+    if cfg.data.name == "shapes":
+        from .shapes import GRID_PROMPTS
+
+        return list(GRID_PROMPTS)
+    return captions[:cfg.run.sample_n]
+
+
 def _batch_indices(step: int, micro: int, n_micro: int, micro_batch: int, n_data: int, seed: int):
     """Indices of one global micro-batch in a stream of seeded per-epoch permutations."""
     k = (step * n_micro + micro) * micro_batch  # position in the stream
@@ -147,6 +159,9 @@ class Trainer:
                 raise NanodiffError(f"text_encoder needs captions, and {self.data.name} has none")
             encoder = load_text_encoder(cfg.data.text_encoder, cfg.data.max_tokens)
             self.prompts, self.prompt_index, _ = encode_unique(encoder, self.data.captions)
+            self.grid_prompts = encoder(grid_prompts(cfg, self.data.captions))
+        if cfg.data.autoencoder == "train":  # "autoencoder included": its folder then stands in the config
+            cfg.data.autoencoder = self._train_autoencoder(cfg)
         if cfg.data.autoencoder:  # latent diffusion: train on the scaled posterior means, encoded once
             self.data.images = self._encode(cfg.data.autoencoder, self.data.images)
         text_dim = 0 if self.prompts is None else self.prompts.shape[-1] - 1
@@ -170,6 +185,31 @@ class Trainer:
                 self.denoiser.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             self.train_denoiser = build_denoiser(self.cfg, self.model)
         self._stop_requested = False
+
+    def _train_autoencoder(self, cfg: Config) -> str:
+        """Train the run's autoencoder into RUN/autoencoder (kept if a stopped run left one), with
+        its held-out PSNR and reconstructions (held out: the test split's first 500 images, or
+        the last 500 training images for a folder or .npz, which then still train the UNet)."""
+        from .nets.autoencoder import AE_CONFIG, AutoencoderConfig, train_autoencoder_folder
+
+        folder = self.run_dir / "autoencoder"
+        d = cfg.data
+        if self.dist.main and not (folder / AE_CONFIG).is_file():
+            try:
+                held_out = load_data(d.name, "test", d.image_size, d.channels).images[:500]
+            except NanodiffError:
+                held_out = self.data.images[-500:]
+            ae_cfg = AutoencoderConfig(in_channels=self.data.images.shape[1], channels=d.autoencoder_channels)
+            if self.progress:
+                tqdm.write(f"training the autoencoder ({d.autoencoder_steps} steps) into {folder}")
+            report = train_autoencoder_folder(
+                self.data.images, held_out, ae_cfg, folder, d.autoencoder_steps, d.autoencoder_batch_size,
+                seed=cfg.run.seed, device=self.device, progress=self.progress, about={"data": d.name})
+            if self.progress:
+                tqdm.write(f"autoencoder: held-out PSNR {report['psnr']:.2f} dB in {report['seconds']:.0f} s")
+        if self.dist.world > 1:
+            dist.barrier()  # the other processes read what rank 0 wrote
+        return str(folder)
 
     def _encode(self, folder: str, images: torch.Tensor) -> torch.Tensor:
         from .nets.autoencoder import load_autoencoder
@@ -259,14 +299,16 @@ class Trainer:
         from .viz import save_grid
 
         ema = build_denoiser(self.cfg, self.ema.model).to(self.device)
-        labels = None
+        labels, uncond, guidance = None, None, 1.0
         if self.cfg.model.num_classes:
             labels = torch.arange(self.cfg.run.sample_n) % self.cfg.model.num_classes
-        elif self.prompts is not None:  # the first captions, one per grid cell
-            labels = self.prompts[self.prompt_index[:self.cfg.run.sample_n]]
+            guidance = self.cfg.run.sample_guidance
+        elif self.prompts is not None:  # the grid prompts, in turn, guided away from ""
+            labels = self.grid_prompts[torch.arange(self.cfg.run.sample_n) % len(self.grid_prompts)]
+            uncond, guidance = self.prompts[0].to(self.device), self.cfg.run.sample_guidance
         images = sample_images(ema, self.cfg.run.sample_n, tuple(self.data.images.shape[1:]),
                                self.cfg.run.sampler, self.cfg.run.sample_steps, seed=0,
-                               class_labels=labels)
+                               class_labels=labels, guidance=guidance, uncond=uncond)
         save_grid(to_pixels(self.cfg, images, self.device), path, nrow=int(math.sqrt(self.cfg.run.sample_n)))
 
     def _on_sigint(self, signum, frame) -> None:

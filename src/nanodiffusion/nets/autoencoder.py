@@ -211,3 +211,28 @@ def train_autoencoder(images: torch.Tensor, cfg: AutoencoderConfig, steps: int =
     return ae, {"steps": steps, "mse_first_50": sum(history[:50]) / len(history[:50]),
                 "mse_last_50": sum(history[-50:]) / len(history[-50:]), "psnr": psnr(recon, held_out),
                 "scale_factor": ae.cfg.scale_factor, "latent_shape": latent_shape}
+
+
+def train_autoencoder_folder(images: torch.Tensor, held_out: torch.Tensor, cfg: AutoencoderConfig, folder,
+                             steps: int = 2000, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+                             device: str | torch.device = "cpu", progress: bool = True,
+                             about: dict | None = None) -> dict:
+    """train_autoencoder, then write the folder latent diffusion reads: the weights and config,
+    report.json (the report, the training seconds and `about`) and reconstructions.png (16
+    held-out images above their reconstructions). Returns the report."""
+    import json
+    import time
+    from pathlib import Path
+
+    from ..checkpoint import atomic_write
+    from ..viz import plot_rows
+
+    start = time.perf_counter()
+    ae, report = train_autoencoder(images, cfg, steps, batch_size, lr, seed, device, held_out, progress)
+    report = {**report, "seconds": time.perf_counter() - start, **(about or {})}
+    folder = Path(folder)
+    save_autoencoder(ae, folder, steps)
+    recon = ae.decode_images(ae.encode(held_out[:16].to(device)))
+    plot_rows([held_out[:16], recon], ["held-out images", "reconstructions"], folder / "reconstructions.png")
+    atomic_write(folder / "report.json", lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
+    return report
