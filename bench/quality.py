@@ -663,9 +663,12 @@ def report(s: Settings, results: Results, figures: Path) -> str:
     for c, (_, m) in zip(ckpts, ck_rows, strict=True):
         ck_table.append(f"| {c['k']} | {c['seconds'] / 60:.1f} min | {c['step']} | {_fmt(m['fid'])} | "
                         f"{_fmt(m['floor_fid'])} |")
-    invocations = data.get("invocations_s", [])
-    took = f"{sum(invocations) / 60:.0f} minutes" + (f" over {len(invocations)} invocations (--reuse)"
-                                                     if len(invocations) > 1 else "")
+    # stage times as recorded with each part, so that runs continued with --reuse add up correctly
+    stages = {"training": sum(t["seconds"] for t in data["trainings"].values()),
+              "sampling": sum(v["seconds"] for v in data["samples"].values()),
+              "features": sum(v.get("seconds", 0.0) for v in data["metrics"].values())}
+    took = (f"{sum(stages.values()) / 60:.0f} minutes: " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in
+                                                                     stages.items()))
     budget = f"{s.budget_s / 60:g} minutes"
     schedule = load_config(s.out / "nanodiffusion").schedule
     spacing = (schedule.kind, schedule.default_spacing())
@@ -702,7 +705,8 @@ with FID at N = {s.n} ({first['features']}). The issue's targets:
   precision and recall (k = {first.get('k', 3)}) of the samples against the first {first['n_ref']} test
   images; features {first['features']}, resize: {first['resize']}. The floor is the FID of
   train[:{s.n}] against the same test images, at the same N and features.
-- The whole run took {took} (sampling and features included).
+- The run's parts took {took} (summed over the parts, whichever `--reuse` invocation ran them;
+  the real images' features, computed once and cached, are not counted).
 
 {nl.join(train_rows)}
 
