@@ -46,6 +46,8 @@ def load_run(run_dir: str | Path, weights: str = "ema", device: str = "auto"):
         raise NanodiffError(f"weights must be 'ema' or 'model', got {weights!r}")
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
+    if cfg.data.autoencoder and (run_dir / "autoencoder").is_dir():  # its own, wherever the run moved
+        cfg.data.autoencoder = str(run_dir / "autoencoder")
     denoiser = build_denoiser(cfg)
     load_weights(denoiser.net, run_dir / (EMA if weights == "ema" else MODEL))
     return cfg, denoiser.to(pick_device(device)).eval()
@@ -117,10 +119,10 @@ class TextToImage:
         cfg, denoiser = load_run(folder, weights, device)
         if not cfg.data.text_encoder:
             raise NanodiffError(f"{folder} is not a text-conditional run (its data.text_encoder is empty)")
-        ae_folder = Path(folder) / "autoencoder"  # save_pretrained keeps it beside the UNet
-        if cfg.data.autoencoder and not ae_folder.is_dir():
-            ae_folder = Path(cfg.data.autoencoder)
-        autoencoder = load_autoencoder(ae_folder, pick_device(device)) if cfg.data.autoencoder else None
+        # load_run prefers the autoencoder beside the UNet (save_pretrained and the text preset put it there)
+        autoencoder = None
+        if cfg.data.autoencoder:
+            autoencoder = load_autoencoder(cfg.data.autoencoder, pick_device(device))
         return cls(cfg, denoiser, load_text_encoder(cfg.data.text_encoder, cfg.data.max_tokens), autoencoder)
 
     def save_pretrained(self, folder: str | Path) -> Path:
