@@ -41,7 +41,7 @@ from .config import Config
 from .data import ImageData, load_data
 from .errors import NanodiffError
 from .losses import diffusion_loss, sample_sigmas
-from .pipelines import build_denoiser, pick_device, sample_images, to_pixels
+from .pipelines import build_denoiser, pick_device, sample_images
 
 
 class EMAModel:
@@ -162,7 +162,8 @@ class Trainer:
             self.grid_prompts = encoder(grid_prompts(cfg, self.data.captions))
         if cfg.data.autoencoder == "train":  # "autoencoder included": its folder then stands in the config
             cfg.data.autoencoder = self._train_autoencoder(cfg)
-        if cfg.data.autoencoder:  # latent diffusion: train on the scaled posterior means, encoded once
+        self.autoencoder = None  # latent diffusion: kept to decode the sample grids
+        if cfg.data.autoencoder:  # train on the scaled posterior means, encoded once
             self.data.images = self._encode(cfg.data.autoencoder, self.data.images)
         text_dim = 0 if self.prompts is None else self.prompts.shape[-1] - 1
         self.cfg = cfg if resume else prepare_config(cfg, self.data, text_dim)
@@ -214,7 +215,7 @@ class Trainer:
     def _encode(self, folder: str, images: torch.Tensor) -> torch.Tensor:
         from .nets.autoencoder import load_autoencoder
 
-        ae = load_autoencoder(folder, self.device)
+        ae = self.autoencoder = load_autoencoder(folder, self.device)
         if ae.cfg.in_channels != images.shape[1]:
             raise NanodiffError(f"the autoencoder in {folder} takes {ae.cfg.in_channels}-channel images, "
                                 f"the data has {images.shape[1]}")
@@ -309,7 +310,9 @@ class Trainer:
         images = sample_images(ema, self.cfg.run.sample_n, tuple(self.data.images.shape[1:]),
                                self.cfg.run.sampler, self.cfg.run.sample_steps, seed=0,
                                class_labels=labels, guidance=guidance, uncond=uncond)
-        save_grid(to_pixels(self.cfg, images, self.device), path, nrow=int(math.sqrt(self.cfg.run.sample_n)))
+        if self.autoencoder is not None:  # the one loaded to encode the data, not a reload per grid
+            images = self.autoencoder.decode_images(images)
+        save_grid(images, path, nrow=int(math.sqrt(self.cfg.run.sample_n)))
 
     def _on_sigint(self, signum, frame) -> None:
         if self._stop_requested:  # a second Ctrl-C: stop now
