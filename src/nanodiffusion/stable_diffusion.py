@@ -1,0 +1,384 @@
+"""Stable Diffusion 1.x / 2.x checkpoints (diffusers folders) under nanodiffusion's samplers.
+
+A Stable Diffusion checkpoint is four networks and a scheduler config (Rombach et al. 2022):
+a CLIP tokenizer and text model, a ``UNet2DConditionModel`` that cross-attends to the text's
+77 hidden states, an ``AutoencoderKL`` whose latents are scaled by ``scaling_factor`` (0.18215
+for 1.x), and the noise levels it was trained on (``scaled_linear`` betas, T = 1000). Here the
+UNet becomes a ``Denoiser`` whose noise levels are the checkpoint's own ``alphas_cumprod``
+(``diffusers_models.schedule_from_diffusers``: eps- and v-prediction), the text model sits
+behind ``text.TextEncoder`` (the interface the shapes model uses), and the sampling loop is
+the one every nanodiffusion model uses: any sampler in ``samplers.SAMPLERS``, classifier-free
+guidance as ``guidance.ClassifierFreeGuidance``. The sampler state stays in float32; the
+networks run in float16 on a GPU (bfloat16 on request) and float32 on the CPU.
+
+    pipe = StableDiffusion.from_pretrained("path/to/stable-diffusion-v1-5")
+    image = pipe("A futuristic city with flying cars", steps=20, guidance=7.5, seed=0)[0]
+
+Where a result differs from diffusers' ``StableDiffusionPipeline`` by design, docs/stable-diffusion.md
+names the difference (initial noise scale of the Euler schedulers, DDIM's ``set_alpha_to_one``,
+``steps_offset``, the meaning of strength 1 in img2img).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .denoisers import Denoiser
+from .errors import NanodiffError
+from .guidance import ClassifierFreeGuidance
+from .samplers import get_sampler
+
+INSTALL = "pip install 'nanodiffusion[sd]'  (diffusers and transformers)"
+# The files a diffusers Stable Diffusion folder needs, by component (safetensors weights only).
+REQUIRED = {
+    "model_index.json": "the pipeline index",
+    "scheduler/scheduler_config.json": "the noise levels the UNet was trained on",
+    "tokenizer/vocab.json": "the CLIP tokenizer's vocabulary (or a tokenizer.json)",
+    "tokenizer/merges.txt": "the CLIP tokenizer's merges (or a tokenizer.json)",
+    "text_encoder/config.json": "the CLIP text model's config",
+    "text_encoder/model.safetensors": "the CLIP text model's weights",
+    "unet/config.json": "the UNet's config",
+    "unet/diffusion_pytorch_model.safetensors": "the UNet's weights",
+    "vae/config.json": "the autoencoder's config",
+    "vae/diffusion_pytorch_model.safetensors": "the autoencoder's weights",
+}
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _require():
+    missing = [m for m in ("diffusers", "transformers") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise NanodiffError(f"Stable Diffusion needs {' and '.join(missing)}: {INSTALL}")
+    import diffusers
+    import transformers
+
+    return diffusers, transformers
+
+
+def check_folder(folder: Path) -> None:
+    """One clear line naming the first file a Stable Diffusion folder lacks."""
+    for name, what in REQUIRED.items():
+        if name.startswith("tokenizer/") and (folder / "tokenizer" / "tokenizer.json").is_file():
+            continue  # transformers 5 saves the tokenizer as one tokenizer.json
+        if not (folder / name).is_file():
+            hint = ""
+            if name.endswith(".safetensors") and any((folder / name).parent.glob("*.bin")):
+                hint = " (only .bin weights are there: nanodiffusion loads safetensors only)"
+            raise NanodiffError(f"{folder} is not a diffusers Stable Diffusion folder: {name} ({what}) "
+                                f"is missing{hint}")
+
+
+def resolve(path: str | Path) -> Path:
+    """A local folder, or a hub id downloaded (on a machine whose network allows it) to the cache."""
+    folder = Path(path)
+    if folder.is_dir():
+        return folder
+    if not _HUB_ID.fullmatch(str(path)) or folder.exists():
+        raise NanodiffError(f"no Stable Diffusion folder {str(path)!r}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        patterns = ["model_index.json", "*/*.json", "*/*.txt", "*/model.safetensors",
+                    "*/diffusion_pytorch_model.safetensors"]
+        return Path(snapshot_download(str(path), allow_patterns=patterns))
+    except Exception as e:  # offline, unknown id, gated model: one line, the cause kept
+        raise NanodiffError(f"cannot download {path!r} from the Hugging Face hub ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}); download it where the network "
+                            "allows and pass the folder") from e
+
+
+def _to(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """Frozen, in eval mode, on device; cast only if needed (diffusers warns at every cast)."""
+    if next(module.parameters()).dtype != dtype:
+        module = module.to(dtype)
+    return module.to(device).eval().requires_grad_(False)
+
+
+class ConditionalUNet(nn.Module):
+    """A diffusers ``UNet2DConditionModel`` as a raw network ``net(x_in, c_noise, text)``.
+
+    ``text`` is a text condition [B, L, D + 1] (``text.TextEncoder``): the hidden states go to
+    cross-attention as ``encoder_hidden_states``; the mask channel is dropped, since Stable
+    Diffusion's UNets attend to every position. Inputs are cast to the UNet's dtype and the
+    output back to float32.
+    """
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        if text is None:
+            raise NanodiffError("a Stable Diffusion UNet needs a text condition")
+        dtype = self.unet.dtype
+        out = self.unet(x_in.to(dtype), c_noise, encoder_hidden_states=text[..., :-1].to(x_in.device, dtype))
+        return out.sample.float()
+
+
+class StableDiffusion:
+    """Prompt (and optionally an image) in, images out, with nanodiffusion's samplers.
+
+    ``pipe(prompt, ...)`` returns PIL images; ``from_pretrained`` takes a diffusers folder (or a
+    hub id where the network allows), ``from_diffusers`` an in-memory ``StableDiffusionPipeline``.
+    """
+
+    def __init__(self, unet: nn.Module, vae: nn.Module, tokenizer, text_model: nn.Module,
+                 scheduler_config: dict, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None):
+        from .diffusers_models import schedule_from_diffusers
+        from .pipelines import pick_device
+        from .text import TextEncoder
+
+        device = pick_device(str(device)) if isinstance(device, str) else device
+        dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+        if device.type == "cpu" and dtype == torch.float16:
+            raise NanodiffError("float16 is for GPUs; on the CPU use fp32 (or bf16)")
+        schedule, parameterization = schedule_from_diffusers(scheduler_config)
+        self.device, self.dtype = device, dtype
+        self.unet = _to(unet, device, dtype)
+        self.vae = _to(vae, device, dtype)
+        self.denoiser = Denoiser(ConditionalUNet(self.unet), schedule, parameterization).to(device)
+        self.encoder = TextEncoder(tokenizer, _to(text_model, device, dtype), int(tokenizer.model_max_length),
+                                   "CLIP", keep_padding=True)
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        # the UNet halves the latent once per down block but the last
+        self.unet_factor = 2 ** (len(unet.config.down_block_types) - 1)
+        size = unet.config.sample_size
+        self.default_size = (size if isinstance(size, int) else size[0]) * self.vae_factor
+
+    # --- loading ------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "auto",
+                        dtype: str | None = None) -> StableDiffusion:
+        """A diffusers Stable Diffusion 1.x / 2.x folder (safetensors), or a hub id where the
+        network allows it. dtype: fp16 | bf16 | fp32 (default fp16 on a GPU, fp32 on the CPU)."""
+        diffusers, transformers = _require()
+        if dtype is not None and dtype not in DTYPES:
+            raise NanodiffError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        folder = resolve(path)
+        check_folder(folder)
+        index = json.loads((folder / "model_index.json").read_text())
+        unet_class = json.loads((folder / "unet" / "config.json").read_text()).get("_class_name")
+        if unet_class != "UNet2DConditionModel":
+            raise NanodiffError(f"{folder / 'unet' / 'config.json'} describes {unet_class!r}; a Stable "
+                                "Diffusion 1.x / 2.x folder has a UNet2DConditionModel")
+        if "text_encoder_2" in index:
+            raise NanodiffError(f"{folder} is a two-text-encoder (SDXL-class) pipeline; nanodiffusion loads "
+                                "Stable Diffusion 1.x and 2.x")
+        low_mem = importlib.util.find_spec("accelerate") is not None
+        kw = dict(local_files_only=True, use_safetensors=True)
+        try:
+            kw["low_cpu_mem_usage"] = low_mem
+            unet = diffusers.UNet2DConditionModel.from_pretrained(folder / "unet", **kw)
+            vae = diffusers.AutoencoderKL.from_pretrained(folder / "vae", **kw)
+            del kw["low_cpu_mem_usage"]
+            text_model = transformers.CLIPTextModel.from_pretrained(folder / "text_encoder", **kw)
+            tokenizer = transformers.CLIPTokenizer.from_pretrained(folder / "tokenizer",
+                                                                   local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise NanodiffError(f"cannot load {folder}: {str(e).splitlines()[0]}") from e
+        scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        return cls(unet, vae, tokenizer, text_model, scheduler, device,
+                   DTYPES[dtype] if dtype else None)
+
+    @classmethod
+    def from_diffusers(cls, pipe, device: str = "auto",
+                       dtype: torch.dtype | None = None) -> StableDiffusion:
+        """The networks of an in-memory diffusers StableDiffusionPipeline (shared, not copied)."""
+        return cls(pipe.unet, pipe.vae, pipe.tokenizer, pipe.text_encoder, dict(pipe.scheduler.config),
+                   device, dtype)
+
+    # --- the parts ----------------------------------------------------------------------------
+    def encode_prompt(self, prompts: list[str] | str) -> torch.Tensor:
+        """Text conditions [B, 77, D + 1] (CLIP's last hidden states and the padding mask)."""
+        return self.encoder(prompts)
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [-1, 1] -> scaled latents (the posterior mean), float32."""
+        self.check_size(images.shape[-2], images.shape[-1])
+        mean = self.vae.encode(images.to(self.device, self.dtype)).latent_dist.mean
+        return mean.float() * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images in [-1, 1] on the CPU, float32."""
+        images = self.vae.decode((latents / self.scaling_factor).to(self.device, self.dtype)).sample
+        return images.float().clamp(-1, 1).cpu()
+
+    def check_size(self, height: int, width: int) -> None:
+        f = self.vae_factor * self.unet_factor
+        for name, v in (("height", height), ("width", width)):
+            if v < f or v % f:
+                raise NanodiffError(f"{name} {v} does not fit this checkpoint: image sides must be multiples "
+                                    f"of {f} (the autoencoder's factor {self.vae_factor} x the UNet's "
+                                    f"{self.unet_factor})")
+
+    # --- sampling -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], negative_prompt: str = "", n: int = 1, steps: int = 20,
+                 guidance: float = 7.5, sampler: str = "dpm++2m", spacing: str | None = None, seed: int = 0,
+                 size: int | tuple[int, int] | None = None, init_image: Any = None, strength: float = 1.0,
+                 latents: torch.Tensor | None = None, output: str = "pil", progress: bool = False,
+                 callback: Callable | None = None, **sampler_kwargs):
+        """n images per prompt.
+
+        The generator seeded with `seed` draws the initial noise [B, 4, h, w] first (unless
+        `latents` gives it) and then any noise the sampler adds, in diffusers' order, so a
+        stochastic sampler's images match diffusers' from the same seed. `init_image` (a PIL
+        image, a path, or [B, 3, H, W] in [-1, 1]) with strength s in (0, 1] is img2img: the
+        last round(s x steps) steps of the `steps`-step sequence, started from the image's
+        latents noised to that level; s = 1 ignores the image (text-to-image from the same
+        noise). output: pil | tensor ([N, 3, H, W] in [-1, 1]) | latent.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or n < 1:
+            raise NanodiffError("give at least one prompt and n >= 1")
+        if output not in ("pil", "tensor", "latent"):
+            raise NanodiffError(f"output must be pil, tensor or latent, got {output!r}")
+        if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
+            raise NanodiffError(f"strength must be in (0, 1], got {strength}")
+        info = get_sampler(sampler)
+        height, width = (size, size) if isinstance(size, int) else (size or (self.default_size,) * 2)
+        self.check_size(height, width)
+        sigmas = self.denoiser.schedule.sampling_sigmas(steps, spacing)
+        cond = self.encode_prompt([p for p in prompts for _ in range(n)])
+        shape = (len(cond), self.unet.config.in_channels, height // self.vae_factor, width // self.vae_factor)
+        init = None
+        if init_image is not None and strength < 1:
+            init = self._init_latents(init_image, height, width, len(cond))
+        generator = torch.Generator().manual_seed(seed)
+        if latents is None:
+            latents = torch.randn(shape, generator=generator)
+        elif tuple(latents.shape) != shape:
+            raise NanodiffError(f"latents must have shape {list(shape)}, got {list(latents.shape)}")
+        noise = latents.float().to(self.device)
+        if init is None:  # text-to-image: x_T ~ N(0, I) in the VP form, sqrt(1 + sigma^2) in sigma form
+            x = noise * self.denoiser.schedule.prior_std(float(sigmas[0]))
+        else:  # img2img: the last k levels, from the image's latents noised to the first of them
+            k = round(strength * steps)
+            if k < 1:
+                raise NanodiffError(f"strength {strength} x {steps} steps rounds to no step; raise either")
+            sigmas = sigmas[steps - k:]
+            x = init + float(sigmas[0]) * noise
+        model = self.denoiser
+        if guidance != 1:
+            model = ClassifierFreeGuidance(model, guidance, self.encode_prompt([negative_prompt])[0])
+        x = info.fn(model, x, sigmas, cond.to(self.device), generator=generator, callback=callback,
+                    progress=progress, **sampler_kwargs)
+        if output == "latent":
+            return x.cpu()
+        images = self.decode(x)
+        if output == "tensor":
+            return images
+        from .viz import to_pil
+
+        return [to_pil(img[None], padding=0) for img in images]
+
+    def _init_latents(self, image: Any, height: int, width: int, batch: int) -> torch.Tensor:
+        """The init image's scaled latents, repeated to the batch."""
+        if not isinstance(image, torch.Tensor):
+            image = load_image(image, (width, height))
+        if image.ndim == 3:
+            image = image[None]
+        if tuple(image.shape[-2:]) != (height, width):
+            raise NanodiffError(f"the init image is {image.shape[-1]}x{image.shape[-2]}; this call makes "
+                                f"{width}x{height} images (pass size=, or resize the image)")
+        z = self.encode_image(image)
+        if len(z) not in (1, batch):
+            raise NanodiffError(f"give one init image or one per output image ({batch}), got {len(z)}")
+        return z.expand(batch, *z.shape[1:]).to(self.device)
+
+
+def load_image(path_or_pil: Any, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """An RGB image [1, 3, H, W] in [-1, 1] from a path or a PIL image, resized to `size` (w, h)."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    image = path_or_pil
+    if not isinstance(image, Image.Image):
+        try:
+            image = Image.open(path_or_pil)
+        except (OSError, UnidentifiedImageError) as e:
+            raise NanodiffError(f"cannot read the image {str(path_or_pil)!r}: {e}") from e
+    image = image.convert("RGB")
+    if size is not None and image.size != tuple(size):
+        image = image.resize(tuple(size), Image.Resampling.LANCZOS)
+    array = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())
+    return (array / 127.5 - 1).permute(2, 0, 1)[None]
+
+
+# --- Stable Diffusion-shaped pipelines with random weights (benchmarks and tests; no download) ---
+SD_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _write_tokenizer(folder: Path):
+    """A CLIP tokenizer from a letters-and-a-few-merges vocabulary written to `folder`."""
+    _, transformers = _require()
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in SD_LETTERS:
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    merges = ["r e", "re d</w>", "c a", "ca t</w>", "b l", "bl u", "blu e</w>"]
+    for m in merges:
+        vocab.setdefault(m.replace(" ", ""), len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    # without model_max_length the tokenizer pads to an effectively unbounded length
+    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                                      model_max_length=77)
+
+
+def random_pipeline(dims: str = "tiny", prediction_type: str = "epsilon", seed: int = 0):
+    """A diffusers StableDiffusionPipeline with random weights and Stable Diffusion 1.x's layout
+    and scheduler config. dims 'tiny': 16x16 images, 8x8x4 latents, a 2-level UNet (tests);
+    'sd15': Stable Diffusion 1.5's real dimensions (CLIP ViT-L/14's text model, 77 tokens, the
+    ~860M-parameter UNet, 64x64x4 latents, the 512x512 autoencoder; benchmarks). The tokenizer
+    knows letters and a few words only."""
+    import tempfile
+
+    diffusers, transformers = _require()
+    if dims not in ("tiny", "sd15"):
+        raise NanodiffError(f"dims must be tiny or sd15, got {dims!r}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = _write_tokenizer(Path(tmp))
+    torch.manual_seed(seed)
+    if dims == "tiny":
+        text = dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                    num_hidden_layers=2)
+        unet = diffusers.UNet2DConditionModel(
+            sample_size=8, layers_per_block=1, block_out_channels=(32, 64),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=8)
+        vae_channels, size = (32, 64), 16
+    else:
+        text = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                    num_hidden_layers=12, hidden_act="quick_gelu")
+        unet = diffusers.UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # SD 1.x otherwise
+        vae_channels, size = (128, 256, 512, 512), 512
+    text_model = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1, **text))
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=vae_channels, layers_per_block=1 if dims == "tiny" else 2, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(vae_channels), sample_size=size)
+    scheduler = diffusers.PNDMScheduler(  # Stable Diffusion 1.x's scheduler config
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+        steps_offset=1, set_alpha_to_one=False, prediction_type=prediction_type)
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=vae, text_encoder=text_model, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
