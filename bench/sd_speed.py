@@ -89,7 +89,7 @@ def main() -> None:
 
     t = time.perf_counter()
     reference = random_pipeline("tiny" if args.quick else "sd15")
-    theirs = reference.to(device, dtype)
+    theirs = reference.to(device, dtype) if gpu else reference
     theirs.scheduler = diffusers.DPMSolverMultistepScheduler.from_config(
         theirs.scheduler.config, timestep_spacing="trailing", algorithm_type="dpmsolver++", solver_order=2,
         final_sigmas_type="zero", steps_offset=0)
@@ -99,7 +99,8 @@ def main() -> None:
     print(f"built in {time.perf_counter() - t:.0f} s: UNet {params / 1e6:.0f}M parameters, {size}x{size} "
           f"images, {steps} steps, guidance {args.guidance:g}, {rounds} rounds on {device} ({dtype})",
           flush=True)
-    latents = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))
+    side = size // ours.vae_factor
+    latents = torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(0))
     latents = latents.to(device, dtype)
     runners = {"diffusers": lambda: run_diffusers(theirs, latents, steps, args.guidance, device),
                "nanodiffusion": lambda: run_ours(ours, latents.float(), steps, args.guidance, device)}
@@ -136,7 +137,8 @@ def main() -> None:
         f"Measured by `python bench/sd_speed.py{' --device cuda' if gpu else ''}` on {machine()}"
         + (f", {torch.cuda.get_device_name()}" if gpu else "") + f"; diffusers {version('diffusers')}.",
         "",
-        f"Random weights with Stable Diffusion 1.5's dimensions (UNet {params / 1e6:.0f}M parameters), "
+        f"Random weights with {'tiny (--quick)' if args.quick else 'Stable Diffusion 1.5' + chr(39) + 's'} "
+        f"dimensions (UNet {params / 1e6:.0f}M parameters), "
         f"{size}x{size}, batch 1, {steps} steps of DPM-Solver++(2M) with guidance {args.guidance:g} "
         f"(a batch of 2 per UNet call), {'float16' if gpu else 'float32'}; medians of {rounds} rounds, "
         "the libraries alternating.",
