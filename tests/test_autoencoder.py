@@ -28,6 +28,8 @@ def test_latent_shapes_and_bad_input():
         z = ae.encode(x)
         assert z.shape == (2, 4, 8, 8)  # 32x32x3 -> 8x8x4
         assert ae.decode(z).shape == x.shape
+        assert torch.allclose(ae.encode_images(x, batch_size=1), z, atol=1e-5)  # batching changes nothing
+        assert torch.allclose(ae.decode_images(z, batch_size=1), ae.decode(z).clamp(-1, 1), atol=1e-5)
     with pytest.raises(NanodiffError, match="multiples of 4"):
         ae.encode(torch.zeros(1, 3, 30, 30))
     with pytest.raises(NanodiffError, match=r"\[B, 3, H, W\]"):

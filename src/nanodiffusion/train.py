@@ -219,11 +219,7 @@ class Trainer:
         if ae.cfg.in_channels != images.shape[1]:
             raise NanodiffError(f"the autoencoder in {folder} takes {ae.cfg.in_channels}-channel images, "
                                 f"the data has {images.shape[1]}")
-        with torch.no_grad():
-            chunks = [ae.encode(images[i:i + 256].to(self.device)).cpu() for i in
-                      tqdm(range(0, len(images), 256), desc="encoding to latents", disable=not self.progress,
-                           leave=False)]
-        return torch.cat(chunks)
+        return ae.encode_images(images, progress=self.progress)
 
     # --- checkpoints ------------------------------------------------------------------
     def _load(self) -> None:

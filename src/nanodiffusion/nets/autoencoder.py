@@ -113,6 +113,15 @@ class Autoencoder(nn.Module):
         return self.decoder(z / self.cfg.scale_factor)
 
     @torch.no_grad()
+    def encode_images(self, x: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+        """Images in [-1, 1] (any device) -> scaled posterior-mean latents on the CPU, in batches."""
+        from tqdm.auto import tqdm
+
+        device = next(self.parameters()).device
+        chunks = tqdm(x.split(batch_size), desc="encoding to latents", disable=not progress, leave=False)
+        return torch.cat([self.encode(c.to(device)).cpu() for c in chunks])
+
+    @torch.no_grad()
     def decode_images(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Scaled latents (any device) -> images in [-1, 1] on the CPU, decoded in batches."""
         device = next(self.parameters()).device
@@ -168,9 +177,7 @@ def load_autoencoder(folder, device: str | torch.device = "cpu") -> Autoencoder:
 @torch.no_grad()
 def measure_scale_factor(ae: Autoencoder, images: torch.Tensor, batch_size: int = 256) -> float:
     """1 / std of the posterior-mean latents of `images` (before any scaling)."""
-    device = next(ae.parameters()).device
-    means = torch.cat([ae.encode_dist(images[i:i + batch_size].to(device))[0].cpu()
-                       for i in range(0, len(images), batch_size)])
+    means = ae.encode_images(images, batch_size) / ae.cfg.scale_factor
     return float(1 / means.float().std())
 
 
@@ -204,10 +211,9 @@ def train_autoencoder(images: torch.Tensor, cfg: AutoencoderConfig, steps: int =
     ae.eval()
     ae.cfg.scale_factor = measure_scale_factor(ae, images[:2000])
     held_out = images[:500] if held_out is None else held_out
-    with torch.no_grad():
-        recon = torch.cat([ae.decode(ae.encode(held_out[i:i + 256].to(device))).cpu()
-                           for i in range(0, len(held_out), 256)])
-        latent_shape = list(ae.encode(held_out[:1].to(device)).shape[1:])
+    latents = ae.encode_images(held_out)
+    recon = ae.decode_images(latents)
+    latent_shape = list(latents.shape[1:])
     return ae, {"steps": steps, "mse_first_50": sum(history[:50]) / len(history[:50]),
                 "mse_last_50": sum(history[-50:]) / len(history[-50:]), "psnr": psnr(recon, held_out),
                 "scale_factor": ae.cfg.scale_factor, "latent_shape": latent_shape}
@@ -232,7 +238,7 @@ def train_autoencoder_folder(images: torch.Tensor, held_out: torch.Tensor, cfg: 
     report = {**report, "seconds": time.perf_counter() - start, **(about or {})}
     folder = Path(folder)
     save_autoencoder(ae, folder, steps)
-    recon = ae.decode_images(ae.encode(held_out[:16].to(device)))
+    recon = ae.decode_images(ae.encode_images(held_out[:16]))
     plot_rows([held_out[:16], recon], ["held-out images", "reconstructions"], folder / "reconstructions.png")
     atomic_write(folder / "report.json", lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
     return report
