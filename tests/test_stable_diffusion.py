@@ -158,3 +158,14 @@ def test_cli_writes_pngs_and_refuses_bad_input(sd, tmp_path, capsys):
         assert main(["sd", PROMPT, "--model", str(folder), "--out", str(out), *bad]) == 2
         assert message in capsys.readouterr().err
     assert files[0].read_bytes() == before  # nothing already written was touched
+
+
+def test_hub_id_without_network_is_one_clear_line(monkeypatch, tmp_path):
+    """A hub id is downloaded where the network allows; offline (as in tests) the error says what to do."""
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NanodiffError, match=r"cannot download 'someone/some-model' .*pass the folder"):
+        StableDiffusion.from_pretrained("someone/some-model")
