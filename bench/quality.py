@@ -706,7 +706,9 @@ with FID at N = {s.n} ({first['features']}). The issue's targets:
   images; features {first['features']}, resize: {first['resize']}. The floor is the FID of
   train[:{s.n}] against the same test images, at the same N and features.
 - The run's parts took {took} (summed over the parts, whichever `--reuse` invocation ran them;
-  the real images' features, computed once and cached, are not counted).
+  the real images' features, computed once and cached, are not counted). "sampling s" is each
+  set's wall time as it ran: a set sampled while other work shared the CPU reads slower than
+  the network speeds this script measures at its start, so compare quality, not those seconds.
 
 {nl.join(train_rows)}
 
