@@ -169,3 +169,15 @@ def test_hub_id_without_network_is_one_clear_line(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(NanodiffError, match=r"cannot download 'someone/some-model' .*pass the folder"):
         StableDiffusion.from_pretrained("someone/some-model")
+
+
+def test_missing_optional_packages_name_the_extra(monkeypatch, sd):
+    import importlib.util
+
+    from nanodiffusion import stable_diffusion
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "diffusers" else real(name, *a))
+    with pytest.raises(NanodiffError, match=r"needs diffusers: pip install 'nanodiffusion\[sd\]'"):
+        stable_diffusion.StableDiffusion.from_pretrained(sd[1])
