@@ -270,3 +270,31 @@ def test_diffusers_ddim_previous_step_quirk():
     theirs, _ = _diffusers_run(ref, 12, x.clone(), float(sigmas[0]))
     ours, _ = _ours_final_and_starts(sample_ddim, sigmas, x)
     assert 1e-3 < (ours - theirs[-1]).abs().max() < 0.05  # a small but real difference
+
+
+def test_latent_samples_are_not_clamped_to_the_pixel_range():
+    """Pixels are clamped to [-1, 1]; an autoencoder's latents (std ~1, unbounded) must not be."""
+    from torch import nn
+
+    from nanodiffusion.config import preset
+    from nanodiffusion.pipelines import TextToImage, sample_images
+
+    class Three(nn.Module):  # D(x, sigma) = 3 everywhere: every sampler's last step returns 3
+        def __init__(self):
+            super().__init__()
+            self.w, self.schedule = nn.Parameter(torch.zeros(1)), Schedule(kind="edm")
+
+        def forward(self, x, sigma, cond=None):
+            return torch.full_like(x, 3.0)
+
+    assert sample_images(Three(), 2, (4, 2, 2), "dpm++2m", 3).max() == 1  # pixels: clamped
+    assert torch.all(sample_images(Three(), 2, (4, 2, 2), "dpm++2m", 3, clamp=False) == 3)
+
+    class Identity:  # an "autoencoder" that shows the latents it is given
+        def decode_images(self, z):
+            return z
+
+    cfg = preset("text")
+    cfg.model.image_size = 2
+    pipe = TextToImage(cfg, Three(), lambda prompts: torch.zeros(len(prompts), 3, 5), Identity())
+    assert torch.all(pipe("a red circle", steps=3, output="tensor") == 3)

@@ -128,7 +128,7 @@ def cmd_sample(args) -> int:
     for w in scales:
         rows.append(sample_images(denoiser, args.n, shape, args.sampler, args.steps, seed=args.seed,
                                   class_labels=labels, spacing=args.spacing, progress=True,
-                                  stats=stats, guidance=w, **options))
+                                  stats=stats, guidance=w, clamp=not cfg.data.autoencoder, **options))
     rows = [to_pixels(cfg, r) for r in rows]  # latent runs: decoded by their autoencoder
     out.mkdir(parents=True, exist_ok=True)
     what = f"{args.sampler}, {args.steps} steps = {stats['nfe']} NFE, seed {args.seed}"
@@ -159,7 +159,8 @@ def cmd_eval(args) -> int:
     stats: dict = {}
     images = sample_images(denoiser, args.n, shape, args.sampler, args.steps, seed=args.seed,
                            class_labels=labels, spacing=args.spacing, progress=True, stats=stats,
-                           guidance=args.guidance, batch_size=args.batch_size, **options)
+                           guidance=args.guidance, batch_size=args.batch_size, clamp=not cfg.data.autoencoder,
+                           **options)
     images = to_pixels(cfg, images)
     result = evaluate_images(images, cfg.data.name, args.features, n_ref=args.n_ref, device=args.device)
     result.update(run=str(args.run), weights=args.weights, sampler=args.sampler, steps=args.steps,

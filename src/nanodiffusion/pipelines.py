@@ -59,9 +59,10 @@ def sample_images(
     seed: int = 0, class_labels: torch.Tensor | None = None, spacing: str | None = None,
     batch_size: int = 256, callback: Callable | None = None, progress: bool = False,
     stats: dict | None = None, guidance: float = 1.0, uncond: torch.Tensor | None = None,
-    **sampler_kwargs,
+    clamp: bool = True, **sampler_kwargs,
 ) -> torch.Tensor:
-    """n samples [n, *shape] in [-1, 1]. Same seed, n and batch_size: the same images.
+    """n samples [n, *shape], clamped to the data range [-1, 1] (clamp=False for an
+    autoencoder's latents, which are not bounded). Same seed, n and batch_size: the same samples.
 
     ``spacing`` None takes the schedule's default (trailing, or Karras for EDM). If ``stats``
     is a dict, it receives "nfe": the network evaluations per batch, counted, and "sigmas".
@@ -93,7 +94,7 @@ def sample_images(
         labels = None if class_labels is None else class_labels[start:start + batch_size].to(device)
         x = sample_fn(counted, x, sigmas, labels, generator=generator, callback=callback,
                       progress=progress, **sampler_kwargs)
-        out.append(x.clamp(-1, 1).cpu())
+        out.append((x.clamp(-1, 1) if clamp else x).cpu())
     if stats is not None:
         stats.update(nfe=counted.calls // len(out), sigmas=sigmas)
     return torch.cat(out)
@@ -153,9 +154,11 @@ class TextToImage:
         uncond = self.encoder([negative_prompt])[0]
         m = self.cfg.model
         shape = (m.in_channels, m.image_size, m.image_size)
-        latents = sample_images(self.denoiser, len(cond), shape, sampler, steps, seed=seed, class_labels=cond,
-                                guidance=guidance, uncond=uncond, progress=progress, **sampler_kwargs)
-        images = latents.clamp(-1, 1) if self.autoencoder is None else self.autoencoder.decode_images(latents)
+        latent = self.autoencoder is not None
+        samples = sample_images(self.denoiser, len(cond), shape, sampler, steps, seed=seed, class_labels=cond,
+                                guidance=guidance, uncond=uncond, progress=progress, clamp=not latent,
+                                **sampler_kwargs)
+        images = self.autoencoder.decode_images(samples) if latent else samples
         if output == "tensor":
             return images
         return [to_pil(img[None], padding=0) for img in images]

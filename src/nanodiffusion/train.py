@@ -305,7 +305,8 @@ class Trainer:
             uncond, guidance = self.prompts[0].to(self.device), self.cfg.run.sample_guidance
         images = sample_images(ema, self.cfg.run.sample_n, tuple(self.data.images.shape[1:]),
                                self.cfg.run.sampler, self.cfg.run.sample_steps, seed=0,
-                               class_labels=labels, guidance=guidance, uncond=uncond)
+                               class_labels=labels, guidance=guidance, uncond=uncond,
+                               clamp=self.autoencoder is None)
         if self.autoencoder is not None:  # the one loaded to encode the data, not a reload per grid
             images = self.autoencoder.decode_images(images)
         save_grid(images, path, nrow=int(math.sqrt(self.cfg.run.sample_n)))
