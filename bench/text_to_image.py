@@ -57,6 +57,7 @@ class Settings:
     size: int
     budget_s: float
     ae_steps: int
+    ae_batch: int
     n_prompts: int
     n_held_out: int
     n_fid: int
@@ -75,9 +76,10 @@ def side_config(s: Settings, side: str) -> Config:
     cfg.data.image_size, cfg.data.autoencoder = s.size, ""
     cfg.run.device, cfg.run.seed = s.device, s.seed
     f = s.size // 4  # the latent side's resolution: the autoencoder is 4x smaller per side
-    if side == "pixel":
+    if side == "pixel":  # pixels in [-1, 1]: EDM's own sigma_data and sigma density
         cfg.model.channels, cfg.model.channel_mults = 32, [1, 2, 2, 4]
-    else:
+        cfg.diffusion.sigma_data, cfg.loss.p_mean = 0.5, -1.2
+    else:  # unit-variance latents: the preset's sigma_data 1
         cfg.model.channels, cfg.model.channel_mults = 64, [1, 2]
     cfg.model.attn_resolutions = [f, f // 2]
     if s.quick:
@@ -97,10 +99,10 @@ def train_side(s: Settings, side: str) -> dict:
         data = load_data("shapes", "train", s.size)
         held_out = load_data("shapes", "test", s.size).images[:500]
         ae_cfg = AutoencoderConfig(channels=cfg.data.autoencoder_channels)
-        print(f"  autoencoder: {s.ae_steps} steps", flush=True)
+        print(f"  autoencoder: {s.ae_steps} steps of batch {s.ae_batch}", flush=True)
         report = train_autoencoder_folder(
             data.images, held_out, ae_cfg, run_dir / "autoencoder", s.ae_steps,
-            cfg.data.autoencoder_batch_size, seed=s.seed, device=pick_device(s.device), progress=False,
+            s.ae_batch, seed=s.seed, device=pick_device(s.device), progress=False,
             about={"data": "shapes", "size": s.size})
         print(f"  autoencoder: PSNR {report['psnr']:.2f} dB, {report['seconds']:.0f} s", flush=True)
         spent += report["seconds"]
@@ -275,7 +277,8 @@ def report(s: Settings, results: dict, figures: Path) -> str:
         if k == "pixel":
             return "none"
         ae = t[k]["autoencoder"]
-        return (f"{ae['steps']} steps, {ae['seconds']:.0f} s, held-out PSNR {ae['psnr']:.1f} dB, "
+        return (f"{ae['steps']} steps of batch {s.ae_batch}, {ae['seconds']:.0f} s, "
+                f"held-out PSNR {ae['psnr']:.1f} dB, "
                 f"latents {'x'.join(map(str, ae['latent_shape']))}")
 
     row("autoencoder", autoencoder)
@@ -379,6 +382,9 @@ def main() -> None:
     p.add_argument("--out-dir", type=Path, help=f"runs and results (default {OUT_DEFAULT})")
     p.add_argument("--budget-min", type=float, help="training minutes per side (default 10)")
     p.add_argument("--ae-steps", type=int, help="autoencoder steps (default 1000)")
+    p.add_argument("--ae-batch", type=int, default=16,
+                   help="autoencoder batch (default 16: at 64x64 a batch of 64 costs ~4x, and the "
+                   "autoencoder is paid from the latent side's budget)")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -386,7 +392,7 @@ def main() -> None:
     q = a.quick
     s = Settings(out=a.out_dir or Path(f"{OUT_DEFAULT}-quick" if q else OUT_DEFAULT),
                  size=32 if q else a.size, budget_s=60 * (a.budget_min or (0.3 if q else 10)),
-                 ae_steps=a.ae_steps or (5 if q else 1000), n_prompts=8 if q else 200,
+                 ae_steps=a.ae_steps or (5 if q else 1000), ae_batch=a.ae_batch, n_prompts=8 if q else 200,
                  n_held_out=4 if q else 100, n_fid=8 if q else 500, steps=3 if q else 20, guidance=4.0,
                  sweep=(1.0, 4.0) if q else (1.0, 2.0, 3.0, 4.0, 6.0, 8.0), sweep_prompts=8 if q else 100,
                  seed=a.seed, device=a.device, quick=q)
