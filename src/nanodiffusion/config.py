@@ -196,20 +196,20 @@ def preset(name: str) -> Config:
                           sample_steps=20),
         )
     if name == "text":  # the shapes world, text to image, Stable Diffusion's recipe at laptop size
-        # A small autoencoder (trained first, into RUN/autoencoder, ~5 min) takes the 32x32 scenes
+        # A small autoencoder (trained first, into RUN/autoencoder, 5-7 min) takes the 32x32 scenes
         # to 8x8x4 latents, where a UNet with transformer blocks (cross-attention to MiniLM's
-        # tokens) is cheap enough for thousands of steps in ~15 min. EDM's recipe, with sigma_data
+        # tokens) is cheap enough for 3000 steps in 13-17 min. EDM's recipe, with sigma_data
         # 1 because the latents are scaled to unit variance (and the lognormal sigma density moved
         # up with it: ln 0.6 where EDM's images, sigma_data 0.5, use ln 0.3).
         return Config(
             data=DataConfig(name="shapes", image_size=32, text_encoder="minilm", autoencoder="train",
-                            autoencoder_steps=800, autoencoder_channels=16),
+                            autoencoder_steps=1500, autoencoder_channels=16),
             model=_model(32, [1, 2], [8, 4], 8, dropout=0.0, in_channels=4),
             schedule=Schedule(kind="edm"),
             diffusion=DiffusionConfig(parameterization="edm", sigma_data=1.0),
             loss=LossConfig(sigma_sampling="lognormal", weighting="edm", p_mean=-0.5),
             optim=OptimConfig(lr=1e-3, batch_size=64, warmup_steps=100),
-            run=RunConfig(steps=2000, sample_every=500, checkpoint_every=500, sampler="dpm++2m",
+            run=RunConfig(steps=3000, sample_every=500, checkpoint_every=500, sampler="dpm++2m",
                           sample_steps=20, sample_n=16, sample_guidance=3.0),
         )
     raise NanodiffError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
