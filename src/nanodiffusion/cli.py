@@ -235,7 +235,7 @@ def cmd_generate(args) -> int:
 
 def cmd_sd(args) -> int:
     from .samplers import get_sampler
-    from .stable_diffusion import StableDiffusion, load_image
+    from .stable_diffusion import StableDiffusion, open_image
 
     sampler = get_sampler(args.sampler).name  # a bad name fails before the slow load
     if args.init is None and args.strength is not None:
@@ -243,12 +243,10 @@ def cmd_sd(args) -> int:
     strength = 0.6 if args.strength is None else args.strength
     if not 0 < strength <= 1:
         raise NanodiffError(f"--strength must be in (0, 1], got {strength}")
-    init = load_image(args.init) if args.init else None  # an unreadable image fails before the load
-    pipe = StableDiffusion.from_pretrained(args.model, args.device, args.dtype)
+    init = open_image(args.init) if args.init else None  # read once, before the slow load; the
+    pipe = StableDiffusion.from_pretrained(args.model, args.device, args.dtype)  # pipeline resizes it
     size = args.size or pipe.default_size
     pipe.check_size(size, size)
-    if init is not None:
-        init = load_image(args.init, (size, size))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in args.prompt.lower()).strip("-")[:60] or "empty"
