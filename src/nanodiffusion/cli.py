@@ -6,6 +6,7 @@ import argparse
 import inspect
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -71,6 +72,8 @@ def cmd_train(args) -> int:
         name = args.preset if not args.config else Path(args.config).stem
         run_dir = Path(args.out) if args.out else _fresh_dir(Path("runs") / name)
         done = train(cfg, run_dir, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for the run
+        return 0 if done else 130
     if not done:
         print(f"stopped; checkpoint saved. Continue with: nanodiff train --resume {run_dir}")
         return 130

@@ -374,6 +374,9 @@ class Trainer:
 
             plot_loss(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
             self.sample_grid(self.run_dir / "samples.png")
+        if self.dist.world > 1:  # leave together: a rank that exits while rank 0 still draws the
+            dist.barrier()       # final grid can make gloo abort the others
+            dist.destroy_process_group()
         return not interrupted
 
 
