@@ -187,8 +187,10 @@ def test_ddpm_trajectory_equals_diffusers_ddpm_scheduler():
 def test_bad_sigma_sequences_are_refused():
     D = GaussianDenoiser(*_gaussian())
     x = torch.zeros(2, 4, dtype=torch.float64)
-    with pytest.raises(NanodiffError, match="end at 0"):
-        sample_ddim(D, x, torch.tensor([10.0, 1.0]))
+    with pytest.raises(NanodiffError, match="end at 0 or above"):
+        sample_ddim(D, x, torch.tensor([10.0, -1.0]))
+    with pytest.raises(NanodiffError, match="finite"):
+        sample_ddim(D, x, torch.tensor([float("inf"), 1.0, 0.0]))
     with pytest.raises(NanodiffError, match="strictly decrease"):
         sample_ddim(D, x, torch.tensor([10.0, 1.0, 1.0, 0.0]))
     with pytest.raises(NanodiffError, match="eta"):

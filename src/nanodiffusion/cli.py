@@ -16,6 +16,7 @@ import torch
 from . import bench_samplers, viz
 from .checkpoint import EMA, MODEL, STATE, load_config, weights_step
 from .config import PRESETS, Config, apply_overrides, preset
+from .editing import METHODS
 from .errors import NanodiffError
 from .samplers import SAMPLERS
 from .schedules import KINDS, SPACINGS, Schedule
@@ -105,11 +106,41 @@ def _sampler_options(args) -> dict:
     return given
 
 
+def _open_run(args):
+    """(config, denoiser, autoencoder or None, text encoder or None) of args.run."""
+    from .pipelines import load_run, pick_device
+
+    cfg, denoiser = load_run(args.run, weights=args.weights, device=args.device)
+    autoencoder = encoder = None
+    if cfg.data.autoencoder:
+        from .nets.autoencoder import load_autoencoder
+
+        autoencoder = load_autoencoder(cfg.data.autoencoder, pick_device(args.device))
+    if cfg.data.text_encoder:
+        from .text import load_text_encoder
+
+        encoder = load_text_encoder(cfg.data.text_encoder, cfg.data.max_tokens)
+    return cfg, denoiser, autoencoder, encoder
+
+
+def _read_image(path: str, shape: tuple[int, int, int]) -> torch.Tensor:
+    """An image file as [1, C, H, W] in [-1, 1], resized to the run's size if it differs."""
+    from .viz import open_image
+
+    c, h, w = shape
+    picture = open_image(path, "RGB" if c == 3 else "L")
+    if picture.size != (w, h):
+        print(f"{path} is {picture.size[0]}x{picture.size[1]}; resized to the run's {w}x{h}", file=sys.stderr)
+    return viz.load_image(picture, (w, h), channels=c)
+
+
 def cmd_sample(args) -> int:
-    from .pipelines import load_run, sample_images, to_pixels
+    from .pipelines import draw, image_shape
 
     options = _sampler_options(args)
-    cfg, denoiser = load_run(args.run, weights=args.weights, device=args.device)
+    strength = _strength(args)
+    cfg, denoiser, autoencoder, _ = _open_run(args)
+    init = None if args.init is None else _read_image(args.init, image_shape(cfg, autoencoder))
     k = cfg.model.num_classes
     scales = args.guidance or [1.0]
     labels = None
@@ -123,18 +154,21 @@ def cmd_sample(args) -> int:
         if not k:
             raise NanodiffError("this model is unconditional; --guidance needs a class-conditional run")
         labels = torch.arange(args.n) % k  # column j draws class j mod K
-    shape = (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
     tag = f"{args.sampler}-{args.steps}-seed{args.seed}" + (
         f"-w{','.join(f'{w:g}' for w in scales)}" if scales != [1.0] else "")
+    if init is not None:
+        tag = f"img2img-{Path(args.init).stem}-s{strength:g}-{tag}"
     out = Path(args.out) if args.out else Path(args.run) / "samples" / tag
     rows, stats = [], {}
     for w in scales:
-        rows.append(sample_images(denoiser, args.n, shape, args.sampler, args.steps, seed=args.seed,
-                                  class_labels=labels, spacing=args.spacing, progress=True,
-                                  stats=stats, guidance=w, clamp=not cfg.data.autoencoder, **options))
-    rows = [to_pixels(cfg, r) for r in rows]  # latent runs: decoded by their autoencoder
+        rows.append(draw(cfg, denoiser, args.n, autoencoder=autoencoder, cond=labels, sampler=args.sampler,
+                         steps=args.steps, seed=args.seed, guidance=w, spacing=args.spacing, progress=True,
+                         stats=stats, init_image=init, strength=strength,
+                         **options))
     out.mkdir(parents=True, exist_ok=True)
     what = f"{args.sampler}, {args.steps} steps = {stats['nfe']} NFE, seed {args.seed}"
+    if init is not None:
+        what = f"img2img from {args.init} at strength {strength:g}, " + what
     if len(scales) == 1:
         picture = viz.save_grid(rows[0], out / "grid.png")
         viz.save_images(rows[0], out)
@@ -150,21 +184,18 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     from .checkpoint import atomic_write
     from .evaluate import evaluate_images, format_table
-    from .pipelines import load_run, sample_images, to_pixels
+    from .pipelines import draw
 
     options = _sampler_options(args)
-    cfg, denoiser = load_run(args.run, weights=args.weights, device=args.device)
+    cfg, denoiser, autoencoder, _ = _open_run(args)
     k = cfg.model.num_classes
     if args.guidance != 1 and not k:
         raise NanodiffError("this model is unconditional; --guidance needs a class-conditional run")
     labels = torch.arange(args.n) % k if k else None  # every class equally often
-    shape = (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
     stats: dict = {}
-    images = sample_images(denoiser, args.n, shape, args.sampler, args.steps, seed=args.seed,
-                           class_labels=labels, spacing=args.spacing, progress=True, stats=stats,
-                           guidance=args.guidance, batch_size=args.batch_size, clamp=not cfg.data.autoencoder,
-                           **options)
-    images = to_pixels(cfg, images)
+    images = draw(cfg, denoiser, args.n, autoencoder=autoencoder, cond=labels, sampler=args.sampler,
+                  steps=args.steps, seed=args.seed, guidance=args.guidance, spacing=args.spacing,
+                  progress=True, stats=stats, batch_size=args.batch_size, **options)
     result = evaluate_images(images, cfg.data.name, args.features, n_ref=args.n_ref, device=args.device)
     result.update(run=str(args.run), weights=args.weights, sampler=args.sampler, steps=args.steps,
                   nfe=stats["nfe"], seed=args.seed, guidance=args.guidance)
@@ -217,15 +248,27 @@ def cmd_forward(args) -> int:
     return 0
 
 
+def _strength(args) -> float:
+    """--strength, checked: it needs --init and lies in (0, 1] (default 0.6)."""
+    if args.init is None and args.strength is not None:
+        raise NanodiffError("--strength needs --init IMAGE (img2img)")
+    strength = 0.6 if args.strength is None else args.strength
+    if not 0 < strength <= 1:
+        raise NanodiffError(f"--strength must be in (0, 1], got {strength}")
+    return strength if args.init is not None else 1.0
+
+
 def cmd_generate(args) -> int:
-    from .pipelines import TextToImage
+    from .pipelines import TextToImage, image_shape
 
     if not 0 <= args.guidance <= 100:
         raise NanodiffError(f"--guidance must be between 0 and 100, got {args.guidance}")
+    strength = _strength(args)
     pipe = TextToImage.from_pretrained(args.run, args.weights, args.device)
+    init = None if args.init is None else _read_image(args.init, image_shape(pipe.cfg, pipe.autoencoder))
     images = pipe(args.prompt, n=args.n, steps=args.steps, guidance=args.guidance,
                   negative_prompt=args.negative, sampler=args.sampler, seed=args.seed, output="tensor",
-                  progress=True)
+                  progress=True, init_image=init, strength=strength)
     slug = "".join(c if c.isalnum() else "-" for c in args.prompt.lower()).strip("-")[:60] or "empty"
     out = Path(args.out) if args.out else Path(args.run) / "generated" / f"{slug}-seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
@@ -236,16 +279,113 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _edit_condition(args, cfg, encoder, n: int, captions: list[str] | None = None):
+    """(cond, guidance, uncond) for the editing commands: a text run's prompt (or the demo's
+    captions), a class run's --class (else its "no class" input), or nothing."""
+    k = cfg.model.num_classes
+    if encoder is not None:
+        told = captions is not None or bool(args.prompt)
+        prompts = captions if captions is not None else [args.prompt or ""] * n
+        w = args.guidance if args.guidance is not None else (4.0 if told else 1.0)
+        return encoder(prompts), w, encoder([args.negative])[0]
+    if args.prompt:
+        raise NanodiffError("--prompt needs a text-conditional run")
+    if k:
+        if args.class_label is not None and not 0 <= args.class_label < k:
+            raise NanodiffError(f"--class must be in 0..{k - 1}")
+        told = args.class_label is not None
+        w = args.guidance if args.guidance is not None else (4.0 if told else 1.0)
+        return torch.full((n,), args.class_label if told else k), w, None  # k: the reserved "no class"
+    if args.class_label is not None or args.guidance not in (None, 1.0):
+        raise NanodiffError("this model is unconditional; --class and --guidance need a class or text run")
+    return None, 1.0, None
+
+
+def _inpaint_inputs(args, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """--image and --mask as [1, C, H, W] and known [1, 1, H, W] at the run's size."""
+    from PIL import Image
+
+    from .editing import mask_from_image
+    from .viz import open_image
+
+    c, h, w = shape
+    picture = open_image(args.image, "RGB" if c == 3 else "L")
+    mask = open_image(args.mask, "L")
+    if mask.size != picture.size:
+        raise NanodiffError(f"the mask is {mask.size[0]}x{mask.size[1]} and the image "
+                            f"{picture.size[0]}x{picture.size[1]}; they must be the same size")
+    if picture.size != (w, h):
+        print(f"{args.image} is {picture.size[0]}x{picture.size[1]}; resized to the run's {w}x{h}",
+              file=sys.stderr)
+        mask = mask.resize((w, h), Image.Resampling.NEAREST)
+    known = mask_from_image(viz.load_image(mask, channels=1)[0])
+    if known.all():
+        raise NanodiffError(f"the mask {args.mask} has no white pixels: nothing to repaint")
+    return viz.load_image(picture, (w, h), channels=c), known
+
+
+def cmd_inpaint(args) -> int:
+    from .data import load_data
+    from .editing import boundary_band, demo_masks
+    from .pipelines import draw, image_shape
+
+    if args.demo == bool(args.image or args.mask):
+        raise NanodiffError("give --image and --mask, or --demo")
+    if not args.demo and not (args.image and args.mask):
+        raise NanodiffError("--image needs --mask (white where to repaint), and --mask needs --image")
+    cfg, denoiser, autoencoder, encoder = _open_run(args)
+    shape = image_shape(cfg, autoencoder)
+    out = Path(args.out) if args.out else Path(args.run) / "inpaint"
+    if args.demo:
+        n = args.n or 6
+        data = load_data(cfg.data.name, "test", cfg.data.image_size, cfg.data.channels)
+        images, known = data.images[:n], demo_masks(n, shape[-1], args.seed)
+        cond, w, uncond = _edit_condition(args, cfg, encoder, n, data.captions[:n] if data.captions else None)
+        methods = list(METHODS)
+    else:
+        n = args.n or 4
+        images, known = _inpaint_inputs(args, shape)
+        cond, w, uncond = _edit_condition(args, cfg, encoder, n)
+        methods = [args.method]
+    filled = {}
+    for method in methods:
+        print(f"{method}: {n} images, {args.sampler} {args.steps} steps"
+              + (f", jumps of {args.jump} resampled {args.resample}x" if method == "repaint" else ""),
+              file=sys.stderr)
+        filled[method] = draw(cfg, denoiser, n, autoencoder=autoencoder, cond=cond, guidance=w, uncond=uncond,
+                              sampler=args.sampler, steps=args.steps, seed=args.seed, init_image=images,
+                              known=known, inpaint=method, jump=args.jump, resample=args.resample,
+                              progress=True)
+    out.mkdir(parents=True, exist_ok=True)
+    shown = (images * known).expand(n, *shape)  # the hole in grey
+    if not args.demo:
+        result = filled[args.method]
+        stem = f"{Path(args.image).stem}-{args.method}-seed{args.seed}"
+        viz.save_images(result, out, prefix=stem)
+        picture = viz.plot_rows([shown[:1], result], ["input", args.method], out / f"{stem}.png")
+        print(f"{n} fillings of {args.image} ({args.method}): {picture}")
+        return 0
+    band = boundary_band(known)
+    rows, labels = [images, shown], ["original", "masked"]
+    for method, result in filled.items():
+        err = ((result - images) / 2).square().mean(1, keepdim=True)  # on the [0, 1] scale
+        seam = err[band].mean().sqrt().item()
+        hole = err[(known < 0.5).expand_as(err)].mean().sqrt().item()
+        print(f"{method:8s} RMSE in the 2-pixel band at the seam {seam:.4f}, in the whole hole {hole:.4f}")
+        rows.append(result)
+        labels.append(method)
+    picture = viz.plot_rows(rows, labels, out / "demo.png")
+    print(f"{n} test images, part hidden and filled: {picture}")
+    return 0
+
+
 def cmd_sd(args) -> int:
     from .samplers import get_sampler
-    from .stable_diffusion import StableDiffusion, open_image
+    from .stable_diffusion import StableDiffusion
+    from .viz import open_image
 
     sampler = get_sampler(args.sampler).name  # a bad name fails before the slow load
-    if args.init is None and args.strength is not None:
-        raise NanodiffError("--strength needs --init IMAGE (img2img)")
-    strength = 0.6 if args.strength is None else args.strength
-    if not 0 < strength <= 1:
-        raise NanodiffError(f"--strength must be in (0, 1], got {strength}")
+    strength = _strength(args)
     init = open_image(args.init) if args.init else None  # read once, before the slow load; the
     pipe = StableDiffusion.from_pretrained(args.model, args.device, args.dtype)  # pipeline resizes it
     size = args.size or pipe.default_size
@@ -258,7 +398,7 @@ def cmd_sd(args) -> int:
         print(f"image {i + 1}/{args.n} (seed {seed})", file=sys.stderr)
         image = pipe(args.prompt, negative_prompt=args.negative, steps=args.steps, guidance=args.guidance,
                      sampler=sampler, seed=seed, size=size, init_image=init,
-                     strength=strength if init is not None else 1.0, progress=True)[0]
+                     strength=strength, progress=True)[0]
         path = out / f"{slug}-seed{seed}.png"
         image.save(path)
         print(path)
@@ -412,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance scale (1: none); several give one row each")
     s.add_argument("--weights", default="ema", choices=["ema", "model"])
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--init", metavar="IMAGE", help="img2img (SDEdit): start from this image, noised")
+    s.add_argument("--strength", type=float, help="with --init: how much to change, in (0, 1] (default 0.6; "
+                   "1 ignores the image)")
     s.add_argument("--out", help="output folder (default RUN/samples/<sampler>-<steps>-seed<seed>)")
     s.set_defaults(func=cmd_sample)
 
@@ -459,8 +602,37 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--weights", choices=("ema", "model"), default="ema")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    g.add_argument("--init", metavar="IMAGE", help="img2img (SDEdit): start from this image, noised")
+    g.add_argument("--strength", type=float, help="with --init: how much to change, in (0, 1] (default 0.6)")
     g.add_argument("--out", help="output folder (default RUN/generated/<prompt>-seed<seed>)")
     g.set_defaults(func=cmd_generate)
+
+    ip = sub.add_parser("inpaint", help="fill the masked part of an image (white in the mask) with any run "
+                        "and any sampler; --demo hides part of test images and fills it")
+    ip.add_argument("run")
+    ip.add_argument("--image", help="the image to edit (resized to the run's size if it differs)")
+    ip.add_argument("--mask", help="white where the image is to be repainted, black where it is kept; "
+                    "the image's size")
+    ip.add_argument("--demo", action="store_true", help="hide part of --n test images (three mask "
+                    "families) and fill them with each method: RUN/inpaint/demo.png")
+    ip.add_argument("--method", choices=METHODS, default="repaint",
+                    help="replace: the known region noised to each level (simple, one pass); repaint: "
+                    "plus RePaint's resampling, --resample times the NFE (default)")
+    ip.add_argument("--jump", type=_positive, default=5, help="RePaint: steps per jump (default 5)")
+    ip.add_argument("--resample", type=_positive, default=5, help="RePaint: passes per jump (default 5)")
+    ip.add_argument("--prompt", help="text runs: what to draw (default: the empty prompt, unguided)")
+    ip.add_argument("--negative", default="", help="text runs: negative prompt")
+    ip.add_argument("--class", dest="class_label", type=int, help="class runs: the class to draw")
+    ip.add_argument("--guidance", type=float, help="classifier-free guidance (default 4 with a prompt or "
+                    "class, else 1)")
+    ip.add_argument("--n", type=_positive, help="images (default 4; --demo: 6)")
+    ip.add_argument("--sampler", default="dpm++2m", choices=list(SAMPLERS))
+    ip.add_argument("--steps", type=_positive, default=50)
+    ip.add_argument("--seed", type=int, default=0)
+    ip.add_argument("--weights", choices=("ema", "model"), default="ema")
+    ip.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ip.add_argument("--out", help="output folder (default RUN/inpaint)")
+    ip.set_defaults(func=cmd_inpaint)
 
     sd = sub.add_parser("sd", help="draw with a Stable Diffusion 1.x/2.x checkpoint (diffusers folder) "
                         "and nanodiffusion's samplers")

@@ -10,6 +10,7 @@ import torch
 from .checkpoint import EMA, MODEL, load_config, load_weights
 from .config import Config
 from .denoisers import Denoiser
+from .editing import check_strength, edit
 from .errors import NanodiffError
 from .guidance import ClassifierFreeGuidance, class_guidance
 from .nets.unet import UNet
@@ -20,16 +21,6 @@ def build_denoiser(cfg: Config, net: torch.nn.Module | None = None) -> Denoiser:
     """The config's denoiser around `net` (default: a new UNet from cfg.model)."""
     return Denoiser(UNet(cfg.model) if net is None else net, cfg.schedule,
                     cfg.diffusion.parameterization, cfg.diffusion.sigma_data)
-
-
-@torch.no_grad()
-def to_pixels(cfg: Config, samples: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
-    """A run's samples as images in [-1, 1]: a latent run's (data.autoencoder) are decoded."""
-    if not cfg.data.autoencoder:
-        return samples
-    from .nets.autoencoder import load_autoencoder
-
-    return load_autoencoder(cfg.data.autoencoder, device).decode_images(samples)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -59,10 +50,18 @@ def sample_images(
     seed: int = 0, class_labels: torch.Tensor | None = None, spacing: str | None = None,
     batch_size: int = 256, callback: Callable | None = None, progress: bool = False,
     stats: dict | None = None, guidance: float = 1.0, uncond: torch.Tensor | None = None,
-    clamp: bool = True, **sampler_kwargs,
+    clamp: bool = True, init: torch.Tensor | None = None, strength: float = 1.0,
+    known: torch.Tensor | None = None, inpaint: str = "replace", jump: int = 5, resample: int = 5,
+    **sampler_kwargs,
 ) -> torch.Tensor:
     """n samples [n, *shape], clamped to the data range [-1, 1] (clamp=False for an
     autoencoder's latents, which are not bounded). Same seed, n and batch_size: the same samples.
+
+    Editing (``nanodiffusion.editing``), with any sampler: ``init`` ([n or 1, *shape], in the
+    model's space) with ``strength`` < 1 is img2img (SDEdit); with ``known`` (1 = keep, 0 =
+    generate; [n or 1, 1 or C, *spatial]) it is inpainting by ``inpaint`` "replace" or "repaint"
+    (RePaint's ``jump`` and ``resample``). The noise is drawn as for plain sampling, so strength 1
+    without a mask gives plain sampling's images.
 
     ``spacing`` None takes the schedule's default (trailing, or Karras for EDM). If ``stats``
     is a dict, it receives "nfe": the network evaluations per batch, counted, and "sigmas".
@@ -75,6 +74,15 @@ def sample_images(
     if batch_size < 1:
         raise NanodiffError(f"batch size must be positive, got {batch_size}")
     sample_fn = get_sampler(sampler).fn
+    check_strength(strength)
+    if (strength < 1 or known is not None) and init is None:
+        raise NanodiffError("img2img (strength < 1) and inpainting (a mask) need init images")
+    if init is not None and (init.ndim != len(shape) + 1 or tuple(init.shape[1:]) != tuple(shape)
+                             or len(init) not in (1, n)):
+        raise NanodiffError(f"init images must be [1 or {n}, {', '.join(map(str, shape))}], "
+                            f"got {list(init.shape)}")
+    if known is not None and len(known) not in (1, n):
+        raise NanodiffError(f"give one mask or one per image ({n}), got {len(known)}")
     if guidance != 1:
         if class_labels is None:
             raise NanodiffError("guidance needs class labels to guide towards")
@@ -90,14 +98,74 @@ def sample_images(
     noise = torch.randn(n, *shape, generator=generator)  # all drawn first: batching-independent
     out, counted = [], CountingDenoiser(denoiser)
     for start in range(0, n, batch_size):
-        x = noise[start:start + batch_size].to(device) * schedule.prior_std(float(sigmas[0]))
-        labels = None if class_labels is None else class_labels[start:start + batch_size].to(device)
-        x = sample_fn(counted, x, sigmas, labels, generator=generator, callback=callback,
-                      progress=progress, **sampler_kwargs)
+        part = slice(start, start + batch_size)
+        labels = None if class_labels is None else class_labels[part].to(device)
+        prior_std = schedule.prior_std(float(sigmas[0]))
+        if init is None:
+            x = sample_fn(counted, noise[part].to(device) * prior_std, sigmas, labels, generator=generator,
+                          callback=callback, progress=progress, **sampler_kwargs)
+        else:
+            mask = None if known is None else _rows(known, part)
+            x = edit(sample_fn, counted, noise[part].to(device), _rows(init, part).to(device), sigmas, labels,
+                     prior_std=prior_std, strength=strength, known=mask, method=inpaint, jump=jump,
+                     resample=resample, generator=generator, callback=callback, progress=progress,
+                     **sampler_kwargs)
         out.append((x.clamp(-1, 1) if clamp else x).cpu())
     if stats is not None:
         stats.update(nfe=counted.calls // len(out), sigmas=sigmas)
     return torch.cat(out)
+
+
+def _rows(t: torch.Tensor, part: slice) -> torch.Tensor:
+    """A batch's rows of a per-image tensor, or the one row that all images share."""
+    return t if len(t) == 1 else t[part]
+
+
+def image_shape(cfg: Config, autoencoder=None) -> tuple[int, int, int]:
+    """[C, H, W] of a run's images in pixels (a latent run's after decoding)."""
+    if autoencoder is None:
+        m = cfg.model
+        return m.in_channels, m.image_size, m.image_size
+    return autoencoder.cfg.in_channels, cfg.data.image_size, cfg.data.image_size
+
+
+@torch.no_grad()
+def draw(cfg: Config, denoiser: Denoiser, n: int, *, autoencoder=None, cond: torch.Tensor | None = None,
+         sampler: str = "dpm++2m", steps: int = 20, seed: int = 0, guidance: float = 1.0,
+         uncond: torch.Tensor | None = None, init_image: torch.Tensor | None = None, strength: float = 1.0,
+         known: torch.Tensor | None = None, progress: bool = False, **options) -> torch.Tensor:
+    """n images [n, C, H, W] in [-1, 1] from a run, in pixels whether it diffuses pixels or an
+    autoencoder's latents: sample_images, then decoding.
+
+    Editing, in pixels: ``init_image`` ([1 or n, C, H, W]) with ``strength`` < 1 is img2img;
+    with ``known`` ([1 or n, 1, H, W], 1 = keep) inpainting (``inpaint="replace"`` or
+    ``"repaint"``, see nanodiffusion.editing). A latent run edits the image's latents (a latent
+    cell is known only where all its pixels are) and pastes the known pixels after decoding.
+    """
+    m = cfg.model
+    shape = (m.in_channels, m.image_size, m.image_size)
+    init, model_known = init_image, known
+    if init_image is not None:
+        want = image_shape(cfg, autoencoder)
+        if init_image.ndim != 4 or tuple(init_image.shape[1:]) != want:
+            raise NanodiffError(f"init images must be [1 or {n}, {', '.join(map(str, want))}], "
+                                f"got {list(init_image.shape)}")
+        if known is not None and (known.ndim != 4 or known.shape[-2:] != init_image.shape[-2:]):
+            raise NanodiffError(f"the mask is {list(known.shape)}, which does not fit images "
+                                f"{list(init_image.shape)}")
+        if autoencoder is not None:
+            init = autoencoder.encode_images(init_image)
+            if known is not None:  # known in latent space only where every pixel of the cell is
+                model_known = -torch.nn.functional.max_pool2d(-known.float(), autoencoder.cfg.factor)
+    samples = sample_images(denoiser, n, shape, sampler, steps, seed=seed, class_labels=cond,
+                            guidance=guidance, uncond=uncond, progress=progress, clamp=autoencoder is None,
+                            init=init, strength=strength, known=model_known, **options)
+    if autoencoder is None:
+        return samples
+    images = autoencoder.decode_images(samples)
+    if known is not None:
+        images = torch.lerp(images, init_image.to(images), known.to(images))
+    return images
 
 
 class TextToImage:
@@ -142,9 +210,16 @@ class TextToImage:
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], n: int = 1, steps: int = 20, guidance: float = 4.0,
                  negative_prompt: str = "", sampler: str = "dpm++2m", seed: int = 0,
-                 output: str = "pil", progress: bool = False, **sampler_kwargs):
+                 output: str = "pil", progress: bool = False, init_image: torch.Tensor | None = None,
+                 strength: float = 1.0, known: torch.Tensor | None = None, **editing):
         """n images per prompt, prompt by prompt; output 'pil' (a list of PIL images) or 'tensor'
-        ([N, C, H, W] in [-1, 1])."""
+        ([N, C, H, W] in [-1, 1]).
+
+        Editing (``nanodiffusion.editing``): ``init_image`` ([1 or N, C, H, W] in [-1, 1]) with
+        ``strength`` < 1 is img2img; with ``known`` (1 = keep, [1 or N, 1, H, W]) inpainting, by
+        ``inpaint="replace"`` or ``"repaint"``. A latent run edits the image's latents (a latent
+        cell is known only where all its pixels are) and pastes the known pixels after decoding.
+        """
         from .viz import to_pil
 
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -152,13 +227,9 @@ class TextToImage:
             raise NanodiffError("give at least one prompt and n >= 1")
         cond = self.encoder([p for p in prompts for _ in range(n)])
         uncond = self.encoder([negative_prompt])[0]
-        m = self.cfg.model
-        shape = (m.in_channels, m.image_size, m.image_size)
-        latent = self.autoencoder is not None
-        samples = sample_images(self.denoiser, len(cond), shape, sampler, steps, seed=seed, class_labels=cond,
-                                guidance=guidance, uncond=uncond, progress=progress, clamp=not latent,
-                                **sampler_kwargs)
-        images = self.autoencoder.decode_images(samples) if latent else samples
+        images = draw(self.cfg, self.denoiser, len(cond), autoencoder=self.autoencoder, cond=cond,
+                      guidance=guidance, uncond=uncond, sampler=sampler, steps=steps, seed=seed,
+                      progress=progress, init_image=init_image, strength=strength, known=known, **editing)
         if output == "tensor":
             return images
         return [to_pil(img[None], padding=0) for img in images]

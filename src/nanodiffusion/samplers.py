@@ -1,8 +1,10 @@
 """Samplers: pure functions over a denoiser D(x, sigma, cond) -> x0_hat and a noise-level sequence.
 
 Each takes x at sigmas[0] in sigma form (x = x0 + sigma eps), walks a strictly decreasing
-sequence of noise levels that ends exactly at 0, and returns the sample. No integer
-timesteps, no hidden state: ``sigmas`` is a tensor you can print.
+sequence of noise levels, and returns x at its last level: the sample when the sequence ends
+at 0 (as every schedule's does), a partial run otherwise (RePaint's jumps in
+``nanodiffusion.editing``). No integer timesteps, no hidden state: ``sigmas`` is a tensor you
+can print.
 
 Two views of the same thing run through this file:
 
@@ -36,14 +38,15 @@ Callback = Callable[[dict], None]
 
 
 def check_sigmas(sigmas: torch.Tensor) -> list[float]:
-    """Validate a sampling sequence: strictly decreasing, ending exactly at 0."""
+    """Validate a sampling sequence: strictly decreasing, ending at 0 or above (a partial run)."""
     values = [float(s) for s in sigmas]
     if len(values) < 2:
         raise NanodiffError("a sampling sequence needs at least two noise levels")
     if any(b >= a for a, b in zip(values, values[1:], strict=False)):
         raise NanodiffError(f"sampling sigmas must strictly decrease, got {values[:4]}...")
-    if values[-1] != 0:
-        raise NanodiffError(f"sampling sigmas must end at 0, got {values[-1]}")
+    if values[-1] < 0 or not math.isfinite(values[0]):
+        raise NanodiffError(f"sampling sigmas must be finite and end at 0 or above, "
+                            f"got {values[0]} ... {values[-1]}")
     return values
 
 

@@ -35,6 +35,7 @@ from .denoisers import Denoiser
 from .errors import NanodiffError
 from .guidance import ClassifierFreeGuidance
 from .samplers import get_sampler
+from .viz import load_image
 
 INSTALL = "pip install 'nanodiffusion[sd]'  (diffusers and transformers)"
 # The files a diffusers Stable Diffusion folder needs, by component (safetensors weights only).
@@ -298,31 +299,6 @@ class StableDiffusion:
         if len(z) not in (1, batch):
             raise NanodiffError(f"give one init image or one per output image ({batch}), got {len(z)}")
         return z.expand(batch, *z.shape[1:]).to(self.device)
-
-
-def open_image(path_or_pil: Any):
-    """An RGB PIL image from a path or a PIL image; an unreadable file is one clear line."""
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(path_or_pil, Image.Image):
-        return path_or_pil.convert("RGB")
-    try:
-        with Image.open(path_or_pil) as image:
-            return image.convert("RGB")  # decodes now: a truncated file fails here, not later
-    except (OSError, UnidentifiedImageError) as e:
-        raise NanodiffError(f"cannot read the image {str(path_or_pil)!r}: {e}") from e
-
-
-def load_image(path_or_pil: Any, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """An RGB image [1, 3, H, W] in [-1, 1] from a path or a PIL image, resized to `size` (w, h)."""
-    import numpy as np
-    from PIL import Image
-
-    image = open_image(path_or_pil)
-    if size is not None and image.size != tuple(size):
-        image = image.resize(tuple(size), Image.Resampling.LANCZOS)
-    array = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())
-    return (array / 127.5 - 1).permute(2, 0, 1)[None]
 
 
 # --- Stable Diffusion-shaped pipelines with random weights (benchmarks and tests; no download) ---

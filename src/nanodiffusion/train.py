@@ -41,7 +41,7 @@ from .config import Config
 from .data import ImageData, load_data
 from .errors import NanodiffError
 from .losses import diffusion_loss, sample_sigmas
-from .pipelines import build_denoiser, pick_device, sample_images
+from .pipelines import build_denoiser, draw, pick_device
 
 
 class EMAModel:
@@ -303,12 +303,10 @@ class Trainer:
         elif self.prompts is not None:  # the grid prompts, in turn, guided away from ""
             labels = self.grid_prompts[torch.arange(self.cfg.run.sample_n) % len(self.grid_prompts)]
             uncond, guidance = self.prompts[0].to(self.device), self.cfg.run.sample_guidance
-        images = sample_images(ema, self.cfg.run.sample_n, tuple(self.data.images.shape[1:]),
-                               self.cfg.run.sampler, self.cfg.run.sample_steps, seed=0,
-                               class_labels=labels, guidance=guidance, uncond=uncond,
-                               clamp=self.autoencoder is None)
-        if self.autoencoder is not None:  # the one loaded to encode the data, not a reload per grid
-            images = self.autoencoder.decode_images(images)
+        # a latent run's grid is decoded by the autoencoder loaded to encode the data
+        images = draw(self.cfg, ema, self.cfg.run.sample_n, autoencoder=self.autoencoder, cond=labels,
+                      sampler=self.cfg.run.sampler, steps=self.cfg.run.sample_steps, seed=0,
+                      guidance=guidance, uncond=uncond)
         save_grid(images, path, nrow=int(math.sqrt(self.cfg.run.sample_n)))
 
     def _on_sigint(self, signum, frame) -> None:

@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -295,3 +296,31 @@ def plot_rows(
     ax.tick_params(length=0)
     ax.spines[:].set_visible(False)
     return _save_figure(fig, path)
+
+
+# --- reading images --------------------------------------------------------------------------------
+def open_image(path_or_pil: Any, mode: str = "RGB") -> Image.Image:
+    """A PIL image in `mode` (RGB, or L for grey) from a path or a PIL image; an unreadable file
+    is one clear line."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(path_or_pil, Image.Image):
+        return path_or_pil.convert(mode)
+    try:
+        with Image.open(path_or_pil) as image:
+            return image.convert(mode)  # decodes now: a truncated file fails here, not later
+    except (OSError, UnidentifiedImageError) as e:
+        raise NanodiffError(f"cannot read the image {str(path_or_pil)!r}: {e}") from e
+
+
+def load_image(path_or_pil: Any, size: tuple[int, int] | None = None, channels: int = 3) -> torch.Tensor:
+    """An image [1, channels, H, W] in [-1, 1] (channels 3: RGB, 1: grey) from a path or a PIL
+    image, resized to `size` (w, h)."""
+    if channels not in (1, 3):
+        raise NanodiffError(f"images have 1 or 3 channels, not {channels}")
+    image = open_image(path_or_pil, "RGB" if channels == 3 else "L")
+    if size is not None and image.size != tuple(size):
+        image = image.resize(tuple(size), Image.Resampling.LANCZOS)
+    w, h = image.size
+    array = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).reshape(h, w, -1)
+    return (array / 127.5 - 1).permute(2, 0, 1)[None]
