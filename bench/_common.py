@@ -91,3 +91,13 @@ def write_section(name: str, body: str, path: Path = DOC) -> None:
         text = text.rstrip("\n") + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.rstrip("\n") + "\n")
+
+
+def write_page(doc: Path | None, fallback: Path, render: Callable[[Path], str]) -> None:
+    """A benchmark's own page: render(figures folder) -> Markdown, printed, and written to `doc`
+    with its figures in docs/images (doc None, as --quick: figures under `fallback`, no page)."""
+    text = render((doc.parent if doc else fallback) / "images")
+    print(text)
+    if doc is not None:
+        doc.write_text(text + "\n")
+        print(f"wrote {doc}")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from _common import machine
+from _common import machine, write_page
 from nanodiffusion.data import load_data
 from nanodiffusion.editing import boundary_band, demo_masks
 from nanodiffusion.evaluate import evaluate_images
@@ -52,6 +52,7 @@ STRENGTHS = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 class Settings:
     out: Path
     runs: dict
+    inpaint_runs: dict
     n: int
     n_ref: int
     sampler: str
@@ -122,13 +123,17 @@ def inpainting(s: Settings, dataset: str, results: dict) -> None:
     band, hole = boundary_band(known), (known < 0.5)
     done["run"] = str(ensure_run(s, dataset))
     torch.save([images[:6], (images * known)[:6]], s.out / f"{dataset}-inputs.pt")
-    for method in ("masked", *METHODS):
+    masked_run = s.inpaint_runs.get(dataset)
+    for method in ("masked", *METHODS, *(["model"] if masked_run else [])):
         if method in done:
             continue
         if method == "masked":  # the score of filling nothing
             filled, nfe, seconds = images * known, 0, 0.0
         else:
             print(f"  {dataset}: {method} on {len(images)} images", flush=True)
+            if method == "model":  # a run trained with --task inpaint
+                model = Model(Path(masked_run), s.device)
+                done["model_run"] = masked_run
             filled, nfe, seconds = model.draw(len(images), captions, s.guidance, s, init_image=images,
                                               known=known, inpaint=method, jump=s.jump, resample=s.resample)
             torch.save(filled[:6], s.out / f"{dataset}-{method}.pt")
@@ -232,7 +237,8 @@ def report(s: Settings, results: dict, figures: Path) -> str:
                   "| method | NFE per image | seconds | FID | KID x 1000 | precision / recall | seam RMSE "
                   "| hole RMSE |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for method in ("masked", *METHODS):
+        methods = [m for m in ("masked", *METHODS, "model") if m in r]
+        for method in methods:
             m = r[method]
             f = m["fid"]
             lines.append(f"| {method} | {m['nfe']} | {m['seconds']:.0f} | {f['fid']:.2f} | "
@@ -244,8 +250,11 @@ def report(s: Settings, results: dict, figures: Path) -> str:
                   f"RePaint's seam error is {ratio:.2f}x the simple method's (aim: at most 0.5x: "
                   f"**{'reached' if ratio <= 0.5 else 'missed'}**).", ""]
         rows = [*torch.load(s.out / f"{dataset}-inputs.pt"),
-                *[torch.load(s.out / f"{dataset}-{m}.pt") for m in METHODS]]
-        plot_rows(rows, ["original", "masked", *METHODS], figures / f"inpaint_{dataset}.png")
+                *[torch.load(s.out / f"{dataset}-{m}.pt") for m in methods[1:]]]
+        plot_rows(rows, ["original", *methods], figures / f"inpaint_{dataset}.png")
+        if "model" in r:
+            lines += [f"The model row is a separate run trained with `--task inpaint` (`{r['model_run']}`): "
+                      "the same preset and budget, shown the masked image and the mask.", ""]
         lines += [f"![{dataset} inpainting](images/inpaint_{dataset}.png)", ""]
     if results.get("img2img"):
         lines += ["## img2img (SDEdit)", "",
@@ -276,6 +285,9 @@ def main() -> None:
     p.add_argument("--reuse", action="store_true", help="keep what the output folder already holds")
     p.add_argument("--fashion-run", help="a trained fashion-mnist run (default: train the preset)")
     p.add_argument("--shapes-run", help="a trained text-preset run (default: train the preset)")
+    p.add_argument("--fashion-inpaint-run", help="a fashion-mnist run trained with --task inpaint: adds "
+                   "the mask-conditioned model's row")
+    p.add_argument("--shapes-inpaint-run", help="a text-preset run trained with --task inpaint")
     p.add_argument("--n", type=int, help="inpainted images per dataset (default 500)")
     p.add_argument("--n-ref", type=int, default=500, help="real test images for FID (default 500)")
     p.add_argument("--sampler", default="dpm++2m")
@@ -289,8 +301,10 @@ def main() -> None:
     a = p.parse_args()
     q = a.quick
     s = Settings(out=a.out_dir or Path(f"{OUT_DEFAULT}-quick" if q else OUT_DEFAULT),
-                 runs={"fashion-mnist": a.fashion_run, "shapes": a.shapes_run}, n=a.n or (8 if q else 500),
-                 n_ref=8 if q else a.n_ref, sampler=a.sampler, steps=3 if q else a.steps,
+                 runs={"fashion-mnist": a.fashion_run, "shapes": a.shapes_run},
+                 inpaint_runs={"fashion-mnist": a.fashion_inpaint_run, "shapes": a.shapes_inpaint_run},
+                 n=a.n or (8 if q else 500),
+                 n_ref=8 if q else a.n_ref, sampler=a.sampler, steps=10 if q else a.steps,
                  jump=2 if q else a.jump, resample=2 if q else a.resample, guidance=4.0,
                  n_img2img=6 if q else 100, seed=a.seed, device=a.device, quick=q)
     s.out.mkdir(parents=True, exist_ok=True)
@@ -302,13 +316,7 @@ def main() -> None:
         inpainting(s, dataset, results)
     img2img(s, results)
     _save(s, results)
-    doc = a.out or (None if q else DOC)
-    figures = (doc.parent if doc else s.out) / "images"
-    text = report(s, results, figures)
-    print(text)
-    if doc is not None:
-        doc.write_text(text + "\n")
-        print(f"wrote {doc}")
+    write_page(a.out or (None if q else DOC), s.out, lambda figures: report(s, results, figures))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from _common import BudgetClock, forward_flops, machine
+from _common import BudgetClock, forward_flops, machine, write_page
 from nanodiffusion.checkpoint import save_config
 from nanodiffusion.config import Config, preset
 from nanodiffusion.data import load_data
@@ -395,12 +395,7 @@ def run(s: Settings, reuse: bool, doc: Path | None) -> None:
         save()
     sweep(s, results)
     save()
-    figures = (doc.parent if doc else s.out) / "images"
-    text = report(s, results, figures)
-    print(text)
-    if doc is not None:
-        doc.write_text(text + "\n")
-        print(f"wrote {doc}")
+    write_page(doc, s.out, lambda figures: report(s, results, figures))
 
 
 def main() -> None:

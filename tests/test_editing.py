@@ -254,3 +254,73 @@ def test_bad_editing_input_on_the_command_line(digits_run, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (argv, err)
         assert len(err.strip().splitlines()) == 1, err
+
+
+# --- the mask-conditioned model (data.task = "inpaint") -------------------------------------------
+def test_random_masks_draw_five_families_reproducibly():
+    from nanodiffusion.editing import random_masks
+
+    masks = random_masks(400, 16, torch.Generator().manual_seed(0))
+    assert masks.shape == (400, 1, 16, 16) and ((masks == 0) | (masks == 1)).all()
+    assert torch.equal(masks, random_masks(400, 16, torch.Generator().manual_seed(0)))
+    hidden = 1 - masks.mean((1, 2, 3))
+    assert 0.05 < (hidden == 1).float().mean() < 0.15  # nothing known: about 10%
+    assert 0.1 < (hidden == 0.5).float().mean() < 0.3  # one half hidden: about 20%
+    assert (hidden > 0).all() and (hidden < 1).float().mean() > 0.85
+
+
+def test_an_image_condition_reaches_the_network_and_follows_guidance_batches():
+    from nanodiffusion.config import apply_overrides, preset
+
+    cfg = apply_overrides(preset("digits"), ["model.channels=8", "model.blocks_per_level=1",
+                                             "model.attn_resolutions=[]", "model.dropout=0"])
+    cfg.model.in_channels = cfg.model.out_channels = 1
+    cfg.model.image_size, cfg.model.cond_channels = 8, 2
+    torch.manual_seed(0)
+    d = build_denoiser(cfg).eval()
+    torch.nn.init.normal_(d.net.conv_out.weight)  # the zero-initialised output layer hides the input
+    x, sigma = torch.randn(2, 1, 8, 8), torch.ones(2)
+    a, b = torch.zeros(2, 2, 8, 8), torch.ones(2, 2, 8, 8)
+    assert not torch.allclose(d.conditioned_on(a)(x, sigma), d.conditioned_on(b)(x, sigma))
+    both = d.conditioned_on(a)(torch.cat([x, x]), torch.cat([sigma, sigma]))  # guidance's doubled batch
+    assert torch.allclose(both[:2], d.conditioned_on(a)(x, sigma), atol=1e-6)
+    with pytest.raises(NanodiffError, match="cannot serve a batch"):
+        d.conditioned_on(torch.zeros(2, 2, 8, 8))(torch.randn(3, 1, 8, 8), torch.ones(3))
+
+
+def test_a_mask_conditioned_run_trains_and_fills_from_the_command_line(tmp_path, tiny_config, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from nanodiffusion.cli import main
+    from nanodiffusion.pipelines import load_run
+    from nanodiffusion.train import train
+
+    tiny_config.data.task = "inpaint"
+    tiny_config.run.sample_every = 3
+    assert train(tiny_config, tmp_path / "run", progress=False)
+    cfg, d = load_run(tmp_path / "run", device="cpu")
+    assert cfg.model.cond_channels == 2  # the masked image and the mask
+    assert (tmp_path / "run" / "samples" / "step_0000003.png").is_file()  # grids fill holes
+    init, known = _images(2), demo_masks(2, 8)
+    out = sample_images(d, 2, (1, 8, 8), "dpm++2m", 4, init=init, known=known, inpaint="model")
+    assert torch.equal(out[known.expand_as(out) == 1], init[known.expand_as(init) == 1])
+    with pytest.raises(NanodiffError, match="mask-conditioned inpainting model"):
+        sample_images(d, 2, (1, 8, 8))
+
+    image = _png(tmp_path / "x.png", np.random.default_rng(0).integers(0, 256, (8, 8)))
+    hole = np.zeros((8, 8))
+    hole[:, 4:] = 255
+    mask = _png(tmp_path / "m.png", hole)
+    assert main(["inpaint", str(tmp_path / "run"), "--image", image, "--mask", mask, "--steps", "3",
+                 "--n", "2", "--out", str(tmp_path / "filled")]) == 0
+    assert "(model)" in capsys.readouterr().out
+    filled = np.asarray(Image.open(tmp_path / "filled" / "x-model-seed0_0000.png").convert("L"))
+    assert (filled[:, :4] == np.asarray(Image.open(image))[:, :4]).all()
+    assert main(["inpaint", str(tmp_path / "run"), "--demo", "--n", "3", "--steps", "3"]) == 0
+    assert "model" in capsys.readouterr().out
+
+
+def test_the_model_method_needs_an_inpainting_run(denoiser):
+    with pytest.raises(NanodiffError, match="trained for inpainting"):
+        sample_images(denoiser, 2, (1, 8, 8), init=_images(2), known=demo_masks(2, 8), inpaint="model")

@@ -52,6 +52,8 @@ def _train_config(args) -> Config:
             overrides.append(f"{key}={json.dumps(value)}")
     if args.class_conditional:
         overrides.append("data.class_conditional=true")
+    if args.task is not None:
+        overrides.append(f"data.task={json.dumps(args.task)}")
     return apply_overrides(cfg, overrides)
 
 
@@ -62,7 +64,7 @@ def cmd_train(args) -> int:
         ignored = [flag for flag, value in [("--config", args.config), ("--data", args.data),
                    ("--batch-size", args.batch_size), ("--lr", args.lr), ("--seed", args.seed),
                    ("--set", args.set), ("--out", args.out),
-                   ("--class-conditional", args.class_conditional)] if value]
+                   ("--class-conditional", args.class_conditional), ("--task", args.task)] if value]
         if ignored:
             raise NanodiffError(f"--resume continues the run as configured; only --steps and --device "
                                 f"may change, not {', '.join(ignored)}")
@@ -341,12 +343,12 @@ def cmd_inpaint(args) -> int:
         data = load_data(cfg.data.name, "test", cfg.data.image_size, cfg.data.channels)
         images, known = data.images[:n], demo_masks(n, shape[-1], args.seed)
         cond, w, uncond = _edit_condition(args, cfg, encoder, n, data.captions[:n] if data.captions else None)
-        methods = list(METHODS)
+        methods = ["model"] if cfg.data.task == "inpaint" else ["replace", "repaint"]
     else:
         n = args.n or 4
         images, known = _inpaint_inputs(args, shape)
         cond, w, uncond = _edit_condition(args, cfg, encoder, n)
-        methods = [args.method]
+        methods = [args.method or ("model" if cfg.data.task == "inpaint" else "repaint")]
     filled = {}
     for method in methods:
         print(f"{method}: {n} images, {args.sampler} {args.steps} steps"
@@ -359,11 +361,11 @@ def cmd_inpaint(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     shown = (images * known).expand(n, *shape)  # the hole in grey
     if not args.demo:
-        result = filled[args.method]
-        stem = f"{Path(args.image).stem}-{args.method}-seed{args.seed}"
+        method, result = methods[0], filled[methods[0]]
+        stem = f"{Path(args.image).stem}-{method}-seed{args.seed}"
         viz.save_images(result, out, prefix=stem)
-        picture = viz.plot_rows([shown[:1], result], ["input", args.method], out / f"{stem}.png")
-        print(f"{n} fillings of {args.image} ({args.method}): {picture}")
+        picture = viz.plot_rows([shown[:1], result], ["input", method], out / f"{stem}.png")
+        print(f"{n} fillings of {args.image} ({method}): {picture}")
         return 0
     band = boundary_band(known)
     rows, labels = [images, shown], ["original", "masked"]
@@ -522,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", default="digits", choices=PRESETS)
     t.add_argument("--config", help="a TOML (or JSON) config file instead of a preset")
     t.add_argument("--data", help="digits, mnist, fashion-mnist, shapes, an image folder or a .npz file")
+    t.add_argument("--task", choices=["inpaint"], help="inpaint: a mask-conditioned model (the masked image "
+                   "and the mask as extra inputs, random masks of five families); nanodiff inpaint "
+                   "--method model")
     t.add_argument("--steps", type=_positive)
     t.add_argument("--batch-size", type=_positive)
     t.add_argument("--lr", type=float)
@@ -615,9 +620,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "the image's size")
     ip.add_argument("--demo", action="store_true", help="hide part of --n test images (three mask "
                     "families) and fill them with each method: RUN/inpaint/demo.png")
-    ip.add_argument("--method", choices=METHODS, default="repaint",
+    ip.add_argument("--method", choices=METHODS,
                     help="replace: the known region noised to each level (simple, one pass); repaint: "
-                    "plus RePaint's resampling, --resample times the NFE (default)")
+                    "plus RePaint's resampling, --resample times the NFE (default); model: a run trained "
+                    "with --task inpaint (its default)")
     ip.add_argument("--jump", type=_positive, default=5, help="RePaint: steps per jump (default 5)")
     ip.add_argument("--resample", type=_positive, default=5, help="RePaint: passes per jump (default 5)")
     ip.add_argument("--prompt", help="text runs: what to draw (default: the empty prompt, unguided)")

@@ -37,6 +37,7 @@ class DataConfig:
     autoencoder_steps: int = 2000
     autoencoder_channels: int = 16
     autoencoder_batch_size: int = 64
+    task: str = ""  # "": generate; "inpaint": a mask-conditioned model (masked image and mask as input)
 
 
 @dataclass
@@ -216,6 +217,7 @@ def preset(name: str) -> Config:
 
 
 PRESETS = ("digits", "mnist", "fashion-mnist", "text")
+TASKS = ("", "inpaint")  # data.task: what the model is trained to do from its inputs
 
 
 def _parse_value(text: str) -> Any:

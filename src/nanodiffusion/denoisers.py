@@ -110,3 +110,27 @@ class Denoiser(nn.Module):
         """The score-matching view: grad_x log p(x; sigma) = (D(x, sigma) - x) / sigma^2."""
         return (self(x, sigma, cond) - x) / _expand(sigma, x) ** 2
 
+    def conditioned_on(self, image: torch.Tensor) -> Denoiser:
+        """This denoiser with an image condition bound: its network sees [c_in x, image] stacked
+        on the channel axis (a UNet with cond_channels = the image's channels). The image is not
+        scaled by c_in: it is a clean input, as in SR3 and latent-diffusion inpainting."""
+        return Denoiser(ImageConditioned(self.net, image), self.schedule, self.parameterization,
+                        self.sigma_data)
+
+
+class ImageConditioned(nn.Module):
+    """net(x, c_noise, cond) with an image condition [B or 1, C', ...] concatenated to x's
+    channels; a batch that guidance doubled ([x, x]) gets the image twice."""
+
+    def __init__(self, net: nn.Module, image: torch.Tensor):
+        super().__init__()
+        self.net, self.image = net, image
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        image = self.image.to(x.device, x.dtype)
+        if len(image) != len(x):
+            if len(x) % len(image):
+                raise NanodiffError(f"an image condition of {len(image)} rows cannot serve a batch "
+                                    f"of {len(x)}")
+            image = image.repeat(len(x) // len(image), *[1] * (image.ndim - 1))
+        return self.net(torch.cat([x, image], dim=1), c_noise, cond)

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from .errors import NanodiffError
 from .samplers import _noise, check_sigmas
 
-METHODS = ("replace", "repaint")
+METHODS = ("replace", "repaint", "model")  # model: a mask-conditioned run (data.task = "inpaint")
 
 
 def check_strength(strength: Any) -> float:
@@ -119,6 +119,9 @@ def edit(sample_fn: Callable, denoiser: Callable, noise: torch.Tensor, x0: torch
         raise NanodiffError(f"the mask is {list(known.shape)}, which does not fit images "
                             f"{list(x0.shape)}") from None
     known = known.to(x0.device, x0.dtype)
+    if method == "model":  # the network was shown the masked image and the mask: sample, then paste
+        x = sample_fn(denoiser, x, sigmas, cond, generator=generator, progress=progress, **options)
+        return torch.lerp(x, x0, known)
     hooked = KnownRegion(denoiser, x0, known, generator)
     if method == "replace":
         x = sample_fn(hooked, x, sigmas, cond, generator=generator, progress=progress, **options)
@@ -160,4 +163,43 @@ def demo_masks(n: int, size: int, seed: int = 0) -> torch.Tensor:
             top = int(torch.randint(0, size - h + 1, (1,), generator=g))
             left = int(torch.randint(0, size - w + 1, (1,), generator=g))
             masks[i, :, top:top + h, left:left + w] = 0
+    return masks
+
+
+def random_masks(n: int, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training masks for a mask-conditioned model: `known` [n, 1, size, size], each drawn from
+    one of five families: a random box hidden (30% of draws), one half hidden (20%), a few
+    scattered small boxes hidden (20%), a jittered centre square hidden (20%), or nothing known
+    (10%: the model still learns to generate from scratch)."""
+    masks = torch.ones(n, 1, size, size)
+
+    def draw(lo: float, hi: float) -> int:
+        return max(1, int(size * (lo + (hi - lo) * float(torch.rand((), generator=generator)))))
+
+    def at(extent: int) -> int:
+        return int(torch.randint(0, size - extent + 1, (), generator=generator))
+
+    for i, family in enumerate(torch.randint(0, 10, (n,), generator=generator).tolist()):
+        if family < 3:
+            h, w = draw(0.25, 0.6), draw(0.25, 0.6)
+            top, left = at(h), at(w)
+            masks[i, :, top:top + h, left:left + w] = 0
+        elif family < 5:
+            side = int(torch.randint(0, 4, (), generator=generator))
+            half = size // 2
+            region = [(slice(None), slice(None, half)), (slice(None), slice(half, None)),
+                      (slice(None, half), slice(None)), (slice(half, None), slice(None))][side]
+            masks[i, :, region[0], region[1]] = 0
+        elif family < 7:
+            for _ in range(int(torch.randint(2, 5, (), generator=generator))):
+                h, w = draw(0.1, 0.3), draw(0.1, 0.3)
+                top, left = at(h), at(w)
+                masks[i, :, top:top + h, left:left + w] = 0
+        elif family < 9:
+            side = draw(0.4, 0.6)
+            top, left = ((size - side) // 2 + int(j) for j in torch.randint(-2, 3, (2,), generator=generator))
+            top, left = (max(0, min(size - side, v)) for v in (top, left))
+            masks[i, :, top:top + side, left:left + side] = 0
+        else:
+            masks[i] = 0
     return masks

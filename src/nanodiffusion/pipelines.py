@@ -60,8 +60,9 @@ def sample_images(
     Editing (``nanodiffusion.editing``), with any sampler: ``init`` ([n or 1, *shape], in the
     model's space) with ``strength`` < 1 is img2img (SDEdit); with ``known`` (1 = keep, 0 =
     generate; [n or 1, 1 or C, *spatial]) it is inpainting by ``inpaint`` "replace" or "repaint"
-    (RePaint's ``jump`` and ``resample``). The noise is drawn as for plain sampling, so strength 1
-    without a mask gives plain sampling's images.
+    (RePaint's ``jump`` and ``resample``), or "model" for a run trained with data.task
+    "inpaint", whose network sees the masked image and the mask. The noise is drawn as for
+    plain sampling, so strength 1 without a mask gives plain sampling's images.
 
     ``spacing`` None takes the schedule's default (trailing, or Karras for EDM). If ``stats``
     is a dict, it receives "nfe": the network evaluations per batch, counted, and "sigmas".
@@ -83,20 +84,30 @@ def sample_images(
                             f"got {list(init.shape)}")
     if known is not None and len(known) not in (1, n):
         raise NanodiffError(f"give one mask or one per image ({n}), got {len(known)}")
-    if guidance != 1:
-        if class_labels is None:
-            raise NanodiffError("guidance needs class labels to guide towards")
+    net_cfg = getattr(getattr(denoiser, "net", None), "cfg", None)
+    model_inpainting = getattr(net_cfg, "cond_channels", 0) > 0
+    if model_inpainting and (known is None or inpaint != "model"):
+        raise NanodiffError("this run is a mask-conditioned inpainting model: give init images and a mask, "
+                            "with the method 'model'")
+    if inpaint == "model" and known is not None and not model_inpainting:
+        raise NanodiffError("the method 'model' needs a run trained for inpainting (nanodiff train "
+                            "--task inpaint); any run can use 'replace' or 'repaint'")
+    if guidance != 1 and class_labels is None:
+        raise NanodiffError("guidance needs class labels to guide towards")
+
+    def guided(d):
+        if guidance == 1:
+            return d
         if uncond is not None:
-            denoiser = ClassifierFreeGuidance(denoiser, guidance, uncond)
-        else:
-            net_cfg = getattr(getattr(denoiser, "net", None), "cfg", None)
-            denoiser = class_guidance(denoiser, guidance, getattr(net_cfg, "num_classes", 0))
+            return ClassifierFreeGuidance(d, guidance, uncond)
+        return class_guidance(d, guidance, getattr(net_cfg, "num_classes", 0))
+
     schedule = denoiser.schedule
     sigmas = schedule.sampling_sigmas(steps, spacing)
     device = next(denoiser.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(n, *shape, generator=generator)  # all drawn first: batching-independent
-    out, counted = [], CountingDenoiser(denoiser)
+    out, counted = [], CountingDenoiser(guided(denoiser))
     for start in range(0, n, batch_size):
         part = slice(start, start + batch_size)
         labels = None if class_labels is None else class_labels[part].to(device)
@@ -104,12 +115,17 @@ def sample_images(
         if init is None:
             x = sample_fn(counted, noise[part].to(device) * prior_std, sigmas, labels, generator=generator,
                           callback=callback, progress=progress, **sampler_kwargs)
-        else:
-            mask = None if known is None else _rows(known, part)
-            x = edit(sample_fn, counted, noise[part].to(device), _rows(init, part).to(device), sigmas, labels,
-                     prior_std=prior_std, strength=strength, known=mask, method=inpaint, jump=jump,
-                     resample=resample, generator=generator, callback=callback, progress=progress,
-                     **sampler_kwargs)
+            out.append((x.clamp(-1, 1) if clamp else x).cpu())
+            continue
+        x0, mask = _rows(init, part).to(device), None if known is None else _rows(known, part).to(device)
+        if model_inpainting:  # the network sees [x, masked image, mask]
+            rows = len(noise[part])
+            mask = mask.amin(1, keepdim=True).expand(rows, 1, *shape[1:]).to(x0.dtype)
+            bound = denoiser.conditioned_on(torch.cat([x0.expand(rows, *shape) * mask, mask], 1))
+            counted.denoiser = guided(bound)
+        x = edit(sample_fn, counted, noise[part].to(device), x0, sigmas, labels, prior_std=prior_std,
+                 strength=strength, known=mask, method=inpaint, jump=jump, resample=resample,
+                 generator=generator, callback=callback, progress=progress, **sampler_kwargs)
         out.append((x.clamp(-1, 1) if clamp else x).cpu())
     if stats is not None:
         stats.update(nfe=counted.calls // len(out), sigmas=sigmas)

@@ -37,8 +37,9 @@ from .checkpoint import (
     save_weights,
     weights_step,
 )
-from .config import Config
+from .config import TASKS, Config
 from .data import ImageData, load_data
+from .editing import random_masks
 from .errors import NanodiffError
 from .losses import diffusion_loss, sample_sigmas
 from .pipelines import build_denoiser, draw, pick_device
@@ -113,6 +114,9 @@ def prepare_config(cfg: Config, data: ImageData, text_dim: int = 0) -> Config:
             raise NanodiffError(f"class_conditional needs labels, and {data.name} has none")
         cfg.model.num_classes = data.num_classes
     cfg.model.context_dim = text_dim
+    if cfg.data.task not in TASKS:
+        raise NanodiffError(f"unknown task {cfg.data.task!r}; choose one of {', '.join(map(repr, TASKS))}")
+    cfg.model.cond_channels = c + 1 if cfg.data.task == "inpaint" else 0  # masked image, mask
     if cfg.optim.batch_size < 1 or cfg.run.steps < 1 or cfg.optim.grad_accum < 1:
         raise NanodiffError("batch_size, steps and grad_accum must be positive")
     return cfg
@@ -163,6 +167,7 @@ class Trainer:
         if cfg.data.autoencoder == "train":  # "autoencoder included": its folder then stands in the config
             cfg.data.autoencoder = self._train_autoencoder(cfg)
         self.autoencoder = None  # latent diffusion: kept to decode the sample grids
+        self.grid_images = self.data.images[:cfg.run.sample_n]  # an inpainting run's grids fill these
         if cfg.data.autoencoder:  # train on the scaled posterior means, encoded once
             self.data.images = self._encode(cfg.data.autoencoder, self.data.images)
         text_dim = 0 if self.prompts is None else self.prompts.shape[-1] - 1
@@ -275,10 +280,14 @@ class Trainer:
                 rows[torch.rand(micro_batch, generator=self.noise_gen) < cfg.data.p_uncond] = 0
                 labels = self.prompts[rows[mine]].to(self.device)
             x0 = self.data.images[idx][mine].to(self.device)
+            denoiser = self.train_denoiser
+            if cfg.data.task == "inpaint":  # the masked image and its mask, as extra input channels
+                known = random_masks(micro_batch, x0.shape[-1], self.noise_gen)[mine].to(self.device)
+                denoiser = denoiser.conditioned_on(torch.cat([x0 * known, known], 1))
             sync = micro == o.grad_accum - 1 or self.dist.world == 1
             ctx = nullcontext() if sync else self.model.no_sync()
             with ctx, torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda"):
-                loss = diffusion_loss(self.train_denoiser, x0, sigma[mine].to(self.device),
+                loss = diffusion_loss(denoiser, x0, sigma[mine].to(self.device),
                                       eps[mine].to(self.device), cfg.loss, labels)
                 (loss / o.grad_accum).backward()
             total += loss.item() / o.grad_accum
@@ -303,10 +312,17 @@ class Trainer:
         elif self.prompts is not None:  # the grid prompts, in turn, guided away from ""
             labels = self.grid_prompts[torch.arange(self.cfg.run.sample_n) % len(self.grid_prompts)]
             uncond, guidance = self.prompts[0].to(self.device), self.cfg.run.sample_guidance
+        n, editing = self.cfg.run.sample_n, {}
+        if self.cfg.data.task == "inpaint":  # fill the demo masks' holes in the first training images
+            from .editing import demo_masks
+
+            shown = self.grid_images[:n]
+            editing = dict(init_image=shown, known=demo_masks(len(shown), shown.shape[-1]), inpaint="model")
+            n = len(shown)
         # a latent run's grid is decoded by the autoencoder loaded to encode the data
-        images = draw(self.cfg, ema, self.cfg.run.sample_n, autoencoder=self.autoencoder, cond=labels,
+        images = draw(self.cfg, ema, n, autoencoder=self.autoencoder, cond=labels,
                       sampler=self.cfg.run.sampler, steps=self.cfg.run.sample_steps, seed=0,
-                      guidance=guidance, uncond=uncond)
+                      guidance=guidance, uncond=uncond, **editing)
         save_grid(images, path, nrow=int(math.sqrt(self.cfg.run.sample_n)))
 
     def _on_sigint(self, signum, frame) -> None:

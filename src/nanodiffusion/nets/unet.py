@@ -35,6 +35,7 @@ class UNetConfig:
     num_classes: int = 0  # 0: unconditional; else index num_classes is "no class"
     image_size: int = 28
     context_dim: int = 0  # > 0: text-conditional, cross-attending to tokens of this width
+    cond_channels: int = 0  # > 0: an image condition concatenated to the input (denoisers.ImageConditioned)
 
     def __post_init__(self):
         if self.out_channels is None:
@@ -175,7 +176,7 @@ class UNet(nn.Module):
         self.text_emb = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim else None
         self.stride = 2 ** (len(cfg.channel_mults) - 1)
         size = -(-cfg.image_size // self.stride) * self.stride  # padded size
-        self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+        self.conv_in = nn.Conv2d(cfg.in_channels + cfg.cond_channels, ch, 3, padding=1)
 
         self.down = nn.ModuleList()
         skips, cur = [ch], ch
