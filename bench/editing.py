@@ -254,7 +254,7 @@ def report(s: Settings, results: dict, figures: Path) -> str:
         plot_rows(rows, ["original", *methods], figures / f"inpaint_{dataset}.png")
         if "model" in r:
             lines += [f"The model row is a separate run trained with `--task inpaint` (`{r['model_run']}`): "
-                      "the same preset and budget, shown the masked image and the mask.", ""]
+                      "the same preset and number of steps, shown the masked image and the mask.", ""]
         lines += [f"![{dataset} inpainting](images/inpaint_{dataset}.png)", ""]
     if results.get("img2img"):
         lines += ["## img2img (SDEdit)", "",
