@@ -110,7 +110,7 @@ def test_info_describes_the_run(run_dir, capsys):
     (["sample", "RUN", "--guidance", "-2"], ">= 0"),
     (["sample", "RUN", "--sampler", "euler", "--eta", "0.5"], "sampler euler has no option --eta"),
     (["sample", "RUN", "--sampler", "unipc", "--order", "5"], "order must be 1, 2 or 3"),
-    (["sample", "RUN", "--sampler", "nope"], "invalid choice"),
+    (["sample", "RUN", "--sampler", "nope"], "unknown sampler 'nope'"),
     (["bench-samplers", "--samplers", "nope"], "unknown sampler 'nope'"),
     (["bench-samplers", "--nfe", "10,x"], "--nfe"),
     (["train", "--steps", "0"], "must be positive"),

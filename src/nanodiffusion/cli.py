@@ -18,8 +18,16 @@ from .checkpoint import EMA, MODEL, STATE, load_config, weights_step
 from .config import PRESETS, Config, apply_overrides, preset
 from .editing import METHODS
 from .errors import NanodiffError
-from .samplers import SAMPLERS
+from .samplers import SAMPLERS, get_sampler
 from .schedules import KINDS, SPACINGS, Schedule
+
+
+def _sampler(name: str) -> str:
+    """A sampler name or one of its diffusers / k-diffusion spellings, as nanodiffusion's name."""
+    try:
+        return get_sampler(name).name
+    except NanodiffError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive(text: str) -> int:
@@ -382,7 +390,6 @@ def cmd_inpaint(args) -> int:
 
 
 def cmd_sd(args) -> int:
-    from .samplers import get_sampler
     from .stable_diffusion import StableDiffusion
     from .viz import open_image
 
@@ -543,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="draw images from a trained run")
     s.add_argument("run")
     s.add_argument("--n", type=_positive, default=64)
-    s.add_argument("--sampler", default="dpm++2m", choices=list(SAMPLERS),
+    s.add_argument("--sampler", default="dpm++2m", type=_sampler,
                    help="see docs/samplers.md (default dpm++2m)")
     s.add_argument("--steps", type=_positive, default=20)
     s.add_argument("--spacing", choices=SPACINGS,
@@ -574,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n-ref", type=_positive, help="real test images (default: --n)")
     e.add_argument("--features", default="inception", choices=["inception", "classifier"],
                    help="inception: comparable FID (slow on CPU); classifier: fast, nanodiff's own")
-    e.add_argument("--sampler", default="dpm++2m", choices=list(SAMPLERS))
+    e.add_argument("--sampler", default="dpm++2m", type=_sampler)
     e.add_argument("--steps", type=_positive, default=20)
     e.add_argument("--spacing", choices=SPACINGS)
     e.add_argument("--eta", type=float)
@@ -603,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=_positive, default=20)
     g.add_argument("--guidance", type=float, default=4.0)
     g.add_argument("--negative", default="", help="negative prompt (default: the empty prompt)")
-    g.add_argument("--sampler", default="dpm++2m", choices=list(SAMPLERS))
+    g.add_argument("--sampler", default="dpm++2m", type=_sampler)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--weights", choices=("ema", "model"), default="ema")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -632,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--guidance", type=float, help="classifier-free guidance (default 4 with a prompt or "
                     "class, else 1)")
     ip.add_argument("--n", type=_positive, help="images (default 4; --demo: 6)")
-    ip.add_argument("--sampler", default="dpm++2m", choices=list(SAMPLERS))
+    ip.add_argument("--sampler", default="dpm++2m", type=_sampler)
     ip.add_argument("--steps", type=_positive, default=50)
     ip.add_argument("--seed", type=int, default=0)
     ip.add_argument("--weights", choices=("ema", "model"), default="ema")
@@ -669,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="prompts naming held-out colour-shape pairs (default 100; 0: none)")
     ep.add_argument("--steps", type=_positive, default=20)
     ep.add_argument("--guidance", type=float, default=4.0)
-    ep.add_argument("--sampler", default="dpm++2m", choices=list(SAMPLERS))
+    ep.add_argument("--sampler", default="dpm++2m", type=_sampler)
     ep.add_argument("--seed", type=int, default=0)
     ep.add_argument("--weights", choices=("ema", "model"), default="ema")
     ep.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
