@@ -33,10 +33,9 @@ import torch
 
 from _common import machine, write_page
 from nanodiffusion.data import load_data
-from nanodiffusion.editing import boundary_band, demo_masks
+from nanodiffusion.editing import demo_masks, fill_errors
 from nanodiffusion.evaluate import evaluate_images
-from nanodiffusion.nets.autoencoder import load_autoencoder
-from nanodiffusion.pipelines import draw, load_run, pick_device
+from nanodiffusion.pipelines import draw, load_parts
 from nanodiffusion.shapes import adherence, prompt_set, render_scene
 from nanodiffusion.viz import plot_rows, to_uint8
 
@@ -84,13 +83,7 @@ class Model:
     """A run with what editing needs: its config, denoiser, autoencoder and text encoder."""
 
     def __init__(self, run: Path, device: str):
-        from nanodiffusion.text import load_text_encoder
-
-        self.cfg, self.denoiser = load_run(run, device=device)
-        self.autoencoder = (load_autoencoder(self.cfg.data.autoencoder, pick_device(device))
-                            if self.cfg.data.autoencoder else None)
-        self.encoder = (load_text_encoder(self.cfg.data.text_encoder, self.cfg.data.max_tokens)
-                        if self.cfg.data.text_encoder else None)
+        self.cfg, self.denoiser, self.autoencoder, self.encoder = load_parts(run, device=device)
 
     def condition(self, captions: list[str] | None, n: int, guidance: float):
         """Text runs: the captions, guided; class runs: the "no class" input; else nothing."""
@@ -120,7 +113,6 @@ def inpainting(s: Settings, dataset: str, results: dict) -> None:
     images = test.images[pick]
     captions = test.captions[pick] if test.captions else None
     known = demo_masks(len(images), images.shape[-1], s.seed)
-    band, hole = boundary_band(known), (known < 0.5)
     done["run"] = str(ensure_run(s, dataset))
     torch.save([images[:6], (images * known)[:6]], s.out / f"{dataset}-inputs.pt")
     masked_run = s.inpaint_runs.get(dataset)
@@ -137,9 +129,8 @@ def inpainting(s: Settings, dataset: str, results: dict) -> None:
             filled, nfe, seconds = model.draw(len(images), captions, s.guidance, s, init_image=images,
                                               known=known, inpaint=method, jump=s.jump, resample=s.resample)
             torch.save(filled[:6], s.out / f"{dataset}-{method}.pt")
-        err = ((filled - images) / 2).square().mean(1, keepdim=True)  # on the [0, 1] scale
-        r = {"nfe": nfe, "seconds": seconds, "seam_rmse": err[band].mean().sqrt().item(),
-             "hole_rmse": err[hole.expand_as(err)].mean().sqrt().item()}
+        seam, hole = fill_errors(filled, images, known)
+        r = {"nfe": nfe, "seconds": seconds, "seam_rmse": seam, "hole_rmse": hole}
         r["fid"] = (_no_fid(len(filled)) if s.quick else
                     evaluate_images(filled, cfg.data.name, "inception", n_ref=s.n_ref, device=s.device))
         done[method] = r

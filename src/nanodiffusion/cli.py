@@ -118,30 +118,19 @@ def _sampler_options(args) -> dict:
 
 def _open_run(args):
     """(config, denoiser, autoencoder or None, text encoder or None) of args.run."""
-    from .pipelines import load_run, pick_device
+    from .pipelines import load_parts
 
-    cfg, denoiser = load_run(args.run, weights=args.weights, device=args.device)
-    autoencoder = encoder = None
-    if cfg.data.autoencoder:
-        from .nets.autoencoder import load_autoencoder
-
-        autoencoder = load_autoencoder(cfg.data.autoencoder, pick_device(args.device))
-    if cfg.data.text_encoder:
-        from .text import load_text_encoder
-
-        encoder = load_text_encoder(cfg.data.text_encoder, cfg.data.max_tokens)
-    return cfg, denoiser, autoencoder, encoder
+    return load_parts(args.run, args.weights, args.device)
 
 
-def _read_image(path: str, shape: tuple[int, int, int]) -> torch.Tensor:
-    """An image file as [1, C, H, W] in [-1, 1], resized to the run's size if it differs."""
-    from .viz import open_image
-
+def _read_image(path: str, shape: tuple[int, int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An image file as [1, C, H, W] in [-1, 1], resized to the run's size if it differs, and
+    the file's own (width, height)."""
     c, h, w = shape
-    picture = open_image(path, "RGB" if c == 3 else "L")
+    picture = viz.open_image(path, "RGB" if c == 3 else "L")
     if picture.size != (w, h):
         print(f"{path} is {picture.size[0]}x{picture.size[1]}; resized to the run's {w}x{h}", file=sys.stderr)
-    return viz.load_image(picture, (w, h), channels=c)
+    return viz.load_image(picture, (w, h), channels=c), picture.size
 
 
 def cmd_sample(args) -> int:
@@ -150,7 +139,7 @@ def cmd_sample(args) -> int:
     options = _sampler_options(args)
     strength = _strength(args)
     cfg, denoiser, autoencoder, _ = _open_run(args)
-    init = None if args.init is None else _read_image(args.init, image_shape(cfg, autoencoder))
+    init = None if args.init is None else _read_image(args.init, image_shape(cfg, autoencoder))[0]
     k = cfg.model.num_classes
     scales = args.guidance or [1.0]
     labels = None
@@ -275,7 +264,7 @@ def cmd_generate(args) -> int:
         raise NanodiffError(f"--guidance must be between 0 and 100, got {args.guidance}")
     strength = _strength(args)
     pipe = TextToImage.from_pretrained(args.run, args.weights, args.device)
-    init = None if args.init is None else _read_image(args.init, image_shape(pipe.cfg, pipe.autoencoder))
+    init = None if args.init is None else _read_image(args.init, image_shape(pipe.cfg, pipe.autoencoder))[0]
     images = pipe(args.prompt, n=args.n, steps=args.steps, guidance=args.guidance,
                   negative_prompt=args.negative, sampler=args.sampler, seed=args.seed, output="tensor",
                   progress=True, init_image=init, strength=strength)
@@ -316,27 +305,24 @@ def _inpaint_inputs(args, shape: tuple[int, int, int]) -> tuple[torch.Tensor, to
     from PIL import Image
 
     from .editing import mask_from_image
-    from .viz import open_image
 
-    c, h, w = shape
-    picture = open_image(args.image, "RGB" if c == 3 else "L")
-    mask = open_image(args.mask, "L")
-    if mask.size != picture.size:
+    image, size = _read_image(args.image, shape)
+    mask = viz.open_image(args.mask, "L")
+    if mask.size != size:
         raise NanodiffError(f"the mask is {mask.size[0]}x{mask.size[1]} and the image "
-                            f"{picture.size[0]}x{picture.size[1]}; they must be the same size")
-    if picture.size != (w, h):
-        print(f"{args.image} is {picture.size[0]}x{picture.size[1]}; resized to the run's {w}x{h}",
-              file=sys.stderr)
+                            f"{size[0]}x{size[1]}; they must be the same size")
+    _, h, w = shape
+    if mask.size != (w, h):  # with the image, to the run's size
         mask = mask.resize((w, h), Image.Resampling.NEAREST)
     known = mask_from_image(viz.load_image(mask, channels=1)[0])
     if known.all():
         raise NanodiffError(f"the mask {args.mask} has no white pixels: nothing to repaint")
-    return viz.load_image(picture, (w, h), channels=c), known
+    return image, known
 
 
 def cmd_inpaint(args) -> int:
     from .data import load_data
-    from .editing import boundary_band, demo_masks
+    from .editing import demo_masks, fill_errors
     from .pipelines import draw, image_shape
 
     if args.demo == bool(args.image or args.mask):
@@ -375,12 +361,9 @@ def cmd_inpaint(args) -> int:
         picture = viz.plot_rows([shown[:1], result], ["input", method], out / f"{stem}.png")
         print(f"{n} fillings of {args.image} ({method}): {picture}")
         return 0
-    band = boundary_band(known)
     rows, labels = [images, shown], ["original", "masked"]
     for method, result in filled.items():
-        err = ((result - images) / 2).square().mean(1, keepdim=True)  # on the [0, 1] scale
-        seam = err[band].mean().sqrt().item()
-        hole = err[(known < 0.5).expand_as(err)].mean().sqrt().item()
+        seam, hole = fill_errors(result, images, known)
         print(f"{method:8s} RMSE in the 2-pixel band at the seam {seam:.4f}, in the whole hole {hole:.4f}")
         rows.append(result)
         labels.append(method)
@@ -391,11 +374,10 @@ def cmd_inpaint(args) -> int:
 
 def cmd_sd(args) -> int:
     from .stable_diffusion import StableDiffusion
-    from .viz import open_image
 
     sampler = get_sampler(args.sampler).name  # a bad name fails before the slow load
     strength = _strength(args)
-    init = open_image(args.init) if args.init else None  # read once, before the slow load; the
+    init = viz.open_image(args.init) if args.init else None  # read once, before the slow load; the
     pipe = StableDiffusion.from_pretrained(args.model, args.device, args.dtype)  # pipeline resizes it
     size = args.size or pipe.default_size
     pipe.check_size(size, size)

@@ -44,6 +44,21 @@ def load_run(run_dir: str | Path, weights: str = "ema", device: str = "auto"):
     return cfg, denoiser.to(pick_device(device)).eval()
 
 
+def load_parts(run_dir: str | Path, weights: str = "ema", device: str = "auto"):
+    """(config, denoiser, autoencoder or None, text encoder or None): all a run draws with."""
+    cfg, denoiser = load_run(run_dir, weights, device)
+    autoencoder = encoder = None
+    if cfg.data.autoencoder:  # load_run points it at the run's own, wherever the run moved
+        from .nets.autoencoder import load_autoencoder
+
+        autoencoder = load_autoencoder(cfg.data.autoencoder, pick_device(device))
+    if cfg.data.text_encoder:
+        from .text import load_text_encoder
+
+        encoder = load_text_encoder(cfg.data.text_encoder, cfg.data.max_tokens)
+    return cfg, denoiser, autoencoder, encoder
+
+
 @torch.no_grad()
 def sample_images(
     denoiser: Denoiser, n: int, shape: tuple[int, ...], sampler: str = "ddim", steps: int = 50,
@@ -108,24 +123,23 @@ def sample_images(
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(n, *shape, generator=generator)  # all drawn first: batching-independent
     out, counted = [], CountingDenoiser(guided(denoiser))
+    prior_std = schedule.prior_std(float(sigmas[0]))
     for start in range(0, n, batch_size):
         part = slice(start, start + batch_size)
         labels = None if class_labels is None else class_labels[part].to(device)
-        prior_std = schedule.prior_std(float(sigmas[0]))
+        z = noise[part].to(device)
         if init is None:
-            x = sample_fn(counted, noise[part].to(device) * prior_std, sigmas, labels, generator=generator,
-                          callback=callback, progress=progress, **sampler_kwargs)
-            out.append((x.clamp(-1, 1) if clamp else x).cpu())
-            continue
-        x0, mask = _rows(init, part).to(device), None if known is None else _rows(known, part).to(device)
-        if model_inpainting:  # the network sees [x, masked image, mask]
-            rows = len(noise[part])
-            mask = mask.amin(1, keepdim=True).expand(rows, 1, *shape[1:]).to(x0.dtype)
-            bound = denoiser.conditioned_on(torch.cat([x0.expand(rows, *shape) * mask, mask], 1))
-            counted.denoiser = guided(bound)
-        x = edit(sample_fn, counted, noise[part].to(device), x0, sigmas, labels, prior_std=prior_std,
-                 strength=strength, known=mask, method=inpaint, jump=jump, resample=resample,
-                 generator=generator, callback=callback, progress=progress, **sampler_kwargs)
+            x = sample_fn(counted, z * prior_std, sigmas, labels, generator=generator, callback=callback,
+                          progress=progress, **sampler_kwargs)
+        else:
+            x0, mask = _rows(init, part).to(device), None if known is None else _rows(known, part).to(device)
+            if model_inpainting:  # the network sees [x, masked image, mask]
+                mask = mask.amin(1, keepdim=True).expand(len(z), 1, *shape[1:]).to(x0.dtype)
+                bound = denoiser.conditioned_on(torch.cat([x0.expand(len(z), *shape) * mask, mask], 1))
+                counted.denoiser = guided(bound)
+            x = edit(sample_fn, counted, z, x0, sigmas, labels, prior_std=prior_std, strength=strength,
+                     known=mask, method=inpaint, jump=jump, resample=resample, generator=generator,
+                     callback=callback, progress=progress, **sampler_kwargs)
         out.append((x.clamp(-1, 1) if clamp else x).cpu())
     if stats is not None:
         stats.update(nfe=counted.calls // len(out), sigmas=sigmas)
@@ -161,7 +175,7 @@ def draw(cfg: Config, denoiser: Denoiser, n: int, *, autoencoder=None, cond: tor
     m = cfg.model
     shape = (m.in_channels, m.image_size, m.image_size)
     init, model_known = init_image, known
-    if init_image is not None:
+    if init_image is not None and autoencoder is not None:  # pixel runs: sample_images checks these
         want = image_shape(cfg, autoencoder)
         if init_image.ndim != 4 or tuple(init_image.shape[1:]) != want:
             raise NanodiffError(f"init images must be [1 or {n}, {', '.join(map(str, want))}], "
@@ -169,10 +183,9 @@ def draw(cfg: Config, denoiser: Denoiser, n: int, *, autoencoder=None, cond: tor
         if known is not None and (known.ndim != 4 or known.shape[-2:] != init_image.shape[-2:]):
             raise NanodiffError(f"the mask is {list(known.shape)}, which does not fit images "
                                 f"{list(init_image.shape)}")
-        if autoencoder is not None:
-            init = autoencoder.encode_images(init_image)
-            if known is not None:  # known in latent space only where every pixel of the cell is
-                model_known = -torch.nn.functional.max_pool2d(-known.float(), autoencoder.cfg.factor)
+        init = autoencoder.encode_images(init_image)
+        if known is not None:  # known in latent space only where every pixel of the cell is
+            model_known = -torch.nn.functional.max_pool2d(-known.float(), autoencoder.cfg.factor)
     samples = sample_images(denoiser, n, shape, sampler, steps, seed=seed, class_labels=cond,
                             guidance=guidance, uncond=uncond, progress=progress, clamp=autoencoder is None,
                             init=init, strength=strength, known=model_known, **options)
@@ -198,17 +211,10 @@ class TextToImage:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, weights: str = "ema", device: str = "auto") -> TextToImage:
-        from .nets.autoencoder import load_autoencoder
-        from .text import load_text_encoder
-
-        cfg, denoiser = load_run(folder, weights, device)
-        if not cfg.data.text_encoder:
+        cfg, denoiser, autoencoder, encoder = load_parts(folder, weights, device)
+        if encoder is None:
             raise NanodiffError(f"{folder} is not a text-conditional run (its data.text_encoder is empty)")
-        # load_run prefers the autoencoder beside the UNet (save_pretrained and the text preset put it there)
-        autoencoder = None
-        if cfg.data.autoencoder:
-            autoencoder = load_autoencoder(cfg.data.autoencoder, pick_device(device))
-        return cls(cfg, denoiser, load_text_encoder(cfg.data.text_encoder, cfg.data.max_tokens), autoencoder)
+        return cls(cfg, denoiser, encoder, autoencoder)
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """config.json and ema.safetensors (the weights in use), and the autoencoder if any."""

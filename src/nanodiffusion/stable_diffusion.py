@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .denoisers import Denoiser
+from .editing import check_strength, sdedit_sigmas
 from .errors import NanodiffError
 from .guidance import ClassifierFreeGuidance
 from .samplers import get_sampler
@@ -247,8 +248,7 @@ class StableDiffusion:
             raise NanodiffError("give at least one prompt and n >= 1")
         if output not in ("pil", "tensor", "latent"):
             raise NanodiffError(f"output must be pil, tensor or latent, got {output!r}")
-        if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
-            raise NanodiffError(f"strength must be in (0, 1], got {strength}")
+        check_strength(strength)
         info = get_sampler(sampler)
         height, width = (size, size) if isinstance(size, int) else (size or (self.default_size,) * 2)
         self.check_size(height, width)
@@ -266,11 +266,8 @@ class StableDiffusion:
         noise = latents.float().to(self.device)
         if init is None:  # text-to-image: x_T ~ N(0, I) in the VP form, sqrt(1 + sigma^2) in sigma form
             x = noise * self.denoiser.schedule.prior_std(float(sigmas[0]))
-        else:  # img2img: the last k levels, from the image's latents noised to the first of them
-            k = round(strength * steps)
-            if k < 1:
-                raise NanodiffError(f"strength {strength} x {steps} steps rounds to no step; raise either")
-            sigmas = sigmas[steps - k:]
+        else:  # img2img: the last round(strength x steps) levels, from the image's latents noised
+            sigmas = sdedit_sigmas(sigmas, strength)  # to the first of them
             x = init + float(sigmas[0]) * noise
         model = self.denoiser
         if guidance != 1:
