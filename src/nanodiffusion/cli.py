@@ -257,24 +257,78 @@ def _strength(args) -> float:
     return strength if args.init is not None else 1.0
 
 
+def _control_image(args, shape: tuple[int, int, int]) -> torch.Tensor | None:
+    """--control (an edge map: white edges on black) or --control-from (a picture whose Sobel
+    edges are taken) as [1, 1, H, W] of 0/1 at the run's size."""
+    from PIL import Image
+
+    from .control import sobel_edges
+
+    if args.control and args.control_from:
+        raise NanodiffError("give --control EDGES or --control-from IMAGE, not both")
+    if args.control_scale is not None and not (args.control or args.control_from):
+        raise NanodiffError("--control-scale needs --control or --control-from")
+    _, h, w = shape
+    if args.control_from:
+        return sobel_edges(_read_image(args.control_from, (3, h, w))[0])
+    if not args.control:
+        return None
+    edges = viz.open_image(args.control, "L")
+    if edges.size != (w, h):
+        print(f"{args.control} is {edges.size[0]}x{edges.size[1]}; resized to the run's {w}x{h}",
+              file=sys.stderr)
+        edges = edges.resize((w, h), Image.Resampling.NEAREST)
+    return (viz.load_image(edges, channels=1) > 0).float()
+
+
 def cmd_generate(args) -> int:
-    from .pipelines import TextToImage, image_shape
+    from .pipelines import Cascade, TextToImage, image_shape
 
     if not 0 <= args.guidance <= 100:
         raise NanodiffError(f"--guidance must be between 0 and 100, got {args.guidance}")
     strength = _strength(args)
-    pipe = TextToImage.from_pretrained(args.run, args.weights, args.device)
-    init = None if args.init is None else _read_image(args.init, image_shape(pipe.cfg, pipe.autoencoder))[0]
+    if args.upscale:
+        if args.init or args.control or args.control_from:
+            raise NanodiffError("--upscale draws a cascade from noise: not with --init or a control")
+        pipe = Cascade.from_pretrained(args.run, args.upscale, args.weights, args.device)
+        images = pipe(args.n, prompt=args.prompt, negative_prompt=args.negative, guidance=args.guidance,
+                      steps=args.steps, sr_steps=args.steps, sampler=args.sampler, aug=args.aug,
+                      seed=args.seed, progress=True)
+        return _save_generated(args, images, f", upscaled by {args.upscale} (augmentation {args.aug:g})")
+    if args.aug != 0.1:
+        raise NanodiffError("--aug needs --upscale")
+    controlnet = args.controlnet or (Path(args.run) / "controlnet")
+    wants_control = bool(args.control or args.control_from)
+    pipe = TextToImage.from_pretrained(args.run, args.weights, args.device,
+                                       controlnet=controlnet if wants_control else None)
+    shape = image_shape(pipe.cfg, pipe.autoencoder)
+    init = None if args.init is None else _read_image(args.init, shape)[0]
+    control = _control_image(args, shape)
+    scale = 1.0 if args.control_scale is None else args.control_scale
     images = pipe(args.prompt, n=args.n, steps=args.steps, guidance=args.guidance,
                   negative_prompt=args.negative, sampler=args.sampler, seed=args.seed, output="tensor",
-                  progress=True, init_image=init, strength=strength)
+                  progress=True, init_image=init, strength=strength, control=control, control_scale=scale)
+    if control is not None:
+        picture = viz.plot_rows([control.expand(1, shape[0], *shape[1:]) * 2 - 1, images],
+                                ["control", f"scale {scale:g}"], _out_dir(args) / "control.png")
+        print(f"control and images: {picture}")
+    return _save_generated(args, images, f", controlled by {controlnet} at scale {scale:g}" if wants_control
+                           else "")
+
+
+def _out_dir(args) -> Path:
     slug = "".join(c if c.isalnum() else "-" for c in args.prompt.lower()).strip("-")[:60] or "empty"
     out = Path(args.out) if args.out else Path(args.run) / "generated" / f"{slug}-seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _save_generated(args, images: torch.Tensor, how: str) -> int:
+    out = _out_dir(args)
     picture = viz.save_grid(images, out / "grid.png")
     viz.save_images(images, out)
     print(f"{args.n} images of {args.prompt!r} ({args.sampler}, {args.steps} steps, "
-          f"guidance {args.guidance:g}, seed {args.seed}): {picture}")
+          f"guidance {args.guidance:g}, seed {args.seed}{how}): {picture}")
     return 0
 
 
@@ -369,6 +423,64 @@ def cmd_inpaint(args) -> int:
         labels.append(method)
     picture = viz.plot_rows(rows, labels, out / "demo.png")
     print(f"{n} test images, part hidden and filled: {picture}")
+    return 0
+
+
+def cmd_upscale(args) -> int:
+    from .data import load_data
+    from .pipelines import draw, load_run
+    from .superres import downsample, low_size, psnr, ssim, upsample
+
+    if args.demo == bool(args.image):
+        raise NanodiffError("give --image, or --demo")
+    if args.aug < 0:
+        raise NanodiffError(f"--aug must be >= 0, got {args.aug}")
+    cfg, denoiser = load_run(args.run, args.weights, args.device)
+    if cfg.data.task != "upscale":
+        raise NanodiffError(f"{args.run} is not an upscaling run (nanodiff train --preset upscale, "
+                            "or --task upscale)")
+    c, size, low = cfg.model.in_channels, cfg.model.image_size, low_size(cfg)
+    out = Path(args.out) if args.out else Path(args.run) / "upscaled"
+    if args.demo:
+        n = args.n or 8
+        truth = load_data(cfg.data.name, "test", size, cfg.data.channels).images[:n]
+        small = downsample(truth, low)
+    else:
+        n = args.n or 1
+        picture = viz.open_image(args.image, "RGB" if c == 3 else "L")
+        if picture.size != (low, low):
+            raise NanodiffError(f"this run upscales {low}x{low} images; {args.image} is "
+                                f"{picture.size[0]}x{picture.size[1]}")
+        small = viz.load_image(picture, channels=c).expand(n, c, low, low)
+    print(f"{n} images {low}x{low} -> {size}x{size}, {args.sampler} {args.steps} steps, augmentation "
+          f"{args.aug:g}", file=sys.stderr)
+    images = draw(cfg, denoiser, n, low_res=small, aug=args.aug, sampler=args.sampler, steps=args.steps,
+                  seed=args.seed, progress=True)
+    out.mkdir(parents=True, exist_ok=True)
+    bicubic = upsample(small, size)
+    if not args.demo:
+        stem = f"{Path(args.image).stem}-x{size // low}-seed{args.seed}"
+        viz.save_images(images, out, prefix=stem)
+        shown = viz.plot_rows([bicubic[:1], images], ["bicubic", "upscaled"], out / f"{stem}.png")
+        print(f"{n} upscalings of {args.image}: {shown}")
+        return 0
+    for name, x in [("bicubic", bicubic), ("diffusion", images)]:
+        structure = f", SSIM {ssim(x, truth).mean():.4f}" if size >= 11 else ""  # SSIM's window is 11 pixels
+        print(f"{name:9s} PSNR {psnr(x, truth).mean():.2f} dB{structure}")
+    shown = viz.plot_rows([bicubic, images, truth], ["bicubic", "upscaled", "original"], out / "demo.png")
+    print(f"{n} test images, {low}x{low} -> {size}x{size}: {shown}")
+    return 0
+
+
+def cmd_train_controlnet(args) -> int:
+    from .control import train_controlnet
+
+    out = Path(args.out) if args.out else Path(args.run) / "controlnet"
+    report = train_controlnet(args.run, out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                              seed=args.seed, device=args.device, progress=not args.quiet)
+    print(f"ControlNet trained {report['steps']} steps in {report['train_s']:.0f} s (loss "
+          f"{report['loss_first_50']:.4f} -> {report['loss_last_50']:.4f}): {out}; use it with "
+          f"nanodiff generate {args.run} PROMPT --control EDGES.png")
     return 0
 
 
@@ -513,9 +625,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", default="digits", choices=PRESETS)
     t.add_argument("--config", help="a TOML (or JSON) config file instead of a preset")
     t.add_argument("--data", help="digits, mnist, fashion-mnist, shapes, an image folder or a .npz file")
-    t.add_argument("--task", choices=["inpaint"], help="inpaint: a mask-conditioned model (the masked image "
-                   "and the mask as extra inputs, random masks of five families); nanodiff inpaint "
-                   "--method model")
+    t.add_argument("--task", choices=["inpaint", "upscale"], help="inpaint: a mask-conditioned model (the "
+                   "masked image and the mask as extra inputs, random masks of five families; nanodiff "
+                   "inpaint --method model); upscale: super-resolution from data.low_res (default half "
+                   "the size; nanodiff upscale; the upscale preset is one)")
     t.add_argument("--steps", type=_positive)
     t.add_argument("--batch-size", type=_positive)
     t.add_argument("--lr", type=float)
@@ -598,6 +711,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     g.add_argument("--init", metavar="IMAGE", help="img2img (SDEdit): start from this image, noised")
     g.add_argument("--strength", type=float, help="with --init: how much to change, in (0, 1] (default 0.6)")
+    g.add_argument("--control", metavar="EDGES", help="an edge map (white edges on black) that a ControlNet "
+                   "steers the images by (nanodiff train-controlnet RUN)")
+    g.add_argument("--control-from", metavar="IMAGE",
+                   help="like --control, with the Sobel edges of this picture")
+    g.add_argument("--control-scale", type=float, help="the ControlNet's residuals times this (default 1)")
+    g.add_argument("--controlnet", help="a ControlNet folder (default RUN/controlnet)")
+    g.add_argument("--upscale", metavar="SR_RUN",
+                   help="a cascade: upscale the images with this upscaling run")
+    g.add_argument("--aug", type=float, default=0.1, help="with --upscale: the noise level added to the "
+                   "base images before upscaling (noise-conditioning augmentation; default 0.1)")
     g.add_argument("--out", help="output folder (default RUN/generated/<prompt>-seed<seed>)")
     g.set_defaults(func=cmd_generate)
 
@@ -628,6 +751,34 @@ def build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ip.add_argument("--out", help="output folder (default RUN/inpaint)")
     ip.set_defaults(func=cmd_inpaint)
+
+    up = sub.add_parser("upscale", help="super-resolution with an upscaling run (nanodiff train --preset "
+                        "upscale): an image of the run's low resolution to its size")
+    up.add_argument("run")
+    up.add_argument("--image", help="the low-resolution image (the run's low size, e.g. 32x32)")
+    up.add_argument("--demo", action="store_true", help="upscale --n test images' low-resolution versions "
+                    "and print PSNR and SSIM against bicubic upsampling")
+    up.add_argument("--aug", type=float, default=0.0, help="noise level added to the input first (default 0)")
+    up.add_argument("--n", type=_positive, help="samples (default 1; --demo: 8)")
+    up.add_argument("--sampler", default="dpm++2m", type=_sampler)
+    up.add_argument("--steps", type=_positive, default=20)
+    up.add_argument("--seed", type=int, default=0)
+    up.add_argument("--weights", choices=("ema", "model"), default="ema")
+    up.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    up.add_argument("--out", help="output folder (default RUN/upscaled)")
+    up.set_defaults(func=cmd_upscale)
+
+    tc = sub.add_parser("train-controlnet", help="train a ControlNet on a run's own images and their Sobel "
+                        "edge maps (the run stays frozen)")
+    tc.add_argument("run")
+    tc.add_argument("--steps", type=_positive, default=1500)
+    tc.add_argument("--batch-size", type=_positive, default=64)
+    tc.add_argument("--lr", type=float, default=5e-4)
+    tc.add_argument("--seed", type=int, default=0)
+    tc.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    tc.add_argument("--out", help="output folder (default RUN/controlnet)")
+    tc.add_argument("--quiet", action="store_true", help="no progress bar")
+    tc.set_defaults(func=cmd_train_controlnet)
 
     sd = sub.add_parser("sd", help="draw with a Stable Diffusion 1.x/2.x checkpoint (diffusers folder) "
                         "and nanodiffusion's samplers")

@@ -37,7 +37,11 @@ class DataConfig:
     autoencoder_steps: int = 2000
     autoencoder_channels: int = 16
     autoencoder_batch_size: int = 64
-    task: str = ""  # "": generate; "inpaint": a mask-conditioned model (masked image and mask as input)
+    task: str = ""  # "": generate; "inpaint": a mask-conditioned model (masked image and mask as input);
+    # "upscale": super-resolution (SR3), the low-resolution image upsampled as input (nanodiffusion.superres)
+    low_res: int = 0  # upscale: the low-resolution side (0: half of image_size)
+    noise_aug: float = 0.3  # upscale: training's augmentation levels of the low-resolution input, 0 to this
+    crop: int = 0  # > 0: train on random crops of this size (convolutional UNets without attention)
 
 
 @dataclass
@@ -213,11 +217,26 @@ def preset(name: str) -> Config:
             run=RunConfig(steps=3000, sample_every=500, checkpoint_every=500, sampler="dpm++2m",
                           sample_steps=20, sample_n=16, sample_guidance=3.0),
         )
+    if name == "upscale":  # the shapes world, 32x32 -> 64x64 super-resolution (SR3), ~10 min on 2 cores
+        # A convolutional UNet (no attention) sees the bicubic-upsampled low-res scene beside its
+        # noisy input and trains on 32x32 crops of the 64x64 scenes, a quarter of the cost per
+        # image; having no attention, it samples whole 64x64 images (or any size) all the same.
+        return Config(
+            data=DataConfig(name="shapes", image_size=64, task="upscale", crop=32),
+            model=UNetConfig(in_channels=3, channels=16, channel_mults=[1, 2, 4], attn_resolutions=[],
+                             mid_attention=False, dropout=0.0, image_size=64),
+            schedule=Schedule(kind="edm"),
+            diffusion=DiffusionConfig(parameterization="edm"),
+            loss=LossConfig(sigma_sampling="lognormal", weighting="edm"),
+            optim=OptimConfig(lr=2e-3, batch_size=64, warmup_steps=50),
+            run=RunConfig(steps=1000, sample_every=500, checkpoint_every=500, sampler="dpm++2m",
+                          sample_steps=20, sample_n=16),
+        )
     raise NanodiffError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
 
 
-PRESETS = ("digits", "mnist", "fashion-mnist", "text")
-TASKS = ("", "inpaint")  # data.task: what the model is trained to do from its inputs
+PRESETS = ("digits", "mnist", "fashion-mnist", "text", "upscale")
+TASKS = ("", "inpaint", "upscale")  # data.task: what the model is trained to do from its inputs
 
 
 def _parse_value(text: str) -> Any:

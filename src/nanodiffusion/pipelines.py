@@ -67,7 +67,7 @@ def sample_images(
     stats: dict | None = None, guidance: float = 1.0, uncond: torch.Tensor | None = None,
     clamp: bool = True, init: torch.Tensor | None = None, strength: float = 1.0,
     known: torch.Tensor | None = None, inpaint: str = "replace", jump: int = 5, resample: int = 5,
-    **sampler_kwargs,
+    image_cond: torch.Tensor | None = None, **sampler_kwargs,
 ) -> torch.Tensor:
     """n samples [n, *shape], clamped to the data range [-1, 1] (clamp=False for an
     autoencoder's latents, which are not bounded). Same seed, n and batch_size: the same samples.
@@ -78,6 +78,8 @@ def sample_images(
     (RePaint's ``jump`` and ``resample``), or "model" for a run trained with data.task
     "inpaint", whose network sees the masked image and the mask. The noise is drawn as for
     plain sampling, so strength 1 without a mask gives plain sampling's images.
+    ``image_cond`` ([1 or n, C', *spatial]) is the image condition of a network trained with
+    one (an upscaling run's low-resolution input, ``nanodiffusion.superres.condition``).
 
     ``spacing`` None takes the schedule's default (trailing, or Karras for EDM). If ``stats``
     is a dict, it receives "nfe": the network evaluations per batch, counted, and "sigmas".
@@ -100,7 +102,10 @@ def sample_images(
     if known is not None and len(known) not in (1, n):
         raise NanodiffError(f"give one mask or one per image ({n}), got {len(known)}")
     net_cfg = getattr(getattr(denoiser, "net", None), "cfg", None)
-    model_inpainting = getattr(net_cfg, "cond_channels", 0) > 0
+    takes_image = getattr(net_cfg, "cond_channels", 0) > 0
+    model_inpainting = takes_image and image_cond is None
+    if image_cond is not None and (not takes_image or len(image_cond) not in (1, n)):
+        raise NanodiffError("an image condition needs a network trained with one, one row or one per sample")
     if model_inpainting and (known is None or inpaint != "model"):
         raise NanodiffError("this run is a mask-conditioned inpainting model: give init images and a mask, "
                             "with the method 'model'")
@@ -128,6 +133,8 @@ def sample_images(
         part = slice(start, start + batch_size)
         labels = None if class_labels is None else class_labels[part].to(device)
         z = noise[part].to(device)
+        if image_cond is not None:
+            counted.denoiser = guided(denoiser.conditioned_on(_rows(image_cond, part).to(device)))
         if init is None:
             x = sample_fn(counted, z * prior_std, sigmas, labels, generator=generator, callback=callback,
                           progress=progress, **sampler_kwargs)
@@ -163,7 +170,8 @@ def image_shape(cfg: Config, autoencoder=None) -> tuple[int, int, int]:
 def draw(cfg: Config, denoiser: Denoiser, n: int, *, autoencoder=None, cond: torch.Tensor | None = None,
          sampler: str = "dpm++2m", steps: int = 20, seed: int = 0, guidance: float = 1.0,
          uncond: torch.Tensor | None = None, init_image: torch.Tensor | None = None, strength: float = 1.0,
-         known: torch.Tensor | None = None, progress: bool = False, **options) -> torch.Tensor:
+         known: torch.Tensor | None = None, low_res: torch.Tensor | None = None, aug: float = 0.0,
+         progress: bool = False, **options) -> torch.Tensor:
     """n images [n, C, H, W] in [-1, 1] from a run, in pixels whether it diffuses pixels or an
     autoencoder's latents: sample_images, then decoding.
 
@@ -171,9 +179,24 @@ def draw(cfg: Config, denoiser: Denoiser, n: int, *, autoencoder=None, cond: tor
     with ``known`` ([1 or n, 1, H, W], 1 = keep) inpainting (``inpaint="replace"`` or
     ``"repaint"``, see nanodiffusion.editing). A latent run edits the image's latents (a latent
     cell is known only where all its pixels are) and pastes the known pixels after decoding.
+
+    An upscaling run (data.task "upscale") draws one high-resolution image per ``low_res`` image
+    ([n, C, h, w] in [-1, 1]), its input noised to the augmentation level ``aug`` first.
     """
     m = cfg.model
     shape = (m.in_channels, m.image_size, m.image_size)
+    if (cfg.data.task == "upscale") != (low_res is not None):
+        raise NanodiffError("an upscaling run draws from low-resolution images (nanodiff upscale)"
+                            if low_res is None else "low-resolution images need an upscaling run "
+                            "(nanodiff train --task upscale)")
+    if low_res is not None:
+        from . import superres
+
+        superres.check_upscale_input(low_res, superres.low_size(cfg), m.in_channels)
+        if len(low_res) != n:
+            raise NanodiffError(f"give one low-resolution image per sample ({n}), got {len(low_res)}")
+        options["image_cond"] = superres.condition(low_res, m.image_size, aug,
+                                                   torch.Generator().manual_seed(seed))
     init, model_known = init_image, known
     if init_image is not None and autoencoder is not None:  # pixel runs: sample_images checks these
         want = image_shape(cfg, autoencoder)
@@ -206,15 +229,22 @@ class TextToImage:
         images = pipe("a red circle left of a blue square", steps=20, guidance=4.0, seed=0)
     """
 
-    def __init__(self, cfg: Config, denoiser: Denoiser, encoder, autoencoder=None):
+    def __init__(self, cfg: Config, denoiser: Denoiser, encoder, autoencoder=None, controlnet=None):
         self.cfg, self.denoiser, self.encoder, self.autoencoder = cfg, denoiser, encoder, autoencoder
+        self.controlnet = controlnet
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, weights: str = "ema", device: str = "auto") -> TextToImage:
+    def from_pretrained(cls, folder: str | Path, weights: str = "ema", device: str = "auto",
+                        controlnet: str | Path | None = None) -> TextToImage:
+        """A run folder; ``controlnet``: a `nanodiff train-controlnet` folder for its UNet."""
         cfg, denoiser, autoencoder, encoder = load_parts(folder, weights, device)
         if encoder is None:
             raise NanodiffError(f"{folder} is not a text-conditional run (its data.text_encoder is empty)")
-        return cls(cfg, denoiser, encoder, autoencoder)
+        if controlnet is not None:
+            from .control import load_controlnet
+
+            controlnet = load_controlnet(controlnet, denoiser.net)[0]
+        return cls(cfg, denoiser, encoder, autoencoder, controlnet)
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """config.json and ema.safetensors (the weights in use), and the autoencoder if any."""
@@ -233,7 +263,8 @@ class TextToImage:
     def __call__(self, prompt: str | list[str], n: int = 1, steps: int = 20, guidance: float = 4.0,
                  negative_prompt: str = "", sampler: str = "dpm++2m", seed: int = 0,
                  output: str = "pil", progress: bool = False, init_image: torch.Tensor | None = None,
-                 strength: float = 1.0, known: torch.Tensor | None = None, **editing):
+                 strength: float = 1.0, known: torch.Tensor | None = None,
+                 control: torch.Tensor | None = None, control_scale: float = 1.0, **editing):
         """n images per prompt, prompt by prompt; output 'pil' (a list of PIL images) or 'tensor'
         ([N, C, H, W] in [-1, 1]).
 
@@ -241,6 +272,9 @@ class TextToImage:
         ``strength`` < 1 is img2img; with ``known`` (1 = keep, [1 or N, 1, H, W]) inpainting, by
         ``inpaint="replace"`` or ``"repaint"``. A latent run edits the image's latents (a latent
         cell is known only where all its pixels are) and pastes the known pixels after decoding.
+
+        ``control`` ([1 or N, 1, H, W] edge maps of 0/1 at the image size) steers the UNet through
+        the pipeline's ControlNet, its residuals times ``control_scale`` (nanodiffusion.control).
         """
         from .viz import to_pil
 
@@ -249,9 +283,77 @@ class TextToImage:
             raise NanodiffError("give at least one prompt and n >= 1")
         cond = self.encoder([p for p in prompts for _ in range(n)])
         uncond = self.encoder([negative_prompt])[0]
-        images = draw(self.cfg, self.denoiser, len(cond), autoencoder=self.autoencoder, cond=cond,
+        denoiser = self.denoiser
+        if control is not None:
+            from .control import controlled
+
+            if self.controlnet is None:
+                raise NanodiffError("a control image needs a ControlNet (nanodiff train-controlnet RUN)")
+            want = image_shape(self.cfg, self.autoencoder)[1:]
+            if control.ndim != 4 or control.shape[1] != 1 or tuple(control.shape[-2:]) != want \
+                    or len(control) not in (1, len(cond)):
+                raise NanodiffError(f"control images must be [1 or {len(cond)}, 1, {want[0]}, {want[1]}], "
+                                    f"got {list(control.shape)}")
+            denoiser = controlled(denoiser, self.controlnet, control, control_scale)
+        images = draw(self.cfg, denoiser, len(cond), autoencoder=self.autoencoder, cond=cond,
                       guidance=guidance, uncond=uncond, sampler=sampler, steps=steps, seed=seed,
                       progress=progress, init_image=init_image, strength=strength, known=known, **editing)
         if output == "tensor":
             return images
         return [to_pil(img[None], padding=0) for img in images]
+
+
+class Cascade:
+    """Cascaded generation (Ho et al. 2021): a base run draws small images (class, text or
+    unconditional), an upscaling run (data.task "upscale") takes them to its size, its
+    low-resolution input noised to the augmentation level ``aug`` first.
+
+        pipe = Cascade.from_pretrained("runs/text32", "runs/upscale")
+        images = pipe(prompt="a red circle left of a blue square", n=4, aug=0.1)
+    """
+
+    def __init__(self, base: tuple, upscaler: tuple[Config, Denoiser]):
+        self.cfg, self.denoiser, self.autoencoder, self.encoder = base
+        self.sr_cfg, self.sr_denoiser = upscaler
+        from .superres import low_size
+
+        if self.sr_cfg.data.task != "upscale":
+            raise NanodiffError("the second stage of a cascade must be an upscaling run (nanodiff train "
+                                "--task upscale)")
+        c, h, _ = image_shape(self.cfg, self.autoencoder)
+        if (c, h) != (self.sr_cfg.model.in_channels, low_size(self.sr_cfg)):
+            raise NanodiffError(f"the base run draws {c}x{h}x{h} images, the upscaler takes "
+                                f"{self.sr_cfg.model.in_channels}x{low_size(self.sr_cfg)}x{low_size(self.sr_cfg)}")
+
+    @classmethod
+    def from_pretrained(cls, base: str | Path, upscaler: str | Path, weights: str = "ema",
+                        device: str = "auto") -> Cascade:
+        return cls(load_parts(base, weights, device), load_run(upscaler, weights, device))
+
+    @torch.no_grad()
+    def __call__(self, n: int = 1, prompt: str | None = None, negative_prompt: str = "",
+                 class_label: int | None = None, guidance: float | None = None, steps: int = 20,
+                 sr_steps: int = 20, sampler: str = "dpm++2m", aug: float = 0.1, seed: int = 0,
+                 progress: bool = False, return_low: bool = False):
+        """n images [n, C, H, W] in [-1, 1] (and the base's [n, C, h, w] with return_low). A text
+        run takes a prompt (guidance default 4), a class run a class_label (guidance default 4;
+        None: the "no class" input), an unconditional run neither."""
+        cond, uncond, w = None, None, 1.0 if guidance is None else guidance
+        if self.encoder is not None:
+            cond, uncond = self.encoder([prompt or ""] * n), self.encoder([negative_prompt])[0]
+            w = 4.0 if guidance is None and prompt else w
+        elif prompt:
+            raise NanodiffError("a prompt needs a text-conditional base run")
+        elif self.cfg.model.num_classes:
+            k = self.cfg.model.num_classes
+            if class_label is not None and not 0 <= class_label < k:
+                raise NanodiffError(f"the class must be in 0..{k - 1}")
+            cond = torch.full((n,), k if class_label is None else class_label)
+            w = 4.0 if guidance is None and class_label is not None else w
+        elif class_label is not None:
+            raise NanodiffError("a class needs a class-conditional base run")
+        low = draw(self.cfg, self.denoiser, n, autoencoder=self.autoencoder, cond=cond, guidance=w,
+                   uncond=uncond, sampler=sampler, steps=steps, seed=seed, progress=progress)
+        high = draw(self.sr_cfg, self.sr_denoiser, n, low_res=low, aug=aug, sampler=sampler,
+                    steps=sr_steps, seed=seed, progress=progress)
+        return (high, low) if return_low else high

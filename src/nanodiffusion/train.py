@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import superres
 from .checkpoint import (
     EMA,
     MODEL,
@@ -116,7 +117,22 @@ def prepare_config(cfg: Config, data: ImageData, text_dim: int = 0) -> Config:
     cfg.model.context_dim = text_dim
     if cfg.data.task not in TASKS:
         raise NanodiffError(f"unknown task {cfg.data.task!r}; choose one of {', '.join(map(repr, TASKS))}")
-    cfg.model.cond_channels = c + 1 if cfg.data.task == "inpaint" else 0  # masked image, mask
+    cfg.model.cond_channels = c + 1 if cfg.data.task else 0  # masked image and mask; low-res image and level
+    d = cfg.data
+    if d.task == "upscale":
+        if d.autoencoder:
+            raise NanodiffError("an upscaling run diffuses pixels: leave data.autoencoder empty")
+        if not 0 <= d.low_res < h:
+            raise NanodiffError(f"data.low_res must be smaller than the images ({h}), got {d.low_res}")
+        if d.noise_aug < 0:
+            raise NanodiffError(f"data.noise_aug must be >= 0, got {d.noise_aug}")
+    stride = 2 ** (len(cfg.model.channel_mults) - 1)
+    if d.crop and not (0 < d.crop <= h and d.crop % stride == 0):
+        raise NanodiffError(f"data.crop must be a multiple of {stride} up to {h}, got {d.crop}")
+    if d.crop and (cfg.model.attn_resolutions or cfg.model.mid_attention or d.autoencoder):
+        raise NanodiffError("data.crop trains a convolutional UNet on pixels: set model.attn_resolutions=[], "
+                            "model.mid_attention=false and no autoencoder (attention would see other sizes "
+                            "when sampling)")
     if cfg.optim.batch_size < 1 or cfg.run.steps < 1 or cfg.optim.grad_accum < 1:
         raise NanodiffError("batch_size, steps and grad_accum must be positive")
     return cfg
@@ -280,15 +296,24 @@ class Trainer:
                 rows[torch.rand(micro_batch, generator=self.noise_gen) < cfg.data.p_uncond] = 0
                 labels = self.prompts[rows[mine]].to(self.device)
             x0 = self.data.images[idx][mine].to(self.device)
-            denoiser = self.train_denoiser
-            if cfg.data.task == "inpaint":  # the masked image and its mask, as extra input channels
+            denoiser, d, eps = self.train_denoiser, cfg.data, eps[mine].to(self.device)
+            if d.task == "inpaint":  # the masked image and its mask, as extra input channels
                 known = random_masks(micro_batch, x0.shape[-1], self.noise_gen)[mine].to(self.device)
                 denoiser = denoiser.conditioned_on(torch.cat([x0 * known, known], 1))
+            elif d.task == "upscale":  # the low-res image, noise-augmented and upsampled, and its level
+                low = superres.downsample(x0, superres.low_size(cfg))
+                levels = superres.random_levels(micro_batch, d.noise_aug, self.noise_gen)[mine]
+                image = superres.condition(low, x0.shape[-1], levels, self.noise_gen)
+                if d.crop:
+                    x0, eps, image = superres.random_crops([x0, eps, image], d.crop, x0.shape[-1] //
+                                                           superres.low_size(cfg), self.noise_gen)
+                denoiser = denoiser.conditioned_on(image)
+            elif d.crop:
+                x0, eps = superres.random_crops([x0, eps], d.crop, 1, self.noise_gen)
             sync = micro == o.grad_accum - 1 or self.dist.world == 1
             ctx = nullcontext() if sync else self.model.no_sync()
             with ctx, torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda"):
-                loss = diffusion_loss(denoiser, x0, sigma[mine].to(self.device),
-                                      eps[mine].to(self.device), cfg.loss, labels)
+                loss = diffusion_loss(denoiser, x0, sigma[mine].to(self.device), eps, cfg.loss, labels)
                 (loss / o.grad_accum).backward()
             total += loss.item() / o.grad_accum
         if not math.isfinite(total):
@@ -318,6 +343,10 @@ class Trainer:
 
             shown = self.grid_images[:n]
             editing = dict(init_image=shown, known=demo_masks(len(shown), shown.shape[-1]), inpaint="model")
+            n = len(shown)
+        elif self.cfg.data.task == "upscale":  # upscale the first training images' low-res versions
+            shown = self.grid_images[:n]
+            editing = dict(low_res=superres.downsample(shown, superres.low_size(self.cfg)))
             n = len(shown)
         # a latent run's grid is decoded by the autoencoder loaded to encode the data
         images = draw(self.cfg, ema, n, autoencoder=self.autoencoder, cond=labels,

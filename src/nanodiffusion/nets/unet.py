@@ -36,6 +36,7 @@ class UNetConfig:
     image_size: int = 28
     context_dim: int = 0  # > 0: text-conditional, cross-attending to tokens of this width
     cond_channels: int = 0  # > 0: an image condition concatenated to the input (denoisers.ImageConditioned)
+    mid_attention: bool = True  # False: a purely convolutional UNet (with no attn_resolutions) of any size
 
     def __post_init__(self):
         if self.out_channels is None:
@@ -191,7 +192,7 @@ class UNet(nn.Module):
                 size //= 2
 
         self.mid = nn.ModuleList([
-            ResBlock(cur, cur, emb_dim, cfg.dropout), self._attention(cur),
+            ResBlock(cur, cur, emb_dim, cfg.dropout), *([self._attention(cur)] if cfg.mid_attention else []),
             ResBlock(cur, cur, emb_dim, cfg.dropout),
         ])
 
@@ -234,14 +235,14 @@ class UNet(nn.Module):
             return h
         return block(h)  # a down- or upsampler
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None
-                ) -> torch.Tensor:
-        """cond: class labels [B] (class-conditional; None = "no class"), or a text condition
-        [B, L, D + 1] (text-conditional; see split_context), or None (unconditional)."""
-        H, W = x.shape[-2:]
-        pad_h, pad_w = (-H) % self.stride, (-W) % self.stride
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """x padded (replicating its edge) to a size the downsamplings divide."""
+        pad_h, pad_w = (-x.shape[-2]) % self.stride, (-x.shape[-1]) % self.stride
+        return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
+
+    def embed(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None):
+        """(the embedding [B, 4 ch] of the noise level and class or pooled prompt, the text
+        context (tokens, mask) or None)."""
         emb = self.emb_mlp(timestep_embedding(c_noise.reshape(-1).expand(x.shape[0]), self.cfg.channels))
         context = None
         if self.class_emb is not None:
@@ -260,14 +261,40 @@ class UNet(nn.Module):
             pooled = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1)  # the mean real token
             emb = emb + self.text_emb(pooled)
             context = (tokens, mask)
+        return emb, context
 
+    def encode(self, x: torch.Tensor, emb: torch.Tensor, context, hint: torch.Tensor | None = None):
+        """The encoder and middle block on a padded x: (h, the activations the skips carry).
+        ``hint`` is added after the first convolution (a ControlNet's control features)."""
         h = self.conv_in(x)
+        if hint is not None:
+            h = h + hint
         hs = [h]
         for block in self.down:
             h = self._run_block(block, h, emb, context)
             hs.append(h)
         for layer in self.mid:
             h = self._layer(layer, h, emb, context)
+        return h, hs
+
+    def skip_widths(self) -> list[int]:
+        """The channel counts of the activations `encode` returns for the skips, in order."""
+        return [self.cfg.channels] + [b.out_channels if isinstance(b, nn.Conv2d) else b[0].conv2.out_channels
+                                      for b in self.down]
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None,
+                residuals: tuple[list[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """cond: class labels [B] (class-conditional; None = "no class"), or a text condition
+        [B, L, D + 1] (text-conditional; see split_context), or None (unconditional).
+        ``residuals`` (a ControlNet's: one per skip, one for the middle) are added to the skips
+        and to the middle block's output."""
+        H, W = x.shape[-2:]
+        x = self.pad(x)
+        emb, context = self.embed(x, c_noise, cond)
+        h, hs = self.encode(x, emb, context)
+        if residuals is not None:
+            skips, mid = residuals
+            hs, h = [a + b for a, b in zip(hs, skips, strict=True)], h + mid
         for block in self.up:
             if isinstance(block, nn.ModuleList):
                 h = torch.cat([h, hs.pop()], dim=1)

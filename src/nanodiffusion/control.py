@@ -1,0 +1,246 @@
+"""ControlNet (Zhang, Rao & Agrawala 2023): steer a trained, frozen UNet with a control image.
+
+A trainable copy of the base UNet's encoder and middle block (initialised from the base's own
+weights) reads the noisy input, the noise level and the prompt like the base does, plus the
+control image, which a small hint encoder brings to the network's resolution (a latent run's
+8x8 from a 32x32 edge map) and adds after the copy's first convolution. Every activation the
+copy's encoder hands to a skip connection, and its middle block's output, pass through a 1x1
+convolution initialised to zero ("zero convolution") and are added to the frozen base's skips
+and middle output. At the zeros the controlled model is the base model exactly; training moves
+only the copy, the hint encoder and the zero convolutions.
+
+Controls here are edge maps: Sobel gradient magnitude (of every colour channel, the largest)
+thresholded, white edges on black as ControlNet's Canny maps. `edge_f1` scores how well an
+image's edges follow a control's, with a pixel of tolerance.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import NanodiffError
+from .nets.unet import UNet
+
+CONTROL_JSON, CONTROL_WEIGHTS = "controlnet.json", "controlnet.safetensors"
+EDGE_THRESHOLD = 0.35  # Sobel magnitude (on a 0-1 scale, kernel sum 4) above which a pixel is an edge
+
+
+def sobel_edges(images: torch.Tensor, threshold: float = EDGE_THRESHOLD) -> torch.Tensor:
+    """Edge maps [B, 1, H, W] of 0/1 from images [B, C, H, W] in [-1, 1]: the Sobel gradient
+    magnitude of each channel on a 0-1 scale (replicated borders), the largest over channels,
+    above `threshold`."""
+    x = (images.float() + 1) / 2
+    B, C, H, W = x.shape
+    gx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]])
+    k = torch.stack([gx, gx.T])[:, None].to(x)  # [2, 1, 3, 3]
+    g = F.conv2d(F.pad(x.reshape(B * C, 1, H, W), (1, 1, 1, 1), mode="replicate"), k)
+    magnitude = g.square().sum(1).sqrt().reshape(B, C, H, W).amax(1, keepdim=True)
+    return (magnitude > threshold).float()
+
+
+def edge_f1(images_edges: torch.Tensor, control_edges: torch.Tensor, tolerance: int = 1) -> torch.Tensor:
+    """F1 [B] of an image's edge pixels against a control's ([B, 1, H, W] of 0/1), each edge pixel
+    counted as matched when the other map has an edge within `tolerance` pixels (8-neighbour
+    steps): precision over the image's edges, recall over the control's."""
+    def near(e):
+        return F.max_pool2d(e.float(), 2 * tolerance + 1, stride=1, padding=tolerance) > 0
+
+    a, b = images_edges > 0.5, control_edges > 0.5
+    precision = (a & near(b)).flatten(1).sum(1) / a.flatten(1).sum(1).clamp(min=1)
+    recall = (b & near(a)).flatten(1).sum(1) / b.flatten(1).sum(1).clamp(min=1)
+    return 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+
+
+class HintEncoder(nn.Module):
+    """Control image [B, c, H, W] -> features [B, width, H / factor, W / factor]: convolutions with
+    a stride-2 one per factor of 2, the last initialised to zero (ControlNet's input hint block)."""
+
+    def __init__(self, control_channels: int, width: int, factor: int):
+        super().__init__()
+        if factor < 1 or factor & (factor - 1):
+            raise NanodiffError(f"the control image must be a power-of-2 multiple of the network's size, "
+                                f"got a factor {factor}")
+        layers, ch = [nn.Conv2d(control_channels, 16, 3, padding=1), nn.SiLU()], 16
+        for _ in range(int(math.log2(factor))):
+            layers += [nn.Conv2d(ch, 2 * ch, 3, stride=2, padding=1), nn.SiLU()]
+            ch *= 2
+        layers.append(nn.Conv2d(ch, width, 3, padding=1))
+        nn.init.zeros_(layers[-1].weight)
+        nn.init.zeros_(layers[-1].bias)
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, control: torch.Tensor) -> torch.Tensor:
+        return self.net(control)
+
+
+def _zero_conv(ch: int) -> nn.Conv2d:
+    conv = nn.Conv2d(ch, ch, 1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class ControlNet(nn.Module):
+    """The trainable copy: controlnet(x, c_noise, cond, control) -> (skip residuals, middle residual)."""
+
+    def __init__(self, base: UNet, control_channels: int = 1, factor: int = 1):
+        super().__init__()
+        if base.cfg.cond_channels:
+            raise NanodiffError("a ControlNet needs a base UNet without an image condition")
+        self.copy = copy.deepcopy(base)  # the decoder goes: only the encoder and middle are used
+        del self.copy.up, self.copy.norm_out, self.copy.conv_out
+        self.copy.requires_grad_(True)
+        self.hint = HintEncoder(control_channels, base.cfg.channels, factor)
+        self.zero = nn.ModuleList(_zero_conv(w) for w in base.skip_widths())
+        self.zero_mid = _zero_conv(base.skip_widths()[-1])
+        self.control_channels, self.factor = control_channels, factor
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond, control: torch.Tensor):
+        x = self.copy.pad(x)
+        emb, context = self.copy.embed(x, c_noise, cond)
+        hint = self.hint(control.to(x.dtype))
+        hint = F.pad(hint, (0, x.shape[-1] - hint.shape[-1], 0, x.shape[-2] - hint.shape[-2]))
+        h, hs = self.copy.encode(x, emb, context, hint)
+        return [z(a) for z, a in zip(self.zero, hs, strict=True)], self.zero_mid(h)
+
+
+class Controlled(nn.Module):
+    """net(x, c_noise, cond) of the base UNet steered by a ControlNet and its control image
+    ([1 or B, c, H, W]; a batch that guidance doubled gets it twice), residuals times `scale`."""
+
+    def __init__(self, base: UNet, controlnet: ControlNet, control: torch.Tensor, scale: float = 1.0):
+        super().__init__()
+        self.base, self.controlnet, self.control, self.scale = base, controlnet, control, scale
+        self.cfg = base.cfg
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None) -> torch.Tensor:
+        control = self.control.to(x.device, x.dtype)
+        if len(control) != len(x):
+            if len(x) % len(control):
+                raise NanodiffError(f"{len(control)} control images cannot serve a batch of {len(x)}")
+            control = control.repeat(len(x) // len(control), 1, 1, 1)
+        skips, mid = self.controlnet(x, c_noise, cond, control)
+        if self.scale != 1:
+            skips, mid = [self.scale * s for s in skips], self.scale * mid
+        return self.base(x, c_noise, cond, residuals=(skips, mid))
+
+
+def controlled(denoiser, controlnet: ControlNet, control: torch.Tensor, scale: float = 1.0):
+    """The denoiser with its UNet steered by `controlnet` towards `control` (a new Denoiser)."""
+    from .denoisers import Denoiser
+
+    return Denoiser(Controlled(denoiser.net, controlnet, control, scale), denoiser.schedule,
+                    denoiser.parameterization, denoiser.sigma_data)
+
+
+def save_controlnet(controlnet: ControlNet, folder: str | Path, about: dict) -> Path:
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in controlnet.state_dict().items()},
+              str(folder / CONTROL_WEIGHTS))
+    info = {"control_channels": controlnet.control_channels, "factor": controlnet.factor, **about}
+    (folder / CONTROL_JSON).write_text(json.dumps(info, indent=2) + "\n")
+    return folder
+
+
+def load_controlnet(folder: str | Path, base: UNet) -> tuple[ControlNet, dict]:
+    """(the ControlNet saved in `folder`, its description) for the base UNet it was trained on."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / CONTROL_JSON).is_file() or not (folder / CONTROL_WEIGHTS).is_file():
+        raise NanodiffError(f"no ControlNet in {folder} (nanodiff train-controlnet RUN makes RUN/controlnet)")
+    info = json.loads((folder / CONTROL_JSON).read_text())
+    controlnet = ControlNet(base, info["control_channels"], info["factor"])
+    try:
+        controlnet.load_state_dict(load_file(str(folder / CONTROL_WEIGHTS)))
+    except RuntimeError as e:
+        raise NanodiffError(f"the ControlNet in {folder} does not fit this run's UNet: "
+                            f"{str(e).splitlines()[0]}") from None
+    return controlnet.to(next(base.parameters()).device).eval(), info
+
+
+def control_factor(cfg, control_size: int) -> int:
+    """How many control pixels make one network pixel (4 for a latent run's 8x8 from 32x32)."""
+    if control_size % cfg.model.image_size:
+        raise NanodiffError(f"a {control_size}-pixel control does not fit a "
+                            f"{cfg.model.image_size}-pixel network")
+    return control_size // cfg.model.image_size
+
+
+def train_controlnet(run: str | Path, out: str | Path, steps: int = 1500, batch_size: int = 64,
+                     lr: float = 5e-4, p_uncond: float = 0.5, seed: int = 0, device: str = "auto",
+                     progress: bool = True, budget_s: float | None = None) -> dict:
+    """Train a ControlNet for a text- or class-conditional (or unconditional) run on its own
+    training images, with their Sobel edge maps as controls; the prompt (or label) is dropped
+    with probability `p_uncond` (0.5, as the paper), so the control alone must carry the layout.
+    Stops after `steps`, or after `budget_s` seconds of steps. Writes `out` and returns a report."""
+    from .data import load_data
+    from .losses import diffusion_loss, sample_sigmas
+    from .pipelines import load_parts, pick_device
+
+    cfg, denoiser, autoencoder, encoder = load_parts(run, "ema", device)
+    dev = pick_device(device)
+    base = denoiser.net.requires_grad_(False).eval()
+    data = load_data(cfg.data.name, "train", cfg.data.image_size, cfg.data.channels)
+    controls = sobel_edges(data.images)
+    x0_all = data.images if autoencoder is None else autoencoder.encode_images(data.images, progress=progress)
+    prompts = index = None
+    if encoder is not None:
+        from .text import encode_unique
+
+        prompts, index, _ = encode_unique(encoder, data.captions)
+    torch.manual_seed(seed)
+    controlnet = ControlNet(base, 1, control_factor(cfg, data.images.shape[-1])).to(dev).train()
+    net = Controlled(base, controlnet, controls[:1])
+    from .denoisers import Denoiser
+
+    model = Denoiser(net, denoiser.schedule, denoiser.parameterization, denoiser.sigma_data)
+    opt = torch.optim.AdamW(controlnet.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed + 1)
+    losses, used, start = [], 0.0, time.perf_counter()
+    bar = tqdm(total=steps, desc="controlnet", disable=not progress)
+    for step in range(steps):
+        t = time.perf_counter()
+        idx = torch.randint(0, len(x0_all), (batch_size,), generator=gen)
+        sigma = sample_sigmas(cfg.schedule, batch_size, cfg.loss, gen)
+        eps = torch.randn(batch_size, *x0_all.shape[1:], generator=gen)
+        drop = torch.rand(batch_size, generator=gen) < p_uncond
+        cond = None
+        if prompts is not None:
+            cond = prompts[torch.where(drop, torch.zeros_like(idx), index[idx])].to(dev)
+        elif cfg.model.num_classes:
+            cond = torch.where(drop, torch.full_like(idx, cfg.model.num_classes), data.labels[idx]).to(dev)
+        net.control = controls[idx].to(dev)
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / 50)
+        loss = diffusion_loss(model, x0_all[idx].to(dev), sigma.to(dev), eps.to(dev), cfg.loss, cond)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        used += time.perf_counter() - t
+        bar.update()
+        if step % 10 == 9:
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.4f}")
+        if budget_s is not None and used >= budget_s:
+            break
+    bar.close()
+    report = {"base": str(Path(run)), "control": "sobel", "threshold": EDGE_THRESHOLD, "steps": len(losses),
+              "batch_size": batch_size, "lr": lr, "p_uncond": p_uncond, "train_s": used,
+              "seconds": time.perf_counter() - start, "loss_first_50": sum(losses[:50]) / len(losses[:50]),
+              "loss_last_50": sum(losses[-50:]) / len(losses[-50:])}
+    save_controlnet(controlnet.eval(), out, report)
+    return report

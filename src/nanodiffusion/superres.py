@@ -1,0 +1,121 @@
+"""Super-resolution by diffusion (SR3, Saharia et al. 2021) and the measures it is judged by.
+
+An upscaling run (``nanodiff train --task upscale``) is a UNet that sees, beside its noisy
+input, the low-resolution image upsampled to its size (bicubic), concatenated on the channel
+axis, as in SR3. The low-resolution input is first corrupted by Gaussian noise of a random
+level s in training, and s is given to the network (noise-conditioning augmentation, Ho et al.
+2021, "Cascaded diffusion models"; Imagen): a cascade's second stage then learns not to trust
+its input's finest detail, which a base model's samples get wrong in ways real low-resolution
+images do not. Here s enters as one more input channel filled with s (Imagen adds it to the
+time embedding instead; the first convolution carries it just as well), so the condition is
+
+    [upsample(low + s z), s]   with z ~ N(0, I),  C + 1 channels.
+
+In training s is 0 half the time and uniform in [0, data.noise_aug] otherwise; sampling picks
+it (0 for real low-resolution images; a little above 0 can help a cascade).
+
+PSNR and SSIM (Wang et al. 2004: 11x11 Gaussian window of sigma 1.5, K1 = 0.01, K2 = 0.03)
+measure against the true high-resolution images on a 0-1 scale.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .errors import NanodiffError
+
+
+def downsample(images: torch.Tensor, size: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C, size, size] by area averaging (box filter: no aliasing from a factor 2)."""
+    return F.interpolate(images.float(), size=(size, size), mode="area")
+
+
+def upsample(images: torch.Tensor, size: int) -> torch.Tensor:
+    """[B, C, h, w] -> [B, C, size, size], bicubic (a = -0.75, as PIL and OpenCV), clamped to [-1, 1]."""
+    return F.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
+def condition(low: torch.Tensor, size: int, aug: torch.Tensor | float = 0.0,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """The network's extra input [B, C + 1, size, size]: the low-resolution images ([B, C, h, w]
+    in [-1, 1]) noised by `aug` (one level, or one per image), upsampled, and the level as a channel."""
+    aug = torch.as_tensor(aug, dtype=torch.float32).reshape(-1).expand(len(low)).to(low.device)
+    if (aug < 0).any():
+        raise NanodiffError(f"the augmentation level must be >= 0, got {aug.min().item()}")
+    noisy = low.float()
+    if (aug > 0).any():
+        z = torch.randn(low.shape, generator=generator).to(low.device)
+        noisy = noisy + aug[:, None, None, None] * z
+    up = upsample(noisy, size)
+    return torch.cat([up, aug[:, None, None, None].expand(len(low), 1, size, size)], 1)
+
+
+def random_levels(n: int, max_level: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training's augmentation levels [n]: 0 half the time, else uniform in [0, max_level]."""
+    levels = torch.rand(n, generator=generator) * max_level
+    return torch.where(torch.rand(n, generator=generator) < 0.5, torch.zeros(n), levels)
+
+
+def random_crops(tensors: list[torch.Tensor], crop: int, step: int, generator: torch.Generator | None = None
+                 ) -> list[torch.Tensor]:
+    """The same random crop [B, *, crop, crop] of every image of each tensor ([B, *, H, W] alike);
+    offsets are multiples of `step` so a crop starts on the low-resolution grid."""
+    B, H = len(tensors[0]), tensors[0].shape[-1]
+    if crop > H:
+        raise NanodiffError(f"crop {crop} is larger than the images ({H})")
+    top = torch.randint(0, (H - crop) // step + 1, (B,), generator=generator) * step
+    left = torch.randint(0, (H - crop) // step + 1, (B,), generator=generator) * step
+    corners = list(zip(top.tolist(), left.tolist(), strict=True))
+    return [torch.stack([t[i, ..., a:a + crop, b:b + crop] for i, (a, b) in enumerate(corners)])
+            for t in tensors]
+
+
+def psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio per image [B] in dB, images in [-1, 1] measured on a 0-1 scale."""
+    mse = ((images.float() - reference.float()) / 2).square().flatten(1).mean(1)
+    return 10 * torch.log10(1 / mse.clamp(min=1e-12))
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-x**2 / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(images: torch.Tensor, reference: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Structural similarity per image [B] (Wang et al. 2004), images in [-1, 1] on a 0-1 scale:
+    local means, variances and covariance under a Gaussian window (valid positions only), the
+    SSIM map averaged over positions and channels."""
+    if images.shape != reference.shape or images.ndim != 4:
+        raise NanodiffError(f"SSIM compares [B, C, H, W] images of one shape, got {list(images.shape)} "
+                            f"and {list(reference.shape)}")
+    if min(images.shape[-2:]) < window:
+        raise NanodiffError(f"SSIM's window is {window} pixels; the images are {list(images.shape[-2:])}")
+    x, y = (images.double() + 1) / 2, (reference.double() + 1) / 2
+    C = x.shape[1]
+    g = _gaussian_window(window, sigma)
+    k = (g[:, None] * g[None, :]).expand(C, 1, window, window).contiguous()
+
+    def blur(t):
+        return F.conv2d(t, k, groups=C)
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1).float()
+
+
+def check_upscale_input(low: torch.Tensor, low_size: int, channels: int) -> None:
+    """One line for a low-resolution input that the run cannot take."""
+    if low.ndim != 4 or low.shape[1] != channels or tuple(low.shape[-2:]) != (low_size, low_size):
+        raise NanodiffError(f"this run upscales [{channels}, {low_size}, {low_size}] images, got "
+                            f"{list(low.shape[1:])}")
+
+
+def low_size(cfg) -> int:
+    """The low-resolution side of an upscaling run's config (data.low_res, default half the size)."""
+    size = cfg.model.image_size
+    return cfg.data.low_res or size // 2
+

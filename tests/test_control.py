@@ -1,0 +1,150 @@
+"""ControlNet: zero convolutions, edge maps and their F1, training and the generate flags."""
+
+import numpy as np
+import pytest
+import torch
+
+from nanodiffusion.control import (
+    Controlled,
+    ControlNet,
+    controlled,
+    edge_f1,
+    load_controlnet,
+    sobel_edges,
+    train_controlnet,
+)
+from nanodiffusion.errors import NanodiffError
+from nanodiffusion.nets.unet import UNet, UNetConfig
+
+
+def _text_unet():
+    torch.manual_seed(0)
+    cfg = UNetConfig(in_channels=4, channels=16, channel_mults=[1, 2], attn_resolutions=[4], image_size=8,
+                     context_dim=8, dropout=0.0)
+    net = UNet(cfg).eval()
+    for p in net.parameters():  # a "trained" base: no zero-initialised layers left
+        p.data.normal_(0, 0.1)
+    return net
+
+
+def _inputs(n=3):
+    g = torch.Generator().manual_seed(1)
+    x, c_noise = torch.randn(n, 4, 8, 8, generator=g), torch.randn(n, generator=g)
+    cond = torch.cat([torch.randn(n, 5, 8, generator=g), torch.ones(n, 5, 1)], -1)
+    control = (torch.rand(n, 1, 32, 32, generator=g) > 0.8).float()
+    return x, c_noise, cond, control
+
+
+def test_at_its_zero_convolutions_the_controlled_model_is_the_base_model_exactly():
+    base = _text_unet()
+    x, c_noise, cond, control = _inputs()
+    cn = ControlNet(base, 1, factor=4)
+    assert torch.equal(Controlled(base, cn, control)(x, c_noise, cond), base(x, c_noise, cond))
+    # and through a sampler, for a class-conditional base at the control's own resolution
+    from nanodiffusion.config import apply_overrides, preset
+    from nanodiffusion.pipelines import build_denoiser, sample_images
+
+    cfg = apply_overrides(preset("digits"), ["model.channels=8", "model.num_classes=10"])
+    torch.manual_seed(0)
+    d = build_denoiser(cfg).eval()
+    for p in d.net.parameters():
+        p.data.normal_(0, 0.05)
+    edges = sobel_edges(torch.rand(2, 1, 8, 8) * 2 - 1)
+    ctrl = controlled(d, ControlNet(d.net, 1, 1), edges)
+    labels = torch.tensor([3, 7])
+    for sampler in ("dpm++2m", "euler-a"):
+        want = sample_images(d, 2, (1, 8, 8), sampler, 4, class_labels=labels, guidance=3.0)
+        assert torch.equal(sample_images(ctrl, 2, (1, 8, 8), sampler, 4, class_labels=labels, guidance=3.0),
+                           want)
+
+
+def test_trained_zero_convolutions_carry_the_control_and_the_scale_weighs_it():
+    base = _text_unet()
+    x, c_noise, cond, control = _inputs()
+    cn = ControlNet(base, 1, factor=4)
+    for p in list(cn.zero.parameters()) + list(cn.zero_mid.parameters()) + list(cn.hint.parameters()):
+        p.data.normal_(0, 0.1)
+    plain = base(x, c_noise, cond)
+    out = Controlled(base, cn, control)(x, c_noise, cond)
+    assert (out - plain).abs().max() > 1e-3
+    other = Controlled(base, cn, 1 - control)(x, c_noise, cond)
+    assert (out - other).abs().max() > 1e-3  # the control image itself matters
+    assert torch.equal(Controlled(base, cn, control, scale=0.0)(x, c_noise, cond), plain)
+    doubled = Controlled(base, cn, control)(torch.cat([x, x]), torch.cat([c_noise, c_noise]),
+                                            torch.cat([cond, cond]))  # guidance's doubled batch
+    assert torch.allclose(doubled[:3], out, atol=1e-5)
+    with pytest.raises(NanodiffError, match="power-of-2"):
+        ControlNet(base, 1, factor=3)
+
+
+def test_sobel_edges_and_edge_f1():
+    img = -torch.ones(1, 3, 32, 32)
+    img[:, 0, 8:20, 8:20] = 1  # a red square on black: edges on its border only
+    e = sobel_edges(img)
+    assert e[0, 0, 14, 14] == 0 and e[0, 0, 3, 3] == 0 and e[0, 0, 8, 14] == 1 and e[0, 0, 19, 14] == 1
+    assert edge_f1(e, e).item() == 1
+    assert edge_f1(torch.roll(e, 1, -1), e).item() == 1  # within the pixel of tolerance
+    assert edge_f1(torch.roll(e, 1, -1), e, tolerance=0).item() < 1
+    assert edge_f1(torch.roll(e, 6, -1), e).item() < 0.6
+    assert edge_f1(torch.zeros_like(e), e).item() == 0
+    flat = sobel_edges(torch.zeros(1, 3, 16, 16))
+    assert flat.sum() == 0  # a flat image has no edges, borders included
+
+
+@pytest.fixture(scope="module")
+def class_run(tmp_path_factory):
+    from nanodiffusion.config import apply_overrides, preset
+    from nanodiffusion.train import train
+
+    cfg = apply_overrides(preset("digits"), [
+        "data.class_conditional=true", "model.channels=8", "model.blocks_per_level=1",
+        "model.attn_resolutions=[]", "optim.batch_size=16", "run.steps=3", "run.sample_every=0",
+        "run.checkpoint_every=0", "run.sample_n=4", "run.sample_steps=3"])
+    run = tmp_path_factory.mktemp("cn") / "run"
+    assert train(cfg, run, progress=False)
+    return run
+
+
+def test_training_moves_only_the_controlnet_and_round_trips(class_run, tmp_path):
+    from nanodiffusion.pipelines import load_run
+
+    _, before = load_run(class_run, device="cpu")
+    report = train_controlnet(class_run, tmp_path / "cn", steps=6, batch_size=8, progress=False)
+    assert report["steps"] == 6 and np.isfinite(report["loss_last_50"])
+    _, d = load_run(class_run, device="cpu")
+    for a, b in zip(before.net.state_dict().values(), d.net.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # the base run's weights are untouched
+    cn, info = load_controlnet(tmp_path / "cn", d.net)
+    assert info["steps"] == 6 and info["factor"] == 1
+    assert any(p.abs().sum() > 0 for p in cn.zero.parameters())  # the zero convolutions moved
+    with pytest.raises(NanodiffError, match="no ControlNet"):
+        load_controlnet(tmp_path, d.net)
+
+
+def test_generate_with_a_control_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """A tiny text run (test_train's recipe), a ControlNet of a few steps, then --control."""
+    from PIL import Image
+
+    from nanodiffusion.cli import main
+    from nanodiffusion.train import train
+    from test_train import _text_config
+
+    run = tmp_path / "run"
+    assert train(_text_config(tmp_path, monkeypatch), run, progress=False)
+    assert main(["train-controlnet", str(run), "--steps", "3", "--batch-size", "4", "--quiet"]) == 0
+    assert "ControlNet trained 3 steps" in capsys.readouterr().out
+    edges = np.zeros((16, 16), np.uint8)
+    edges[4:12, 4] = edges[4:12, 11] = 255
+    Image.fromarray(edges).save(tmp_path / "edges.png")
+    out = tmp_path / "gen"
+    assert main(["generate", str(run), "a red circle", "--control", str(tmp_path / "edges.png"), "--n", "2",
+                 "--steps", "2", "--control-scale", "0.5", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "at scale 0.5" in printed and (out / "control.png").is_file() and (out / "grid.png").is_file()
+    assert main(["generate", str(run), "x", "--control-from", str(tmp_path / "edges.png"), "--steps", "2",
+                 "--n", "1", "--out", str(out)]) == 0
+    assert main(["generate", str(run), "x", "--control-scale", "2"]) == 2
+    assert "--control-scale needs" in capsys.readouterr().err
+    assert main(["generate", str(run), "x", "--control", str(tmp_path / "edges.png"), "--controlnet",
+                 str(tmp_path)]) == 2
+    assert "no ControlNet" in capsys.readouterr().err
