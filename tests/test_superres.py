@@ -93,6 +93,15 @@ def test_an_upscaling_run_trains_samples_and_refuses_plain_sampling(upscale_run)
     assert torch.equal(out, draw(cfg, d, 3, low_res=low, sampler="heun", steps=3, seed=1))
     other = draw(cfg, d, 3, low_res=-low, sampler="heun", steps=3, seed=1)
     assert not torch.equal(out, other)  # the low-resolution input reaches the network
+    assert cfg.data.residual and cfg.data.residual_scale > 1  # measured: the detail is small
+    mid, detail = low / 2, torch.randn(3, 1, 8, 8) * cfg.data.residual_scale * 0.1
+    x = superres.from_samples(detail, mid, cfg)  # away from the clamp: area(x) is the input exactly
+    assert torch.allclose(superres.downsample(x, 4), mid, atol=1e-5)
+    loose = superres.from_samples(detail, mid, cfg, consistent=False)
+    assert torch.allclose(loose, superres.upsample(mid, 8) + detail / cfg.data.residual_scale, atol=1e-6)
+    assert not torch.allclose(superres.downsample(loose, 4), mid, atol=1e-3)
+    plain = draw(cfg, d, 3, low_res=mid, steps=3)
+    assert not torch.equal(draw(cfg, d, 3, low_res=mid, steps=3, aug=0.3), plain)
     with pytest.raises(NanodiffError, match="low-resolution images"):
         draw(cfg, d, 3)
     with pytest.raises(NanodiffError, match=r"upscales \[1, 4, 4\]"):
@@ -136,7 +145,6 @@ def test_a_cascade_feeds_the_base_images_to_the_upscaler(upscale_run, tiny_confi
     high, low = pipe(n=3, class_label=2, steps=3, sr_steps=3, aug=0.1, seed=0, return_low=True)
     assert high.shape == (3, 1, 8, 8) and low.shape == (3, 1, 4, 4)
     assert torch.equal(high, pipe(n=3, class_label=2, steps=3, sr_steps=3, aug=0.1, seed=0))
-    assert not torch.equal(high, pipe(n=3, class_label=2, steps=3, sr_steps=3, aug=0.3, seed=0))
     with pytest.raises(NanodiffError, match="must be in 0..9"):
         pipe(n=1, class_label=10)
     base_cfg.model.image_size = 8
@@ -163,3 +171,16 @@ def test_crops_train_a_convolutional_unet_and_are_refused_with_attention(tiny_co
         prepare_config(apply_overrides(upscale, ["data.autoencoder=\"x\""]), digits)
     with pytest.raises(NanodiffError, match="low_res must be smaller"):
         prepare_config(apply_overrides(upscale, ["data.low_res=8"]), digits)
+
+
+def test_the_consistency_projection_never_moves_an_image_away_from_the_truth():
+    truth = _images(8, size=16)
+    low = superres.downsample(truth, 8)
+    for scale in (0.05, 0.5, 2.0):
+        guess = truth + scale * torch.randn(truth.shape, generator=torch.Generator().manual_seed(1))
+        fixed = superres.project(guess, low)
+        assert torch.allclose(superres.downsample(fixed, 8), low, atol=1e-6)
+        before, after = (guess - truth).flatten(1).norm(dim=1), (fixed - truth).flatten(1).norm(dim=1)
+        assert (after <= before + 1e-6).all() and (after < before).any()
+    with pytest.raises(NanodiffError, match="does not divide"):
+        superres.project(truth, superres.downsample(truth, 6))

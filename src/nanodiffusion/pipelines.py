@@ -171,7 +171,7 @@ def draw(cfg: Config, denoiser: Denoiser, n: int, *, autoencoder=None, cond: tor
          sampler: str = "dpm++2m", steps: int = 20, seed: int = 0, guidance: float = 1.0,
          uncond: torch.Tensor | None = None, init_image: torch.Tensor | None = None, strength: float = 1.0,
          known: torch.Tensor | None = None, low_res: torch.Tensor | None = None, aug: float = 0.0,
-         progress: bool = False, **options) -> torch.Tensor:
+         consistent: bool = True, progress: bool = False, **options) -> torch.Tensor:
     """n images [n, C, H, W] in [-1, 1] from a run, in pixels whether it diffuses pixels or an
     autoencoder's latents: sample_images, then decoding.
 
@@ -181,7 +181,9 @@ def draw(cfg: Config, denoiser: Denoiser, n: int, *, autoencoder=None, cond: tor
     cell is known only where all its pixels are) and pastes the known pixels after decoding.
 
     An upscaling run (data.task "upscale") draws one high-resolution image per ``low_res`` image
-    ([n, C, h, w] in [-1, 1]), its input noised to the augmentation level ``aug`` first.
+    ([n, C, h, w] in [-1, 1]), its input noised to the augmentation level ``aug`` first;
+    ``consistent`` projects each result onto the images whose area-downsampling is its input
+    (nanodiffusion.superres.from_samples).
     """
     m = cfg.model
     shape = (m.in_channels, m.image_size, m.image_size)
@@ -209,9 +211,15 @@ def draw(cfg: Config, denoiser: Denoiser, n: int, *, autoencoder=None, cond: tor
         init = autoencoder.encode_images(init_image)
         if known is not None:  # known in latent space only where every pixel of the cell is
             model_known = -torch.nn.functional.max_pool2d(-known.float(), autoencoder.cfg.factor)
+    residual = low_res is not None and cfg.data.residual
     samples = sample_images(denoiser, n, shape, sampler, steps, seed=seed, class_labels=cond,
-                            guidance=guidance, uncond=uncond, progress=progress, clamp=autoencoder is None,
-                            init=init, strength=strength, known=model_known, **options)
+                            guidance=guidance, uncond=uncond, progress=progress,
+                            clamp=autoencoder is None and not residual, init=init, strength=strength,
+                            known=model_known, **options)
+    if low_res is not None:
+        from .superres import from_samples
+
+        return from_samples(samples, low_res.float(), cfg, consistent)
     if autoencoder is None:
         return samples
     images = autoencoder.decode_images(samples)
@@ -334,7 +342,7 @@ class Cascade:
     def __call__(self, n: int = 1, prompt: str | None = None, negative_prompt: str = "",
                  class_label: int | None = None, guidance: float | None = None, steps: int = 20,
                  sr_steps: int = 20, sampler: str = "dpm++2m", aug: float = 0.1, seed: int = 0,
-                 progress: bool = False, return_low: bool = False):
+                 progress: bool = False, return_low: bool = False, consistent: bool = True):
         """n images [n, C, H, W] in [-1, 1] (and the base's [n, C, h, w] with return_low). A text
         run takes a prompt (guidance default 4), a class run a class_label (guidance default 4;
         None: the "no class" input), an unconditional run neither."""
@@ -355,5 +363,5 @@ class Cascade:
         low = draw(self.cfg, self.denoiser, n, autoencoder=self.autoencoder, cond=cond, guidance=w,
                    uncond=uncond, sampler=sampler, steps=steps, seed=seed, progress=progress)
         high = draw(self.sr_cfg, self.sr_denoiser, n, low_res=low, aug=aug, sampler=sampler,
-                    steps=sr_steps, seed=seed, progress=progress)
+                    steps=sr_steps, seed=seed, progress=progress, consistent=consistent)
         return (high, low) if return_low else high

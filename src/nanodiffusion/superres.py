@@ -71,6 +71,41 @@ def random_crops(tensors: list[torch.Tensor], crop: int, step: int, generator: t
             for t in tensors]
 
 
+def residual_scale(images: torch.Tensor, low: int, sigma_data: float) -> float:
+    """sigma_data / the std of (x - bicubic(area(x))): the residual's scale in training."""
+    r = images.float() - upsample(downsample(images, low), images.shape[-1])
+    return sigma_data / r.std().clamp(min=1e-6).item()
+
+
+def to_target(images: torch.Tensor, low: torch.Tensor, cfg) -> torch.Tensor:
+    """What an upscaling run diffuses: the images, or (data.residual) the detail bicubic
+    upsampling misses, (x - bicubic(low)) x data.residual_scale (SRDiff, Li et al. 2022)."""
+    if not cfg.data.residual:
+        return images
+    return (images - upsample(low, images.shape[-1])) * cfg.data.residual_scale
+
+
+def from_samples(samples: torch.Tensor, low: torch.Tensor, cfg, consistent: bool = True) -> torch.Tensor:
+    """Images in [-1, 1] from an upscaling run's samples (to_target undone); `consistent`
+    then projects them onto the images whose area-downsampling is `low` exactly (the
+    correction low - area(x), spread over each block). When `low` is an area-downsampled
+    truth, that set and [-1, 1] hold the truth, so neither projection moves an image away from it."""
+    x = samples
+    if cfg.data.residual:
+        x = upsample(low, samples.shape[-1]).to(samples) + samples / cfg.data.residual_scale
+    if consistent:
+        x = project(x, low.to(x))
+    return x.clamp(-1, 1)
+
+
+def project(images: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """The closest images to `images` whose area-downsampling to low's size equals `low`."""
+    f = images.shape[-1] // low.shape[-1]
+    if f * low.shape[-1] != images.shape[-1]:
+        raise NanodiffError(f"a {low.shape[-1]}-pixel image does not divide a {images.shape[-1]}-pixel one")
+    return images + F.interpolate(low - downsample(images, low.shape[-1]), scale_factor=f, mode="nearest")
+
+
 def psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Peak signal-to-noise ratio per image [B] in dB, images in [-1, 1] measured on a 0-1 scale."""
     mse = ((images.float() - reference.float()) / 2).square().flatten(1).mean(1)

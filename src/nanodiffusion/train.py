@@ -126,6 +126,9 @@ def prepare_config(cfg: Config, data: ImageData, text_dim: int = 0) -> Config:
             raise NanodiffError(f"data.low_res must be smaller than the images ({h}), got {d.low_res}")
         if d.noise_aug < 0:
             raise NanodiffError(f"data.noise_aug must be >= 0, got {d.noise_aug}")
+        if d.residual and not d.residual_scale:  # scaled to the data's sigma_data, like latents
+            d.residual_scale = superres.residual_scale(data.images[:2000], d.low_res or h // 2,
+                                                       cfg.diffusion.sigma_data)
     stride = 2 ** (len(cfg.model.channel_mults) - 1)
     if d.crop and not (0 < d.crop <= h and d.crop % stride == 0):
         raise NanodiffError(f"data.crop must be a multiple of {stride} up to {h}, got {d.crop}")
@@ -304,6 +307,7 @@ class Trainer:
                 low = superres.downsample(x0, superres.low_size(cfg))
                 levels = superres.random_levels(micro_batch, d.noise_aug, self.noise_gen)[mine]
                 image = superres.condition(low, x0.shape[-1], levels, self.noise_gen)
+                x0 = superres.to_target(x0, low, cfg)
                 if d.crop:
                     x0, eps, image = superres.random_crops([x0, eps, image], d.crop, x0.shape[-1] //
                                                            superres.low_size(cfg), self.noise_gen)
