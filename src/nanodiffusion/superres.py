@@ -14,6 +14,11 @@ time embedding instead; the first convolution carries it just as well), so the c
 In training s is 0 half the time and uniform in [0, data.noise_aug] otherwise; sampling picks
 it (0 for real low-resolution images; a little above 0 can help a cascade).
 
+What is diffused (data.residual, the default) is not the image but the detail bicubic
+upsampling misses, (x - bicubic(low)) scaled to sigma_data (SRDiff, Li et al. 2022): the
+low frequencies come from the input exactly instead of being re-generated. Results are then
+projected onto the images whose area-downsampling is the input (`project`).
+
 PSNR and SSIM (Wang et al. 2004: 11x11 Gaussian window of sigma 1.5, K1 = 0.01, K2 = 0.03)
 measure against the true high-resolution images on a 0-1 scale.
 """
