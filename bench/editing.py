@@ -700,7 +700,22 @@ def report_superres(s: Settings, results: dict, figures: Path) -> list[str]:
                     t2i["measured"][side]["fid"],
                 )
         f0 = next(v["fid"] for k, v in c.items() if k != "base_bicubic")
+        best = min(float(v["fid"]["fid"]) for k, v in c.items() if k != "base_bicubic")
         lines += ["", f"Real-vs-real floor at N = {f0['n']}: FID {f0['floor_fid']:.2f}.", ""]
+        if t2i:
+            direct = {side: t2i["measured"][side]["fid"]["fid"] for side in ("pixel", "latent")}
+            spent = total / max(t2i["trainings"][side]["seconds"] for side in ("pixel", "latent"))
+            lines += [
+                f"The pair trained for {spent:.2f}x the direct models' budget. The cascade's best FID, "
+                f"{best:.2f}, is {'below' if best < direct['pixel'] else 'above'} the direct pixel model's "
+                f"({direct['pixel']:.2f}) and {'below' if best < direct['latent'] else 'above'} the direct "
+                f"latent model's ({direct['latent']:.2f}). The upscaler is faithful to its input (the table",
+                "above): what the cascade's FID measures is mostly its 32x32 base, whose samples are blurry",
+                "after 10 minutes, and the base alone upsampled by bicubic is only a few FID points behind.",
+                "Noise-conditioning augmentation changes the FID by less than one point here: the base's",
+                "errors are in the shapes and colours, not in fine detail that the upscaler would copy.",
+                "",
+            ]
         if r.get("adherence"):
             a = r["adherence"]["prompts"]["generated"]
             h = r["adherence"]["held-out"]["generated"]["overall"]["all"]
@@ -774,6 +789,12 @@ def report_controlnet(s: Settings, results: dict, figures: Path) -> list[str]:
         f"Aim: edge F1 at least 0.8 with the control (**{'reached' if ok else 'missed'}**, "
         f"{with_control:.3f}) and near chance without it ({without:.3f} against chance "
         f"{next(iter(r['reference'].values())):.3f}).",
+        "",
+        "Without the control the F1 is above chance because the prompt is the scene's own caption: it",
+        "names the shapes, their number and often where they are, and a model that follows it draws",
+        "outlines that overlap the scene's. The control then pins down what the caption leaves open",
+        "(exact position, size, the background's extent). Adherence to the caption stays within a few",
+        "points with and without the control: steering the layout does not cost the prompt.",
         "",
     ]
     strip = torch.load(s.out / "control-strip.pt")
