@@ -184,3 +184,28 @@ def test_the_consistency_projection_never_moves_an_image_away_from_the_truth():
         assert (after <= before + 1e-6).all() and (after < before).any()
     with pytest.raises(NanodiffError, match="does not divide"):
         superres.project(truth, superres.downsample(truth, 6))
+
+
+def test_generate_draws_a_cascade_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """A tiny 16x16 text run, a tiny 16 -> 32 upscaler on the same small shapes world, one command."""
+    from PIL import Image
+
+    from nanodiffusion.cli import main
+    from nanodiffusion.config import apply_overrides
+    from nanodiffusion.train import train
+    from test_train import _text_config
+
+    base_cfg = _text_config(tmp_path, monkeypatch)
+    assert train(base_cfg, tmp_path / "base", progress=False)
+    sr_cfg = apply_overrides(base_cfg, ["data.text_encoder=\"\"", "data.image_size=32",
+                                       "data.task=\"upscale\"", "model.attn_resolutions=[]"])
+    assert train(sr_cfg, tmp_path / "sr", progress=False)
+    out = tmp_path / "cascade"
+    assert main(["generate", str(tmp_path / "base"), "a red circle", "--upscale", str(tmp_path / "sr"),
+                 "--n", "2", "--steps", "2", "--out", str(out)]) == 0
+    assert "upscaled by" in capsys.readouterr().out
+    assert Image.open(out / "sample_0000.png").size == (32, 32)
+    assert main(["generate", str(tmp_path / "base"), "x", "--aug", "0.2"]) == 2
+    assert "--aug needs --upscale" in capsys.readouterr().err
+    assert main(["generate", str(tmp_path / "base"), "x", "--upscale", str(tmp_path / "base")]) == 2
+    assert "must be an upscaling run" in capsys.readouterr().err

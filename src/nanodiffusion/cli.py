@@ -290,12 +290,15 @@ def cmd_generate(args) -> int:
     if args.upscale:
         if args.init or args.control or args.control_from:
             raise NanodiffError("--upscale draws a cascade from noise: not with --init or a control")
+        aug = 0.1 if args.aug is None else args.aug
+        if aug < 0:
+            raise NanodiffError(f"--aug must be >= 0, got {aug}")
         pipe = Cascade.from_pretrained(args.run, args.upscale, args.weights, args.device)
         images = pipe(args.n, prompt=args.prompt, negative_prompt=args.negative, guidance=args.guidance,
-                      steps=args.steps, sr_steps=args.steps, sampler=args.sampler, aug=args.aug,
+                      steps=args.steps, sr_steps=args.steps, sampler=args.sampler, aug=aug,
                       seed=args.seed, progress=True)
-        return _save_generated(args, images, f", upscaled by {args.upscale} (augmentation {args.aug:g})")
-    if args.aug != 0.1:
+        return _save_generated(args, images, f", upscaled by {args.upscale} (augmentation {aug:g})")
+    if args.aug is not None:
         raise NanodiffError("--aug needs --upscale")
     controlnet = args.controlnet or (Path(args.run) / "controlnet")
     wants_control = bool(args.control or args.control_from)
@@ -719,7 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--controlnet", help="a ControlNet folder (default RUN/controlnet)")
     g.add_argument("--upscale", metavar="SR_RUN",
                    help="a cascade: upscale the images with this upscaling run")
-    g.add_argument("--aug", type=float, default=0.1, help="with --upscale: the noise level added to the "
+    g.add_argument("--aug", type=float, help="with --upscale: the noise level added to the "
                    "base images before upscaling (noise-conditioning augmentation; default 0.1)")
     g.add_argument("--out", help="output folder (default RUN/generated/<prompt>-seed<seed>)")
     g.set_defaults(func=cmd_generate)
