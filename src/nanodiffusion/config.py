@@ -42,7 +42,7 @@ class DataConfig:
     low_res: int = 0  # upscale: the low-resolution side (0: half of image_size)
     noise_aug: float = 0.3  # upscale: training's augmentation levels of the low-resolution input, 0 to this
     residual: bool = True  # upscale: diffuse the residual (x - bicubic(low)) x residual_scale, not x itself
-    residual_scale: float = 0.0  # upscale: 0 = measured from the data at the start (sigma_data / residual std)
+    residual_scale: float = 0.0  # upscale: 0 = measured when training starts (sigma_data / residual std)
     crop: int = 0  # > 0: train on random crops of this size (convolutional UNets without attention)
 
 
