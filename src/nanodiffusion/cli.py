@@ -614,6 +614,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"nanodiff: error: {message} (see {self.prog} --help)\n")
 
 
+def _drawing_flags(p: argparse.ArgumentParser, steps: int, out: str) -> None:
+    """The sampler, steps, seed, weights, device and output flags of the editing commands."""
+    p.add_argument("--sampler", default="dpm++2m", type=_sampler)
+    p.add_argument("--steps", type=_positive, default=steps)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", choices=("ema", "model"), default="ema")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--out", help=f"output folder (default {out})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nanodiff", description="Diffusion models, clear and fast.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -747,12 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--guidance", type=float, help="classifier-free guidance (default 4 with a prompt or "
                     "class, else 1)")
     ip.add_argument("--n", type=_positive, help="images (default 4; --demo: 6)")
-    ip.add_argument("--sampler", default="dpm++2m", type=_sampler)
-    ip.add_argument("--steps", type=_positive, default=50)
-    ip.add_argument("--seed", type=int, default=0)
-    ip.add_argument("--weights", choices=("ema", "model"), default="ema")
-    ip.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    ip.add_argument("--out", help="output folder (default RUN/inpaint)")
+    _drawing_flags(ip, steps=50, out="RUN/inpaint")
     ip.set_defaults(func=cmd_inpaint)
 
     up = sub.add_parser("upscale", help="super-resolution with an upscaling run (nanodiff train --preset "
@@ -763,12 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "and print PSNR and SSIM against bicubic upsampling")
     up.add_argument("--aug", type=float, default=0.0, help="noise level added to the input first (default 0)")
     up.add_argument("--n", type=_positive, help="samples (default 1; --demo: 8)")
-    up.add_argument("--sampler", default="dpm++2m", type=_sampler)
-    up.add_argument("--steps", type=_positive, default=20)
-    up.add_argument("--seed", type=int, default=0)
-    up.add_argument("--weights", choices=("ema", "model"), default="ema")
-    up.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    up.add_argument("--out", help="output folder (default RUN/upscaled)")
+    _drawing_flags(up, steps=20, out="RUN/upscaled")
     up.set_defaults(func=cmd_upscale)
 
     tc = sub.add_parser("train-controlnet", help="train a ControlNet on a run's own images and their Sobel "
