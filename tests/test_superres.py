@@ -53,6 +53,11 @@ def test_training_levels_and_aligned_crops():
     a, b = superres.random_crops([x, x * 2], 8, 2, torch.Generator().manual_seed(0))
     assert a.shape == (2, 1, 8, 8) and torch.equal(b, 2 * a)  # one crop for every tensor
     assert all(int(a[i, 0, 0, 0]) % 2 == 0 for i in range(2))  # offsets on the low-resolution grid
+    four = torch.arange(4 * 16 * 16.0).reshape(4, 1, 16, 16)
+    whole = superres.random_crops([four], 8, 2, torch.Generator().manual_seed(3))[0]
+    halves = [superres.random_crops([four[r]], 8, 2, torch.Generator().manual_seed(3), 4, r)[0]
+              for r in (slice(0, 2), slice(2, 4))]
+    assert torch.equal(torch.cat(halves), whole)  # two processes crop as one does
 
 
 def test_bicubic_error_is_what_the_benchmark_beats():

@@ -42,16 +42,17 @@ def upsample(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def condition(low: torch.Tensor, size: int, aug: torch.Tensor | float = 0.0,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+              generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
     """The network's extra input [B, C + 1, size, size]: the low-resolution images ([B, C, h, w]
-    in [-1, 1]) noised by `aug` (one level, or one per image), upsampled, and the level as a channel."""
+    in [-1, 1]) noised by `aug` (one level, or one per image) times `noise` (default: drawn from
+    `generator`), upsampled, and the level as a channel."""
     aug = torch.as_tensor(aug, dtype=torch.float32).reshape(-1).expand(len(low)).to(low.device)
     if (aug < 0).any():
         raise NanodiffError(f"the augmentation level must be >= 0, got {aug.min().item()}")
     noisy = low.float()
-    if (aug > 0).any():
-        z = torch.randn(low.shape, generator=generator).to(low.device)
-        noisy = noisy + aug[:, None, None, None] * z
+    if noise is not None or (aug > 0).any():
+        z = torch.randn(low.shape, generator=generator) if noise is None else noise
+        noisy = noisy + aug[:, None, None, None] * z.to(low.device)
     up = upsample(noisy, size)
     return torch.cat([up, aug[:, None, None, None].expand(len(low), 1, size, size)], 1)
 
@@ -62,15 +63,18 @@ def random_levels(n: int, max_level: float, generator: torch.Generator | None = 
     return torch.where(torch.rand(n, generator=generator) < 0.5, torch.zeros(n), levels)
 
 
-def random_crops(tensors: list[torch.Tensor], crop: int, step: int, generator: torch.Generator | None = None
-                 ) -> list[torch.Tensor]:
+def random_crops(tensors: list[torch.Tensor], crop: int, step: int, generator: torch.Generator | None = None,
+                 draws: int | None = None, rows: slice = slice(None)) -> list[torch.Tensor]:
     """The same random crop [B, *, crop, crop] of every image of each tensor ([B, *, H, W] alike);
-    offsets are multiples of `step` so a crop starts on the low-resolution grid."""
-    B, H = len(tensors[0]), tensors[0].shape[-1]
+    offsets are multiples of `step` so a crop starts on the low-resolution grid. A process that
+    holds `rows` of a batch of `draws` images draws the whole batch's offsets and keeps its rows,
+    so every number of processes crops alike."""
+    H = tensors[0].shape[-1]
     if crop > H:
         raise NanodiffError(f"crop {crop} is larger than the images ({H})")
-    top = torch.randint(0, (H - crop) // step + 1, (B,), generator=generator) * step
-    left = torch.randint(0, (H - crop) // step + 1, (B,), generator=generator) * step
+    n = draws or len(tensors[0])
+    top = (torch.randint(0, (H - crop) // step + 1, (n,), generator=generator) * step)[rows]
+    left = (torch.randint(0, (H - crop) // step + 1, (n,), generator=generator) * step)[rows]
     corners = list(zip(top.tolist(), left.tolist(), strict=True))
     return [torch.stack([t[i, ..., a:a + crop, b:b + crop] for i, (a, b) in enumerate(corners)])
             for t in tensors]

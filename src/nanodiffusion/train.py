@@ -306,14 +306,16 @@ class Trainer:
             elif d.task == "upscale":  # the low-res image, noise-augmented and upsampled, and its level
                 low = superres.downsample(x0, superres.low_size(cfg))
                 levels = superres.random_levels(micro_batch, d.noise_aug, self.noise_gen)[mine]
-                image = superres.condition(low, x0.shape[-1], levels, self.noise_gen)
+                z = torch.randn(micro_batch, *low.shape[1:], generator=self.noise_gen)[mine]
+                image = superres.condition(low, x0.shape[-1], levels, noise=z)
                 x0 = superres.to_target(x0, low, cfg)
                 if d.crop:
                     x0, eps, image = superres.random_crops([x0, eps, image], d.crop, x0.shape[-1] //
-                                                           superres.low_size(cfg), self.noise_gen)
+                                                           superres.low_size(cfg), self.noise_gen,
+                                                           micro_batch, mine)
                 denoiser = denoiser.conditioned_on(image)
             elif d.crop:
-                x0, eps = superres.random_crops([x0, eps], d.crop, 1, self.noise_gen)
+                x0, eps = superres.random_crops([x0, eps], d.crop, 1, self.noise_gen, micro_batch, mine)
             sync = micro == o.grad_accum - 1 or self.dist.world == 1
             ctx = nullcontext() if sync else self.model.no_sync()
             with ctx, torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda"):
