@@ -47,7 +47,7 @@ from _common import machine, write_page
 from nanodiffusion.data import load_data
 from nanodiffusion.editing import demo_masks, fill_errors
 from nanodiffusion.evaluate import evaluate_images
-from nanodiffusion.pipelines import draw, load_parts
+from nanodiffusion.pipelines import conditioning, draw, load_parts
 from nanodiffusion.shapes import adherence, prompt_set, render_scene
 from nanodiffusion.viz import plot_rows, to_uint8
 
@@ -123,10 +123,10 @@ class Model:
 
     def condition(self, captions: list[str] | None, n: int, guidance: float):
         """Text runs: the captions, guided; class runs: the "no class" input; else nothing."""
-        if self.encoder is not None:
-            return self.encoder(captions), guidance, self.encoder([""])[0]
-        k = self.cfg.model.num_classes
-        return (torch.full((n,), k) if k else None), 1.0, None
+        text = self.encoder is not None
+        return conditioning(
+            self.cfg, self.encoder, n, captions if text else None, guidance=guidance if text else None
+        )
 
     def draw(self, n: int, captions, guidance: float, s: Settings, **editing):
         """(images, network evaluations per image, seconds) of one editing call."""
@@ -388,36 +388,22 @@ def superres(s: Settings, results: dict) -> None:
 
 def _cascade(pipe, captions: list[str], aug: float, s: Settings) -> tuple[torch.Tensor, torch.Tensor]:
     """(64x64 images, the base's 32x32 ones) for captions, one image each, guided like the direct models."""
-    highs, lows = [], []
-    for i in range(0, len(captions), 100):
-        part = captions[i : i + 100]
-        cond = pipe.encoder(part)
-        low = draw(
-            pipe.cfg,
-            pipe.denoiser,
+    parts = [
+        pipe(
             len(part),
-            autoencoder=pipe.autoencoder,
-            cond=cond,
+            prompt=part,
             guidance=s.guidance,
-            uncond=pipe.encoder([""])[0],
-            sampler=s.sampler,
             steps=20,
+            sr_steps=20,
+            sampler=s.sampler,
+            aug=aug,
             seed=s.seed + i,
+            return_low=True,
         )
-        highs.append(
-            draw(
-                pipe.sr_cfg,
-                pipe.sr_denoiser,
-                len(part),
-                low_res=low,
-                aug=aug,
-                sampler=s.sampler,
-                steps=20,
-                seed=s.seed + i,
-            )
-        )
-        lows.append(low)
-    return torch.cat(highs), torch.cat(lows)
+        for i in range(0, len(captions), 100)
+        for part in [captions[i : i + 100]]
+    ]
+    return torch.cat([high for high, _ in parts]), torch.cat([low for _, low in parts])
 
 
 # --- ControlNet ----------------------------------------------------------------------------------

@@ -338,23 +338,10 @@ def _save_generated(args, images: torch.Tensor, how: str) -> int:
 def _edit_condition(args, cfg, encoder, n: int, captions: list[str] | None = None):
     """(cond, guidance, uncond) for the editing commands: a text run's prompt (or the demo's
     captions), a class run's --class (else its "no class" input), or nothing."""
-    k = cfg.model.num_classes
-    if encoder is not None:
-        told = captions is not None or bool(args.prompt)
-        prompts = captions if captions is not None else [args.prompt or ""] * n
-        w = args.guidance if args.guidance is not None else (4.0 if told else 1.0)
-        return encoder(prompts), w, encoder([args.negative])[0]
-    if args.prompt:
-        raise NanodiffError("--prompt needs a text-conditional run")
-    if k:
-        if args.class_label is not None and not 0 <= args.class_label < k:
-            raise NanodiffError(f"--class must be in 0..{k - 1}")
-        told = args.class_label is not None
-        w = args.guidance if args.guidance is not None else (4.0 if told else 1.0)
-        return torch.full((n,), args.class_label if told else k), w, None  # k: the reserved "no class"
-    if args.class_label is not None or args.guidance not in (None, 1.0):
-        raise NanodiffError("this model is unconditional; --class and --guidance need a class or text run")
-    return None, 1.0, None
+    from .pipelines import conditioning
+
+    prompt = captions if captions is not None and encoder is not None else args.prompt
+    return conditioning(cfg, encoder, n, prompt, args.negative, args.class_label, args.guidance)
 
 
 def _inpaint_inputs(args, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:

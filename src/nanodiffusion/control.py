@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .denoisers import Denoiser, batch_rows
 from .errors import NanodiffError
 from .nets.unet import UNet
 
@@ -123,11 +124,7 @@ class Controlled(nn.Module):
         self.cfg = base.cfg
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None) -> torch.Tensor:
-        control = self.control.to(x.device, x.dtype)
-        if len(control) != len(x):
-            if len(x) % len(control):
-                raise NanodiffError(f"{len(control)} control images cannot serve a batch of {len(x)}")
-            control = control.repeat(len(x) // len(control), 1, 1, 1)
+        control = batch_rows(self.control, x, "a control image")
         skips, mid = self.controlnet(x, c_noise, cond, control)
         if self.scale != 1:
             skips, mid = [self.scale * s for s in skips], self.scale * mid
@@ -136,8 +133,6 @@ class Controlled(nn.Module):
 
 def controlled(denoiser, controlnet: ControlNet, control: torch.Tensor, scale: float = 1.0):
     """The denoiser with its UNet steered by `controlnet` towards `control` (a new Denoiser)."""
-    from .denoisers import Denoiser
-
     return Denoiser(Controlled(denoiser.net, controlnet, control, scale), denoiser.schedule,
                     denoiser.parameterization, denoiser.sigma_data)
 
@@ -204,8 +199,6 @@ def train_controlnet(run: str | Path, out: str | Path, steps: int = 1500, batch_
     torch.manual_seed(seed)
     controlnet = ControlNet(base, 1, control_factor(cfg, data.images.shape[-1])).to(dev).train()
     net = Controlled(base, controlnet, controls[:1])
-    from .denoisers import Denoiser
-
     model = Denoiser(net, denoiser.schedule, denoiser.parameterization, denoiser.sigma_data)
     opt = torch.optim.AdamW(controlnet.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed + 1)

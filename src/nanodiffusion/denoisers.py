@@ -127,10 +127,16 @@ class ImageConditioned(nn.Module):
         self.net, self.image = net, image
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        image = self.image.to(x.device, x.dtype)
-        if len(image) != len(x):
-            if len(x) % len(image):
-                raise NanodiffError(f"an image condition of {len(image)} rows cannot serve a batch "
-                                    f"of {len(x)}")
-            image = image.repeat(len(x) // len(image), *[1] * (image.ndim - 1))
+        image = batch_rows(self.image, x, "an image condition")
         return self.net(torch.cat([x, image], dim=1), c_noise, cond)
+
+
+def batch_rows(t: torch.Tensor, x: torch.Tensor, what: str) -> torch.Tensor:
+    """A per-image input `t` ([B or 1, ...]) on x's device and dtype with x's number of rows:
+    repeated whole when guidance doubled the batch ([x, x]) or one row serves all."""
+    t = t.to(x.device, x.dtype)
+    if len(t) != len(x):
+        if len(x) % len(t):
+            raise NanodiffError(f"{what} of {len(t)} rows cannot serve a batch of {len(x)}")
+        t = t.repeat(len(x) // len(t), *[1] * (t.ndim - 1))
+    return t

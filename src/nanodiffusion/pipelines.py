@@ -158,6 +158,33 @@ def _rows(t: torch.Tensor, part: slice) -> torch.Tensor:
     return t if len(t) == 1 else t[part]
 
 
+def conditioning(cfg: Config, encoder, n: int, prompt: str | list[str] | None = None, negative: str = "",
+                 class_label: int | None = None, guidance: float | None = None):
+    """(cond, guidance, uncond) for n images of a run: a text run's prompt (one for all, or one
+    per image; none: the empty prompt), a class run's class (none: its reserved "no class"
+    input), or nothing for an unconditional run. Guidance defaults to 4 when a prompt or class
+    was given, else 1."""
+    def scale(told: bool) -> float:
+        return guidance if guidance is not None else (4.0 if told else 1.0)
+
+    if encoder is not None:
+        prompts = list(prompt) if isinstance(prompt, list) else [prompt or ""] * n
+        if len(prompts) != n:
+            raise NanodiffError(f"give one prompt, or one per image ({n}), got {len(prompts)}")
+        return encoder(prompts), scale(bool(prompt)), encoder([negative])[0]
+    if prompt:
+        raise NanodiffError("a prompt needs a text-conditional run")
+    k = cfg.model.num_classes
+    if k:
+        if class_label is not None and not 0 <= class_label < k:
+            raise NanodiffError(f"the class must be in 0..{k - 1}")
+        told = class_label is not None
+        return torch.full((n,), class_label if told else k), scale(told), None  # k: the reserved "no class"
+    if class_label is not None or guidance not in (None, 1.0):
+        raise NanodiffError("this model is unconditional; a class and guidance need a class or text run")
+    return None, 1.0, None
+
+
 def image_shape(cfg: Config, autoencoder=None) -> tuple[int, int, int]:
     """[C, H, W] of a run's images in pixels (a latent run's after decoding)."""
     if autoencoder is None:
@@ -339,27 +366,15 @@ class Cascade:
         return cls(load_parts(base, weights, device), load_run(upscaler, weights, device))
 
     @torch.no_grad()
-    def __call__(self, n: int = 1, prompt: str | None = None, negative_prompt: str = "",
+    def __call__(self, n: int = 1, prompt: str | list[str] | None = None, negative_prompt: str = "",
                  class_label: int | None = None, guidance: float | None = None, steps: int = 20,
                  sr_steps: int = 20, sampler: str = "dpm++2m", aug: float = 0.1, seed: int = 0,
                  progress: bool = False, return_low: bool = False, consistent: bool = True):
         """n images [n, C, H, W] in [-1, 1] (and the base's [n, C, h, w] with return_low). A text
-        run takes a prompt (guidance default 4), a class run a class_label (guidance default 4;
-        None: the "no class" input), an unconditional run neither."""
-        cond, uncond, w = None, None, 1.0 if guidance is None else guidance
-        if self.encoder is not None:
-            cond, uncond = self.encoder([prompt or ""] * n), self.encoder([negative_prompt])[0]
-            w = 4.0 if guidance is None and prompt else w
-        elif prompt:
-            raise NanodiffError("a prompt needs a text-conditional base run")
-        elif self.cfg.model.num_classes:
-            k = self.cfg.model.num_classes
-            if class_label is not None and not 0 <= class_label < k:
-                raise NanodiffError(f"the class must be in 0..{k - 1}")
-            cond = torch.full((n,), k if class_label is None else class_label)
-            w = 4.0 if guidance is None and class_label is not None else w
-        elif class_label is not None:
-            raise NanodiffError("a class needs a class-conditional base run")
+        run takes a prompt (or a list of n, one per image; guidance default 4), a class run a
+        class_label (guidance default 4; None: the "no class" input), an unconditional run neither."""
+        cond, w, uncond = conditioning(self.cfg, self.encoder, n, prompt, negative_prompt, class_label,
+                                       guidance)
         low = draw(self.cfg, self.denoiser, n, autoencoder=self.autoencoder, cond=cond, guidance=w,
                    uncond=uncond, sampler=sampler, steps=steps, seed=seed, progress=progress)
         high = draw(self.sr_cfg, self.sr_denoiser, n, low_res=low, aug=aug, sampler=sampler,

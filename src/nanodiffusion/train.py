@@ -127,7 +127,7 @@ def prepare_config(cfg: Config, data: ImageData, text_dim: int = 0) -> Config:
         if d.noise_aug < 0:
             raise NanodiffError(f"data.noise_aug must be >= 0, got {d.noise_aug}")
         if d.residual and not d.residual_scale:  # scaled to the data's sigma_data, like latents
-            d.residual_scale = superres.residual_scale(data.images[:2000], d.low_res or h // 2,
+            d.residual_scale = superres.residual_scale(data.images[:2000], superres.low_size(cfg),
                                                        cfg.diffusion.sigma_data)
     stride = 2 ** (len(cfg.model.channel_mults) - 1)
     if d.crop and not (0 < d.crop <= h and d.crop % stride == 0):
@@ -304,15 +304,14 @@ class Trainer:
                 known = random_masks(micro_batch, x0.shape[-1], self.noise_gen)[mine].to(self.device)
                 denoiser = denoiser.conditioned_on(torch.cat([x0 * known, known], 1))
             elif d.task == "upscale":  # the low-res image, noise-augmented and upsampled, and its level
-                low = superres.downsample(x0, superres.low_size(cfg))
+                size, low = x0.shape[-1], superres.downsample(x0, superres.low_size(cfg))
                 levels = superres.random_levels(micro_batch, d.noise_aug, self.noise_gen)[mine]
                 z = torch.randn(micro_batch, *low.shape[1:], generator=self.noise_gen)[mine]
-                image = superres.condition(low, x0.shape[-1], levels, noise=z)
+                image = superres.condition(low, size, levels, noise=z)
                 x0 = superres.to_target(x0, low, cfg)
-                if d.crop:
-                    x0, eps, image = superres.random_crops([x0, eps, image], d.crop, x0.shape[-1] //
-                                                           superres.low_size(cfg), self.noise_gen,
-                                                           micro_batch, mine)
+                if d.crop:  # offsets on the low-resolution grid
+                    x0, eps, image = superres.random_crops([x0, eps, image], d.crop, size // low.shape[-1],
+                                                           self.noise_gen, micro_batch, mine)
                 denoiser = denoiser.conditioned_on(image)
             elif d.crop:
                 x0, eps = superres.random_crops([x0, eps], d.crop, 1, self.noise_gen, micro_batch, mine)
@@ -343,17 +342,16 @@ class Trainer:
         elif self.prompts is not None:  # the grid prompts, in turn, guided away from ""
             labels = self.grid_prompts[torch.arange(self.cfg.run.sample_n) % len(self.grid_prompts)]
             uncond, guidance = self.prompts[0].to(self.device), self.cfg.run.sample_guidance
-        n, editing = self.cfg.run.sample_n, {}
-        if self.cfg.data.task == "inpaint":  # fill the demo masks' holes in the first training images
+        n, editing, task = self.cfg.run.sample_n, {}, self.cfg.data.task
+        if task:  # inpaint: fill the demo masks' holes in the first training images; upscale: their
+            shown = self.grid_images[:n]  # low-resolution versions
+            n = len(shown)
+        if task == "inpaint":
             from .editing import demo_masks
 
-            shown = self.grid_images[:n]
-            editing = dict(init_image=shown, known=demo_masks(len(shown), shown.shape[-1]), inpaint="model")
-            n = len(shown)
-        elif self.cfg.data.task == "upscale":  # upscale the first training images' low-res versions
-            shown = self.grid_images[:n]
+            editing = dict(init_image=shown, known=demo_masks(n, shown.shape[-1]), inpaint="model")
+        elif task == "upscale":
             editing = dict(low_res=superres.downsample(shown, superres.low_size(self.cfg)))
-            n = len(shown)
         # a latent run's grid is decoded by the autoencoder loaded to encode the data
         images = draw(self.cfg, ema, n, autoencoder=self.autoencoder, cond=labels,
                       sampler=self.cfg.run.sampler, steps=self.cfg.run.sample_steps, seed=0,
