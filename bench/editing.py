@@ -4,7 +4,7 @@ ControlNet on the shapes world; writes docs/editing.md.
 
 Inpainting: test images (taken after the first --n-ref, so the FID reference set is disjoint
 from them) get one of three mask families in turn (a centre square, the right half, a random
-box; `nanodiffusion.editing.demo_masks`) and each method fills the hole with the same sampler,
+box; `nanodiffusion.core.editing.demo_masks`) and each method fills the hole with the same sampler,
 steps and seed. Measured: FID/KID/precision/recall of the whole filled images against the
 first --n-ref test images (Inception features, the real-vs-real floor beside them, and the
 masked inputs themselves as the baseline a fill should beat); the RMSE against the hidden
@@ -44,12 +44,13 @@ from pathlib import Path
 import torch
 
 from _common import machine, write_page
-from nanodiffusion.data import load_data
-from nanodiffusion.editing import demo_masks, fill_errors
-from nanodiffusion.evaluate import evaluate_images
-from nanodiffusion.pipelines import conditioning, draw, load_parts
-from nanodiffusion.shapes import adherence, prompt_set, render_scene
-from nanodiffusion.viz import plot_rows, to_uint8
+from nanodiffusion.core.editing import demo_masks
+from nanodiffusion.data.datasets import load_data
+from nanodiffusion.data.shapes import adherence, prompt_set, render_scene
+from nanodiffusion.inference.pipelines import conditioning, draw, load_parts
+from nanodiffusion.io.viz import plot_rows, to_uint8
+from nanodiffusion.metrics.fid import evaluate_images
+from nanodiffusion.metrics.image import fill_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "editing.md"
@@ -298,9 +299,10 @@ def ensure_sr_runs(s: Settings) -> tuple[Path, Path, dict]:
 
 def superres(s: Settings, results: dict) -> None:
     """PSNR/SSIM against bicubic on held-out scenes; FID of the cascade against direct 64x64 models."""
-    from nanodiffusion.pipelines import Cascade, load_run
-    from nanodiffusion.shapes import evaluate_prompts
-    from nanodiffusion.superres import downsample, low_size, project, psnr, ssim, upsample
+    from nanodiffusion.data.shapes import evaluate_prompts
+    from nanodiffusion.inference.pipelines import Cascade, load_run
+    from nanodiffusion.metrics.image import psnr, ssim
+    from nanodiffusion.tasks.upscale import downsample, low_size, project, upsample
 
     done = results.setdefault("superres", {})
     up_run, base_run, seconds = ensure_sr_runs(s)
@@ -409,8 +411,9 @@ def _cascade(pipe, captions: list[str], aug: float, s: Settings) -> tuple[torch.
 # --- ControlNet ----------------------------------------------------------------------------------
 def controlnet(s: Settings, results: dict) -> None:
     """Edge F1 between each control and the generated image's edges, with and without the control."""
-    from nanodiffusion.control import edge_f1, load_controlnet, sobel_edges, train_controlnet
-    from nanodiffusion.pipelines import TextToImage
+    from nanodiffusion.inference.pipelines import TextToImage
+    from nanodiffusion.metrics.image import edge_f1, sobel_edges
+    from nanodiffusion.nets.controlnet import load_controlnet, train_controlnet
 
     done = results.setdefault("controlnet", {})
     run = ensure_run(s, "shapes")

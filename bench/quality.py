@@ -38,12 +38,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from _common import DOC, BudgetClock, forward_flops, machine, write_section
-from nanodiffusion.checkpoint import load_config, load_weights, save_config, save_weights
-from nanodiffusion.config import preset
-from nanodiffusion.data import load_data
-from nanodiffusion.evaluate import evaluate_images
-from nanodiffusion.pipelines import build_denoiser, load_run, pick_device, sample_images
-from nanodiffusion.train import Trainer
+from nanodiffusion.data.datasets import load_data
+from nanodiffusion.inference.pipelines import build_denoiser, load_run, pick_device, sample_images
+from nanodiffusion.io.checkpoint import load_config, load_weights, save_config, save_weights
+from nanodiffusion.io.config import preset
+from nanodiffusion.metrics.fid import evaluate_images
+from nanodiffusion.training.diffusion import Trainer
 
 DATASET = "fashion-mnist"
 SHAPE = (1, 28, 28)
@@ -449,7 +449,7 @@ def _feature_rate(features: str, device: torch.device) -> float:
     if features != "inception":
         return 2000.0
     try:
-        from nanodiffusion.evaluate import feature_net
+        from nanodiffusion.metrics.fid import feature_net
 
         net = feature_net("inception").to(device)
     except Exception:  # evaluate.py's internals may differ; 5 images/s is what 2 cores give
@@ -563,7 +563,7 @@ def plot_fid_time(s: Settings, points: list[tuple[float, int, dict]], path: Path
 def plot_grids(s: Settings, panels: list[tuple[str, torch.Tensor]], path: Path) -> None:
     from matplotlib.figure import Figure
 
-    from nanodiffusion.viz import to_pil
+    from nanodiffusion.io.viz import to_pil
 
     fig = Figure(figsize=(3.2 * len(panels), 3.6), layout="constrained")
     for ax, (title, images) in zip(fig.subplots(1, len(panels)), panels, strict=True):
@@ -701,7 +701,7 @@ with FID at N = {s.n} ({first['features']}). The issue's targets:
   reference rows are the second-order sampler at {s.ref_steps} steps (nanodiffusion only, unless
   `--diffusers-reference`: the targets need only nanodiffusion's converged FID, and each diffusers
   reference costs about 18 minutes of sampling here).
-- Metrics: `nanodiffusion.evaluate.evaluate_images`: FID, KID (x 1000, mean +- std over subsets),
+- Metrics: `nanodiffusion.metrics.fid.evaluate_images`: FID, KID (x 1000, mean +- std over subsets),
   precision and recall (k = {first.get('k', 3)}) of the samples against the first {first['n_ref']} test
   images; features {first['features']}, resize: {first['resize']}. The floor is the FID of
   train[:{s.n}] against the same test images, at the same N and features.

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from _common import machine, write_section
-from nanodiffusion.stable_diffusion import StableDiffusion, random_pipeline
+from nanodiffusion.inference.stable_diffusion import StableDiffusion, random_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "stable-diffusion.md"

@@ -11,7 +11,7 @@ Two models of 64x64 scenes train one after the other for the same wall-clock bud
   autoencoder does the two outer levels' work.
 
 Each is then measured the same way: sampling images/s (DPM-Solver++(2M), 20 steps, guidance 4,
-decoding included), prompt adherence judged by the shapes world's detector (nanodiffusion.shapes:
+decoding included), prompt adherence judged by the shapes world's detector (nanodiffusion.data.shapes:
 single objects, relations, counts, and held-out colour-shape pairs), and FID/KID/precision/recall
 with Inception features against fresh renders of the test scenes whose captions were the prompts.
 The latent model is swept over guidance scales (adherence and diversity against w).
@@ -35,15 +35,15 @@ from pathlib import Path
 import torch
 
 from _common import BudgetClock, forward_flops, machine, write_page
-from nanodiffusion.checkpoint import save_config
-from nanodiffusion.config import Config, preset
-from nanodiffusion.data import load_data
-from nanodiffusion.evaluate import evaluate_images
+from nanodiffusion.data.datasets import load_data
+from nanodiffusion.data.shapes import GRID_PROMPTS, evaluate_prompts, format_adherence
+from nanodiffusion.inference.pipelines import TextToImage, pick_device
+from nanodiffusion.io.checkpoint import save_config
+from nanodiffusion.io.config import Config, preset
+from nanodiffusion.io.viz import plot_rows, to_uint8
+from nanodiffusion.metrics.fid import evaluate_images
 from nanodiffusion.nets.autoencoder import AutoencoderConfig, train_autoencoder_folder
-from nanodiffusion.pipelines import TextToImage, pick_device
-from nanodiffusion.shapes import GRID_PROMPTS, evaluate_prompts, format_adherence
-from nanodiffusion.train import Trainer
-from nanodiffusion.viz import plot_rows, to_uint8
+from nanodiffusion.training.diffusion import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "text-to-image.md"

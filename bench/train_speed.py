@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from _common import DOC, forward_flops, machine, matmul_gflops, write_section
-from nanodiffusion.config import Config, OptimConfig
-from nanodiffusion.denoisers import Denoiser
-from nanodiffusion.losses import diffusion_loss, sample_sigmas
+from nanodiffusion.core.denoisers import Denoiser
+from nanodiffusion.core.losses import diffusion_loss, sample_sigmas
+from nanodiffusion.io.config import Config, OptimConfig
 from nanodiffusion.nets.unet import UNet, UNetConfig
 
 BATCH = 64

@@ -1,6 +1,6 @@
 import pytest
 
-from nanodiffusion.config import apply_overrides, preset
+from nanodiffusion.io.config import apply_overrides, preset
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ import pytest
 from PIL import Image
 
 from nanodiffusion.cli import main
-from nanodiffusion.train import train
+from nanodiffusion.training.diffusion import train
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from nanodiffusion.config import apply_overrides, preset
+    from nanodiffusion.io.config import apply_overrides, preset
 
     cfg = apply_overrides(preset("digits"), [
         "model.channels=8", "model.blocks_per_level=1", "model.attn_resolutions=[]",
@@ -62,7 +62,7 @@ def test_sample_reports_nfe(run_dir, tmp_path, capsys, sampler):
 
 
 def test_guidance_rows_and_class_checks(tmp_path, capsys):
-    from nanodiffusion.config import apply_overrides, preset
+    from nanodiffusion.io.config import apply_overrides, preset
 
     cfg = apply_overrides(preset("digits"), [
         "model.channels=8", "model.attn_resolutions=[]", "optim.batch_size=16", "run.steps=2",
@@ -195,7 +195,7 @@ def test_toml_config_with_flag_overrides(tmp_path, capsys):
 
 
 def test_train_autoencoder_command(tmp_path, monkeypatch, capsys):
-    from nanodiffusion import data
+    from nanodiffusion.data import datasets as data
     from nanodiffusion.nets.autoencoder import load_autoencoder
 
     monkeypatch.setenv("NANODIFF_DATA", str(tmp_path / "cache"))

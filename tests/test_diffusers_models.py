@@ -4,15 +4,15 @@ own schedulers on the same UNet, every sampler, class labels and guidance, and t
 import pytest
 import torch
 
-from nanodiffusion.diffusers_models import (
+from nanodiffusion.core.guidance import ClassifierFreeGuidance
+from nanodiffusion.core.samplers import SAMPLERS, sample_ddim, sample_dpmpp_2m
+from nanodiffusion.errors import NanodiffError
+from nanodiffusion.inference.diffusers_models import (
     denoiser_from_diffusers,
     load_diffusers,
     schedule_from_diffusers,
 )
-from nanodiffusion.errors import NanodiffError
-from nanodiffusion.guidance import ClassifierFreeGuidance
-from nanodiffusion.pipelines import sample_images
-from nanodiffusion.samplers import SAMPLERS, sample_ddim, sample_dpmpp_2m
+from nanodiffusion.inference.pipelines import sample_images
 
 diffusers = pytest.importorskip("diffusers")
 

@@ -3,18 +3,19 @@
 import pytest
 import torch
 
-from nanodiffusion.editing import boundary_band, demo_masks, edit, mask_from_image, sdedit_sigmas
+from nanodiffusion.core.editing import demo_masks, edit, mask_from_image, sdedit_sigmas
+from nanodiffusion.core.samplers import SAMPLERS, CountingDenoiser, get_sampler, sample_ddim
+from nanodiffusion.core.schedules import Schedule
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.pipelines import build_denoiser, sample_images
-from nanodiffusion.samplers import SAMPLERS, CountingDenoiser, get_sampler, sample_ddim
-from nanodiffusion.schedules import Schedule
+from nanodiffusion.inference.pipelines import build_denoiser, sample_images
+from nanodiffusion.metrics.image import boundary_band
 from test_samplers import GaussianDenoiser
 
 
 @pytest.fixture(scope="module")
 def denoiser():
     """An untrained digits UNet: editing's guarantees hold for any denoiser."""
-    from nanodiffusion.config import apply_overrides, preset
+    from nanodiffusion.io.config import apply_overrides, preset
 
     cfg = apply_overrides(preset("digits"), ["model.channels=8", "model.blocks_per_level=1",
                                              "model.attn_resolutions=[]", "model.dropout=0"])
@@ -168,7 +169,7 @@ def test_every_sampler_name_and_alias_reaches_the_editing_path(denoiser):
 # --- the command line ----------------------------------------------------------------------------
 @pytest.fixture
 def digits_run(tmp_path, tiny_config):
-    from nanodiffusion.train import train
+    from nanodiffusion.training.diffusion import train
 
     assert train(tiny_config, tmp_path / "run", progress=False)
     return tmp_path / "run"
@@ -258,7 +259,7 @@ def test_bad_editing_input_on_the_command_line(digits_run, tmp_path, capsys):
 
 # --- the mask-conditioned model (data.task = "inpaint") -------------------------------------------
 def test_random_masks_draw_five_families_reproducibly():
-    from nanodiffusion.editing import random_masks
+    from nanodiffusion.core.editing import random_masks
 
     masks = random_masks(400, 16, torch.Generator().manual_seed(0))
     assert masks.shape == (400, 1, 16, 16) and ((masks == 0) | (masks == 1)).all()
@@ -270,7 +271,7 @@ def test_random_masks_draw_five_families_reproducibly():
 
 
 def test_an_image_condition_reaches_the_network_and_follows_guidance_batches():
-    from nanodiffusion.config import apply_overrides, preset
+    from nanodiffusion.io.config import apply_overrides, preset
 
     cfg = apply_overrides(preset("digits"), ["model.channels=8", "model.blocks_per_level=1",
                                              "model.attn_resolutions=[]", "model.dropout=0"])
@@ -293,8 +294,8 @@ def test_a_mask_conditioned_run_trains_and_fills_from_the_command_line(tmp_path,
     from PIL import Image
 
     from nanodiffusion.cli import main
-    from nanodiffusion.pipelines import load_run
-    from nanodiffusion.train import train
+    from nanodiffusion.inference.pipelines import load_run
+    from nanodiffusion.training.diffusion import train
 
     tiny_config.data.task = "inpaint"
     tiny_config.run.sample_every = 3

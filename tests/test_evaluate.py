@@ -5,8 +5,8 @@ import pytest
 import torch
 from scipy import linalg
 
-from nanodiffusion import evaluate
 from nanodiffusion.errors import NanodiffError
+from nanodiffusion.metrics import fid as evaluate
 
 
 def _features(n=400, d=16, shift=0.0, seed=0):
@@ -42,7 +42,7 @@ def test_kid_is_unbiased_near_zero_for_same_distribution_and_grows_with_shift():
 
 
 def _digits_metric_curve(transform, levels, tmp_path):
-    from nanodiffusion.data import load_data
+    from nanodiffusion.data.datasets import load_data
 
     images = load_data("digits", "train").images[:300]
     out = []
@@ -68,7 +68,7 @@ def test_fid_and_kid_rise_as_images_are_noised_and_blurred(tmp_path):
 
 
 def test_results_carry_n_features_resize_and_floor(tmp_path):
-    from nanodiffusion.data import load_data
+    from nanodiffusion.data.datasets import load_data
 
     images = load_data("digits", "train").images[:200]
     r = evaluate.evaluate_images(images, "digits", "classifier", progress=False, cache_dir=tmp_path)

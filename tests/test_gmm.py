@@ -1,4 +1,4 @@
-"""The Gaussian-mixture ground truth (nanodiffusion.gmm) and the sampler benchmark built on it."""
+"""The Gaussian-mixture ground truth (nanodiffusion.core.gmm) and the sampler benchmark built on it."""
 
 import math
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from nanodiffusion import bench_samplers
-from nanodiffusion.gmm import GaussianMixture, mixture_2d, mixture_nd, sliced_wasserstein, sw_noise_floor
-from nanodiffusion.samplers import SAMPLERS
-from nanodiffusion.schedules import exponential_sigmas
+from nanodiffusion.core.gmm import GaussianMixture, mixture_2d, mixture_nd, sliced_wasserstein, sw_noise_floor
+from nanodiffusion.core.samplers import SAMPLERS
+from nanodiffusion.core.schedules import exponential_sigmas
 
 DETERMINISTIC = [name for name, info in SAMPLERS.items() if not info.stochastic]
 STOCHASTIC = [name for name, info in SAMPLERS.items() if info.stochastic]

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from nanodiffusion.denoisers import Denoiser
+from nanodiffusion.core.denoisers import Denoiser
+from nanodiffusion.core.guidance import ClassifierFreeGuidance, class_guidance
+from nanodiffusion.core.samplers import CountingDenoiser, sample_dpmpp_2m
+from nanodiffusion.core.schedules import Schedule
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.guidance import ClassifierFreeGuidance, class_guidance
-from nanodiffusion.samplers import CountingDenoiser, sample_dpmpp_2m
-from nanodiffusion.schedules import Schedule
 
 
 class TwoClassDenoiser(torch.nn.Module):

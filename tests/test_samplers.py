@@ -5,9 +5,8 @@ import inspect
 import pytest
 import torch
 
-from nanodiffusion.denoisers import Denoiser
-from nanodiffusion.errors import NanodiffError
-from nanodiffusion.samplers import (
+from nanodiffusion.core.denoisers import Denoiser
+from nanodiffusion.core.samplers import (
     SAMPLERS,
     CountingDenoiser,
     get_sampler,
@@ -19,7 +18,8 @@ from nanodiffusion.samplers import (
     sample_pf_ode,
     sample_unipc,
 )
-from nanodiffusion.schedules import Schedule
+from nanodiffusion.core.schedules import Schedule
+from nanodiffusion.errors import NanodiffError
 
 
 class GaussianDenoiser:
@@ -278,8 +278,8 @@ def test_latent_samples_are_not_clamped_to_the_pixel_range():
     """Pixels are clamped to [-1, 1]; an autoencoder's latents (std ~1, unbounded) must not be."""
     from torch import nn
 
-    from nanodiffusion.config import preset
-    from nanodiffusion.pipelines import TextToImage, sample_images
+    from nanodiffusion.inference.pipelines import TextToImage, sample_images
+    from nanodiffusion.io.config import preset
 
     class Three(nn.Module):  # D(x, sigma) = 3 everywhere: every sampler's last step returns 3
         def __init__(self):

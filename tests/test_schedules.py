@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
+from nanodiffusion.core.schedules import KINDS, SPACINGS, TIME_SPACINGS, Schedule, karras_sigmas
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.schedules import KINDS, SPACINGS, TIME_SPACINGS, Schedule, karras_sigmas
 
 
 @pytest.mark.parametrize("kind", ["linear", "scaled_linear", "cosine", "sigmoid"])

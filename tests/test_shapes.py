@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from nanodiffusion.errors import NanodiffError
-from nanodiffusion.shapes import (
+from nanodiffusion.data.shapes import (
     COLOURS,
     HELD_OUT,
     SHAPES,
@@ -16,6 +15,7 @@ from nanodiffusion.shapes import (
     render_dataset,
     render_scene,
 )
+from nanodiffusion.errors import NanodiffError
 
 
 def test_same_seed_same_scene_other_seed_other_scene():
@@ -105,7 +105,7 @@ def test_bad_input_gets_a_clear_error():
 
 
 def test_adherence_of_the_renders_themselves_and_of_noise():
-    from nanodiffusion.shapes import adherence, prompt_set
+    from nanodiffusion.data.shapes import adherence, prompt_set
 
     scenes = prompt_set(60)
     exact = adherence([s.image for s in scenes], [s.spec for s in scenes])
@@ -124,7 +124,7 @@ def test_adherence_of_the_renders_themselves_and_of_noise():
 
 
 def test_evaluate_prompts_scores_renders_perfect_and_blank_images_zero():
-    from nanodiffusion.shapes import evaluate_prompts, format_adherence, prompt_set
+    from nanodiffusion.data.shapes import evaluate_prompts, format_adherence, prompt_set
 
     held = prompt_set(12, held_out=True, seed=2 * 10**7 + 10**6)  # evaluate_prompts' held-out seeds
     scenes = {s.caption: s.image for s in prompt_set(24) + held}

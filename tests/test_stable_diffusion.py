@@ -15,7 +15,7 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 from nanodiffusion.errors import NanodiffError  # noqa: E402
-from nanodiffusion.stable_diffusion import StableDiffusion, random_pipeline  # noqa: E402
+from nanodiffusion.inference.stable_diffusion import StableDiffusion, random_pipeline  # noqa: E402
 
 PROMPT, NEGATIVE = "a red cat on a blue mat", "blurry"
 
@@ -174,7 +174,7 @@ def test_hub_id_without_network_is_one_clear_line(monkeypatch, tmp_path):
 def test_missing_optional_packages_name_the_extra(monkeypatch, sd):
     import importlib.util
 
-    from nanodiffusion import stable_diffusion
+    from nanodiffusion.inference import stable_diffusion
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

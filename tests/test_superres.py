@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from nanodiffusion import superres
 from nanodiffusion.errors import NanodiffError
+from nanodiffusion.metrics import image as image_metrics
+from nanodiffusion.tasks import upscale as superres
 
 
 def _images(n=3, c=3, size=16, seed=0):
@@ -17,7 +18,7 @@ def test_psnr_and_ssim_equal_scikit_image():
                                   "'nanodiffusion[test]')")
     a = _images(2, size=24)
     b = (a + 0.3 * _images(2, size=24, seed=1)).clamp(-1, 1)
-    mine_ssim, mine_psnr = superres.ssim(a, b), superres.psnr(a, b)
+    mine_ssim, mine_psnr = image_metrics.ssim(a, b), image_metrics.psnr(a, b)
     for i in range(2):
         x, y = ((a[i] + 1) / 2).double().numpy(), ((b[i] + 1) / 2).double().numpy()
         ref = metrics.structural_similarity(x, y, data_range=1.0, channel_axis=0, gaussian_weights=True,
@@ -25,9 +26,9 @@ def test_psnr_and_ssim_equal_scikit_image():
         assert mine_ssim[i].item() == pytest.approx(ref, abs=1e-5)
         assert mine_psnr[i].item() == pytest.approx(metrics.peak_signal_noise_ratio(y, x, data_range=1.0),
                                                     abs=1e-4)
-    assert superres.ssim(a, a).allclose(torch.ones(2))
+    assert image_metrics.ssim(a, a).allclose(torch.ones(2))
     with pytest.raises(NanodiffError, match="window"):
-        superres.ssim(a[..., :8, :8], b[..., :8, :8])
+        image_metrics.ssim(a[..., :8, :8], b[..., :8, :8])
 
 
 def test_the_condition_is_the_bicubic_upsample_and_the_level():
@@ -63,19 +64,19 @@ def test_training_levels_and_aligned_crops():
 def test_bicubic_error_is_what_the_benchmark_beats():
     """The baseline: downsampling then bicubic upsampling loses detail (PSNR finite, SSIM < 1),
     and more when the factor is larger."""
-    from nanodiffusion.data import load_data
+    from nanodiffusion.data.datasets import load_data
 
     hi = load_data("digits", "test").images[:50]
     x2 = superres.upsample(superres.downsample(hi, 4), 8)
     x4 = superres.upsample(superres.downsample(hi, 2), 8)
-    assert superres.psnr(x2, hi).mean() > superres.psnr(x4, hi).mean() > 5
+    assert image_metrics.psnr(x2, hi).mean() > image_metrics.psnr(x4, hi).mean() > 5
 
 
 @pytest.fixture(scope="module")
 def upscale_run(tmp_path_factory):
     """A digits 4x4 -> 8x8 upscaling run, a few steps."""
-    from nanodiffusion.config import apply_overrides, preset
-    from nanodiffusion.train import train
+    from nanodiffusion.io.config import apply_overrides, preset
+    from nanodiffusion.training.diffusion import train
 
     cfg = apply_overrides(preset("digits"), [
         "data.task=\"upscale\"", "model.channels=8", "model.blocks_per_level=1", "model.attn_resolutions=[]",
@@ -87,7 +88,7 @@ def upscale_run(tmp_path_factory):
 
 
 def test_an_upscaling_run_trains_samples_and_refuses_plain_sampling(upscale_run):
-    from nanodiffusion.pipelines import draw, load_run, sample_images
+    from nanodiffusion.inference.pipelines import draw, load_run, sample_images
 
     cfg, d = load_run(upscale_run, device="cpu")
     assert cfg.model.cond_channels == 2 and superres.low_size(cfg) == 4
@@ -138,8 +139,8 @@ def test_upscale_command(upscale_run, tmp_path, capsys):
 
 
 def test_a_cascade_feeds_the_base_images_to_the_upscaler(upscale_run, tiny_config, tmp_path):
-    from nanodiffusion.config import apply_overrides
-    from nanodiffusion.pipelines import Cascade, build_denoiser, load_run
+    from nanodiffusion.inference.pipelines import Cascade, build_denoiser, load_run
+    from nanodiffusion.io.config import apply_overrides
 
     base_cfg = apply_overrides(tiny_config, ["data.class_conditional=true"])
     base_cfg.model.in_channels = base_cfg.model.out_channels = 1
@@ -158,8 +159,8 @@ def test_a_cascade_feeds_the_base_images_to_the_upscaler(upscale_run, tiny_confi
 
 
 def test_crops_train_a_convolutional_unet_and_are_refused_with_attention(tiny_config, tmp_path):
-    from nanodiffusion.config import apply_overrides
-    from nanodiffusion.train import Trainer
+    from nanodiffusion.io.config import apply_overrides
+    from nanodiffusion.training.diffusion import Trainer
 
     cfg = apply_overrides(tiny_config, ["data.crop=4", "model.mid_attention=false"])
     trainer = Trainer(cfg, tmp_path / "a", progress=False)
@@ -168,8 +169,8 @@ def test_crops_train_a_convolutional_unet_and_are_refused_with_attention(tiny_co
         Trainer(apply_overrides(tiny_config, ["data.crop=4"]), tmp_path / "b", progress=False)
     with pytest.raises(NanodiffError, match="data.crop must be a multiple of 2"):
         Trainer(apply_overrides(cfg, ["data.crop=3"]), tmp_path / "c", progress=False)
-    from nanodiffusion.data import load_data
-    from nanodiffusion.train import prepare_config
+    from nanodiffusion.data.datasets import load_data
+    from nanodiffusion.training.diffusion import prepare_config
 
     digits, upscale = load_data("digits"), apply_overrides(tiny_config, ["data.task=\"upscale\""])
     with pytest.raises(NanodiffError, match="diffuses pixels"):
@@ -196,8 +197,8 @@ def test_generate_draws_a_cascade_from_the_command_line(tmp_path, monkeypatch, c
     from PIL import Image
 
     from nanodiffusion.cli import main
-    from nanodiffusion.config import apply_overrides
-    from nanodiffusion.train import train
+    from nanodiffusion.io.config import apply_overrides
+    from nanodiffusion.training.diffusion import train
     from test_train import _text_config
 
     base_cfg = _text_config(tmp_path, monkeypatch)

@@ -6,7 +6,7 @@ import socket
 import pytest
 import torch
 
-from nanodiffusion import text
+from nanodiffusion.data import text
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.nets.unet import split_context
 

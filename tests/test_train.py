@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nanodiffusion.checkpoint import weights_step
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.train import EMAModel, lr_factor, resume, train
+from nanodiffusion.io.checkpoint import weights_step
+from nanodiffusion.training.diffusion import EMAModel, lr_factor, resume, train
 
 
 def _weights(run, name="model.safetensors"):
@@ -106,7 +106,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_exactly(tmp_path):
     k = weights_step(run / "model.safetensors")
     assert k >= 3
     # continue two more steps, and compare with a run that was never interrupted
-    from nanodiffusion.checkpoint import load_config
+    from nanodiffusion.io.checkpoint import load_config
 
     resume(run, progress=False, stop_after=k + 2)
     cfg = load_config(run)
@@ -130,8 +130,8 @@ def test_two_process_ddp_takes_the_same_steps_as_one_process(tmp_path):
     # moves weights by about the learning rate, 2e-3; the tolerance is a tenth of that.
     _assert_same_weights(tmp_path / "one", tmp_path / "two", atol=2e-4)
     # and the comparison is not vacuous: three steps moved the weights well past the tolerance
-    from nanodiffusion.checkpoint import load_config
-    from nanodiffusion.pipelines import build_denoiser
+    from nanodiffusion.inference.pipelines import build_denoiser
+    from nanodiffusion.io.checkpoint import load_config
 
     cfg = load_config(tmp_path / "one")
     torch.manual_seed(cfg.run.seed)
@@ -141,7 +141,7 @@ def test_two_process_ddp_takes_the_same_steps_as_one_process(tmp_path):
 
 
 def test_batches_walk_seeded_epochs_without_repeats():
-    from nanodiffusion.train import _batch_indices
+    from nanodiffusion.training.diffusion import _batch_indices
 
     n = 50
     stream = torch.cat([_batch_indices(step, 0, 1, 16, n, seed=0) for step in range(25)])
@@ -152,7 +152,7 @@ def test_batches_walk_seeded_epochs_without_repeats():
 
 
 def test_class_conditional_training_and_sampling(tmp_path, tiny_config):
-    from nanodiffusion.checkpoint import load_config
+    from nanodiffusion.io.checkpoint import load_config
 
     tiny_config.data.class_conditional = True
     assert train(tiny_config, tmp_path / "run", progress=False)
@@ -160,7 +160,7 @@ def test_class_conditional_training_and_sampling(tmp_path, tiny_config):
     assert cfg.model.num_classes == 10
     w = _weights(tmp_path / "run")["class_emb.weight"]
     assert w.shape == (11, 32)  # ten digits and the reserved "no class" row
-    from nanodiffusion.pipelines import load_run, sample_images
+    from nanodiffusion.inference.pipelines import load_run, sample_images
 
     _, denoiser = load_run(tmp_path / "run")
     shape = (1, 8, 8)
@@ -170,8 +170,8 @@ def test_class_conditional_training_and_sampling(tmp_path, tiny_config):
 
 
 def _text_config(tmp_path, monkeypatch):
-    from nanodiffusion import data
-    from nanodiffusion.config import apply_overrides, preset
+    from nanodiffusion.data import datasets as data
+    from nanodiffusion.io.config import apply_overrides, preset
 
     monkeypatch.setenv("NANODIFF_DATA", str(tmp_path / "cache"))
     monkeypatch.setitem(data.SHAPES_SCENES, "train", 48)  # a small shapes world, rendered once
@@ -185,8 +185,8 @@ def _text_config(tmp_path, monkeypatch):
 
 def test_text_conditional_training_on_captions(tmp_path, monkeypatch):
     """Captions are encoded once, reach the UNet through cross-attention, and the run reloads."""
-    from nanodiffusion.pipelines import load_run
-    from nanodiffusion.text import load_text_encoder
+    from nanodiffusion.data.text import load_text_encoder
+    from nanodiffusion.inference.pipelines import load_run
 
     cfg = _text_config(tmp_path, monkeypatch)
     assert train(cfg, tmp_path / "run", progress=False)
@@ -210,9 +210,9 @@ def test_text_encoder_needs_captions(tmp_path, tiny_config):
 def test_latent_diffusion_trains_in_the_autoencoders_space(tmp_path, monkeypatch):
     """With data.autoencoder the UNet sees the scaled latents; samples come back decoded."""
     from nanodiffusion.cli import main
-    from nanodiffusion.config import apply_overrides
+    from nanodiffusion.data.shapes import render_dataset
+    from nanodiffusion.io.config import apply_overrides
     from nanodiffusion.nets.autoencoder import AutoencoderConfig, save_autoencoder, train_autoencoder
-    from nanodiffusion.shapes import render_dataset
 
     cfg = _text_config(tmp_path, monkeypatch)
     images = torch.from_numpy(render_dataset(48, size=16)[0]).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -237,10 +237,10 @@ def test_text_preset_trains_its_autoencoder_first_and_grids_show_the_fixed_promp
     """data.autoencoder = "train" (the text preset's): the autoencoder is trained into
     RUN/autoencoder with its report, the config then names that folder, a resume reuses it, and
     the sample grids are guided samples of shapes' fixed prompt list."""
-    from nanodiffusion import data
-    from nanodiffusion.config import apply_overrides, preset
-    from nanodiffusion.pipelines import TextToImage
-    from nanodiffusion.train import grid_prompts
+    from nanodiffusion.data import datasets as data
+    from nanodiffusion.inference.pipelines import TextToImage
+    from nanodiffusion.io.config import apply_overrides, preset
+    from nanodiffusion.training.diffusion import grid_prompts
 
     monkeypatch.setenv("NANODIFF_DATA", str(tmp_path / "cache"))
     monkeypatch.setitem(data.SHAPES_SCENES, "train", 40)
@@ -270,7 +270,7 @@ def test_text_preset_trains_its_autoencoder_first_and_grids_show_the_fixed_promp
 
 def test_text_to_image_pipeline_and_generate_command(tmp_path, monkeypatch, capsys):
     from nanodiffusion.cli import main
-    from nanodiffusion.pipelines import TextToImage
+    from nanodiffusion.inference.pipelines import TextToImage
 
     cfg = _text_config(tmp_path, monkeypatch)
     assert train(cfg, tmp_path / "run", progress=False)
@@ -307,8 +307,8 @@ def test_a_short_training_on_colours_follows_the_prompt(tmp_path, monkeypatch):
     templates), a tiny text UNet; then "red" prompts come out red and "blue" prompts blue."""
     from PIL import Image
 
-    from nanodiffusion.config import apply_overrides, preset
-    from nanodiffusion.pipelines import TextToImage
+    from nanodiffusion.inference.pipelines import TextToImage
+    from nanodiffusion.io.config import apply_overrides, preset
 
     folder, rng = tmp_path / "colours", np.random.default_rng(0)
     folder.mkdir()

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from nanodiffusion.config import Config
+from nanodiffusion.core.guidance import ClassifierFreeGuidance
+from nanodiffusion.core.schedules import Schedule
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.guidance import ClassifierFreeGuidance
+from nanodiffusion.inference.pipelines import build_denoiser
+from nanodiffusion.io.config import Config
 from nanodiffusion.nets.unet import UNet, UNetConfig, split_context
-from nanodiffusion.pipelines import build_denoiser
-from nanodiffusion.schedules import Schedule
 
 D, L = 12, 6
 

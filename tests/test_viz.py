@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from nanodiffusion import viz
+from nanodiffusion.core.schedules import Schedule
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.schedules import Schedule
+from nanodiffusion.io import viz
 
 
 def assert_png(path):

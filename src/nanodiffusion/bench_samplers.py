@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .gmm import GaussianMixture, mixture_2d, mixture_nd, sliced_wasserstein, sw_noise_floor
-from .samplers import SAMPLERS, CountingDenoiser, get_sampler
-from .schedules import karras_sigmas
+from nanodiffusion.core.gmm import GaussianMixture, mixture_2d, mixture_nd, sliced_wasserstein, sw_noise_floor
+from nanodiffusion.core.samplers import SAMPLERS, CountingDenoiser, get_sampler
+from nanodiffusion.core.schedules import karras_sigmas
 
 MARK_START, MARK_END = "<!-- bench-samplers:start -->", "<!-- bench-samplers:end -->"
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from nanodiffusion import data
-from nanodiffusion.config import apply_overrides, preset
-from nanodiffusion.editing import demo_masks
-from nanodiffusion.pipelines import TextToImage, draw, load_run, sample_images
-from nanodiffusion.superres import downsample
-from nanodiffusion.train import train
+from nanodiffusion.core.editing import demo_masks
+from nanodiffusion.data import datasets as data
+from nanodiffusion.inference.pipelines import TextToImage, draw, load_run, sample_images
+from nanodiffusion.io.config import apply_overrides, preset
+from nanodiffusion.tasks.upscale import downsample
+from nanodiffusion.training.diffusion import train
 
 OUTPUTS = Path(__file__).with_name("outputs.safetensors")
 TINY = ["model.channels=8", "model.blocks_per_level=1", "model.attn_resolutions=[]", "optim.batch_size=16",

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import NanodiffError
+from nanodiffusion.errors import NanodiffError
+from nanodiffusion.metrics.image import psnr
 
 
 @dataclass
@@ -137,12 +138,6 @@ class Autoencoder(nn.Module):
         return mse + self.cfg.kl_weight * kl, {"mse": mse.item(), "kl": kl.item()}
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio in dB of images in [-1, 1] (peak-to-peak 2), over the whole set."""
-    mse = F.mse_loss(a.clamp(-1, 1).float(), b.clamp(-1, 1).float()).item()
-    return float("inf") if mse == 0 else 10 * math.log10(4 / mse)
-
-
 # --- training, saving, loading -------------------------------------------------------------------
 AE_WEIGHTS, AE_CONFIG = "autoencoder.safetensors", "autoencoder.json"
 
@@ -151,7 +146,7 @@ def save_autoencoder(ae: Autoencoder, folder, step: int = 0) -> None:
     import json
     from pathlib import Path
 
-    from ..checkpoint import atomic_write, save_weights
+    from nanodiffusion.io.checkpoint import atomic_write, save_weights
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -163,7 +158,7 @@ def load_autoencoder(folder, device: str | torch.device = "cpu") -> Autoencoder:
     import json
     from pathlib import Path
 
-    from ..checkpoint import load_weights
+    from nanodiffusion.io.checkpoint import load_weights
 
     folder = Path(folder)
     if not (folder / AE_CONFIG).is_file():
@@ -215,7 +210,8 @@ def train_autoencoder(images: torch.Tensor, cfg: AutoencoderConfig, steps: int =
     recon = ae.decode_images(latents)
     latent_shape = list(latents.shape[1:])
     return ae, {"steps": steps, "mse_first_50": sum(history[:50]) / len(history[:50]),
-                "mse_last_50": sum(history[-50:]) / len(history[-50:]), "psnr": psnr(recon, held_out),
+                "mse_last_50": sum(history[-50:]) / len(history[-50:]),
+                "psnr": psnr(recon.clamp(-1, 1), held_out.clamp(-1, 1), pooled=True).item(),
                 "scale_factor": ae.cfg.scale_factor, "latent_shape": latent_shape}
 
 
@@ -230,8 +226,8 @@ def train_autoencoder_folder(images: torch.Tensor, held_out: torch.Tensor, cfg: 
     import time
     from pathlib import Path
 
-    from ..checkpoint import atomic_write
-    from ..viz import plot_rows
+    from nanodiffusion.io.checkpoint import atomic_write
+    from nanodiffusion.io.viz import plot_rows
 
     start = time.perf_counter()
     ae, report = train_autoencoder(images, cfg, steps, batch_size, lr, seed, device, held_out, progress)

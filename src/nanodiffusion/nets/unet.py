@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import NanodiffError
+from nanodiffusion.errors import NanodiffError
 
 
 @dataclass

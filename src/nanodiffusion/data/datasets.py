@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from .errors import NanodiffError
+from nanodiffusion.errors import NanodiffError
 
 BUILTINS = ("digits", "mnist", "fashion-mnist", "shapes")
 SHAPES_SCENES = {"train": 20000, "test": 2000}  # test scenes use seeds from SHAPES_TEST_SEED
@@ -167,7 +167,7 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 
 def _load_shapes(split: str, size: int, cache_dir: str | Path | None) -> tuple[np.ndarray, list[str]]:
     """The shapes world's scenes of a split at a size, rendered once and cached as .npz."""
-    from .shapes import render_scene
+    from nanodiffusion.data.shapes import render_scene
 
     if split == "all":
         a, b = (_load_shapes(s, size, cache_dir) for s in ("train", "test"))

@@ -27,40 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .denoisers import Denoiser, batch_rows
-from .errors import NanodiffError
-from .nets.unet import UNet
+from nanodiffusion.core.denoisers import Denoiser, batch_rows
+from nanodiffusion.errors import NanodiffError
+from nanodiffusion.metrics.image import EDGE_THRESHOLD, sobel_edges
+from nanodiffusion.nets.unet import UNet
 
 CONTROL_JSON, CONTROL_WEIGHTS = "controlnet.json", "controlnet.safetensors"
-EDGE_THRESHOLD = 0.35  # Sobel magnitude (on a 0-1 scale, kernel sum 4) above which a pixel is an edge
-
-
-def sobel_edges(images: torch.Tensor, threshold: float = EDGE_THRESHOLD) -> torch.Tensor:
-    """Edge maps [B, 1, H, W] of 0/1 from images [B, C, H, W] in [-1, 1]: the Sobel gradient
-    magnitude of each channel on a 0-1 scale (replicated borders), the largest over channels,
-    above `threshold`."""
-    x = (images.float() + 1) / 2
-    B, C, H, W = x.shape
-    gx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]])
-    k = torch.stack([gx, gx.T])[:, None].to(x)  # [2, 1, 3, 3]
-    g = F.conv2d(F.pad(x.reshape(B * C, 1, H, W), (1, 1, 1, 1), mode="replicate"), k)
-    magnitude = g.square().sum(1).sqrt().reshape(B, C, H, W).amax(1, keepdim=True)
-    return (magnitude > threshold).float()
-
-
-def edge_f1(images_edges: torch.Tensor, control_edges: torch.Tensor, tolerance: int = 1) -> torch.Tensor:
-    """F1 [B] of an image's edge pixels against a control's ([B, 1, H, W] of 0/1), each edge pixel
-    counted as matched when the other map has an edge within `tolerance` pixels (8-neighbour
-    steps): precision over the image's edges, recall over the control's."""
-    def near(e):
-        return F.max_pool2d(e.float(), 2 * tolerance + 1, stride=1, padding=tolerance) > 0
-
-    a, b = images_edges > 0.5, control_edges > 0.5
-    precision = (a & near(b)).flatten(1).sum(1) / a.flatten(1).sum(1).clamp(min=1)
-    recall = (b & near(a)).flatten(1).sum(1) / b.flatten(1).sum(1).clamp(min=1)
-    return 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-
-
 class HintEncoder(nn.Module):
     """Control image [B, c, H, W] -> features [B, width, H / factor, W / factor]: convolutions with
     a stride-2 one per factor of 2, the last initialised to zero (ControlNet's input hint block)."""
@@ -181,9 +153,9 @@ def train_controlnet(run: str | Path, out: str | Path, steps: int = 1500, batch_
     training images, with their Sobel edge maps as controls; the prompt (or label) is dropped
     with probability `p_uncond` (0.5, as the paper), so the control alone must carry the layout.
     Stops after `steps`, or after `budget_s` seconds of steps. Writes `out` and returns a report."""
-    from .data import load_data
-    from .losses import diffusion_loss, sample_sigmas
-    from .pipelines import load_parts, pick_device
+    from nanodiffusion.core.losses import diffusion_loss, sample_sigmas
+    from nanodiffusion.data.datasets import load_data
+    from nanodiffusion.inference.pipelines import load_parts, pick_device
 
     cfg, denoiser, autoencoder, encoder = load_parts(run, "ema", device)
     dev = pick_device(device)
@@ -193,7 +165,7 @@ def train_controlnet(run: str | Path, out: str | Path, steps: int = 1500, batch_
     x0_all = data.images if autoencoder is None else autoencoder.encode_images(data.images, progress=progress)
     prompts = index = None
     if encoder is not None:
-        from .text import encode_unique
+        from nanodiffusion.data.text import encode_unique
 
         prompts, index, _ = encode_unique(encoder, data.captions)
     torch.manual_seed(seed)

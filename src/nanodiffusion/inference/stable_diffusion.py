@@ -31,12 +31,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .denoisers import Denoiser
-from .editing import check_strength, sdedit_sigmas
-from .errors import NanodiffError
-from .guidance import ClassifierFreeGuidance
-from .samplers import get_sampler
-from .viz import load_image
+from nanodiffusion.core.denoisers import Denoiser
+from nanodiffusion.core.editing import check_strength, sdedit_sigmas
+from nanodiffusion.core.guidance import ClassifierFreeGuidance
+from nanodiffusion.core.samplers import get_sampler
+from nanodiffusion.errors import NanodiffError
+from nanodiffusion.io.viz import load_image
 
 INSTALL = "pip install 'nanodiffusion[sd]'  (diffusers and transformers)"
 # The files a diffusers Stable Diffusion folder needs, by component (safetensors weights only).
@@ -136,9 +136,9 @@ class StableDiffusion:
     def __init__(self, unet: nn.Module, vae: nn.Module, tokenizer, text_model: nn.Module,
                  scheduler_config: dict, device: str | torch.device = "cpu",
                  dtype: torch.dtype | None = None):
-        from .diffusers_models import schedule_from_diffusers
-        from .pipelines import pick_device
-        from .text import TextEncoder
+        from nanodiffusion.data.text import TextEncoder
+        from nanodiffusion.inference.diffusers_models import schedule_from_diffusers
+        from nanodiffusion.inference.pipelines import pick_device
 
         device = pick_device(str(device)) if isinstance(device, str) else device
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
@@ -279,7 +279,7 @@ class StableDiffusion:
         images = self.decode(x)
         if output == "tensor":
             return images
-        from .viz import to_pil
+        from nanodiffusion.io.viz import to_pil
 
         return [to_pil(img[None], padding=0) for img in images]
 

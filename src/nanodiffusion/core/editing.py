@@ -1,7 +1,7 @@
 """Editing with any run and any sampler: img2img (SDEdit) and training-free inpainting.
 
 Each is a hook around the one denoiser contract D(x, sigma, cond) -> x0_hat in sigma form
-(x = x0 + sigma z), so it runs with every sampler in ``nanodiffusion.samplers``, with guidance,
+(x = x0 + sigma z), so it runs with every sampler in ``nanodiffusion.core.samplers``, with guidance,
 in pixel or latent space, and on tensors of any shape:
 
 * SDEdit (Meng et al. 2021): noise the input x0 to the level that a strength s in (0, 1] names
@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .errors import NanodiffError
-from .samplers import _noise, check_sigmas
+from nanodiffusion.core.samplers import check_sigmas, noise_like
+from nanodiffusion.errors import NanodiffError
 
 METHODS = ("replace", "repaint", "model")  # model: a mask-conditioned run (data.task = "inpaint")
 
@@ -65,7 +65,7 @@ class KnownRegion:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None) -> torch.Tensor:
         s = sigma.reshape(-1, *[1] * (x.ndim - 1)).to(x.dtype)
-        noised = self.x0 + s * _noise(x, self.generator)
+        noised = self.x0 + s * noise_like(x, self.generator)
         x = torch.lerp(x, noised, self.known)
         return torch.lerp(self.denoiser(x, sigma, cond), self.x0, self.known)
 
@@ -85,7 +85,7 @@ def repaint(sample_fn: Callable, denoiser: Callable, x: torch.Tensor, sigmas: to
         for u in range(resample):
             x = sample_fn(denoiser, x, sigmas[a:b + 1], cond, generator=generator, **options)
             if u < resample - 1:  # back up from sigma_b to sigma_a by the forward process
-                x = x + math.sqrt(levels[a] ** 2 - levels[b] ** 2) * _noise(x, generator)
+                x = x + math.sqrt(levels[a] ** 2 - levels[b] ** 2) * noise_like(x, generator)
             bar.update(1)
     bar.close()
     return x
@@ -137,21 +137,6 @@ def mask_from_image(image: torch.Tensor) -> torch.Tensor:
     1 where the picture is dark (kept), 0 where it is light (generated)."""
     grey = image.float().mean(0, keepdim=True)[None]
     return (grey < 0).float()
-
-
-def boundary_band(known: torch.Tensor, width: int = 2) -> torch.Tensor:
-    """The generated pixels within `width` pixels (8-neighbour steps) of a known one: where the
-    seam between the kept and the generated region shows. known: [B, 1, H, W] of 0/1."""
-    near_known = torch.nn.functional.max_pool2d(known.float(), 2 * width + 1, stride=1, padding=width)
-    return (near_known > 0) & (known < 0.5)
-
-
-def fill_errors(filled: torch.Tensor, original: torch.Tensor, known: torch.Tensor) -> tuple[float, float]:
-    """(seam, hole): the RMSE of filled against original images ([B, C, H, W] in [-1, 1], measured
-    on a 0-1 scale) in the 2-pixel band inside the hole's edge and over the whole hole."""
-    err = ((filled - original) / 2).square().mean(1, keepdim=True)
-    hole = (known < 0.5).expand_as(err)
-    return err[boundary_band(known)].mean().sqrt().item(), err[hole].mean().sqrt().item()
 
 
 def demo_masks(n: int, size: int, seed: int = 0) -> torch.Tensor:

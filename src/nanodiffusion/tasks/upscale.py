@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .errors import NanodiffError
+from nanodiffusion.errors import NanodiffError
 
 
 def downsample(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -113,42 +113,6 @@ def project(images: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
     if f * low.shape[-1] != images.shape[-1]:
         raise NanodiffError(f"a {low.shape[-1]}-pixel image does not divide a {images.shape[-1]}-pixel one")
     return images + F.interpolate(low - downsample(images, low.shape[-1]), scale_factor=f, mode="nearest")
-
-
-def psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio per image [B] in dB, images in [-1, 1] measured on a 0-1 scale."""
-    mse = ((images.float() - reference.float()) / 2).square().flatten(1).mean(1)
-    return 10 * torch.log10(1 / mse.clamp(min=1e-12))
-
-
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-x**2 / (2 * sigma**2))
-    return g / g.sum()
-
-
-def ssim(images: torch.Tensor, reference: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Structural similarity per image [B] (Wang et al. 2004), images in [-1, 1] on a 0-1 scale:
-    local means, variances and covariance under a Gaussian window (valid positions only), the
-    SSIM map averaged over positions and channels."""
-    if images.shape != reference.shape or images.ndim != 4:
-        raise NanodiffError(f"SSIM compares [B, C, H, W] images of one shape, got {list(images.shape)} "
-                            f"and {list(reference.shape)}")
-    if min(images.shape[-2:]) < window:
-        raise NanodiffError(f"SSIM's window is {window} pixels; the images are {list(images.shape[-2:])}")
-    x, y = (images.double() + 1) / 2, (reference.double() + 1) / 2
-    C = x.shape[1]
-    g = _gaussian_window(window, sigma)
-    k = (g[:, None] * g[None, :]).expand(C, 1, window, window).contiguous()
-
-    def blur(t):
-        return F.conv2d(t, k, groups=C)
-
-    mx, my = blur(x), blur(y)
-    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
-    c1, c2 = 0.01**2, 0.03**2
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-    return s.flatten(1).mean(1).float()
 
 
 def check_upscale_input(low: torch.Tensor, low_size: int, channels: int) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import NanodiffError
+from nanodiffusion.errors import NanodiffError
 
 
 class ClassifierFreeGuidance(nn.Module):

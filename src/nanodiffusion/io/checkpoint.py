@@ -16,8 +16,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import Config
-from .errors import NanodiffError
+from nanodiffusion.errors import NanodiffError
+from nanodiffusion.io.config import Config
 
 MODEL, EMA, STATE, CONFIG = "model.safetensors", "ema.safetensors", "state.pt", "config.json"
 

@@ -20,7 +20,7 @@ from functools import cache
 
 import numpy as np
 
-from .errors import NanodiffError
+from nanodiffusion.errors import NanodiffError
 
 SHAPES = ("circle", "square", "triangle", "diamond", "star")
 COLOURS = {  # saturated, well apart in hue; no grey, so the background is never an object

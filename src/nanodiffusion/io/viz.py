@@ -19,8 +19,8 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .errors import NanodiffError
-from .schedules import Schedule
+from nanodiffusion.core.schedules import Schedule
+from nanodiffusion.errors import NanodiffError
 
 PAD = 255  # grid padding: white, in pixel units
 MIN_TILE_PX = 48  # automatic scales make each tile at least this big

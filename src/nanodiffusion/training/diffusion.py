@@ -25,8 +25,12 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import superres
-from .checkpoint import (
+from nanodiffusion.core.editing import random_masks
+from nanodiffusion.core.losses import diffusion_loss, sample_sigmas
+from nanodiffusion.data.datasets import ImageData, load_data
+from nanodiffusion.errors import NanodiffError
+from nanodiffusion.inference.pipelines import build_denoiser, draw, pick_device
+from nanodiffusion.io.checkpoint import (
     EMA,
     MODEL,
     STATE,
@@ -38,12 +42,8 @@ from .checkpoint import (
     save_weights,
     weights_step,
 )
-from .config import TASKS, Config
-from .data import ImageData, load_data
-from .editing import random_masks
-from .errors import NanodiffError
-from .losses import diffusion_loss, sample_sigmas
-from .pipelines import build_denoiser, draw, pick_device
+from nanodiffusion.io.config import TASKS, Config
+from nanodiffusion.tasks import upscale as superres
 
 
 class EMAModel:
@@ -147,7 +147,7 @@ def grid_prompts(cfg: Config, captions: list[str]) -> list[str]:
     if cfg.run.sample_prompts.strip():
         return [p.strip() for p in cfg.run.sample_prompts.split("|")]
     if cfg.data.name == "shapes":
-        from .shapes import GRID_PROMPTS
+        from nanodiffusion.data.shapes import GRID_PROMPTS
 
         return list(GRID_PROMPTS)
     return captions[:cfg.run.sample_n]
@@ -173,7 +173,7 @@ class Trainer:
         self.data = load_data(cfg.data.name, "train", cfg.data.image_size, cfg.data.channels)
         self.prompts = None  # text: every distinct caption encoded once (row 0 is "")
         if cfg.data.text_encoder:
-            from .text import encode_unique, load_text_encoder
+            from nanodiffusion.data.text import encode_unique, load_text_encoder
 
             if cfg.data.class_conditional:
                 raise NanodiffError("train on labels (class_conditional) or on captions (text_encoder), "
@@ -215,7 +215,7 @@ class Trainer:
         """Train the run's autoencoder into RUN/autoencoder (kept if a stopped run left one), with
         its held-out PSNR and reconstructions (held out: the test split's first 500 images, or
         the last 500 training images for a folder or .npz, which then still train the UNet)."""
-        from .nets.autoencoder import AE_CONFIG, AutoencoderConfig, train_autoencoder_folder
+        from nanodiffusion.nets.autoencoder import AE_CONFIG, AutoencoderConfig, train_autoencoder_folder
 
         folder = self.run_dir / "autoencoder"
         d = cfg.data
@@ -237,7 +237,7 @@ class Trainer:
         return str(folder)
 
     def _encode(self, folder: str, images: torch.Tensor) -> torch.Tensor:
-        from .nets.autoencoder import load_autoencoder
+        from nanodiffusion.nets.autoencoder import load_autoencoder
 
         ae = self.autoencoder = load_autoencoder(folder, self.device)
         if ae.cfg.in_channels != images.shape[1]:
@@ -332,7 +332,7 @@ class Trainer:
 
     # --- the loop ---------------------------------------------------------------------
     def sample_grid(self, path: Path) -> None:
-        from .viz import save_grid
+        from nanodiffusion.io.viz import save_grid
 
         ema = build_denoiser(self.cfg, self.ema.model).to(self.device)
         labels, uncond, guidance = None, None, 1.0
@@ -347,7 +347,7 @@ class Trainer:
             shown = self.grid_images[:n]  # low-resolution versions
             n = len(shown)
         if task == "inpaint":
-            from .editing import demo_masks
+            from nanodiffusion.core.editing import demo_masks
 
             editing = dict(init_image=shown, known=demo_masks(n, shown.shape[-1]), inpaint="model")
         elif task == "upscale":
@@ -417,7 +417,7 @@ class Trainer:
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
         if main and not interrupted:
-            from .viz import plot_loss
+            from nanodiffusion.io.viz import plot_loss
 
             plot_loss(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
             self.sample_grid(self.run_dir / "samples.png")

@@ -23,13 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import NanodiffError
-from .schedules import Schedule, interpolate_t
+from nanodiffusion.core.schedules import Schedule, interpolate_t
+from nanodiffusion.errors import NanodiffError
 
 PARAMETERIZATIONS = ("eps", "v", "x0", "edm")
 
 
-def _expand(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def expand_sigma(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """[B] (or scalar) sigma -> [B, 1, 1, ...] broadcastable against x of any rank."""
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
     if sigma.ndim == 0:
@@ -59,7 +59,7 @@ def convert(
     sigma_data: float = 0.5,
 ) -> torch.Tensor:
     """Re-express a network output for `source` as the output for `target` (exact, via x0)."""
-    s = _expand(sigma, x)
+    s = expand_sigma(sigma, x)
     c_skip, c_out, _ = coefficients(source, s, sigma_data)
     x0 = c_skip * x + c_out * pred
     c_skip, c_out, _ = coefficients(target, s, sigma_data)
@@ -97,7 +97,7 @@ class Denoiser(nn.Module):
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
-        s = _expand(sigma, x)
+        s = expand_sigma(sigma, x)
         c_skip, c_out, c_in = coefficients(self.parameterization, s, self.sigma_data)
         F = self.net(c_in * x, self.c_noise(sigma), cond)
         return F, c_skip, c_out
@@ -108,7 +108,7 @@ class Denoiser(nn.Module):
 
     def score(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None) -> torch.Tensor:
         """The score-matching view: grad_x log p(x; sigma) = (D(x, sigma) - x) / sigma^2."""
-        return (self(x, sigma, cond) - x) / _expand(sigma, x) ** 2
+        return (self(x, sigma, cond) - x) / expand_sigma(sigma, x) ** 2
 
     def conditioned_on(self, image: torch.Tensor) -> Denoiser:
         """This denoiser with an image condition bound: its network sees [c_in x, image] stacked

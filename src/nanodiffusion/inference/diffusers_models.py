@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .denoisers import Denoiser
-from .errors import NanodiffError
-from .pipelines import pick_device
-from .schedules import Schedule
+from nanodiffusion.core.denoisers import Denoiser
+from nanodiffusion.core.schedules import Schedule
+from nanodiffusion.errors import NanodiffError
+from nanodiffusion.inference.pipelines import pick_device
 
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 

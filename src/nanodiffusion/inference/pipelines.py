@@ -7,14 +7,14 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import EMA, MODEL, load_config, load_weights
-from .config import Config
-from .denoisers import Denoiser
-from .editing import check_strength, edit
-from .errors import NanodiffError
-from .guidance import ClassifierFreeGuidance, class_guidance
-from .nets.unet import UNet
-from .samplers import CountingDenoiser, get_sampler
+from nanodiffusion.core.denoisers import Denoiser
+from nanodiffusion.core.editing import check_strength, edit
+from nanodiffusion.core.guidance import ClassifierFreeGuidance, class_guidance
+from nanodiffusion.core.samplers import CountingDenoiser, get_sampler
+from nanodiffusion.errors import NanodiffError
+from nanodiffusion.io.checkpoint import EMA, MODEL, load_config, load_weights
+from nanodiffusion.io.config import Config
+from nanodiffusion.nets.unet import UNet
 
 
 def build_denoiser(cfg: Config, net: torch.nn.Module | None = None) -> Denoiser:
@@ -49,11 +49,11 @@ def load_parts(run_dir: str | Path, weights: str = "ema", device: str = "auto"):
     cfg, denoiser = load_run(run_dir, weights, device)
     autoencoder = encoder = None
     if cfg.data.autoencoder:  # load_run points it at the run's own, wherever the run moved
-        from .nets.autoencoder import load_autoencoder
+        from nanodiffusion.nets.autoencoder import load_autoencoder
 
         autoencoder = load_autoencoder(cfg.data.autoencoder, pick_device(device))
     if cfg.data.text_encoder:
-        from .text import load_text_encoder
+        from nanodiffusion.data.text import load_text_encoder
 
         encoder = load_text_encoder(cfg.data.text_encoder, cfg.data.max_tokens)
     return cfg, denoiser, autoencoder, encoder
@@ -72,14 +72,14 @@ def sample_images(
     """n samples [n, *shape], clamped to the data range [-1, 1] (clamp=False for an
     autoencoder's latents, which are not bounded). Same seed, n and batch_size: the same samples.
 
-    Editing (``nanodiffusion.editing``), with any sampler: ``init`` ([n or 1, *shape], in the
+    Editing (``nanodiffusion.core.editing``), with any sampler: ``init`` ([n or 1, *shape], in the
     model's space) with ``strength`` < 1 is img2img (SDEdit); with ``known`` (1 = keep, 0 =
     generate; [n or 1, 1 or C, *spatial]) it is inpainting by ``inpaint`` "replace" or "repaint"
     (RePaint's ``jump`` and ``resample``), or "model" for a run trained with data.task
     "inpaint", whose network sees the masked image and the mask. The noise is drawn as for
     plain sampling, so strength 1 without a mask gives plain sampling's images.
     ``image_cond`` ([1 or n, C', *spatial]) is the image condition of a network trained with
-    one (an upscaling run's low-resolution input, ``nanodiffusion.superres.condition``).
+    one (an upscaling run's low-resolution input, ``nanodiffusion.tasks.upscale.condition``).
 
     ``spacing`` None takes the schedule's default (trailing, or Karras for EDM). If ``stats``
     is a dict, it receives "nfe": the network evaluations per batch, counted, and "sigmas".
@@ -204,13 +204,13 @@ def draw(cfg: Config, denoiser: Denoiser, n: int, *, autoencoder=None, cond: tor
 
     Editing, in pixels: ``init_image`` ([1 or n, C, H, W]) with ``strength`` < 1 is img2img;
     with ``known`` ([1 or n, 1, H, W], 1 = keep) inpainting (``inpaint="replace"`` or
-    ``"repaint"``, see nanodiffusion.editing). A latent run edits the image's latents (a latent
+    ``"repaint"``, see nanodiffusion.core.editing). A latent run edits the image's latents (a latent
     cell is known only where all its pixels are) and pastes the known pixels after decoding.
 
     An upscaling run (data.task "upscale") draws one high-resolution image per ``low_res`` image
     ([n, C, h, w] in [-1, 1]), its input noised to the augmentation level ``aug`` first;
     ``consistent`` projects each result onto the images whose area-downsampling is its input
-    (nanodiffusion.superres.from_samples).
+    (nanodiffusion.tasks.upscale.from_samples).
     """
     m = cfg.model
     shape = (m.in_channels, m.image_size, m.image_size)
@@ -219,7 +219,7 @@ def draw(cfg: Config, denoiser: Denoiser, n: int, *, autoencoder=None, cond: tor
                             if low_res is None else "low-resolution images need an upscaling run "
                             "(nanodiff train --task upscale)")
     if low_res is not None:
-        from . import superres
+        from nanodiffusion.tasks import upscale as superres
 
         superres.check_upscale_input(low_res, superres.low_size(cfg), m.in_channels)
         if len(low_res) != n:
@@ -244,7 +244,7 @@ def draw(cfg: Config, denoiser: Denoiser, n: int, *, autoencoder=None, cond: tor
                             clamp=autoencoder is None and not residual, init=init, strength=strength,
                             known=model_known, **options)
     if low_res is not None:
-        from .superres import from_samples
+        from nanodiffusion.tasks.upscale import from_samples
 
         return from_samples(samples, low_res.float(), cfg, consistent)
     if autoencoder is None:
@@ -276,15 +276,15 @@ class TextToImage:
         if encoder is None:
             raise NanodiffError(f"{folder} is not a text-conditional run (its data.text_encoder is empty)")
         if controlnet is not None:
-            from .control import load_controlnet
+            from nanodiffusion.nets.controlnet import load_controlnet
 
             controlnet = load_controlnet(controlnet, denoiser.net)[0]
         return cls(cfg, denoiser, encoder, autoencoder, controlnet)
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """config.json and ema.safetensors (the weights in use), and the autoencoder if any."""
-        from .checkpoint import save_config, save_weights
-        from .nets.autoencoder import save_autoencoder
+        from nanodiffusion.io.checkpoint import save_config, save_weights
+        from nanodiffusion.nets.autoencoder import save_autoencoder
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -303,15 +303,15 @@ class TextToImage:
         """n images per prompt, prompt by prompt; output 'pil' (a list of PIL images) or 'tensor'
         ([N, C, H, W] in [-1, 1]).
 
-        Editing (``nanodiffusion.editing``): ``init_image`` ([1 or N, C, H, W] in [-1, 1]) with
+        Editing (``nanodiffusion.core.editing``): ``init_image`` ([1 or N, C, H, W] in [-1, 1]) with
         ``strength`` < 1 is img2img; with ``known`` (1 = keep, [1 or N, 1, H, W]) inpainting, by
         ``inpaint="replace"`` or ``"repaint"``. A latent run edits the image's latents (a latent
         cell is known only where all its pixels are) and pastes the known pixels after decoding.
 
         ``control`` ([1 or N, 1, H, W] edge maps of 0/1 at the image size) steers the UNet through
-        the pipeline's ControlNet, its residuals times ``control_scale`` (nanodiffusion.control).
+        the pipeline's ControlNet, its residuals times ``control_scale`` (nanodiffusion.nets.controlnet).
         """
-        from .viz import to_pil
+        from nanodiffusion.io.viz import to_pil
 
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or n < 1:
@@ -320,7 +320,7 @@ class TextToImage:
         uncond = self.encoder([negative_prompt])[0]
         denoiser = self.denoiser
         if control is not None:
-            from .control import controlled
+            from nanodiffusion.nets.controlnet import controlled
 
             if self.controlnet is None:
                 raise NanodiffError("a control image needs a ControlNet (nanodiff train-controlnet RUN)")
@@ -350,7 +350,7 @@ class Cascade:
     def __init__(self, base: tuple, upscaler: tuple[Config, Denoiser]):
         self.cfg, self.denoiser, self.autoencoder, self.encoder = base
         self.sr_cfg, self.sr_denoiser = upscaler
-        from .superres import low_size
+        from nanodiffusion.tasks.upscale import low_size
 
         if self.sr_cfg.data.task != "upscale":
             raise NanodiffError("the second stage of a cascade must be an upscaling run (nanodiff train "

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .errors import NanodiffError
+from nanodiffusion.errors import NanodiffError
 
 KINDS = ("linear", "scaled_linear", "cosine", "sigmoid", "edm")
 TIME_SPACINGS = ("leading", "trailing", "linspace")  # subsets of a discrete model's trained steps
