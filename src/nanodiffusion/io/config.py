@@ -7,7 +7,9 @@ its schedule and the training run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,66 +180,102 @@ def _model(channels, mults, attn, size, blocks=2, dropout=0.1, in_channels=1) ->
                       image_size=size)
 
 
+# --- presets: tuned for the budget a user has, minutes on a 2-core CPU ----------------------------
+PRESET_BUILDERS: dict[str, Callable[[], Config]] = {}  # name -> a function that builds a new Config
+PRESETS = PRESET_BUILDERS.keys()  # their names, kept in step
+
+
+def register_preset(name: str, build: Callable[[], Config] | None = None):
+    """Add a preset: ``register_preset(name, build)``, or ``@register_preset(name)`` on a builder."""
+    if build is None:
+        return lambda fn: register_preset(name, fn)
+    PRESET_BUILDERS[name] = build
+    return build
+
+
 def preset(name: str) -> Config:
-    """Presets tuned for the budget a user has: minutes on a 2-core CPU."""
-    if name == "digits":  # 8x8 scikit-learn digits: the `nanodiff demo` model
-        return Config(
-            data=DataConfig(name="digits"),
-            model=_model(32, [1, 2], [4], 8, blocks=1, dropout=0.0),
-            optim=OptimConfig(lr=2e-3, batch_size=128, warmup_steps=50),
-            run=RunConfig(steps=800, sample_every=400, checkpoint_every=400, sample_steps=50),
-        )
-    if name in ("mnist", "fashion-mnist"):  # 28x28, tuned for 10 minutes on 2 cores (bench/quality.py)
-        # A narrow UNet (~100 images/s on 2 cores, twice the 32-wide one) sees twice the data in
-        # the budget; EDM's preconditioning, lognormal noise levels and loss weighting (Karras et
-        # al. 2022) spend the training where samples are decided; a high learning rate, short
-        # warm-up, no dropout: short runs underfit.
-        return Config(
-            data=DataConfig(name=name),
-            model=_model(16, [1, 2, 4], [7], 28, dropout=0.0),
-            schedule=Schedule(kind="edm"),
-            diffusion=DiffusionConfig(parameterization="edm"),
-            loss=LossConfig(sigma_sampling="lognormal", weighting="edm"),
-            optim=OptimConfig(lr=2e-3, batch_size=64, warmup_steps=50),
-            run=RunConfig(steps=1000, sample_every=500, checkpoint_every=500, sampler="dpm++2m",
-                          sample_steps=20),
-        )
-    if name == "text":  # the shapes world, text to image, Stable Diffusion's recipe at laptop size
-        # A small autoencoder (trained first, into RUN/autoencoder, 5-7 min) takes the 32x32 scenes
-        # to 8x8x4 latents, where a UNet with transformer blocks (cross-attention to MiniLM's
-        # tokens) is cheap enough for 3000 steps in 13-17 min. EDM's recipe, with sigma_data
-        # 1 because the latents are scaled to unit variance (and the lognormal sigma density moved
-        # up with it: ln 0.6 where EDM's images, sigma_data 0.5, use ln 0.3).
-        return Config(
-            data=DataConfig(name="shapes", image_size=32, text_encoder="minilm", autoencoder="train",
-                            autoencoder_steps=1500, autoencoder_channels=16),
-            model=_model(32, [1, 2], [8, 4], 8, dropout=0.0, in_channels=4),
-            schedule=Schedule(kind="edm"),
-            diffusion=DiffusionConfig(parameterization="edm", sigma_data=1.0),
-            loss=LossConfig(sigma_sampling="lognormal", weighting="edm", p_mean=-0.5),
-            optim=OptimConfig(lr=1e-3, batch_size=64, warmup_steps=100),
-            run=RunConfig(steps=3000, sample_every=500, checkpoint_every=500, sampler="dpm++2m",
-                          sample_steps=20, sample_n=16, sample_guidance=3.0),
-        )
-    if name == "upscale":  # the shapes world, 32x32 -> 64x64 super-resolution (SR3), ~10 min on 2 cores
-        # A convolutional UNet (no attention) sees the bicubic-upsampled low-res scene beside its
-        # noisy input and trains on 32x32 crops of the 64x64 scenes, a quarter of the cost per
-        # image; having no attention, it samples whole 64x64 images (or any size) all the same.
-        return Config(
-            data=DataConfig(name="shapes", image_size=64, task="upscale", crop=32),
-            model=UNetConfig(in_channels=3, channels=16, channel_mults=[1, 2, 4], attn_resolutions=[],
-                             mid_attention=False, dropout=0.0, image_size=64),
-            schedule=Schedule(kind="edm"),
-            diffusion=DiffusionConfig(parameterization="edm"),
-            loss=LossConfig(sigma_sampling="lognormal", weighting="edm"),
-            optim=OptimConfig(lr=2e-3, batch_size=64, warmup_steps=50),
-            run=RunConfig(steps=1000, sample_every=500, checkpoint_every=500, sampler="dpm++2m",
-                          sample_steps=20, sample_n=16),
-        )
-    raise NanodiffError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    """A new Config of the preset `name`."""
+    if name not in PRESET_BUILDERS:
+        raise NanodiffError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESET_BUILDERS[name]()
 
 
-PRESETS = ("digits", "mnist", "fashion-mnist", "text", "upscale")
+@register_preset("digits")
+def _digits() -> Config:
+    """8x8 scikit-learn digits: the `nanodiff demo` model."""
+    return Config(
+        data=DataConfig(name="digits"),
+        model=_model(32, [1, 2], [4], 8, blocks=1, dropout=0.0),
+        optim=OptimConfig(lr=2e-3, batch_size=128, warmup_steps=50),
+        run=RunConfig(steps=800, sample_every=400, checkpoint_every=400, sample_steps=50),
+    )
+
+
+def _mnist_like(name: str) -> Config:
+    """28x28, tuned for 10 minutes on 2 cores (bench/quality.py).
+
+    A narrow UNet (~100 images/s on 2 cores, twice the 32-wide one) sees twice the data in the
+    budget; EDM's preconditioning, lognormal noise levels and loss weighting (Karras et al. 2022)
+    spend the training where samples are decided; a high learning rate, short warm-up, no
+    dropout: short runs underfit."""
+    return Config(
+        data=DataConfig(name=name),
+        model=_model(16, [1, 2, 4], [7], 28, dropout=0.0),
+        schedule=Schedule(kind="edm"),
+        diffusion=DiffusionConfig(parameterization="edm"),
+        loss=LossConfig(sigma_sampling="lognormal", weighting="edm"),
+        optim=OptimConfig(lr=2e-3, batch_size=64, warmup_steps=50),
+        run=RunConfig(steps=1000, sample_every=500, checkpoint_every=500, sampler="dpm++2m",
+                      sample_steps=20),
+    )
+
+
+register_preset("mnist", functools.partial(_mnist_like, "mnist"))
+register_preset("fashion-mnist", functools.partial(_mnist_like, "fashion-mnist"))
+
+
+@register_preset("text")
+def _text() -> Config:
+    """The shapes world, text to image, Stable Diffusion's recipe at laptop size.
+
+    A small autoencoder (trained first, into RUN/autoencoder, 5-7 min) takes the 32x32 scenes to
+    8x8x4 latents, where a UNet with transformer blocks (cross-attention to MiniLM's tokens) is
+    cheap enough for 3000 steps in 13-17 min. EDM's recipe, with sigma_data 1 because the latents
+    are scaled to unit variance (and the lognormal sigma density moved up with it: ln 0.6 where
+    EDM's images, sigma_data 0.5, use ln 0.3)."""
+    return Config(
+        data=DataConfig(name="shapes", image_size=32, text_encoder="minilm", autoencoder="train",
+                        autoencoder_steps=1500, autoencoder_channels=16),
+        model=_model(32, [1, 2], [8, 4], 8, dropout=0.0, in_channels=4),
+        schedule=Schedule(kind="edm"),
+        diffusion=DiffusionConfig(parameterization="edm", sigma_data=1.0),
+        loss=LossConfig(sigma_sampling="lognormal", weighting="edm", p_mean=-0.5),
+        optim=OptimConfig(lr=1e-3, batch_size=64, warmup_steps=100),
+        run=RunConfig(steps=3000, sample_every=500, checkpoint_every=500, sampler="dpm++2m",
+                      sample_steps=20, sample_n=16, sample_guidance=3.0),
+    )
+
+
+@register_preset("upscale")
+def _upscale() -> Config:
+    """The shapes world, 32x32 -> 64x64 super-resolution (SR3), about 10 min on 2 cores.
+
+    A convolutional UNet (no attention) sees the bicubic-upsampled low-res scene beside its noisy
+    input and trains on 32x32 crops of the 64x64 scenes, a quarter of the cost per image; having
+    no attention, it samples whole 64x64 images (or any size) all the same."""
+    return Config(
+        data=DataConfig(name="shapes", image_size=64, task="upscale", crop=32),
+        model=UNetConfig(in_channels=3, channels=16, channel_mults=[1, 2, 4], attn_resolutions=[],
+                         mid_attention=False, dropout=0.0, image_size=64),
+        schedule=Schedule(kind="edm"),
+        diffusion=DiffusionConfig(parameterization="edm"),
+        loss=LossConfig(sigma_sampling="lognormal", weighting="edm"),
+        optim=OptimConfig(lr=2e-3, batch_size=64, warmup_steps=50),
+        run=RunConfig(steps=1000, sample_every=500, checkpoint_every=500, sampler="dpm++2m",
+                      sample_steps=20, sample_n=16),
+    )
+
+
 TASKS = ("", "inpaint", "upscale")  # data.task: what the model is trained to do from its inputs
 
 
