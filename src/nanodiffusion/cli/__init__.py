@@ -21,6 +21,7 @@ from nanodiffusion.errors import NanodiffError
 from nanodiffusion.io import viz
 from nanodiffusion.io.checkpoint import EMA, MODEL, STATE, load_config, weights_step
 from nanodiffusion.io.config import PRESETS, Config, apply_overrides, preset
+from nanodiffusion.tasks import TASKS  # noqa: F401  (the tasks, and their presets in PRESETS)
 
 
 def _sampler(name: str) -> str:

@@ -131,6 +131,13 @@ def edit(sample_fn: Callable, denoiser: Callable, noise: torch.Tensor, x0: torch
     return torch.lerp(x, x0, known)
 
 
+def masked_input(x0: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """The image condition of a mask-conditioned network (the method "model", data.task "inpaint"):
+    the known part of the image and the mask, [B, C + 1, *spatial] ([B, C, ...] x0 and a
+    one-channel `known`, 1 = keep). Training and sampling both build it here, so they agree."""
+    return torch.cat([x0 * known, known], 1)
+
+
 # --- masks ---------------------------------------------------------------------------------------
 def mask_from_image(image: torch.Tensor) -> torch.Tensor:
     """A mask picture ([1 or 3, H, W] in [-1, 1], white = repaint) as `known` [1, 1, H, W]:

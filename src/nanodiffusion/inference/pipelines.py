@@ -1,161 +1,27 @@
-"""User-facing objects: build a denoiser from a config, load a run folder, draw images."""
+"""Pipelines: a run's images from a prompt, a class or nothing, in pixels whatever the run diffuses
+(``draw``), text to image (``TextToImage``) and cascaded generation (``Cascade``), on the sampling
+core of ``nanodiffusion.inference.sampling``.
+
+The model factory, the device and run loading moved to ``nanodiffusion.inference.runs`` and the
+sampling core to ``nanodiffusion.inference.sampling``; their names still import from here.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from nanodiffusion.core.denoisers import Denoiser
-from nanodiffusion.core.editing import check_strength, edit
-from nanodiffusion.core.guidance import ClassifierFreeGuidance, class_guidance
-from nanodiffusion.core.samplers import CountingDenoiser, get_sampler
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.io.checkpoint import EMA, MODEL, load_config, load_weights
+from nanodiffusion.inference.runs import build_denoiser, image_shape, load_parts, load_run, pick_device
+from nanodiffusion.inference.sampling import Control, sample_images
+from nanodiffusion.io.checkpoint import EMA
 from nanodiffusion.io.config import Config
-from nanodiffusion.nets.unet import UNet
+from nanodiffusion.tasks import TASKS, Task, get_task
 
-
-def build_denoiser(cfg: Config, net: torch.nn.Module | None = None) -> Denoiser:
-    """The config's denoiser around `net` (default: a new UNet from cfg.model)."""
-    return Denoiser(UNet(cfg.model) if net is None else net, cfg.schedule,
-                    cfg.diffusion.parameterization, cfg.diffusion.sigma_data)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise NanodiffError("device cuda was asked for, but torch sees no GPU")
-    return torch.device(name)
-
-
-def load_run(run_dir: str | Path, weights: str = "ema", device: str = "auto"):
-    """(config, denoiser in eval mode) from a run folder; weights 'ema' or 'model'."""
-    if weights not in ("ema", "model"):
-        raise NanodiffError(f"weights must be 'ema' or 'model', got {weights!r}")
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir)
-    if cfg.data.autoencoder and (run_dir / "autoencoder").is_dir():  # its own, wherever the run moved
-        cfg.data.autoencoder = str(run_dir / "autoencoder")
-    denoiser = build_denoiser(cfg)
-    load_weights(denoiser.net, run_dir / (EMA if weights == "ema" else MODEL))
-    return cfg, denoiser.to(pick_device(device)).eval()
-
-
-def load_parts(run_dir: str | Path, weights: str = "ema", device: str = "auto"):
-    """(config, denoiser, autoencoder or None, text encoder or None): all a run draws with."""
-    cfg, denoiser = load_run(run_dir, weights, device)
-    autoencoder = encoder = None
-    if cfg.data.autoencoder:  # load_run points it at the run's own, wherever the run moved
-        from nanodiffusion.nets.autoencoder import load_autoencoder
-
-        autoencoder = load_autoencoder(cfg.data.autoencoder, pick_device(device))
-    if cfg.data.text_encoder:
-        from nanodiffusion.data.text import load_text_encoder
-
-        encoder = load_text_encoder(cfg.data.text_encoder, cfg.data.max_tokens)
-    return cfg, denoiser, autoencoder, encoder
-
-
-@torch.no_grad()
-def sample_images(
-    denoiser: Denoiser, n: int, shape: tuple[int, ...], sampler: str = "ddim", steps: int = 50,
-    seed: int = 0, class_labels: torch.Tensor | None = None, spacing: str | None = None,
-    batch_size: int = 256, callback: Callable | None = None, progress: bool = False,
-    stats: dict | None = None, guidance: float = 1.0, uncond: torch.Tensor | None = None,
-    clamp: bool = True, init: torch.Tensor | None = None, strength: float = 1.0,
-    known: torch.Tensor | None = None, inpaint: str = "replace", jump: int = 5, resample: int = 5,
-    image_cond: torch.Tensor | None = None, **sampler_kwargs,
-) -> torch.Tensor:
-    """n samples [n, *shape], clamped to the data range [-1, 1] (clamp=False for an
-    autoencoder's latents, which are not bounded). Same seed, n and batch_size: the same samples.
-
-    Editing (``nanodiffusion.core.editing``), with any sampler: ``init`` ([n or 1, *shape], in the
-    model's space) with ``strength`` < 1 is img2img (SDEdit); with ``known`` (1 = keep, 0 =
-    generate; [n or 1, 1 or C, *spatial]) it is inpainting by ``inpaint`` "replace" or "repaint"
-    (RePaint's ``jump`` and ``resample``), or "model" for a run trained with data.task
-    "inpaint", whose network sees the masked image and the mask. The noise is drawn as for
-    plain sampling, so strength 1 without a mask gives plain sampling's images.
-    ``image_cond`` ([1 or n, C', *spatial]) is the image condition of a network trained with
-    one (an upscaling run's low-resolution input, ``nanodiffusion.tasks.upscale.condition``).
-
-    ``spacing`` None takes the schedule's default (trailing, or Karras for EDM). If ``stats``
-    is a dict, it receives "nfe": the network evaluations per batch, counted, and "sigmas".
-    ``guidance`` w != 1 applies classifier-free guidance towards ``class_labels`` (one batched
-    forward pass over conditional and unconditional inputs per evaluation); ``uncond`` is the
-    "no condition" input, by default nanodiffusion's UNet's reserved class index.
-    """
-    if n < 1:
-        raise NanodiffError(f"the number of samples must be positive, got {n}")
-    if batch_size < 1:
-        raise NanodiffError(f"batch size must be positive, got {batch_size}")
-    sample_fn = get_sampler(sampler).fn
-    check_strength(strength)
-    if (strength < 1 or known is not None) and init is None:
-        raise NanodiffError("img2img (strength < 1) and inpainting (a mask) need init images")
-    if init is not None and (init.ndim != len(shape) + 1 or tuple(init.shape[1:]) != tuple(shape)
-                             or len(init) not in (1, n)):
-        raise NanodiffError(f"init images must be [1 or {n}, {', '.join(map(str, shape))}], "
-                            f"got {list(init.shape)}")
-    if known is not None and len(known) not in (1, n):
-        raise NanodiffError(f"give one mask or one per image ({n}), got {len(known)}")
-    net_cfg = getattr(getattr(denoiser, "net", None), "cfg", None)
-    takes_image = getattr(net_cfg, "cond_channels", 0) > 0
-    model_inpainting = takes_image and image_cond is None
-    if image_cond is not None and (not takes_image or len(image_cond) not in (1, n)):
-        raise NanodiffError("an image condition needs a network trained with one, one row or one per sample")
-    if model_inpainting and (known is None or inpaint != "model"):
-        raise NanodiffError("this run is a mask-conditioned inpainting model: give init images and a mask, "
-                            "with the method 'model'")
-    if inpaint == "model" and known is not None and not model_inpainting:
-        raise NanodiffError("the method 'model' needs a run trained for inpainting (nanodiff train "
-                            "--task inpaint); any run can use 'replace' or 'repaint'")
-    if guidance != 1 and class_labels is None:
-        raise NanodiffError("guidance needs class labels to guide towards")
-
-    def guided(d):
-        if guidance == 1:
-            return d
-        if uncond is not None:
-            return ClassifierFreeGuidance(d, guidance, uncond)
-        return class_guidance(d, guidance, getattr(net_cfg, "num_classes", 0))
-
-    schedule = denoiser.schedule
-    sigmas = schedule.sampling_sigmas(steps, spacing)
-    device = next(denoiser.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(n, *shape, generator=generator)  # all drawn first: batching-independent
-    out, counted = [], CountingDenoiser(guided(denoiser))
-    prior_std = schedule.prior_std(float(sigmas[0]))
-    for start in range(0, n, batch_size):
-        part = slice(start, start + batch_size)
-        labels = None if class_labels is None else class_labels[part].to(device)
-        z = noise[part].to(device)
-        if image_cond is not None:
-            counted.denoiser = guided(denoiser.conditioned_on(_rows(image_cond, part).to(device)))
-        if init is None:
-            x = sample_fn(counted, z * prior_std, sigmas, labels, generator=generator, callback=callback,
-                          progress=progress, **sampler_kwargs)
-        else:
-            x0, mask = _rows(init, part).to(device), None if known is None else _rows(known, part).to(device)
-            if model_inpainting:  # the network sees [x, masked image, mask]
-                mask = mask.amin(1, keepdim=True).expand(len(z), 1, *shape[1:]).to(x0.dtype)
-                bound = denoiser.conditioned_on(torch.cat([x0.expand(len(z), *shape) * mask, mask], 1))
-                counted.denoiser = guided(bound)
-            x = edit(sample_fn, counted, z, x0, sigmas, labels, prior_std=prior_std, strength=strength,
-                     known=mask, method=inpaint, jump=jump, resample=resample, generator=generator,
-                     callback=callback, progress=progress, **sampler_kwargs)
-        out.append((x.clamp(-1, 1) if clamp else x).cpu())
-    if stats is not None:
-        stats.update(nfe=counted.calls // len(out), sigmas=sigmas)
-    return torch.cat(out)
-
-
-def _rows(t: torch.Tensor, part: slice) -> torch.Tensor:
-    """A batch's rows of a per-image tensor, or the one row that all images share."""
-    return t if len(t) == 1 else t[part]
+__all__ = ["Cascade", "TextToImage", "build_denoiser", "conditioning", "draw", "image_shape", "load_parts",
+           "load_run", "pick_device", "sample_images"]
 
 
 def conditioning(cfg: Config, encoder, n: int, prompt: str | list[str] | None = None, negative: str = "",
@@ -185,47 +51,30 @@ def conditioning(cfg: Config, encoder, n: int, prompt: str | list[str] | None = 
     return None, 1.0, None
 
 
-def image_shape(cfg: Config, autoencoder=None) -> tuple[int, int, int]:
-    """[C, H, W] of a run's images in pixels (a latent run's after decoding)."""
-    if autoencoder is None:
-        m = cfg.model
-        return m.in_channels, m.image_size, m.image_size
-    return autoencoder.cfg.in_channels, cfg.data.image_size, cfg.data.image_size
-
-
 @torch.no_grad()
 def draw(cfg: Config, denoiser: Denoiser, n: int, *, autoencoder=None, cond: torch.Tensor | None = None,
          sampler: str = "dpm++2m", steps: int = 20, seed: int = 0, guidance: float = 1.0,
          uncond: torch.Tensor | None = None, init_image: torch.Tensor | None = None, strength: float = 1.0,
-         known: torch.Tensor | None = None, low_res: torch.Tensor | None = None, aug: float = 0.0,
-         consistent: bool = True, progress: bool = False, **options) -> torch.Tensor:
+         known: torch.Tensor | None = None, progress: bool = False, **options) -> torch.Tensor:
     """n images [n, C, H, W] in [-1, 1] from a run, in pixels whether it diffuses pixels or an
-    autoencoder's latents: sample_images, then decoding.
+    autoencoder's latents: the run's task's condition, sample_images, the task's post-processing,
+    then decoding.
 
     Editing, in pixels: ``init_image`` ([1 or n, C, H, W]) with ``strength`` < 1 is img2img;
     with ``known`` ([1 or n, 1, H, W], 1 = keep) inpainting (``inpaint="replace"`` or
     ``"repaint"``, see nanodiffusion.core.editing). A latent run edits the image's latents (a latent
     cell is known only where all its pixels are) and pastes the known pixels after decoding.
 
-    An upscaling run (data.task "upscale") draws one high-resolution image per ``low_res`` image
-    ([n, C, h, w] in [-1, 1]), its input noised to the augmentation level ``aug`` first;
-    ``consistent`` projects each result onto the images whose area-downsampling is its input
-    (nanodiffusion.tasks.upscale.from_samples).
+    The run's task (data.task, ``nanodiffusion.tasks``) takes its own inputs among the keywords:
+    an upscaling run draws one high-resolution image per ``low_res`` image ([n, C, h, w] in
+    [-1, 1]), its input noised to the augmentation level ``aug`` first; ``consistent`` projects
+    each result onto the images whose area-downsampling is its input
+    (nanodiffusion.tasks.upscale.from_samples). Other keywords go to sample_images.
     """
     m = cfg.model
     shape = (m.in_channels, m.image_size, m.image_size)
-    if (cfg.data.task == "upscale") != (low_res is not None):
-        raise NanodiffError("an upscaling run draws from low-resolution images (nanodiff upscale)"
-                            if low_res is None else "low-resolution images need an upscaling run "
-                            "(nanodiff train --task upscale)")
-    if low_res is not None:
-        from nanodiffusion.tasks import upscale as superres
-
-        superres.check_upscale_input(low_res, superres.low_size(cfg), m.in_channels)
-        if len(low_res) != n:
-            raise NanodiffError(f"give one low-resolution image per sample ({n}), got {len(low_res)}")
-        options["image_cond"] = superres.condition(low_res, m.image_size, aug,
-                                                   torch.Generator().manual_seed(seed))
+    task = get_task(cfg.data.task)
+    plan = task.sampling(cfg, n, seed, **_task_inputs(cfg, task, options))
     init, model_known = init_image, known
     if init_image is not None and autoencoder is not None:  # pixel runs: sample_images checks these
         want = image_shape(cfg, autoencoder)
@@ -238,21 +87,28 @@ def draw(cfg: Config, denoiser: Denoiser, n: int, *, autoencoder=None, cond: tor
         init = autoencoder.encode_images(init_image)
         if known is not None:  # known in latent space only where every pixel of the cell is
             model_known = -torch.nn.functional.max_pool2d(-known.float(), autoencoder.cfg.factor)
-    residual = low_res is not None and cfg.data.residual
-    samples = sample_images(denoiser, n, shape, sampler, steps, seed=seed, class_labels=cond,
-                            guidance=guidance, uncond=uncond, progress=progress,
-                            clamp=autoencoder is None and not residual, init=init, strength=strength,
-                            known=model_known, **options)
-    if low_res is not None:
-        from nanodiffusion.tasks.upscale import from_samples
-
-        return from_samples(samples, low_res.float(), cfg, consistent)
+    samples = sample_images(denoiser, n, shape, sampler, steps, seed=seed, cond=cond, guidance=guidance,
+                            uncond=uncond, progress=progress, clamp=autoencoder is None and plan.clamp,
+                            init=init, strength=strength, known=model_known, image_cond=plan.image, **options)
+    if plan.finish is not None:
+        samples = plan.finish(samples)
     if autoencoder is None:
         return samples
     images = autoencoder.decode_images(samples)
     if known is not None:
         images = torch.lerp(images, init_image.to(images), known.to(images))
     return images
+
+
+def _task_inputs(cfg: Config, task: Task, options: dict) -> dict:
+    """The task's own keywords, taken out of `options`; one line for another task's input."""
+    inputs = {key: options.pop(key) for key in task.inputs if key in options}
+    for key, value in options.items():
+        owners = [repr(t.name) for t in TASKS.values() if key in t.inputs]
+        if owners and value is not None:
+            raise NanodiffError(f"{key} is an input of runs whose data.task is {' or '.join(owners)}; "
+                                f"this run's is {cfg.data.task!r}")
+    return inputs
 
 
 class TextToImage:
@@ -318,10 +174,8 @@ class TextToImage:
             raise NanodiffError("give at least one prompt and n >= 1")
         cond = self.encoder([p for p in prompts for _ in range(n)])
         uncond = self.encoder([negative_prompt])[0]
-        denoiser = self.denoiser
+        wrappers = []
         if control is not None:
-            from nanodiffusion.nets.controlnet import controlled
-
             if self.controlnet is None:
                 raise NanodiffError("a control image needs a ControlNet (nanodiff train-controlnet RUN)")
             want = image_shape(self.cfg, self.autoencoder)[1:]
@@ -329,10 +183,11 @@ class TextToImage:
                     or len(control) not in (1, len(cond)):
                 raise NanodiffError(f"control images must be [1 or {len(cond)}, 1, {want[0]}, {want[1]}], "
                                     f"got {list(control.shape)}")
-            denoiser = controlled(denoiser, self.controlnet, control, control_scale)
-        images = draw(self.cfg, denoiser, len(cond), autoencoder=self.autoencoder, cond=cond,
+            wrappers.append(Control(self.controlnet, control, control_scale))
+        images = draw(self.cfg, self.denoiser, len(cond), autoencoder=self.autoencoder, cond=cond,
                       guidance=guidance, uncond=uncond, sampler=sampler, steps=steps, seed=seed,
-                      progress=progress, init_image=init_image, strength=strength, known=known, **editing)
+                      progress=progress, init_image=init_image, strength=strength, known=known,
+                      wrappers=wrappers, **editing)
         if output == "tensor":
             return images
         return [to_pil(img[None], padding=0) for img in images]
@@ -347,23 +202,23 @@ class Cascade:
         images = pipe(prompt="a red circle left of a blue square", n=4, aug=0.1)
     """
 
-    def __init__(self, base: tuple, upscaler: tuple[Config, Denoiser]):
+    def __init__(self, base: tuple, upscaler: tuple[Config, Denoiser]):  # compat: the keyword's name
         self.cfg, self.denoiser, self.autoencoder, self.encoder = base
-        self.sr_cfg, self.sr_denoiser = upscaler
-        from nanodiffusion.tasks.upscale import low_size
-
-        if self.sr_cfg.data.task != "upscale":
-            raise NanodiffError("the second stage of a cascade must be an upscaling run (nanodiff train "
-                                "--task upscale)")
-        c, h, _ = image_shape(self.cfg, self.autoencoder)
-        if (c, h) != (self.sr_cfg.model.in_channels, low_size(self.sr_cfg)):
-            raise NanodiffError(f"the base run draws {c}x{h}x{h} images, the upscaler takes "
-                                f"{self.sr_cfg.model.in_channels}x{low_size(self.sr_cfg)}x{low_size(self.sr_cfg)}")
+        self.sr_cfg, self.sr_denoiser = upscaler  # compat
+        sr_task = get_task(self.sr_cfg.data.task)
+        if not hasattr(sr_task, "low_shape"):  # a task that takes low-resolution images
+            raise NanodiffError("the second stage of a cascade must be an upscaling run (one that takes "
+                                "low-resolution images, low_res)")
+        have, want = image_shape(self.cfg, self.autoencoder), sr_task.low_shape(self.sr_cfg)
+        if have != want:
+            raise NanodiffError(f"the base run draws {'x'.join(map(str, have))} images, the upscaler takes "
+                                f"{'x'.join(map(str, want))}")
 
     @classmethod
-    def from_pretrained(cls, base: str | Path, upscaler: str | Path, weights: str = "ema",
+    def from_pretrained(cls, base: str | Path, upscaler: str | Path, weights: str = "ema",  # compat
                         device: str = "auto") -> Cascade:
-        return cls(load_parts(base, weights, device), load_run(upscaler, weights, device))
+        """A base run's folder and a second stage's (a run that takes low-resolution images)."""
+        return cls(load_parts(base, weights, device), load_run(upscaler, weights, device))  # compat
 
     @torch.no_grad()
     def __call__(self, n: int = 1, prompt: str | list[str] | None = None, negative_prompt: str = "",

@@ -39,8 +39,9 @@ class DataConfig:
     autoencoder_steps: int = 2000
     autoencoder_channels: int = 16
     autoencoder_batch_size: int = 64
-    task: str = ""  # "": generate; "inpaint": a mask-conditioned model (masked image and mask as input);
-    # "upscale": super-resolution (SR3), the low-resolution image upsampled as input (tasks.upscale)
+    task: str = ""  # what the model is trained to do: a name in nanodiffusion.tasks.TASKS ("": generate;
+    # "inpaint": a mask-conditioned model; "upscale": super-resolution). The settings below belong to
+    # tasks (their modules check them) and stay here so that every run folder's config.json loads.
     low_res: int = 0  # upscale: the low-resolution side (0: half of image_size)
     noise_aug: float = 0.3  # upscale: training's augmentation levels of the low-resolution input, 0 to this
     residual: bool = True  # upscale: diffuse the residual (x - bicubic(low)) x residual_scale, not x itself
@@ -182,7 +183,7 @@ def _model(channels, mults, attn, size, blocks=2, dropout=0.1, in_channels=1) ->
 
 # --- presets: tuned for the budget a user has, minutes on a 2-core CPU ----------------------------
 PRESET_BUILDERS: dict[str, Callable[[], Config]] = {}  # name -> a function that builds a new Config
-PRESETS = PRESET_BUILDERS.keys()  # their names, kept in step
+PRESETS = PRESET_BUILDERS.keys()  # their names, kept in step (a task's presets join when it registers)
 
 
 def register_preset(name: str, build: Callable[[], Config] | None = None):
@@ -194,9 +195,11 @@ def register_preset(name: str, build: Callable[[], Config] | None = None):
 
 
 def preset(name: str) -> Config:
-    """A new Config of the preset `name`."""
+    """A new Config of the preset `name` (the tasks' presets are there once nanodiffusion.tasks,
+    which the trainer, the pipelines and the command line import, is imported)."""
     if name not in PRESET_BUILDERS:
-        raise NanodiffError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise NanodiffError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} (a task's presets "
+                            "join when nanodiffusion.tasks is imported)")
     return PRESET_BUILDERS[name]()
 
 
@@ -254,29 +257,6 @@ def _text() -> Config:
         run=RunConfig(steps=3000, sample_every=500, checkpoint_every=500, sampler="dpm++2m",
                       sample_steps=20, sample_n=16, sample_guidance=3.0),
     )
-
-
-@register_preset("upscale")
-def _upscale() -> Config:
-    """The shapes world, 32x32 -> 64x64 super-resolution (SR3), about 10 min on 2 cores.
-
-    A convolutional UNet (no attention) sees the bicubic-upsampled low-res scene beside its noisy
-    input and trains on 32x32 crops of the 64x64 scenes, a quarter of the cost per image; having
-    no attention, it samples whole 64x64 images (or any size) all the same."""
-    return Config(
-        data=DataConfig(name="shapes", image_size=64, task="upscale", crop=32),
-        model=UNetConfig(in_channels=3, channels=16, channel_mults=[1, 2, 4], attn_resolutions=[],
-                         mid_attention=False, dropout=0.0, image_size=64),
-        schedule=Schedule(kind="edm"),
-        diffusion=DiffusionConfig(parameterization="edm"),
-        loss=LossConfig(sigma_sampling="lognormal", weighting="edm"),
-        optim=OptimConfig(lr=2e-3, batch_size=64, warmup_steps=50),
-        run=RunConfig(steps=1000, sample_every=500, checkpoint_every=500, sampler="dpm++2m",
-                      sample_steps=20, sample_n=16),
-    )
-
-
-TASKS = ("", "inpaint", "upscale")  # data.task: what the model is trained to do from its inputs
 
 
 def _parse_value(text: str) -> Any:

@@ -25,7 +25,6 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from nanodiffusion.core.editing import random_masks
 from nanodiffusion.core.losses import diffusion_loss, sample_sigmas
 from nanodiffusion.data.datasets import ImageData, load_data
 from nanodiffusion.errors import NanodiffError
@@ -42,8 +41,8 @@ from nanodiffusion.io.checkpoint import (
     save_weights,
     weights_step,
 )
-from nanodiffusion.io.config import TASKS, Config
-from nanodiffusion.tasks import upscale as superres
+from nanodiffusion.io.config import Config
+from nanodiffusion.tasks import get_task
 
 
 class EMAModel:
@@ -115,27 +114,7 @@ def prepare_config(cfg: Config, data: ImageData, text_dim: int = 0) -> Config:
             raise NanodiffError(f"class_conditional needs labels, and {data.name} has none")
         cfg.model.num_classes = data.num_classes
     cfg.model.context_dim = text_dim
-    if cfg.data.task not in TASKS:
-        raise NanodiffError(f"unknown task {cfg.data.task!r}; choose one of {', '.join(map(repr, TASKS))}")
-    cfg.model.cond_channels = c + 1 if cfg.data.task else 0  # masked image and mask; low-res image and level
-    d = cfg.data
-    if d.task == "upscale":
-        if d.autoencoder:
-            raise NanodiffError("an upscaling run diffuses pixels: leave data.autoencoder empty")
-        if not 0 <= d.low_res < h:
-            raise NanodiffError(f"data.low_res must be smaller than the images ({h}), got {d.low_res}")
-        if d.noise_aug < 0:
-            raise NanodiffError(f"data.noise_aug must be >= 0, got {d.noise_aug}")
-        if d.residual and not d.residual_scale:  # scaled to the data's sigma_data, like latents
-            d.residual_scale = superres.residual_scale(data.images[:2000], superres.low_size(cfg),
-                                                       cfg.diffusion.sigma_data)
-    stride = 2 ** (len(cfg.model.channel_mults) - 1)
-    if d.crop and not (0 < d.crop <= h and d.crop % stride == 0):
-        raise NanodiffError(f"data.crop must be a multiple of {stride} up to {h}, got {d.crop}")
-    if d.crop and (cfg.model.attn_resolutions or cfg.model.mid_attention or d.autoencoder):
-        raise NanodiffError("data.crop trains a convolutional UNet on pixels: set model.attn_resolutions=[], "
-                            "model.mid_attention=false and no autoencoder (attention would see other sizes "
-                            "when sampling)")
+    get_task(cfg.data.task).prepare(cfg, data)  # its checks, its image condition's channels, crops
     if cfg.optim.batch_size < 1 or cfg.run.steps < 1 or cfg.optim.grad_accum < 1:
         raise NanodiffError("batch_size, steps and grad_accum must be positive")
     return cfg
@@ -186,7 +165,7 @@ class Trainer:
         if cfg.data.autoencoder == "train":  # "autoencoder included": its folder then stands in the config
             cfg.data.autoencoder = self._train_autoencoder(cfg)
         self.autoencoder = None  # latent diffusion: kept to decode the sample grids
-        self.grid_images = self.data.images[:cfg.run.sample_n]  # an inpainting run's grids fill these
+        self.grid_images = self.data.images[:cfg.run.sample_n]  # an editing task's grids start from these
         if cfg.data.autoencoder:  # train on the scaled posterior means, encoded once
             self.data.images = self._encode(cfg.data.autoencoder, self.data.images)
         text_dim = 0 if self.prompts is None else self.prompts.shape[-1] - 1
@@ -299,22 +278,9 @@ class Trainer:
                 rows[torch.rand(micro_batch, generator=self.noise_gen) < cfg.data.p_uncond] = 0
                 labels = self.prompts[rows[mine]].to(self.device)
             x0 = self.data.images[idx][mine].to(self.device)
-            denoiser, d, eps = self.train_denoiser, cfg.data, eps[mine].to(self.device)
-            if d.task == "inpaint":  # the masked image and its mask, as extra input channels
-                known = random_masks(micro_batch, x0.shape[-1], self.noise_gen)[mine].to(self.device)
-                denoiser = denoiser.conditioned_on(torch.cat([x0 * known, known], 1))
-            elif d.task == "upscale":  # the low-res image, noise-augmented and upsampled, and its level
-                size, low = x0.shape[-1], superres.downsample(x0, superres.low_size(cfg))
-                levels = superres.random_levels(micro_batch, d.noise_aug, self.noise_gen)[mine]
-                z = torch.randn(micro_batch, *low.shape[1:], generator=self.noise_gen)[mine]
-                image = superres.condition(low, size, levels, noise=z)
-                x0 = superres.to_target(x0, low, cfg)
-                if d.crop:  # offsets on the low-resolution grid
-                    x0, eps, image = superres.random_crops([x0, eps, image], d.crop, size // low.shape[-1],
-                                                           self.noise_gen, micro_batch, mine)
-                denoiser = denoiser.conditioned_on(image)
-            elif d.crop:
-                x0, eps = superres.random_crops([x0, eps], d.crop, 1, self.noise_gen, micro_batch, mine)
+            # the task's condition and target (drawn for the whole micro-batch, this rank's rows kept)
+            denoiser, x0, eps = get_task(cfg.data.task).batch(
+                cfg, self.train_denoiser, x0, eps[mine].to(self.device), self.noise_gen, micro_batch, mine)
             sync = micro == o.grad_accum - 1 or self.dist.world == 1
             ctx = nullcontext() if sync else self.model.no_sync()
             with ctx, torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda"):
@@ -342,16 +308,10 @@ class Trainer:
         elif self.prompts is not None:  # the grid prompts, in turn, guided away from ""
             labels = self.grid_prompts[torch.arange(self.cfg.run.sample_n) % len(self.grid_prompts)]
             uncond, guidance = self.prompts[0].to(self.device), self.cfg.run.sample_guidance
-        n, editing, task = self.cfg.run.sample_n, {}, self.cfg.data.task
-        if task:  # inpaint: fill the demo masks' holes in the first training images; upscale: their
-            shown = self.grid_images[:n]  # low-resolution versions
+        n, shown = self.cfg.run.sample_n, self.grid_images[:self.cfg.run.sample_n]
+        editing = get_task(self.cfg.data.task).grid(self.cfg, shown)  # a task's grid may edit training images
+        if editing:
             n = len(shown)
-        if task == "inpaint":
-            from nanodiffusion.core.editing import demo_masks
-
-            editing = dict(init_image=shown, known=demo_masks(n, shown.shape[-1]), inpaint="model")
-        elif task == "upscale":
-            editing = dict(low_res=superres.downsample(shown, superres.low_size(self.cfg)))
         # a latent run's grid is decoded by the autoencoder loaded to encode the data
         images = draw(self.cfg, ema, n, autoencoder=self.autoencoder, cond=labels,
                       sampler=self.cfg.run.sampler, steps=self.cfg.run.sample_steps, seed=0,

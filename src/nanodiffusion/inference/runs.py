@@ -1,0 +1,64 @@
+"""Run folders in, models out: the denoiser a config describes, the device, and loading a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from nanodiffusion.core.denoisers import Denoiser
+from nanodiffusion.errors import NanodiffError
+from nanodiffusion.io.checkpoint import EMA, MODEL, load_config, load_weights
+from nanodiffusion.io.config import Config
+from nanodiffusion.nets.unet import UNet
+
+
+def build_denoiser(cfg: Config, net: torch.nn.Module | None = None) -> Denoiser:
+    """The config's denoiser around `net` (default: a new UNet from cfg.model)."""
+    return Denoiser(UNet(cfg.model) if net is None else net, cfg.schedule,
+                    cfg.diffusion.parameterization, cfg.diffusion.sigma_data)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """A torch device: "auto" (the GPU if torch sees one, else the CPU), "cpu" or "cuda"."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise NanodiffError("device cuda was asked for, but torch sees no GPU")
+    return torch.device(name)
+
+
+def load_run(run_dir: str | Path, weights: str = "ema", device: str = "auto") -> tuple[Config, Denoiser]:
+    """(config, denoiser in eval mode) from a run folder; weights 'ema' or 'model'."""
+    if weights not in ("ema", "model"):
+        raise NanodiffError(f"weights must be 'ema' or 'model', got {weights!r}")
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir)
+    if cfg.data.autoencoder and (run_dir / "autoencoder").is_dir():  # its own, wherever the run moved
+        cfg.data.autoencoder = str(run_dir / "autoencoder")
+    denoiser = build_denoiser(cfg)
+    load_weights(denoiser.net, run_dir / (EMA if weights == "ema" else MODEL))
+    return cfg, denoiser.to(pick_device(device)).eval()
+
+
+def load_parts(run_dir: str | Path, weights: str = "ema", device: str = "auto"):
+    """(config, denoiser, autoencoder or None, text encoder or None): all a run draws with."""
+    cfg, denoiser = load_run(run_dir, weights, device)
+    autoencoder = encoder = None
+    if cfg.data.autoencoder:  # load_run points it at the run's own, wherever the run moved
+        from nanodiffusion.nets.autoencoder import load_autoencoder
+
+        autoencoder = load_autoencoder(cfg.data.autoencoder, pick_device(device))
+    if cfg.data.text_encoder:
+        from nanodiffusion.data.text import load_text_encoder
+
+        encoder = load_text_encoder(cfg.data.text_encoder, cfg.data.max_tokens)
+    return cfg, denoiser, autoencoder, encoder
+
+
+def image_shape(cfg: Config, autoencoder=None) -> tuple[int, int, int]:
+    """[C, H, W] of a run's images in pixels (a latent run's after decoding)."""
+    if autoencoder is None:
+        m = cfg.model
+        return m.in_channels, m.image_size, m.image_size
+    return autoencoder.cfg.in_channels, cfg.data.image_size, cfg.data.image_size
