@@ -133,7 +133,7 @@ def test_an_unknown_task_is_one_line_naming_the_choices(tiny_config):
     with pytest.raises(NanodiffError) as e:
         get_task("colorize")
     assert str(e.value) == f"unknown task 'colorize'; choose one of {', '.join(map(repr, TASKS))}"
-    assert "\n" not in str(e.value) and {"", "upscale"} <= set(TASKS)
+    assert "\n" not in str(e.value) and {"", "inpaint", "upscale"} <= set(TASKS)
     with pytest.raises(NanodiffError, match="unknown task 'colorize'"):
         prepare_config(apply_overrides(tiny_config, ['data.task="colorize"']), load_data("digits"))
 
@@ -169,6 +169,33 @@ def test_another_tasks_input_is_one_clear_error(tiny_config):
     with pytest.raises(NanodiffError, match=r"low_res is an input of runs whose data.task is 'upscale'; "
                                             r"this run's is ''"):
         draw(cfg, build_denoiser(cfg).eval(), 2, steps=2, low_res=_rand(2, 1, 4, 4))
+
+
+def test_an_inpainting_batch_sees_the_masked_image_with_masks_drawn_for_the_whole_batch(tiny_config):
+    """The inpaint task: masks for all `draws` images first (this process keeps its rows), then the
+    network's input [x0 * known, known]; its grids fill the demo masks' holes by the method "model"."""
+    from nanodiffusion.core.editing import random_masks
+    from nanodiffusion.data.datasets import load_data
+
+    task, d = get_task("inpaint"), _denoiser(num_classes=0)
+    x0, eps = _rand(2, *SHAPE), torch.randn(2, *SHAPE)
+    g = torch.Generator().manual_seed(5)
+    bound, x, e = task.batch(tiny_config, d, x0, eps, g, 4, slice(2, 4))
+    known = random_masks(4, 8, torch.Generator().manual_seed(5))[2:]
+    assert torch.equal(bound.net.image, torch.cat([x0 * known, known], 1)) and x is x0 and e is eps
+    assert torch.equal(g.get_state(), _drawn(lambda h: random_masks(4, 8, h), 5))  # nothing else drawn
+    grid = task.grid(tiny_config, x0)
+    assert grid["inpaint"] == "model" and torch.equal(grid["known"], demo_masks(2, 8))
+    task.prepare(tiny_config, load_data("digits"))
+    assert tiny_config.model.cond_channels == 2  # the masked image and the mask
+    with pytest.raises(NanodiffError, match="an inpainting run trains on whole images"):
+        task.prepare(apply_overrides(tiny_config, ["data.crop=4"]), load_data("digits"))
+
+
+def _drawn(draw, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    draw(g)
+    return g.get_state()
 
 
 SOURCE = Path(__file__).parents[1] / "src" / "nanodiffusion"

@@ -11,6 +11,7 @@ from nanodiffusion.errors import NanodiffError
 from nanodiffusion.io.config import register_preset
 from nanodiffusion.tasks.base import Sampling, Task
 from nanodiffusion.tasks.generate import Generate
+from nanodiffusion.tasks.inpaint import Inpaint
 from nanodiffusion.tasks.upscale import Upscale
 
 TASKS: dict[str, Task] = {}  # data.task -> the task
@@ -32,6 +33,7 @@ def get_task(name: str) -> Task:
 
 
 register(Generate())
+register(Inpaint())
 register(Upscale())
 
 __all__ = ["TASKS", "Sampling", "Task", "get_task", "register"]
