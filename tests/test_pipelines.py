@@ -169,6 +169,8 @@ def test_another_tasks_input_is_one_clear_error(tiny_config):
     with pytest.raises(NanodiffError, match=r"low_res is an input of runs whose data.task is 'upscale'; "
                                             r"this run's is ''"):
         draw(cfg, build_denoiser(cfg).eval(), 2, steps=2, low_res=_rand(2, 1, 4, 4))
+    d = build_denoiser(cfg).eval()
+    assert torch.equal(draw(cfg, d, 2, steps=2, low_res=None), draw(cfg, d, 2, steps=2))  # None: not given
 
 
 def test_an_inpainting_batch_sees_the_masked_image_with_masks_drawn_for_the_whole_batch(tiny_config):

@@ -103,10 +103,10 @@ def draw(cfg: Config, denoiser: Denoiser, n: int, *, autoencoder=None, cond: tor
 def _task_inputs(cfg: Config, task: Task, options: dict) -> dict:
     """The task's own keywords, taken out of `options`; one line for another task's input."""
     inputs = {key: options.pop(key) for key in task.inputs if key in options}
-    for key, value in options.items():
-        owners = [repr(t.name) for t in TASKS.values() if key in t.inputs]
-        if owners and value is not None:
-            raise NanodiffError(f"{key} is an input of runs whose data.task is {' or '.join(owners)}; "
+    for key in [key for key in options if any(key in t.inputs for t in TASKS.values())]:
+        if options.pop(key) is not None:  # None: not given
+            owners = " or ".join(repr(t.name) for t in TASKS.values() if key in t.inputs)
+            raise NanodiffError(f"{key} is an input of runs whose data.task is {owners}; "
                                 f"this run's is {cfg.data.task!r}")
     return inputs
 
