@@ -110,8 +110,8 @@ def sample_images(
         raise NanodiffError("this run is a mask-conditioned inpainting model: give init images and a mask, "
                             "with the method 'model'")
     if inpaint == "model" and known is not None and not model_inpainting:
-        raise NanodiffError("the method 'model' needs a run trained for inpainting (nanodiff train "
-                            "--task inpaint); any run can use 'replace' or 'repaint'")
+        raise NanodiffError("the method 'model' needs a run trained for inpainting (data.task = "
+                            "'inpaint'); any run can use 'replace' or 'repaint'")
     if guidance != 1 and class_labels is None:
         raise NanodiffError("guidance needs class labels to guide towards")
 
@@ -177,11 +177,13 @@ def conditioning(cfg: Config, encoder, n: int, prompt: str | list[str] | None = 
     k = cfg.model.num_classes
     if k:
         if class_label is not None and not 0 <= class_label < k:
-            raise NanodiffError(f"the class must be in 0..{k - 1}")
+            raise NanodiffError(f"class_label must be in 0..{k - 1}")
         told = class_label is not None
         return torch.full((n,), class_label if told else k), scale(told), None  # k: the reserved "no class"
     if class_label is not None or guidance not in (None, 1.0):
-        raise NanodiffError("this model is unconditional; a class and guidance need a class or text run")
+        raise NanodiffError("this model is unconditional; "
+                            f"{'guidance' if class_label is None else 'class_label'} needs a class or "
+                            "text run")
     return None, 1.0, None
 
 
@@ -215,9 +217,9 @@ def draw(cfg: Config, denoiser: Denoiser, n: int, *, autoencoder=None, cond: tor
     m = cfg.model
     shape = (m.in_channels, m.image_size, m.image_size)
     if (cfg.data.task == "upscale") != (low_res is not None):
-        raise NanodiffError("an upscaling run draws from low-resolution images (nanodiff upscale)"
+        raise NanodiffError("an upscaling run draws from low-resolution images (low_res)"
                             if low_res is None else "low-resolution images need an upscaling run "
-                            "(nanodiff train --task upscale)")
+                            "(data.task = 'upscale')")
     if low_res is not None:
         from nanodiffusion.tasks import upscale as superres
 
@@ -323,7 +325,7 @@ class TextToImage:
             from nanodiffusion.nets.controlnet import controlled
 
             if self.controlnet is None:
-                raise NanodiffError("a control image needs a ControlNet (nanodiff train-controlnet RUN)")
+                raise NanodiffError("a control image needs a ControlNet (from_pretrained's controlnet)")
             want = image_shape(self.cfg, self.autoencoder)[1:]
             if control.ndim != 4 or control.shape[1] != 1 or tuple(control.shape[-2:]) != want \
                     or len(control) not in (1, len(cond)):
@@ -353,8 +355,8 @@ class Cascade:
         from nanodiffusion.tasks.upscale import low_size
 
         if self.sr_cfg.data.task != "upscale":
-            raise NanodiffError("the second stage of a cascade must be an upscaling run (nanodiff train "
-                                "--task upscale)")
+            raise NanodiffError("the second stage of a cascade must be an upscaling run (data.task = "
+                                "'upscale')")
         c, h, _ = image_shape(self.cfg, self.autoencoder)
         if (c, h) != (self.sr_cfg.model.in_channels, low_size(self.sr_cfg)):
             raise NanodiffError(f"the base run draws {c}x{h}x{h} images, the upscaler takes "
