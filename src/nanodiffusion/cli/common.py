@@ -19,6 +19,7 @@ from nanodiffusion.io import viz
 
 DEVICES = ("auto", "cpu", "cuda")
 WEIGHTS = ("ema", "model")
+CONDITION_FLAGS = {"class_label": "--class", "guidance": "--guidance"}  # pipelines.conditioning's names
 
 
 class Parser(argparse.ArgumentParser):

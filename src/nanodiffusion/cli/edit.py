@@ -8,13 +8,12 @@ from pathlib import Path
 import torch
 
 from nanodiffusion.cli import common
-from nanodiffusion.cli.sample import CONDITION_FLAGS
 from nanodiffusion.core.editing import METHODS
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.io import viz
 
 # the library's names for what a command-line user sets with these flags and commands
-INPAINT_FLAGS = {**CONDITION_FLAGS, "data.task = 'inpaint'": "nanodiff train --task inpaint"}
+INPAINT_FLAGS = {**common.CONDITION_FLAGS, "data.task = 'inpaint'": "nanodiff train --task inpaint"}
 
 
 # --- inpaint -------------------------------------------------------------------------------------

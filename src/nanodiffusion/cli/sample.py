@@ -17,17 +17,16 @@ from nanodiffusion.core.schedules import SPACINGS
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.io import viz
 
-CONDITION_FLAGS = {"class_label": "--class", "guidance": "--guidance"}  # conditioning's names, as flags
 CONTROLNET_FLAGS = {"train_controlnet writes one": "nanodiff train-controlnet RUN makes RUN/controlnet"}
 
 
-def add_solver_options(p: argparse.ArgumentParser, help: bool = True) -> None:
+def add_solver_options(p: argparse.ArgumentParser) -> None:
     """--spacing and the options only some samplers take (--eta, --order, --churn)."""
-    p.add_argument("--spacing", choices=SPACINGS, help="noise-level sequence (default: trailing for discrete "
-                   "schedules, karras for edm)" if help else None)
-    p.add_argument("--eta", type=float, help="stochasticity of ddim (0 to 1) and euler-a" if help else None)
-    p.add_argument("--order", type=int, help="unipc's order, 1 to 3 (default 2)" if help else None)
-    p.add_argument("--churn", type=float, help="S_churn of heun and edm (EDM Algorithm 2)" if help else None)
+    p.add_argument("--spacing", choices=SPACINGS,
+                   help="noise-level sequence (default: trailing for discrete schedules, karras for edm)")
+    p.add_argument("--eta", type=float, help="stochasticity of ddim (0 to 1) and euler-a")
+    p.add_argument("--order", type=int, help="unipc's order, 1 to 3 (default 2)")
+    p.add_argument("--churn", type=float, help="S_churn of heun and edm (EDM Algorithm 2)")
 
 
 def sampler_options(args) -> dict:
@@ -49,7 +48,7 @@ def class_labels(cfg, n: int, class_label: int | None, guided: float | None) -> 
     them against the run."""
     from nanodiffusion.inference.pipelines import conditioning
 
-    with common.flag_names(CONDITION_FLAGS):
+    with common.flag_names(common.CONDITION_FLAGS):
         cond, _, _ = conditioning(cfg, None, n, class_label=class_label, guidance=guided)
     if class_label is not None:
         return cond
@@ -88,7 +87,7 @@ def cmd_sample(args) -> int:
     cfg, denoiser, autoencoder, _ = common.open_run(args)
     init = None if args.init is None else common.read_image(args.init, image_shape(cfg, autoencoder))[0]
     ws = args.guidance or [1.0]
-    guided = next((w for w in ws if w != 1), ws[0]) if ws != [1.0] else None
+    guided = next((w for w in ws if w != 1), ws[0]) if ws != [1.0] else None  # a scale to check the run by
     labels = class_labels(cfg, args.n, args.class_label, guided)
     tag = f"{args.sampler}-{args.steps}-seed{args.seed}" + (
         f"-w{','.join(f'{w:g}' for w in ws)}" if ws != [1.0] else "")
@@ -124,7 +123,7 @@ def add_eval(sub) -> None:
     e.add_argument("--features", default="inception", choices=["inception", "classifier"],
                    help="inception: comparable FID (slow on CPU); classifier: fast, nanodiff's own")
     common.add_drawing(e, steps=20, out="RUN/eval/<sampler>-<steps>-n<n>-<features>-...json")
-    add_solver_options(e, help=False)
+    add_solver_options(e)
     e.add_argument("--guidance", type=float, default=1.0)
     e.add_argument("--batch-size", type=common.positive, default=256)
     e.set_defaults(func=cmd_eval)
@@ -137,7 +136,7 @@ def cmd_eval(args) -> int:
 
     options = sampler_options(args)
     cfg, denoiser, autoencoder, _ = common.open_run(args)
-    with common.flag_names(CONDITION_FLAGS):
+    with common.flag_names(common.CONDITION_FLAGS):
         conditioning(cfg, None, args.n, guidance=args.guidance)  # guidance needs a class run
     k = cfg.model.num_classes
     labels = torch.arange(args.n) % k if k else None  # every class equally often
