@@ -62,5 +62,5 @@ def test_short_training_lowers_the_error_and_measures_the_scale(shapes16, tmp_pa
     assert again.cfg.scale_factor == ae.cfg.scale_factor
     with torch.no_grad():
         assert torch.equal(again.encode(shapes16[:4]), ae.encode(shapes16[:4]))
-    with pytest.raises(NanodiffError, match="train-autoencoder"):
+    with pytest.raises(NanodiffError, match="data.autoencoder must name"):
         load_autoencoder(tmp_path / "nothing")

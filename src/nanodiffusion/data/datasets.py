@@ -159,6 +159,22 @@ def load_data(
     return ImageData(x, y, num_classes, name, class_names, captions)
 
 
+def held_out_images(
+    name: str,
+    train: torch.Tensor,
+    image_size: int | None = None,
+    channels: int | None = None,
+    n: int = 500,
+    cache_dir: str | Path | None = None,
+) -> torch.Tensor:
+    """The images an autoencoder trained on `train` (dataset `name`'s training images) is scored
+    on: the test split's first n, or for a folder or .npz, which has no test split, the last n
+    training images (which still train it: the score is then on seen images)."""
+    if name not in BUILTINS:
+        return train[-n:]
+    return load_data(name, "test", image_size, channels, cache_dir).images[:n]
+
+
 def cache_root(cache_dir: str | Path | None = None) -> Path:
     """Where downloads, rendered datasets and evaluation features are kept: cache_dir, else
     $NANODIFF_DATA, else ~/.cache/nanodiffusion."""

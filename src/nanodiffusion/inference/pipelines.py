@@ -43,11 +43,13 @@ def conditioning(cfg: Config, encoder, n: int, prompt: str | list[str] | None = 
     k = cfg.model.num_classes
     if k:
         if class_label is not None and not 0 <= class_label < k:
-            raise NanodiffError(f"the class must be in 0..{k - 1}")
+            raise NanodiffError(f"class_label must be in 0..{k - 1}")
         told = class_label is not None
         return torch.full((n,), class_label if told else k), scale(told), None  # k: the reserved "no class"
     if class_label is not None or guidance not in (None, 1.0):
-        raise NanodiffError("this model is unconditional; a class and guidance need a class or text run")
+        raise NanodiffError("this model is unconditional; "
+                            f"{'guidance' if class_label is None else 'class_label'} needs a class or "
+                            "text run")
     return None, 1.0, None
 
 
@@ -177,7 +179,7 @@ class TextToImage:
         wrappers = []
         if control is not None:
             if self.controlnet is None:
-                raise NanodiffError("a control image needs a ControlNet (nanodiff train-controlnet RUN)")
+                raise NanodiffError("a control image needs a ControlNet (from_pretrained's controlnet)")
             want = image_shape(self.cfg, self.autoencoder)[1:]
             if control.ndim != 4 or control.shape[1] != 1 or tuple(control.shape[-2:]) != want \
                     or len(control) not in (1, len(cond)):
@@ -207,8 +209,8 @@ class Cascade:
         self.sr_cfg, self.sr_denoiser = upscaler  # compat
         sr_task = get_task(self.sr_cfg.data.task)
         if not hasattr(sr_task, "low_shape"):  # a task that takes low-resolution images
-            raise NanodiffError("the second stage of a cascade must be an upscaling run (one that takes "
-                                "low-resolution images, low_res)")
+            raise NanodiffError("the second stage of a cascade must be an upscaling run (data.task = "
+                                "'upscale')")
         have, want = image_shape(self.cfg, self.autoencoder), sr_task.low_shape(self.sr_cfg)
         if have != want:
             raise NanodiffError(f"the base run draws {'x'.join(map(str, have))} images, the upscaler takes "

@@ -228,7 +228,7 @@ def sample_images(
         raise NanodiffError("this run is a mask-conditioned inpainting model: give init images and a "
                             "mask, with the method 'model'")
     if method == "model" and known is not None and not masked:
-        raise NanodiffError("the method 'model' needs a run trained for inpainting (data.task "
+        raise NanodiffError("the method 'model' needs a run trained for inpainting (data.task = "
                             "'inpaint'); any run can use 'replace' or 'repaint'")
     if guidance != 1 and cond is None:
         raise NanodiffError("guidance needs class labels to guide towards")

@@ -82,7 +82,7 @@ def load_weights(module: nn.Module, path: Path) -> None:
 def load_state(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise NanodiffError(f"missing training state: {path} (was this run saved by nanodiff train?)")
+        raise NanodiffError(f"missing training state: {path} (was this run saved by train()?)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file

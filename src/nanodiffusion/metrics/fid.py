@@ -60,7 +60,7 @@ class InceptionFeatures(nn.Module):
         path = None if spec is None else Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
         if path is None or not path.is_file():
             raise NanodiffError(f"the Inception FID weights are not installed; {INSTALL_HINT} "
-                                "(or use --features classifier)")
+                                "(or use features='classifier')")
         self.net = torch.jit.load(str(path), map_location="cpu").eval()
 
     @torch.no_grad()
@@ -108,7 +108,7 @@ class ClassifierFeatures(nn.Module):
 
         train = load_data(dataset, "train", image_size=image_size, channels=channels)
         if train.labels is None:
-            raise NanodiffError(f"--features classifier needs a labelled dataset; {dataset!r} has no labels")
+            raise NanodiffError(f"features='classifier' needs a labelled dataset; {dataset!r} has no labels")
         c, h, _ = train.images.shape[1:]
         self.name = f"nanodiff-classifier({dataset}, {h}x{h}x{c})"
         self.net = SmallClassifier(c, train.num_classes)
@@ -153,7 +153,7 @@ def feature_net(features: str, dataset: str | None = None, image_size: int | Non
         return InceptionFeatures()
     if features == "classifier":
         if dataset is None:
-            raise NanodiffError("--features classifier needs the dataset it is trained on")
+            raise NanodiffError("features='classifier' needs the dataset it is trained on")
         return ClassifierFeatures(dataset, image_size, channels, cache_dir, progress=progress)
     raise NanodiffError(f"unknown features {features!r}; choose one of {', '.join(FEATURES)}")
 

@@ -162,8 +162,8 @@ def load_autoencoder(folder, device: str | torch.device = "cpu") -> Autoencoder:
 
     folder = Path(folder)
     if not (folder / AE_CONFIG).is_file():
-        raise NanodiffError(f"no autoencoder in {folder} (no {AE_CONFIG}); train one with "
-                            "`nanodiff train-autoencoder`")
+        raise NanodiffError(f"no autoencoder in {folder} (no {AE_CONFIG}); data.autoencoder "
+                            "must name a trained autoencoder's folder")
     ae = Autoencoder(AutoencoderConfig(**json.loads((folder / AE_CONFIG).read_text())))
     load_weights(ae, folder / AE_WEIGHTS)
     return ae.to(device).eval()

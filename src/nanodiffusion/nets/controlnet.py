@@ -127,7 +127,7 @@ def load_controlnet(folder: str | Path, base: UNet) -> tuple[ControlNet, dict]:
 
     folder = Path(folder)
     if not (folder / CONTROL_JSON).is_file() or not (folder / CONTROL_WEIGHTS).is_file():
-        raise NanodiffError(f"no ControlNet in {folder} (nanodiff train-controlnet RUN makes RUN/controlnet)")
+        raise NanodiffError(f"no ControlNet in {folder} (train_controlnet writes one)")
     info = json.loads((folder / CONTROL_JSON).read_text())
     controlnet = ControlNet(base, info["control_channels"], info["factor"])
     try:

@@ -392,7 +392,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True,
     """Train a new run into run_dir. Returns False if interrupted (a checkpoint was saved)."""
     run_dir = Path(run_dir)
     if (run_dir / MODEL).exists():
-        raise NanodiffError(f"{run_dir} already holds a run; resume it with --resume or choose "
+        raise NanodiffError(f"{run_dir} already holds a run; resume it with resume() or choose "
                             "another folder")
     return Trainer(cfg, run_dir, progress=progress).fit(stop_after)
 

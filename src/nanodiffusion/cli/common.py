@@ -1,0 +1,166 @@
+"""What every `nanodiff` command shares: the one-line error parser, argument types, the flag
+groups declared once (device, seed, sampler and steps, weights, output, ...), and the few
+helpers that turn flags into library arguments."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from nanodiffusion.core.samplers import get_sampler
+from nanodiffusion.errors import NanodiffError
+from nanodiffusion.io import viz
+
+DEVICES = ("auto", "cpu", "cuda")
+WEIGHTS = ("ema", "model")
+CONDITION_FLAGS = {"class_label": "--class", "guidance": "--guidance"}  # pipelines.conditioning's names
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes get the same one-line error as every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"nanodiff: error: {message} (see {self.prog} --help)\n")
+
+
+# --- argument types ------------------------------------------------------------------------------
+def sampler_name(name: str) -> str:
+    """A sampler name or one of its diffusers / k-diffusion spellings, as nanodiffusion's name."""
+    try:
+        return get_sampler(name).name
+    except NanodiffError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+# --- flag groups -----------------------------------------------------------------------------------
+def add_device(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    p.add_argument("--device", choices=DEVICES, default=default)
+
+
+def add_seed(p: argparse.ArgumentParser, default: int | None = 0) -> None:
+    p.add_argument("--seed", type=int, default=default)
+
+
+def add_steps(p: argparse.ArgumentParser, default: int | None, help: str | None = None) -> None:
+    p.add_argument("--steps", type=positive, default=default, help=help)
+
+
+def add_n(p: argparse.ArgumentParser, default: int | None, help: str | None = None) -> None:
+    p.add_argument("--n", type=positive, default=default, help=help)
+
+
+def add_sampler(p: argparse.ArgumentParser, steps: int = 20) -> None:
+    """--sampler (any name or spelling of docs/samplers.md) and --steps (the sampler's steps)."""
+    p.add_argument("--sampler", default="dpm++2m", type=sampler_name,
+                   help="see docs/samplers.md (default dpm++2m; diffusers' spellings such as dpmpp_2m "
+                   "work too)")
+    add_steps(p, steps)
+
+
+def add_weights(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", choices=WEIGHTS, default="ema")
+
+
+def add_out(p: argparse.ArgumentParser, help: str, default: str | None = None) -> None:
+    p.add_argument("--out", default=default, help=help)
+
+
+def add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_negative(p: argparse.ArgumentParser, help: str = "negative prompt") -> None:
+    p.add_argument("--negative", default="", help=help)
+
+
+def add_img2img(p: argparse.ArgumentParser) -> None:
+    """--init and --strength: img2img (SDEdit) from an image file."""
+    p.add_argument("--init", metavar="IMAGE", help="img2img (SDEdit): start from this image, noised")
+    p.add_argument("--strength", type=float, help="with --init: how much to change, in (0, 1] (default 0.6; "
+                   "1 ignores the image)")
+
+
+def add_drawing(p: argparse.ArgumentParser, steps: int, out: str) -> None:
+    """What every command that draws from a run takes: sampler and steps, seed, weights, device
+    and output folder."""
+    add_sampler(p, steps)
+    add_seed(p)
+    add_weights(p)
+    add_device(p)
+    add_out(p, f"output folder (default {out})")
+
+
+# --- flags to library arguments --------------------------------------------------------------------
+def strength(args) -> float:
+    """--strength, checked: it needs --init and lies in (0, 1] (default 0.6)."""
+    if args.init is None and args.strength is not None:
+        raise NanodiffError("--strength needs --init IMAGE (img2img)")
+    value = 0.6 if args.strength is None else args.strength
+    if not 0 < value <= 1:
+        raise NanodiffError(f"--strength must be in (0, 1], got {value}")
+    return value if args.init is not None else 1.0
+
+
+def open_run(args):
+    """(config, denoiser, autoencoder or None, text encoder or None) of the run args.run, with
+    --weights on --device; an upscaling run is refused here, where the command that draws it
+    can be named."""
+    from nanodiffusion.inference.pipelines import load_parts
+
+    cfg, denoiser, autoencoder, encoder = load_parts(args.run, args.weights, args.device)
+    if cfg.data.task == "upscale":
+        raise NanodiffError("an upscaling run draws from low-resolution images (nanodiff upscale)")
+    return cfg, denoiser, autoencoder, encoder
+
+
+def read_image(path: str, shape: tuple[int, int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An image file as [1, C, H, W] in [-1, 1], resized to the run's size if it differs, and
+    the file's own (width, height)."""
+    c, h, w = shape
+    picture = viz.open_image(path, "RGB" if c == 3 else "L")
+    if picture.size != (w, h):
+        print(f"{path} is {picture.size[0]}x{picture.size[1]}; resized to the run's {w}x{h}", file=sys.stderr)
+    return viz.load_image(picture, (w, h), channels=c), picture.size
+
+
+def fresh_dir(path: Path) -> Path:
+    """path itself if unused, else path-2, path-3, ...: never write into an existing run."""
+    candidate, k = path, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        k += 1
+        candidate = path.with_name(f"{path.name}-{k}")
+    return candidate
+
+
+def slug(text: str) -> str:
+    """A prompt as a file name: lower case, runs of other characters as '-', at most 60 long."""
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:60] or "empty"
+
+
+@contextmanager
+def flag_names(names: dict[str, str]) -> Iterator[None]:
+    """Library errors name parameters and config keys; on the command line, say the flag (or the
+    command) that sets them instead: names maps each library spelling to the command line's."""
+    try:
+        yield
+    except NanodiffError as e:
+        message = str(e)
+        for library, command_line in names.items():
+            message = re.sub(rf"(?<![\w.-]){re.escape(library)}(?![\w-])", command_line, message)
+        raise NanodiffError(message) from None

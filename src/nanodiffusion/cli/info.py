@@ -1,0 +1,83 @@
+"""Looking at runs and at the diffusion process: `nanodiff info`, `schedules`, `forward` and
+`bench-samplers`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nanodiffusion import bench_samplers
+from nanodiffusion.cli import common
+from nanodiffusion.core.schedules import KINDS, Schedule
+from nanodiffusion.io import viz
+from nanodiffusion.io.checkpoint import EMA, MODEL, STATE, load_config, weights_step
+
+
+# --- info ----------------------------------------------------------------------------------------
+def add_info(sub) -> None:
+    i = sub.add_parser("info", help="describe a run folder")
+    i.add_argument("run")
+    i.set_defaults(func=cmd_info)
+
+
+def cmd_info(args) -> int:
+    from nanodiffusion.inference.pipelines import build_denoiser
+
+    run = Path(args.run)
+    cfg = load_config(run)
+    params = sum(p.numel() for p in build_denoiser(cfg).net.parameters())
+    step = weights_step(run / MODEL) if (run / MODEL).exists() else 0
+    m, s = cfg.model, cfg.schedule
+    print(f"run          {run}")
+    print(f"data         {cfg.data.name}  {m.in_channels}x{m.image_size}x{m.image_size}"
+          + (f"  {m.num_classes} classes" if m.num_classes else ""))
+    print(f"model        UNet {params / 1e6:.2f}M params, channels {m.channels} x {m.channel_mults},"
+          f" attention at {m.attn_resolutions or 'no'} resolutions and in the middle")
+    print(f"diffusion    {cfg.diffusion.parameterization} prediction, {s.kind} schedule"
+          + (f", T={s.T}" if s.discrete else ""))
+    print(f"training     step {step} of {cfg.run.steps}, batch {cfg.optim.batch_size}, lr {cfg.optim.lr}")
+    print("files        " + ", ".join(f for f in (MODEL, EMA, STATE) if (run / f).exists()))
+    return 0
+
+
+# --- pictures of the forward process -------------------------------------------------------------
+def add_schedules(sub) -> None:
+    sc = sub.add_parser("schedules", help="plot alpha_bar and log-SNR of every schedule")
+    common.add_out(sc, "the picture (default schedules.png)", "schedules.png")
+    sc.set_defaults(func=cmd_schedules)
+
+
+def cmd_schedules(args) -> int:
+    path = viz.plot_schedules({k: Schedule(kind=k) for k in KINDS}, Path(args.out))
+    print(f"schedules plot: {path}")
+    return 0
+
+
+def add_forward(sub) -> None:
+    f = sub.add_parser("forward", help="draw the forward (noising) process of some images")
+    f.add_argument("--data", default="digits")
+    f.add_argument("--schedule", default="linear", choices=KINDS)
+    common.add_n(f, 4)
+    common.add_out(f, "the picture (default forward_process.png)", "forward_process.png")
+    f.set_defaults(func=cmd_forward)
+
+
+def cmd_forward(args) -> int:
+    from nanodiffusion.data.datasets import load_data
+
+    data = load_data(args.data, "train")
+    path = viz.save_forward_strip(data.images[: args.n], Schedule(kind=args.schedule), Path(args.out))
+    print(f"forward-process strip: {path}")
+    return 0
+
+
+# --- bench-samplers (its flags and command live with the benchmark) ------------------------------
+def add_bench_samplers(sub) -> None:
+    b = sub.add_parser("bench-samplers", help="every sampler's error per NFE against exact answers on "
+                       "Gaussian mixtures; writes docs/samplers.md")
+    bench_samplers.add_arguments(b)
+    b.set_defaults(func=bench_samplers.run_from_args)
+
+
+def add_commands(sub) -> None:
+    for add in (add_info, add_schedules, add_forward, add_bench_samplers):
+        add(sub)
