@@ -14,8 +14,9 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
+from _sd_fixture import random_pipeline  # noqa: E402  (bench/_sd_fixture.py)
 from nanodiffusion.errors import NanodiffError  # noqa: E402
-from nanodiffusion.inference.stable_diffusion import StableDiffusion, random_pipeline  # noqa: E402
+from nanodiffusion.inference.stable_diffusion import StableDiffusion  # noqa: E402
 
 PROMPT, NEGATIVE = "a red cat on a blue mat", "blurry"
 
