@@ -51,8 +51,8 @@ def _sample_gaussian(fn, steps, n=10_000, spacing="trailing"):
     return (out.mean(0) - mu).abs().max().item(), (torch.cov(out.T) - cov).abs().max().item()
 
 
-@pytest.mark.parametrize("sampler,steps,spacing", [pytest.param("ddpm", 1000, "leading", marks=pytest.mark.slow),
-                                                   ("ddim", 200, "trailing")])
+@pytest.mark.parametrize("sampler,steps,spacing", [
+    pytest.param("ddpm", 1000, "leading", marks=pytest.mark.slow), ("ddim", 200, "trailing")])
 def test_samples_match_gaussian_mean_and_covariance(sampler, steps, spacing):
     mean_err, cov_err = _sample_gaussian(sample_ddpm if sampler == "ddpm" else sample_ddim, steps,
                                          spacing=spacing)
