@@ -59,6 +59,7 @@ def test_samples_match_gaussian_mean_and_covariance(sampler, steps, spacing):
     assert mean_err < 0.04 and cov_err < 0.05  # sampling noise at N = 10k is about 0.015
 
 
+@pytest.mark.slow  # 1-8 s per sampler; tests/test_gmm.py checks every sampler's error fast
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_every_sampler_draws_the_gaussian(name):
     mean_err, cov_err = _sample_gaussian(SAMPLERS[name].fn, 200)
