@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from _common import machine, write_section
-from nanodiffusion.inference.stable_diffusion import StableDiffusion, random_pipeline
+from _sd_fixture import random_pipeline
+from nanodiffusion.inference.stable_diffusion import StableDiffusion
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "stable-diffusion.md"

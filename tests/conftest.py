@@ -1,6 +1,12 @@
+import sys
+from pathlib import Path
+
 import pytest
 
 from nanodiffusion.io.config import apply_overrides, preset
+
+# bench/ on the path: the tests import the benchmarks and the fixtures they share (bench/_sd_fixture.py)
+sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))
 
 
 @pytest.fixture

@@ -46,6 +46,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_short_training_lowers_the_error_and_measures_the_scale(shapes16, tmp_path, one_thread):
     cfg = AutoencoderConfig(channels=16, channel_mults=[1, 2], z_channels=4)
     ae, report = train_autoencoder(shapes16[:300], cfg, steps=150, batch_size=32, lr=2e-3,

@@ -40,6 +40,7 @@ def _error(capsys, argv):
     return err
 
 
+@pytest.mark.slow
 def test_sample_same_seed_same_images(run_dir, tmp_path, capsys):
     for name in ("a", "b"):
         assert main(["sample", str(run_dir), "--n", "5", "--steps", "4", "--seed", "3",
@@ -61,6 +62,7 @@ def test_sample_reports_nfe(run_dir, tmp_path, capsys, sampler):
     assert f"3 steps = {nfe} NFE" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_guidance_rows_and_class_checks(tmp_path, capsys):
     from nanodiffusion.io.config import apply_overrides, preset
 
@@ -80,6 +82,7 @@ def test_guidance_rows_and_class_checks(tmp_path, capsys):
     assert "--class must be in 0..9" in _error(capsys, ["sample", str(run), "--class", "10"])
 
 
+@pytest.mark.slow
 def test_eval_writes_json_and_prints_every_caveat(run_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("NANODIFF_DATA", str(tmp_path / "cache"))
     out = tmp_path / "metrics.json"
@@ -178,6 +181,7 @@ def test_schedule_and_forward_pictures(tmp_path, capsys):
     assert Image.open(tmp_path / "s.png").size[0] > 200 and Image.open(tmp_path / "f.png").size[0] > 200
 
 
+@pytest.mark.slow
 def test_toml_config_with_flag_overrides(tmp_path, capsys):
     (tmp_path / "tiny.toml").write_text(
         '[data]\nname = "digits"\n\n[model]\nchannels = 8\nblocks_per_level = 1\nattn_resolutions = []\n\n'
@@ -194,6 +198,7 @@ def test_toml_config_with_flag_overrides(tmp_path, capsys):
     assert "cannot parse config" in _error(capsys, ["train", "--config", str(tmp_path / "bad.toml")])
 
 
+@pytest.mark.slow
 def test_train_autoencoder_command(tmp_path, monkeypatch, capsys):
     from nanodiffusion.data import datasets as data
     from nanodiffusion.nets.autoencoder import load_autoencoder

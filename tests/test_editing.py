@@ -48,6 +48,7 @@ def _gaussian_4d():
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 @pytest.mark.parametrize("method", ["replace", "repaint"])
+@pytest.mark.slow
 def test_inpainting_keeps_the_known_region_exactly_with_every_sampler(denoiser, sampler, method):
     init, known = _images(), demo_masks(3, 8)
     out = sample_images(denoiser, 3, (1, 8, 8), sampler, 4, seed=0, init=init, known=known, inpaint=method,
@@ -64,6 +65,7 @@ def test_strength_one_is_sampling_from_the_same_noise(denoiser, sampler):
     assert torch.equal(plain, edited)
 
 
+@pytest.mark.slow
 def test_small_strength_stays_close_to_the_input(denoiser):
     init = _images()
     dist = {}
@@ -89,6 +91,7 @@ def test_repaint_costs_resample_times_the_steps_and_with_one_pass_is_replace(den
     assert torch.allclose(once, replace, atol=1e-6)  # DDIM has no history: jumps change nothing
 
 
+@pytest.mark.slow
 def test_repaint_is_closer_than_replace_to_the_exact_gaussian_conditional():
     """x0 ~ N(mu, Sigma) in 4-d with two coordinates known: the exact conditional mean of the
     other two is mu_u + S_uk S_kk^-1 (x_k - mu_k). The simple method is biased towards the
@@ -157,6 +160,7 @@ def test_masks_and_the_boundary_band():
     assert 0 < (masks[2] == 0).sum() < 256 and torch.equal(masks, demo_masks(6, 16))
 
 
+@pytest.mark.slow
 def test_every_sampler_name_and_alias_reaches_the_editing_path(denoiser):
     init = _images(1)
     for name in [*SAMPLERS, "dpmpp_2m", "euler_a"]:
@@ -183,6 +187,7 @@ def _png(path, array):
     return str(path)
 
 
+@pytest.mark.slow
 def test_inpaint_command_keeps_the_unmasked_pixels_of_the_file(digits_run, tmp_path, capsys):
     import numpy as np
     from PIL import Image
@@ -209,6 +214,7 @@ def test_inpaint_command_keeps_the_unmasked_pixels_of_the_file(digits_run, tmp_p
             assert (filled[hole > 0] != original[hole > 0]).any()
 
 
+@pytest.mark.slow
 def test_inpaint_demo_shows_every_method_and_the_seam_error(digits_run, capsys):
     from nanodiffusion.cli import main
 
@@ -218,6 +224,7 @@ def test_inpaint_demo_shows_every_method_and_the_seam_error(digits_run, capsys):
     assert (digits_run / "inpaint" / "demo.png").is_file()
 
 
+@pytest.mark.slow
 def test_img2img_from_the_command_line(digits_run, tmp_path, capsys):
     from nanodiffusion.cli import main
 
@@ -289,6 +296,7 @@ def test_an_image_condition_reaches_the_network_and_follows_guidance_batches():
         d.conditioned_on(torch.zeros(2, 2, 8, 8))(torch.randn(3, 1, 8, 8), torch.ones(3))
 
 
+@pytest.mark.slow
 def test_a_mask_conditioned_run_trains_and_fills_from_the_command_line(tmp_path, tiny_config, capsys):
     import numpy as np
     from PIL import Image

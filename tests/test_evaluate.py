@@ -53,6 +53,7 @@ def _digits_metric_curve(transform, levels, tmp_path):
     return out
 
 
+@pytest.mark.slow
 def test_fid_and_kid_rise_as_images_are_noised_and_blurred(tmp_path):
     def noise(x, s):
         return (x + s * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
@@ -67,6 +68,7 @@ def test_fid_and_kid_rise_as_images_are_noised_and_blurred(tmp_path):
         assert all(a < b for a, b in zip(kids, kids[1:], strict=False)), kids
 
 
+@pytest.mark.slow
 def test_results_carry_n_features_resize_and_floor(tmp_path):
     from nanodiffusion.data.datasets import load_data
 
@@ -85,6 +87,7 @@ def test_missing_inception_package_says_what_to_install(monkeypatch):
         evaluate.InceptionFeatures()
 
 
+@pytest.mark.slow
 def test_inception_features_when_installed():
     import importlib.util
 

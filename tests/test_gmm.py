@@ -1,14 +1,16 @@
-"""The Gaussian-mixture ground truth (nanodiffusion.core.gmm) and the sampler benchmark built on it."""
+"""The Gaussian-mixture ground truth (nanodiffusion.core.gmm), the sampler error measured on it
+(nanodiffusion.metrics.sampler_error) and the benchmark that writes it into the docs (bench/samplers.py)."""
 
 import math
 
 import pytest
 import torch
 
-from nanodiffusion import bench_samplers
+import samplers as bench_samplers  # bench/samplers.py, on the path through conftest.py
 from nanodiffusion.core.gmm import GaussianMixture, mixture_2d, mixture_nd, sliced_wasserstein, sw_noise_floor
 from nanodiffusion.core.samplers import SAMPLERS
 from nanodiffusion.core.schedules import exponential_sigmas
+from nanodiffusion.metrics import sampler_error
 
 DETERMINISTIC = [name for name, info in SAMPLERS.items() if not info.stochastic]
 STOCHASTIC = [name for name, info in SAMPLERS.items() if info.stochastic]
@@ -17,17 +19,17 @@ STOCHASTIC = [name for name, info in SAMPLERS.items() if info.stochastic]
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Small tensors: intra-op threads only wait on each other on a shared 2-core machine."""
-    with bench_samplers.threads_for(0):
+    with sampler_error.threads_for(0):
         yield
 
 
 def noise(n, d, seed=0):
-    return bench_samplers.SIGMA_MAX * torch.randn(n, d, generator=torch.Generator().manual_seed(seed),
+    return sampler_error.SIGMA_MAX * torch.randn(n, d, generator=torch.Generator().manual_seed(seed),
                                                    dtype=torch.float64)
 
 
 def sample(mixture, name, x, steps, seed=1):
-    return bench_samplers.run_sampler(mixture, name, x, steps, seed)[0]
+    return sampler_error.run_sampler(mixture, name, x, steps, seed)[0]
 
 
 def slope(steps, errors):
@@ -107,7 +109,7 @@ def ring_ode():
     """The ring, 256 starting points, and Heun at 1000 Karras steps from them (checked vs 500)."""
     gm, x = mixture_2d(), noise(256, 2)
     ref = sample(gm, "heun", x, 1000)
-    assert bench_samplers.rms(ref, sample(gm, "heun", x, 500)) < 1e-5
+    assert sampler_error.rms(ref, sample(gm, "heun", x, 500)) < 1e-5
     return gm, x, ref
 
 
@@ -123,7 +125,7 @@ def test_convergence_order(ring_ode, name, lo, hi):
     """
     gm, x, ref = ring_ode
     steps = [20, 28, 40, 56, 80]
-    errors = [bench_samplers.rms(sample(gm, name, x, n), ref) for n in steps]
+    errors = [sampler_error.rms(sample(gm, name, x, n), ref) for n in steps]
     assert lo <= slope(steps, errors) <= hi, errors
 
 
@@ -144,18 +146,18 @@ def test_dpmpp_2m_beats_euler(ring_ode):
     def log_uniform(n):
         return exponential_sigmas(n, 0.002, 80.0)
 
-    for spacing, nfe in ((log_uniform, 10), (bench_samplers.karras, 20)):
+    for spacing, nfe in ((log_uniform, 10), (sampler_error.karras, 20)):
         err = {}
         for name in ("euler", "dpm++2m"):
             levels = spacing(SAMPLERS[name].steps_for_nfe(nfe))
-            err[name] = bench_samplers.rms(SAMPLERS[name].fn(gm.denoiser, x, levels), ref)
+            err[name] = sampler_error.rms(SAMPLERS[name].fn(gm.denoiser, x, levels), ref)
         assert err["dpm++2m"] < 0.9 * err["euler"], (spacing.__name__, nfe, err)
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_ode_error_shrinks_with_nfe(ring_ode, name):
     gm, x, ref = ring_ode
-    errors = [bench_samplers.rms(sample(gm, name, x, SAMPLERS[name].steps_for_nfe(nfe)), ref)
+    errors = [sampler_error.rms(sample(gm, name, x, SAMPLERS[name].steps_for_nfe(nfe)), ref)
               for nfe in (10, 50, 200)]
     assert errors[0] > errors[1] > errors[2], errors
 
@@ -201,3 +203,14 @@ def test_quick_run_creates_a_missing_doc(tmp_path):
     text = doc.read_text()
     assert text.startswith(bench_samplers.MARK_START + "\n")
     assert text.endswith(bench_samplers.MARK_END + "\n")
+
+
+def test_the_library_run_prints_the_tables_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """`nanodiff bench-samplers` measures and prints; only bench/samplers.py writes files."""
+    monkeypatch.chdir(tmp_path)
+    problems = sampler_error.run(samplers=["euler", "ddpm"], quick=True, progress=False)
+    out = capsys.readouterr().out
+    assert "| euler |" in out and "| ddpm |" in out and "noise floor" in out
+    assert "At 10 NFE the best sampler is" in out
+    assert [p.budgets for p in problems] == [[5, 10]] and list(problems[0].rows) == ["euler", "ddpm"]
+    assert list(tmp_path.iterdir()) == []

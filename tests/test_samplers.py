@@ -51,14 +51,15 @@ def _sample_gaussian(fn, steps, n=10_000, spacing="trailing"):
     return (out.mean(0) - mu).abs().max().item(), (torch.cov(out.T) - cov).abs().max().item()
 
 
-@pytest.mark.parametrize("sampler,steps,spacing", [("ddpm", 1000, "leading"),
-                                                   ("ddim", 200, "trailing")])
+@pytest.mark.parametrize("sampler,steps,spacing", [
+    pytest.param("ddpm", 1000, "leading", marks=pytest.mark.slow), ("ddim", 200, "trailing")])
 def test_samples_match_gaussian_mean_and_covariance(sampler, steps, spacing):
     mean_err, cov_err = _sample_gaussian(sample_ddpm if sampler == "ddpm" else sample_ddim, steps,
                                          spacing=spacing)
     assert mean_err < 0.04 and cov_err < 0.05  # sampling noise at N = 10k is about 0.015
 
 
+@pytest.mark.slow  # 1-8 s per sampler; tests/test_gmm.py checks every sampler's error fast
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_every_sampler_draws_the_gaussian(name):
     mean_err, cov_err = _sample_gaussian(SAMPLERS[name].fn, 200)

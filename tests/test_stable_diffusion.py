@@ -14,8 +14,9 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
+from _sd_fixture import random_pipeline  # noqa: E402  (bench/_sd_fixture.py)
 from nanodiffusion.errors import NanodiffError  # noqa: E402
-from nanodiffusion.inference.stable_diffusion import StableDiffusion, random_pipeline  # noqa: E402
+from nanodiffusion.inference.stable_diffusion import StableDiffusion  # noqa: E402
 
 PROMPT, NEGATIVE = "a red cat on a blue mat", "blurry"
 
@@ -51,6 +52,7 @@ MATCHES = [
 
 
 @pytest.mark.parametrize("sampler,scheduler,options,euler_start", MATCHES, ids=[m[0] for m in MATCHES])
+@pytest.mark.slow
 def test_samplers_match_diffusers_pipeline(sd, sampler, scheduler, options, euler_start):
     reference, folder = sd
     ours = StableDiffusion.from_pretrained(folder, device="cpu")
@@ -76,6 +78,7 @@ def test_samplers_match_diffusers_pipeline(sd, sampler, scheduler, options, eule
     assert torch.equal(again, image)
 
 
+@pytest.mark.slow
 def test_v_prediction_checkpoint_matches_diffusers(tmp_path):
     """Stable Diffusion 2.x's 768 models predict v: the scheduler config says so."""
     reference, folder = tiny_pipeline(tmp_path, prediction_type="v_prediction")
@@ -89,6 +92,7 @@ def test_v_prediction_checkpoint_matches_diffusers(tmp_path):
     assert (image - expected).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 def test_prompts_change_the_image_and_seeds_repeat(sd):
     pipe = StableDiffusion.from_diffusers(sd[0], device="cpu")
     a = pipe(PROMPT, steps=4, output="latent")
@@ -134,6 +138,7 @@ def test_bad_folders_and_sizes(sd, tmp_path):
         pipe(PROMPT, size=18)
 
 
+@pytest.mark.slow
 def test_cli_writes_pngs_and_refuses_bad_input(sd, tmp_path, capsys):
     from PIL import Image
 

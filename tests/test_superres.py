@@ -87,6 +87,7 @@ def upscale_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_an_upscaling_run_trains_samples_and_refuses_plain_sampling(upscale_run):
     from nanodiffusion.inference.pipelines import draw, load_run, sample_images
 
@@ -116,6 +117,7 @@ def test_an_upscaling_run_trains_samples_and_refuses_plain_sampling(upscale_run)
         sample_images(d, 2, (1, 8, 8))
 
 
+@pytest.mark.slow
 def test_upscale_command(upscale_run, tmp_path, capsys):
     from PIL import Image
 
@@ -138,6 +140,7 @@ def test_upscale_command(upscale_run, tmp_path, capsys):
     assert main(["upscale", str(upscale_run), "--demo", "--aug", "-1"]) == 2
 
 
+@pytest.mark.slow
 def test_a_cascade_feeds_the_base_images_to_the_upscaler(upscale_run, tiny_config, tmp_path):
     from nanodiffusion.inference.pipelines import Cascade, build_denoiser, load_run
     from nanodiffusion.io.config import apply_overrides
@@ -192,6 +195,7 @@ def test_the_consistency_projection_never_moves_an_image_away_from_the_truth():
         superres.project(truth, superres.downsample(truth, 6))
 
 
+@pytest.mark.slow
 def test_generate_draws_a_cascade_from_the_command_line(tmp_path, monkeypatch, capsys):
     """A tiny 16x16 text run, a tiny 16 -> 32 upscaler on the same small shapes world, one command."""
     from PIL import Image

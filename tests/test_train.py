@@ -30,6 +30,7 @@ def _assert_same_weights(a, b, atol=0.0):
             assert torch.allclose(wa[k], wb[k], atol=atol, rtol=0), (name, k)
 
 
+@pytest.mark.slow
 def test_run_folder_holds_everything(tmp_path, tiny_config):
     assert train(tiny_config, tmp_path / "run", progress=False)
     run = tmp_path / "run"
@@ -42,6 +43,7 @@ def test_run_folder_holds_everything(tmp_path, tiny_config):
     assert json.loads((run / "config.json").read_text())["model"]["image_size"] == 8
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_reaches_the_same_weights(tmp_path, tiny_config):
     # dropout is on, so the global RNG state must come back too
     train(tiny_config, tmp_path / "full", progress=False)
@@ -54,6 +56,7 @@ def test_resume_after_interruption_reaches_the_same_weights(tmp_path, tiny_confi
     assert torch.equal(state_a["noise_rng"], state_b["noise_rng"])
 
 
+@pytest.mark.slow
 def test_training_into_an_existing_run_is_refused_and_leaves_it_intact(tmp_path, tiny_config):
     train(tiny_config, tmp_path / "run", progress=False)
     before = (tmp_path / "run" / "model.safetensors").read_bytes()
@@ -89,6 +92,7 @@ TINY_FLAGS = ["--preset", "digits", "--batch-size", "16", "--quiet",
               "--set", "run.log_every=1", "--set", "optim.warmup_steps=2"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_resume_continues_exactly(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(_cli("train", *TINY_FLAGS, "--steps", "100000", "--out", str(run)),
@@ -115,6 +119,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_exactly(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
+@pytest.mark.slow
 def test_two_process_ddp_takes_the_same_steps_as_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     flags = [*TINY_FLAGS, "--steps", "3", "--set", "model.dropout=0"]
@@ -151,6 +156,7 @@ def test_batches_walk_seeded_epochs_without_repeats():
     assert not torch.equal(stream[:n], stream[n:2 * n])
 
 
+@pytest.mark.slow
 def test_class_conditional_training_and_sampling(tmp_path, tiny_config):
     from nanodiffusion.io.checkpoint import load_config
 
@@ -183,6 +189,7 @@ def _text_config(tmp_path, monkeypatch):
     ])
 
 
+@pytest.mark.slow
 def test_text_conditional_training_on_captions(tmp_path, monkeypatch):
     """Captions are encoded once, reach the UNet through cross-attention, and the run reloads."""
     from nanodiffusion.data.text import load_text_encoder
@@ -207,6 +214,7 @@ def test_text_encoder_needs_captions(tmp_path, tiny_config):
         train(tiny_config, tmp_path / "run", progress=False)
 
 
+@pytest.mark.slow
 def test_latent_diffusion_trains_in_the_autoencoders_space(tmp_path, monkeypatch):
     """With data.autoencoder the UNet sees the scaled latents; samples come back decoded."""
     from nanodiffusion.cli import main
@@ -233,6 +241,7 @@ def test_latent_diffusion_trains_in_the_autoencoders_space(tmp_path, monkeypatch
     assert Image.open(out / "grid.png").mode == "RGB"
 
 
+@pytest.mark.slow
 def test_text_preset_trains_its_autoencoder_first_and_grids_show_the_fixed_prompts(tmp_path, monkeypatch):
     """data.autoencoder = "train" (the text preset's): the autoencoder is trained into
     RUN/autoencoder with its report, the config then names that folder, a resume reuses it, and
@@ -268,6 +277,7 @@ def test_text_preset_trains_its_autoencoder_first_and_grids_show_the_fixed_promp
     assert image.size == (16, 16)
 
 
+@pytest.mark.slow
 def test_text_to_image_pipeline_and_generate_command(tmp_path, monkeypatch, capsys):
     from nanodiffusion.cli import main
     from nanodiffusion.inference.pipelines import TextToImage
@@ -302,6 +312,7 @@ def test_text_to_image_pipeline_and_generate_command(tmp_path, monkeypatch, caps
     assert "held-out overall" in printed and out.with_suffix(".png").is_file()
 
 
+@pytest.mark.slow
 def test_a_short_training_on_colours_follows_the_prompt(tmp_path, monkeypatch):
     """About a minute: a captioned folder of red and blue images (name.txt sidecars, three
     templates), a tiny text UNet; then "red" prompts come out red and "blue" prompts blue."""

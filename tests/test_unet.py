@@ -60,6 +60,7 @@ def test_cross_attention_reaches_every_transformer_block():
     assert seen == [(1, L, D)] * 4
 
 
+@pytest.mark.slow
 def test_guidance_batches_prompts_like_labels():
     """Classifier-free guidance with the empty prompt as the unconditional input: one forward pass."""
     net = _text_unet()

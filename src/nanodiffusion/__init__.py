@@ -29,6 +29,7 @@ MOVED = {
     "config": "io.config", "checkpoint": "io.checkpoint", "viz": "io.viz", "train": "training.diffusion",
     "pipelines": "inference.pipelines", "stable_diffusion": "inference.stable_diffusion",
     "diffusers_models": "inference.diffusers_models", "superres": "tasks.upscale", "evaluate": "metrics.fid",
+    "bench_samplers": "metrics.sampler_error",  # its docs-writing part is bench/samplers.py
 }
 
 

