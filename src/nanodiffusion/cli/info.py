@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nanodiffusion import bench_samplers
 from nanodiffusion.cli import common
 from nanodiffusion.core.schedules import KINDS, Schedule
 from nanodiffusion.io import viz
 from nanodiffusion.io.checkpoint import EMA, MODEL, STATE, load_config, weights_step
+from nanodiffusion.metrics import sampler_error
 
 
 # --- info ----------------------------------------------------------------------------------------
@@ -73,9 +73,9 @@ def cmd_forward(args) -> int:
 # --- bench-samplers (its flags and command live with the benchmark) ------------------------------
 def add_bench_samplers(sub) -> None:
     b = sub.add_parser("bench-samplers", help="every sampler's error per NFE against exact answers on "
-                       "Gaussian mixtures; writes docs/samplers.md")
-    bench_samplers.add_arguments(b)
-    b.set_defaults(func=bench_samplers.run_from_args)
+                       "Gaussian mixtures, printed (python bench/samplers.py writes docs/samplers.md)")
+    sampler_error.add_arguments(b)
+    b.set_defaults(func=sampler_error.run_from_args)
 
 
 def add_commands(sub) -> None:

@@ -11,7 +11,7 @@ with responsibilities r_k(x) = pi_k N_k(x) / p(x; sigma), computed with a logsum
 is grad_x log p(x; sigma) = (D - x) / sigma^2 (Tweedie's formula; Efron 2011), which for a
 mixture is sum_k r_k (mu_k - x) / (v_k + sigma^2) and stays finite at sigma = 0.
 
-So a sampler's error can be measured without training: ``bench_samplers`` uses these with the
+So a sampler's error can be measured without training: ``metrics.sampler_error`` uses these with the
 sliced Wasserstein distance (Rabin et al. 2011; Bonneel et al. 2015) below.
 """
 

