@@ -6,13 +6,8 @@ import torch
 from nanodiffusion.data.shapes import render_dataset
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.metrics.image import psnr
-from nanodiffusion.nets.autoencoder import (
-    Autoencoder,
-    AutoencoderConfig,
-    load_autoencoder,
-    save_autoencoder,
-    train_autoencoder,
-)
+from nanodiffusion.nets.autoencoder import Autoencoder, AutoencoderConfig, load_autoencoder, save_autoencoder
+from nanodiffusion.training.autoencoder import train_autoencoder
 
 
 @pytest.fixture(scope="module")

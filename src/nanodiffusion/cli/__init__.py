@@ -535,7 +535,8 @@ def cmd_eval_prompts(args) -> int:
 def cmd_train_autoencoder(args) -> int:
     from nanodiffusion.data.datasets import load_data
     from nanodiffusion.inference.pipelines import pick_device
-    from nanodiffusion.nets.autoencoder import AutoencoderConfig, train_autoencoder_folder
+    from nanodiffusion.nets.autoencoder import AutoencoderConfig
+    from nanodiffusion.training.autoencoder import train_autoencoder_folder
 
     train_data = load_data(args.data, "train", args.size)
     try:
