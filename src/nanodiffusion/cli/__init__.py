@@ -184,7 +184,8 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     from nanodiffusion.inference.pipelines import draw
     from nanodiffusion.io.checkpoint import atomic_write
-    from nanodiffusion.metrics.fid import evaluate_images, format_table
+    from nanodiffusion.metrics.fid import format_table
+    from nanodiffusion.training.classifier import evaluate_images
 
     options = _sampler_options(args)
     cfg, denoiser, autoencoder, _ = _open_run(args)
@@ -466,7 +467,7 @@ def cmd_upscale(args) -> int:
 
 
 def cmd_train_controlnet(args) -> int:
-    from nanodiffusion.nets.controlnet import train_controlnet
+    from nanodiffusion.training.controlnet import train_controlnet
 
     out = Path(args.out) if args.out else Path(args.run) / "controlnet"
     report = train_controlnet(args.run, out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
