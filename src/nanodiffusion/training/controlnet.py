@@ -101,17 +101,22 @@ def train_controlnet(run: str | Path, out: str | Path, steps: int = 1500, batch_
                 checkpoint_every=checkpoint_every, progress=show, desc="controlnet")
     if resume:
         loop.load()
+    def describe() -> dict:
+        losses = [r["loss"] for r in loop.records]
+        return {"finished": True, "base": str(Path(run)), "control": "sobel", "threshold": EDGE_THRESHOLD,
+                "steps": loop.step, "batch_size": batch_size, "lr": lr, "p_uncond": p_uncond,
+                "train_s": loop.train_s, "seconds": time.perf_counter() - start,
+                "loss_first_50": _mean(losses[:50]), "loss_last_50": _mean(losses[-50:]),
+                "weights": "ema" if export_ema else "raw"}
+
     report: dict = {}
 
-    def finish() -> None:
-        losses = [r["loss"] for r in loop.records]
-        report.update(base=str(Path(run)), control="sobel", threshold=EDGE_THRESHOLD, steps=loop.step,
-                      batch_size=batch_size, lr=lr, p_uncond=p_uncond, train_s=loop.train_s,
-                      seconds=time.perf_counter() - start, loss_first_50=_mean(losses[:50]),
-                      loss_last_50=_mean(losses[-50:]), weights="ema" if export_ema else "raw",
-                      finished=loop.complete)
-        if loop.complete:
+    def finish() -> None:  # on the main process, unless Ctrl-C stopped the run
+        if loop.complete:  # not at stop_after
+            report.update(describe())
             save_controlnet((loop.ema.model if export_ema else controlnet).eval(), out, report)
 
     done = loop.fit(stop_after, finish=finish, budget_s=budget_s)
-    return report or {"finished": done and loop.complete, "steps": loop.step}  # ranks > 0, or Ctrl-C
+    if not (done and loop.complete):
+        return {"finished": False, "steps": loop.step}
+    return report or describe()  # the other processes describe the run too
