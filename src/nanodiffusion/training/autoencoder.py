@@ -22,7 +22,6 @@ from nanodiffusion.io.checkpoint import STATE, atomic_write
 from nanodiffusion.io.config import EMAConfig, OptimConfig
 from nanodiffusion.metrics.image import psnr
 from nanodiffusion.nets.autoencoder import (
-    AE_CONFIG,
     Autoencoder,
     AutoencoderConfig,
     measure_scale_factor,
@@ -33,7 +32,7 @@ from nanodiffusion.training.loop import Loop, check_fresh, dist_and_device
 
 AE_CHECKPOINT = "checkpoint"  # the loop's folder inside an autoencoder folder
 AE_STATE = f"{AE_CHECKPOINT}/{STATE}"
-__all__ = ["AE_CHECKPOINT", "AE_CONFIG", "AE_STATE", "train_autoencoder", "train_autoencoder_folder"]
+__all__ = ["AE_CHECKPOINT", "AE_STATE", "train_autoencoder", "train_autoencoder_folder"]
 
 
 class _Objective(nn.Module):

@@ -24,8 +24,9 @@ from nanodiffusion.errors import NanodiffError
 from nanodiffusion.inference.pipelines import build_denoiser, draw
 from nanodiffusion.io.checkpoint import MODEL, load_config, save_config
 from nanodiffusion.io.config import TASKS, Config
+from nanodiffusion.nets.autoencoder import AE_CONFIG, AutoencoderConfig
 from nanodiffusion.tasks import upscale as superres
-from nanodiffusion.training.autoencoder import AE_CONFIG, AE_STATE, train_autoencoder_folder
+from nanodiffusion.training.autoencoder import AE_STATE, train_autoencoder_folder
 from nanodiffusion.training.distributed import Dist, setup_distributed
 from nanodiffusion.training.loop import EMAModel, Loop, lr_multiplier
 
@@ -156,8 +157,6 @@ class Trainer:
         continued if it left a checkpoint), with its held-out PSNR and reconstructions (held out:
         the test split's first 500 images, or the last 500 training images for a folder or .npz,
         which then still train the UNet). Rank 0 trains it alone; the others wait."""
-        from nanodiffusion.nets.autoencoder import AutoencoderConfig
-
         folder = self.run_dir / "autoencoder"
         d = cfg.data
         if self.dist.main and not (folder / AE_CONFIG).is_file():
