@@ -413,7 +413,8 @@ def controlnet(s: Settings, results: dict) -> None:
     """Edge F1 between each control and the generated image's edges, with and without the control."""
     from nanodiffusion.inference.pipelines import TextToImage
     from nanodiffusion.metrics.image import edge_f1, sobel_edges
-    from nanodiffusion.nets.controlnet import load_controlnet, train_controlnet
+    from nanodiffusion.nets.controlnet import load_controlnet
+    from nanodiffusion.training.controlnet import train_controlnet
 
     done = results.setdefault("controlnet", {})
     run = ensure_run(s, "shapes")

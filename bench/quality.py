@@ -42,7 +42,7 @@ from nanodiffusion.data.datasets import load_data
 from nanodiffusion.inference.pipelines import build_denoiser, load_run, pick_device, sample_images
 from nanodiffusion.io.checkpoint import load_config, load_weights, save_config, save_weights
 from nanodiffusion.io.config import preset
-from nanodiffusion.metrics.fid import evaluate_images
+from nanodiffusion.training.classifier import evaluate_images
 from nanodiffusion.training.diffusion import Trainer
 
 DATASET = "fashion-mnist"

@@ -42,7 +42,8 @@ from nanodiffusion.io.checkpoint import save_config
 from nanodiffusion.io.config import Config, preset
 from nanodiffusion.io.viz import plot_rows, to_uint8
 from nanodiffusion.metrics.fid import evaluate_images
-from nanodiffusion.nets.autoencoder import AutoencoderConfig, train_autoencoder_folder
+from nanodiffusion.nets.autoencoder import AutoencoderConfig
+from nanodiffusion.training.autoencoder import train_autoencoder_folder
 from nanodiffusion.training.diffusion import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent

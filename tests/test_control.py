@@ -6,14 +6,10 @@ import torch
 
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.metrics.image import edge_f1, sobel_edges
-from nanodiffusion.nets.controlnet import (
-    Controlled,
-    ControlNet,
-    controlled,
-    load_controlnet,
-    train_controlnet,
-)
+from nanodiffusion.nets.controlnet import Controlled, ControlNet, controlled, load_controlnet
 from nanodiffusion.nets.unet import UNet, UNetConfig
+from nanodiffusion.training.controlnet import train_controlnet
+from torchrun_helper import assert_same_steps, needs_torchrun, run_one_and_two
 
 
 def _text_unet():
@@ -150,3 +146,101 @@ def test_generate_with_a_control_from_the_command_line(tmp_path, monkeypatch, ca
     assert main(["generate", str(run), "x", "--control", str(tmp_path / "edges.png"), "--controlnet",
                  str(tmp_path)]) == 2
     assert "no ControlNet" in capsys.readouterr().err
+
+
+# --- training through the loop: EMA, exact resume, Ctrl-C, refusing to overwrite, torchrun ------------
+def _train_cn(run, out, steps=3, **options):
+    return train_controlnet(run, out, steps=steps, batch_size=8, lr=0.05, progress=False, **options)
+
+
+def _cn_checkpoint(out):
+    from safetensors.torch import load_file
+
+    return {name: load_file(str(out / "checkpoint" / f"{name}.safetensors")) for name in ("model", "ema")}
+
+
+@pytest.fixture(scope="module")
+def straight_and_stopped_cn(class_run, tmp_path_factory):
+    """A 3-step ControlNet, and one stopped after steps 1 and 2 and resumed each time."""
+    tmp = tmp_path_factory.mktemp("cn-loop")
+    assert _train_cn(class_run, tmp / "straight")["finished"]
+    snapshots = []
+    for k in (1, 2):
+        report = _train_cn(class_run, tmp / "stopped", stop_after=k, resume=k > 1)
+        assert report == {"finished": False, "steps": k}
+        assert not (tmp / "stopped" / "controlnet.json").exists()  # nothing exported yet
+        snapshots.append(_cn_checkpoint(tmp / "stopped"))
+    report = _train_cn(class_run, tmp / "stopped", resume=True)
+    assert report["finished"] and report["steps"] == 3
+    return tmp / "straight", tmp / "stopped", snapshots
+
+
+def test_a_stopped_and_resumed_controlnet_reaches_the_same_weights(straight_and_stopped_cn):
+    straight, stopped, _ = straight_and_stopped_cn
+    for name, a in _cn_checkpoint(straight).items():
+        b = _cn_checkpoint(stopped)[name]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    exported = "controlnet.safetensors"
+    assert (straight / exported).read_bytes() == (stopped / exported).read_bytes()
+
+
+def test_the_controlnets_ema_follows_the_power_function_decay(straight_and_stopped_cn):
+    from nanodiffusion.training.loop import EMAModel
+
+    straight, _, snapshots = straight_and_stopped_cn
+    ema = {k: v for k, v in snapshots[0]["model"].items() if k.startswith("zero")}
+    ema = {k: torch.zeros_like(v) for k, v in ema.items()}  # the zero convolutions start at zero
+    decay = EMAModel(torch.nn.Linear(1, 1), power=2 / 3, max_decay=0.9999).decay
+    for step, snap in enumerate([*snapshots, _cn_checkpoint(straight)], start=1):
+        ema = {k: torch.lerp(ema[k], snap["model"][k], 1 - decay(step)) for k in ema}
+        assert all(torch.allclose(snap["ema"][k], ema[k], rtol=1e-6, atol=1e-8) for k in ema), step
+    raw = _cn_checkpoint(straight)["model"]
+    assert max((raw[k] - ema[k]).abs().max().item() for k in ema) > 1e-3
+
+
+def test_ctrl_c_saves_the_controlnets_checkpoint_and_resume_continues_exactly(
+        class_run, straight_and_stopped_cn, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from nanodiffusion.io.checkpoint import weights_step
+
+    calls, forward = [], ControlNet.forward
+
+    def interrupted_forward(self, *args):  # Ctrl-C during the second step
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return forward(self, *args)
+
+    monkeypatch.setattr(ControlNet, "forward", interrupted_forward)
+    assert _train_cn(class_run, tmp_path / "cn") == {"finished": False, "steps": 2}
+    assert weights_step(tmp_path / "cn" / "checkpoint" / "model.safetensors") == 2
+    monkeypatch.setattr(ControlNet, "forward", forward)
+    assert _train_cn(class_run, tmp_path / "cn", resume=True)["finished"]
+    a, b = _cn_checkpoint(straight_and_stopped_cn[0]), _cn_checkpoint(tmp_path / "cn")
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+
+
+def test_a_finished_controlnet_is_only_replaced_when_asked(class_run, straight_and_stopped_cn, tmp_path):
+    import shutil
+
+    out = tmp_path / "cn"
+    shutil.copytree(straight_and_stopped_cn[0], out)
+    before = (out / "controlnet.safetensors").read_bytes()
+    with pytest.raises(NanodiffError, match="already holds a ControlNet; pass overwrite=True"):
+        _train_cn(class_run, out, seed=1)
+    assert (out / "controlnet.safetensors").read_bytes() == before
+    assert _train_cn(class_run, out, seed=1, overwrite=True)["finished"]
+    assert (out / "controlnet.safetensors").read_bytes() != before
+
+
+@pytest.mark.slow
+@needs_torchrun
+def test_two_process_controlnet_takes_the_same_steps_as_one_process(class_run, tmp_path):
+    run_one_and_two(["train-controlnet", str(class_run), "--steps", "3", "--batch-size", "8", "--lr", "0.5",
+                     "--quiet"], tmp_path / "one", tmp_path / "two")
+    zero = {k: torch.zeros_like(v) for k, v in _cn_checkpoint(tmp_path / "one")["model"].items()
+            if k.startswith("zero")}  # the zero convolutions' start
+    assert_same_steps(tmp_path / "one", tmp_path / "two", ["checkpoint/model.safetensors",
+                      "checkpoint/ema.safetensors", "controlnet.safetensors"], zero, atol=2e-4, biases=False)

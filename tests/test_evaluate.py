@@ -7,6 +7,7 @@ from scipy import linalg
 
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.metrics import fid as evaluate
+from nanodiffusion.training.classifier import evaluate_images
 
 
 def _features(n=400, d=16, shift=0.0, seed=0):
@@ -47,8 +48,8 @@ def _digits_metric_curve(transform, levels, tmp_path):
     images = load_data("digits", "train").images[:300]
     out = []
     for level in levels:
-        r = evaluate.evaluate_images(transform(images, level), "digits", "classifier", progress=False,
-                                     cache_dir=tmp_path)
+        r = evaluate_images(transform(images, level), "digits", "classifier", progress=False,
+                            cache_dir=tmp_path)
         out.append((r["fid"], r["kid_mean"]))
     return out
 
@@ -73,7 +74,7 @@ def test_results_carry_n_features_resize_and_floor(tmp_path):
     from nanodiffusion.data.datasets import load_data
 
     images = load_data("digits", "train").images[:200]
-    r = evaluate.evaluate_images(images, "digits", "classifier", progress=False, cache_dir=tmp_path)
+    r = evaluate_images(images, "digits", "classifier", progress=False, cache_dir=tmp_path)
     assert r["n"] == 200 and r["n_ref"] == 200 and "classifier" in r["features"] and r["resize"]
     assert r["floor_fid"] > 0 and r["fid"] == pytest.approx(r["floor_fid"], rel=1e-9)  # train vs test
     assert list((tmp_path / "eval").glob("*.safetensors"))  # features and classifier cached

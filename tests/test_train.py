@@ -146,10 +146,10 @@ def test_two_process_ddp_takes_the_same_steps_as_one_process(tmp_path):
 
 
 def test_batches_walk_seeded_epochs_without_repeats():
-    from nanodiffusion.training.diffusion import _batch_indices
+    from nanodiffusion.training.diffusion import batch_indices
 
     n = 50
-    stream = torch.cat([_batch_indices(step, 0, 1, 16, n, seed=0) for step in range(25)])
+    stream = torch.cat([batch_indices(step, 0, 1, 16, n, seed=0) for step in range(25)])
     assert len(stream) == 400
     for epoch in range(8):  # every epoch is a permutation of the whole data set
         assert sorted(stream[epoch * n:(epoch + 1) * n].tolist()) == list(range(n))
@@ -220,7 +220,8 @@ def test_latent_diffusion_trains_in_the_autoencoders_space(tmp_path, monkeypatch
     from nanodiffusion.cli import main
     from nanodiffusion.data.shapes import render_dataset
     from nanodiffusion.io.config import apply_overrides
-    from nanodiffusion.nets.autoencoder import AutoencoderConfig, save_autoencoder, train_autoencoder
+    from nanodiffusion.nets.autoencoder import AutoencoderConfig, save_autoencoder
+    from nanodiffusion.training.autoencoder import train_autoencoder
 
     cfg = _text_config(tmp_path, monkeypatch)
     images = torch.from_numpy(render_dataset(48, size=16)[0]).permute(0, 3, 1, 2).float() / 127.5 - 1

@@ -132,7 +132,8 @@ def add_eval(sub) -> None:
 def cmd_eval(args) -> int:
     from nanodiffusion.inference.pipelines import conditioning, draw
     from nanodiffusion.io.checkpoint import atomic_write
-    from nanodiffusion.metrics.fid import evaluate_images, format_table
+    from nanodiffusion.metrics.fid import format_table
+    from nanodiffusion.training.classifier import evaluate_images
 
     options = sampler_options(args)
     cfg, denoiser, autoencoder, _ = common.open_run(args)

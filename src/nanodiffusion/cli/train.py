@@ -98,15 +98,34 @@ def add_train_autoencoder(sub) -> None:
     common.add_seed(a)
     common.add_device(a)
     common.add_out(a, "output folder (default runs/autoencoder-<data>)")
+    add_resume_flags(a, "the autoencoder in --out")
     common.add_quiet(a)
     a.set_defaults(func=cmd_train_autoencoder)
+
+
+def add_resume_flags(p, what: str) -> None:
+    """--resume and --overwrite of the trainers that write one folder (autoencoder, ControlNet)."""
+    p.add_argument("--resume", action="store_true", help=f"continue {what} from its last checkpoint "
+                   "(the same flags as the run that stopped)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished folder instead of refusing")
+
+
+def stopped(report: dict, again: str) -> bool:
+    """Print how to continue a trainer that Ctrl-C stopped (its checkpoint is saved)."""
+    if report["finished"]:
+        return False
+    print(f"stopped after {report['steps']} steps; checkpoint saved. Continue with: {again} --resume")
+    return True
 
 
 def cmd_train_autoencoder(args) -> int:
     from nanodiffusion.data.datasets import held_out_images, load_data
     from nanodiffusion.inference.pipelines import pick_device
-    from nanodiffusion.nets.autoencoder import AutoencoderConfig, train_autoencoder_folder
+    from nanodiffusion.nets.autoencoder import AutoencoderConfig
+    from nanodiffusion.training.autoencoder import train_autoencoder_folder
 
+    if args.resume and not args.out:
+        raise NanodiffError("--resume needs --out, the autoencoder's folder")
     images = load_data(args.data, "train", args.size).images
     held_out = held_out_images(args.data, images, args.size)
     cfg = AutoencoderConfig(in_channels=images.shape[1], channels=args.channels,
@@ -119,7 +138,9 @@ def cmd_train_autoencoder(args) -> int:
           f"x{w // cfg.factor}, {args.steps} steps -> {out}")
     report = train_autoencoder_folder(images, held_out, cfg, out, args.steps, args.batch_size,
                                       args.lr, args.seed, device, progress=not args.quiet,
-                                      about={"data": args.data})
+                                      about={"data": args.data}, resume=args.resume, overwrite=args.overwrite)
+    if stopped(report, " ".join(["nanodiff train-autoencoder", args.data, "--out", str(out)])):
+        return 130
     print(f"held-out PSNR {report['psnr']:.2f} dB; latent scale factor {report['scale_factor']:.4f} "
           f"(1 / std of the latents); wrote {out / 'reconstructions.png'}")
     return 0
@@ -136,16 +157,20 @@ def add_train_controlnet(sub) -> None:
     common.add_seed(tc)
     common.add_device(tc)
     common.add_out(tc, "output folder (default RUN/controlnet)")
+    add_resume_flags(tc, "the ControlNet in --out (default RUN/controlnet)")
     common.add_quiet(tc)
     tc.set_defaults(func=cmd_train_controlnet)
 
 
 def cmd_train_controlnet(args) -> int:
-    from nanodiffusion.nets.controlnet import train_controlnet
+    from nanodiffusion.training.controlnet import train_controlnet
 
     out = Path(args.out) if args.out else Path(args.run) / "controlnet"
     report = train_controlnet(args.run, out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                              seed=args.seed, device=args.device, progress=not args.quiet)
+                              seed=args.seed, device=args.device, progress=not args.quiet,
+                              resume=args.resume, overwrite=args.overwrite)
+    if stopped(report, f"nanodiff train-controlnet {args.run} --out {out}"):
+        return 130
     print(f"ControlNet trained {report['steps']} steps in {report['train_s']:.0f} s (loss "
           f"{report['loss_first_50']:.4f} -> {report['loss_last_50']:.4f}): {out}; use it with "
           f"nanodiff generate {args.run} PROMPT --control EDGES.png")

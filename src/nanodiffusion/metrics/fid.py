@@ -8,7 +8,9 @@ Every metric compares features of generated and real images from one feature net
   bilinearly to 299x299 and scaled to the net's input range [-1, 0.9921875]; the net runs in
   eval mode and gives 2048-d pool features. Comparable with published FIDs at the same N.
 * ``classifier``: a small CNN that nanodiffusion trains on the dataset's own labelled training
-  split (cached after the first time), 64-d features. Fast, for iteration; its numbers are
+  split (cached after the first time), 64-d features. Training sits in a higher layer than
+  metrics: training.classifier trains and caches the net (its evaluate_images trains it when
+  missing); here it is only loaded. Fast, for iteration; its numbers are
   reported under its own name and are not comparable with published FIDs.
 
 Metrics (all in float64):
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from nanodiffusion.data.datasets import cache_root
+from nanodiffusion.data.datasets import ImageData, cache_root, load_data
 from nanodiffusion.errors import NanodiffError
 
 FEATURES = ("inception", "classifier")
@@ -45,6 +47,11 @@ RESIZE = "bilinear to 299x299 (torch interpolate, align_corners=False), after 8-
 def _quantise(images: torch.Tensor) -> torch.Tensor:
     """[-1, 1] floats -> the integers 0..255 a saved PNG would hold (as float)."""
     return ((images.clamp(-1, 1) + 1) * 127.5).round()
+
+
+def classifier_input(images: torch.Tensor) -> torch.Tensor:
+    """What the feature classifier sees: images in [-1, 1] quantised to 8 bits, back in [-1, 1]."""
+    return _quantise(images) / 127.5 - 1
 
 
 # --- feature networks -------------------------------------------------------------------------
@@ -94,67 +101,66 @@ class SmallClassifier(nn.Module):
         return self.head(self.features(x))
 
 
+def labelled_train_split(dataset: str, image_size: int | None = None,
+                         channels: int | None = None) -> ImageData:
+    """The training split the classifier features learn from (it must have labels)."""
+    train = load_data(dataset, "train", image_size=image_size, channels=channels)
+    if train.labels is None:
+        raise NanodiffError(f"features='classifier' needs a labelled dataset; {dataset!r} has no labels")
+    return train
+
+
+def classifier_path(dataset: str, train: ImageData, steps: int, cache_dir: str | Path | None = None) -> Path:
+    """Where the classifier trained for `steps` steps on `train` (of `dataset`) is cached."""
+    c, h, _ = train.images.shape[1:]
+    return cache_root(cache_dir) / "eval" / f"classifier-{Path(dataset).name}-{h}x{c}-{steps}.safetensors"
+
+
 class ClassifierFeatures(nn.Module):
-    """A SmallClassifier trained on `dataset`'s labelled training split (cached): [N, 64]."""
+    """The 64-d features of a SmallClassifier trained on `dataset`'s labelled training split
+    (training.classifier trains and caches it; cached_classifier_features loads it): [N, 64]."""
 
     resize = "none (the dataset's own size), after 8-bit quantisation"
 
-    def __init__(self, dataset: str, image_size: int | None = None, channels: int | None = None,
-                 cache_dir: str | Path | None = None, steps: int = 400, progress: bool = True):
+    def __init__(self, net: SmallClassifier, dataset: str, train: ImageData):
         super().__init__()
-        from safetensors.torch import load_file, save_file
-
-        from nanodiffusion.data.datasets import load_data
-
-        train = load_data(dataset, "train", image_size=image_size, channels=channels)
-        if train.labels is None:
-            raise NanodiffError(f"features='classifier' needs a labelled dataset; {dataset!r} has no labels")
         c, h, _ = train.images.shape[1:]
         self.name = f"nanodiff-classifier({dataset}, {h}x{h}x{c})"
-        self.net = SmallClassifier(c, train.num_classes)
-        path = cache_root(cache_dir) / "eval" / f"classifier-{Path(dataset).name}-{h}x{c}-{steps}.safetensors"
-        if path.is_file():
-            self.net.load_state_dict(load_file(path))
-        else:
-            self._train(train, steps, progress)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            save_file(self.net.state_dict(), tmp)
-            tmp.replace(path)
-        self.net.eval()
-
-    def _train(self, data, steps: int, progress: bool) -> None:
-        g = torch.Generator().manual_seed(0)
-        opt = torch.optim.AdamW(self.net.parameters(), lr=2e-3, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-        self.net.train()
-        for _ in tqdm(range(steps), disable=not progress, desc="feature classifier", leave=False):
-            idx = torch.randint(len(data.images), (128,), generator=g)
-            x = _quantise(data.images[idx]) / 127.5 - 1
-            loss = F.cross_entropy(self.net(x), data.labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+        self.net = net.eval()
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net.features(_quantise(images) / 127.5 - 1).double()
+        return self.net.features(classifier_input(images)).double()
 
     @torch.no_grad()
     def accuracy(self, images: torch.Tensor, labels: torch.Tensor) -> float:
-        return (self.net(_quantise(images) / 127.5 - 1).argmax(1) == labels).double().mean().item()
+        return (self.net(classifier_input(images)).argmax(1) == labels).double().mean().item()
+
+
+def cached_classifier_features(dataset: str, image_size: int | None = None, channels: int | None = None,
+                               cache_dir: str | Path | None = None, steps: int = 400) -> ClassifierFeatures:
+    """The classifier features from the cache (training.classifier.classifier_features trains them)."""
+    from safetensors.torch import load_file
+
+    train = labelled_train_split(dataset, image_size, channels)
+    path = classifier_path(dataset, train, steps, cache_dir)
+    if not path.is_file():
+        raise NanodiffError(f"no feature classifier for {dataset} in {path}; "
+                            "nanodiffusion.training.classifier.classifier_features trains and caches it")
+    net = SmallClassifier(train.images.shape[1], train.num_classes)
+    net.load_state_dict(load_file(path))
+    return ClassifierFeatures(net, dataset, train)
 
 
 def feature_net(features: str, dataset: str | None = None, image_size: int | None = None,
-                channels: int | None = None, cache_dir: str | Path | None = None,
-                progress: bool = True) -> nn.Module:
+                channels: int | None = None, cache_dir: str | Path | None = None) -> nn.Module:
+    """The Inception net, or the cached classifier features of `dataset`."""
     if features == "inception":
         return InceptionFeatures()
     if features == "classifier":
         if dataset is None:
             raise NanodiffError("features='classifier' needs the dataset it is trained on")
-        return ClassifierFeatures(dataset, image_size, channels, cache_dir, progress=progress)
+        return cached_classifier_features(dataset, image_size, channels, cache_dir)
     raise NanodiffError(f"unknown features {features!r}; choose one of {', '.join(FEATURES)}")
 
 
@@ -260,8 +266,6 @@ def real_features(dataset: str, split: str, n: int, net: nn.Module, image_size: 
     (dataset, split, n, image size, feature net)."""
     from safetensors.torch import load_file, save_file
 
-    from nanodiffusion.data.datasets import load_data
-
     data = load_data(dataset, split, image_size=image_size, channels=channels)
     if n > len(data.images):
         raise NanodiffError(f"asked for {n} real images, but {dataset} {split} has {len(data.images)}")
@@ -278,11 +282,14 @@ def real_features(dataset: str, split: str, n: int, net: nn.Module, image_size: 
     return features
 
 
-def evaluate_images(images: torch.Tensor, dataset: str = "fashion-mnist", features: str = "inception",
-                    n_ref: int | None = None, device: str = "auto", progress: bool = True,
-                    cache_dir: str | Path | None = None, k: int = 3) -> dict:
+def evaluate_images(images: torch.Tensor, dataset: str = "fashion-mnist",
+                    features: str | nn.Module = "inception", n_ref: int | None = None,
+                    device: str = "auto", progress: bool = True, cache_dir: str | Path | None = None,
+                    k: int = 3) -> dict:
     """FID, KID, precision/recall of generated images [N, C, H, W] in [-1, 1] against the first
-    n_ref (default N) test images, with the real-vs-real floor (train[:N] vs test[:n_ref])."""
+    n_ref (default N) test images, with the real-vs-real floor (train[:N] vs test[:n_ref]).
+    features: "inception", "classifier" (cached; training.classifier.evaluate_images trains it
+    when missing) or a feature net with a `name` and a `resize`."""
     from nanodiffusion.inference.pipelines import pick_device
 
     if images.ndim != 4 or len(images) < k + 2:
@@ -291,7 +298,8 @@ def evaluate_images(images: torch.Tensor, dataset: str = "fashion-mnist", featur
     n = len(images)
     n_ref = n_ref or n
     size, channels = images.shape[2], images.shape[1]
-    net = feature_net(features, dataset, size, channels, cache_dir, progress)
+    net = features if isinstance(features, nn.Module) else feature_net(features, dataset, size, channels,
+                                                                          cache_dir)
     real = real_features(dataset, "test", n_ref, net, size, channels, cache_dir, dev, progress)
     train = real_features(dataset, "train", n, net, size, channels, cache_dir, dev, progress)
     fake = extract(net, images, device=dev, progress=progress, desc="sample features")

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.metrics.image import psnr
 
 
 @dataclass
@@ -128,17 +127,21 @@ class Autoencoder(nn.Module):
         device = next(self.parameters()).device
         return torch.cat([self.decode(c.to(device)).cpu() for c in z.split(batch_size)]).clamp(-1, 1)
 
-    def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-        """Mean squared reconstruction error of a posterior draw, plus kl_weight x KL per latent element."""
+    def loss(self, x: torch.Tensor, generator: torch.Generator | None = None,
+             noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """Mean squared reconstruction error of a posterior draw (with `noise` [B, z, H / f, W / f],
+        else drawn from `generator`), plus kl_weight x KL per latent element."""
         mean, logvar = self.encode_dist(x)
-        noise = torch.randn(mean.shape, generator=generator).to(mean.device)
+        if noise is None:
+            noise = torch.randn(mean.shape, generator=generator)
+        noise = noise.to(mean.device)
         recon = self.decoder(mean + (0.5 * logvar).exp() * noise)
         mse = F.mse_loss(recon, x)
         kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).mean()
         return mse + self.cfg.kl_weight * kl, {"mse": mse.item(), "kl": kl.item()}
 
 
-# --- training, saving, loading -------------------------------------------------------------------
+# --- saving, loading, the latent scale -------------------------------------------------------------------
 AE_WEIGHTS, AE_CONFIG = "autoencoder.safetensors", "autoencoder.json"
 
 
@@ -174,67 +177,3 @@ def measure_scale_factor(ae: Autoencoder, images: torch.Tensor, batch_size: int 
     """1 / std of the posterior-mean latents of `images` (before any scaling)."""
     means = ae.encode_images(images, batch_size) / ae.cfg.scale_factor
     return float(1 / means.float().std())
-
-
-def train_autoencoder(images: torch.Tensor, cfg: AutoencoderConfig, steps: int = 2000, batch_size: int = 64,
-                      lr: float = 1e-3, seed: int = 0, device: str | torch.device = "cpu",
-                      held_out: torch.Tensor | None = None, progress: bool = True
-                      ) -> tuple[Autoencoder, dict]:
-    """Adam on the reconstruction + KL loss over random batches of `images` [N, C, H, W] in
-    [-1, 1], then scale_factor measured on up to 2000 of them. Returns the autoencoder (eval
-    mode) and a report: losses along the run and the PSNR on `held_out` (default: images)."""
-    from tqdm.auto import tqdm
-
-    torch.manual_seed(seed)
-    ae = Autoencoder(cfg).to(device)
-    opt = torch.optim.Adam(ae.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    history = []
-    bar = tqdm(range(steps), desc="autoencoder", disable=not progress)
-    for step in bar:
-        batch = images[torch.randint(len(images), (batch_size,), generator=g)].to(device)
-        frac = step / max(1, steps - 1)
-        for group in opt.param_groups:  # cosine decay to a tenth
-            group["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-        loss, parts = ae.loss(batch, g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        history.append(parts["mse"])
-        if step % 20 == 0:
-            bar.set_postfix(mse=f"{parts['mse']:.4f}")
-    ae.eval()
-    ae.cfg.scale_factor = measure_scale_factor(ae, images[:2000])
-    held_out = images[:500] if held_out is None else held_out
-    latents = ae.encode_images(held_out)
-    recon = ae.decode_images(latents)
-    latent_shape = list(latents.shape[1:])
-    return ae, {"steps": steps, "mse_first_50": sum(history[:50]) / len(history[:50]),
-                "mse_last_50": sum(history[-50:]) / len(history[-50:]),
-                "psnr": psnr(recon.clamp(-1, 1), held_out.clamp(-1, 1), pooled=True).item(),
-                "scale_factor": ae.cfg.scale_factor, "latent_shape": latent_shape}
-
-
-def train_autoencoder_folder(images: torch.Tensor, held_out: torch.Tensor, cfg: AutoencoderConfig, folder,
-                             steps: int = 2000, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-                             device: str | torch.device = "cpu", progress: bool = True,
-                             about: dict | None = None) -> dict:
-    """train_autoencoder, then write the folder latent diffusion reads: the weights and config,
-    report.json (the report, the training seconds and `about`) and reconstructions.png (16
-    held-out images above their reconstructions). Returns the report."""
-    import json
-    import time
-    from pathlib import Path
-
-    from nanodiffusion.io.checkpoint import atomic_write
-    from nanodiffusion.io.viz import plot_rows
-
-    start = time.perf_counter()
-    ae, report = train_autoencoder(images, cfg, steps, batch_size, lr, seed, device, held_out, progress)
-    report = {**report, "seconds": time.perf_counter() - start, **(about or {})}
-    folder = Path(folder)
-    save_autoencoder(ae, folder, steps)
-    recon = ae.decode_images(ae.encode_images(held_out[:16]))
-    plot_rows([held_out[:16], recon], ["held-out images", "reconstructions"], folder / "reconstructions.png")
-    atomic_write(folder / "report.json", lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
-    return report

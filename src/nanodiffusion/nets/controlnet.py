@@ -19,17 +19,14 @@ from __future__ import annotations
 import copy
 import json
 import math
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from nanodiffusion.core.denoisers import Denoiser, batch_rows
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.metrics.image import EDGE_THRESHOLD, sobel_edges
 from nanodiffusion.nets.unet import UNet
 
 CONTROL_JSON, CONTROL_WEIGHTS = "controlnet.json", "controlnet.safetensors"
@@ -144,68 +141,3 @@ def control_factor(cfg, control_size: int) -> int:
         raise NanodiffError(f"a {control_size}-pixel control does not fit a "
                             f"{cfg.model.image_size}-pixel network")
     return control_size // cfg.model.image_size
-
-
-def train_controlnet(run: str | Path, out: str | Path, steps: int = 1500, batch_size: int = 64,
-                     lr: float = 5e-4, p_uncond: float = 0.5, seed: int = 0, device: str = "auto",
-                     progress: bool = True, budget_s: float | None = None) -> dict:
-    """Train a ControlNet for a text- or class-conditional (or unconditional) run on its own
-    training images, with their Sobel edge maps as controls; the prompt (or label) is dropped
-    with probability `p_uncond` (0.5, as the paper), so the control alone must carry the layout.
-    Stops after `steps`, or after `budget_s` seconds of steps. Writes `out` and returns a report."""
-    from nanodiffusion.core.losses import diffusion_loss, sample_sigmas
-    from nanodiffusion.data.datasets import load_data
-    from nanodiffusion.inference.pipelines import load_parts, pick_device
-
-    cfg, denoiser, autoencoder, encoder = load_parts(run, "ema", device)
-    dev = pick_device(device)
-    base = denoiser.net.requires_grad_(False).eval()
-    data = load_data(cfg.data.name, "train", cfg.data.image_size, cfg.data.channels)
-    controls = sobel_edges(data.images)
-    x0_all = data.images if autoencoder is None else autoencoder.encode_images(data.images, progress=progress)
-    prompts = index = None
-    if encoder is not None:
-        from nanodiffusion.data.text import encode_unique
-
-        prompts, index, _ = encode_unique(encoder, data.captions)
-    torch.manual_seed(seed)
-    controlnet = ControlNet(base, 1, control_factor(cfg, data.images.shape[-1])).to(dev).train()
-    net = Controlled(base, controlnet, controls[:1])
-    model = Denoiser(net, denoiser.schedule, denoiser.parameterization, denoiser.sigma_data)
-    opt = torch.optim.AdamW(controlnet.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed + 1)
-    losses, used, start = [], 0.0, time.perf_counter()
-    bar = tqdm(total=steps, desc="controlnet", disable=not progress)
-    for step in range(steps):
-        t = time.perf_counter()
-        idx = torch.randint(0, len(x0_all), (batch_size,), generator=gen)
-        sigma = sample_sigmas(cfg.schedule, batch_size, cfg.loss, gen)
-        eps = torch.randn(batch_size, *x0_all.shape[1:], generator=gen)
-        drop = torch.rand(batch_size, generator=gen) < p_uncond
-        cond = None
-        if prompts is not None:
-            cond = prompts[torch.where(drop, torch.zeros_like(idx), index[idx])].to(dev)
-        elif cfg.model.num_classes:
-            cond = torch.where(drop, torch.full_like(idx, cfg.model.num_classes), data.labels[idx]).to(dev)
-        net.control = controls[idx].to(dev)
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / 50)
-        loss = diffusion_loss(model, x0_all[idx].to(dev), sigma.to(dev), eps.to(dev), cfg.loss, cond)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        used += time.perf_counter() - t
-        bar.update()
-        if step % 10 == 9:
-            bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.4f}")
-        if budget_s is not None and used >= budget_s:
-            break
-    bar.close()
-    report = {"base": str(Path(run)), "control": "sobel", "threshold": EDGE_THRESHOLD, "steps": len(losses),
-              "batch_size": batch_size, "lr": lr, "p_uncond": p_uncond, "train_s": used,
-              "seconds": time.perf_counter() - start, "loss_first_50": sum(losses[:50]) / len(losses[:50]),
-              "loss_last_50": sum(losses[-50:]) / len(losses[-50:])}
-    save_controlnet(controlnet.eval(), out, report)
-    return report
