@@ -5,8 +5,9 @@ import torch
 
 from nanodiffusion.data.shapes import render_dataset
 from nanodiffusion.errors import NanodiffError
+from nanodiffusion.io.checkpoint import load_autoencoder, save_autoencoder
 from nanodiffusion.metrics.image import psnr
-from nanodiffusion.nets.autoencoder import Autoencoder, AutoencoderConfig, load_autoencoder, save_autoencoder
+from nanodiffusion.nets.autoencoder import Autoencoder, AutoencoderConfig
 from nanodiffusion.training.autoencoder import train_autoencoder
 from torchrun_helper import assert_same_steps, needs_torchrun, run_one_and_two
 

@@ -201,7 +201,7 @@ def test_toml_config_with_flag_overrides(tmp_path, capsys):
 @pytest.mark.slow
 def test_train_autoencoder_command(tmp_path, monkeypatch, capsys):
     from nanodiffusion.data import datasets as data
-    from nanodiffusion.nets.autoencoder import load_autoencoder
+    from nanodiffusion.io.checkpoint import load_autoencoder
 
     monkeypatch.setenv("NANODIFF_DATA", str(tmp_path / "cache"))
     monkeypatch.setitem(data.SHAPES_SCENES, "train", 64)

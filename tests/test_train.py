@@ -219,8 +219,9 @@ def test_latent_diffusion_trains_in_the_autoencoders_space(tmp_path, monkeypatch
     """With data.autoencoder the UNet sees the scaled latents; samples come back decoded."""
     from nanodiffusion.cli import main
     from nanodiffusion.data.shapes import render_dataset
+    from nanodiffusion.io.checkpoint import save_autoencoder
     from nanodiffusion.io.config import apply_overrides
-    from nanodiffusion.nets.autoencoder import AutoencoderConfig, save_autoencoder
+    from nanodiffusion.nets.autoencoder import AutoencoderConfig
     from nanodiffusion.training.autoencoder import train_autoencoder
 
     cfg = _text_config(tmp_path, monkeypatch)

@@ -120,7 +120,7 @@ def stopped(report: dict, again: str) -> bool:
 
 def cmd_train_autoencoder(args) -> int:
     from nanodiffusion.data.datasets import held_out_images, load_data
-    from nanodiffusion.inference.pipelines import pick_device
+    from nanodiffusion.io.device import pick_device
     from nanodiffusion.nets.autoencoder import AutoencoderConfig
     from nanodiffusion.training.autoencoder import train_autoencoder_folder
 

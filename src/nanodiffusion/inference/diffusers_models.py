@@ -25,7 +25,7 @@ from torch import nn
 from nanodiffusion.core.denoisers import Denoiser
 from nanodiffusion.core.schedules import Schedule
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.inference.pipelines import pick_device
+from nanodiffusion.io.device import pick_device
 
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 

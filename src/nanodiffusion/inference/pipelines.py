@@ -141,8 +141,7 @@ class TextToImage:
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """config.json and ema.safetensors (the weights in use), and the autoencoder if any."""
-        from nanodiffusion.io.checkpoint import save_config, save_weights
-        from nanodiffusion.nets.autoencoder import save_autoencoder
+        from nanodiffusion.io.checkpoint import save_autoencoder, save_config, save_weights
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from nanodiffusion.core.denoisers import Denoiser
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.io.checkpoint import EMA, MODEL, load_config, load_weights
 from nanodiffusion.io.config import Config
+from nanodiffusion.io.device import pick_device
 from nanodiffusion.nets.unet import UNet
 
 
@@ -17,15 +18,6 @@ def build_denoiser(cfg: Config, net: torch.nn.Module | None = None) -> Denoiser:
     """The config's denoiser around `net` (default: a new UNet from cfg.model)."""
     return Denoiser(UNet(cfg.model) if net is None else net, cfg.schedule,
                     cfg.diffusion.parameterization, cfg.diffusion.sigma_data)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """A torch device: "auto" (the GPU if torch sees one, else the CPU), "cpu" or "cuda"."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise NanodiffError("device cuda was asked for, but torch sees no GPU")
-    return torch.device(name)
 
 
 def load_run(run_dir: str | Path, weights: str = "ema", device: str = "auto") -> tuple[Config, Denoiser]:
@@ -46,7 +38,7 @@ def load_parts(run_dir: str | Path, weights: str = "ema", device: str = "auto"):
     cfg, denoiser = load_run(run_dir, weights, device)
     autoencoder = encoder = None
     if cfg.data.autoencoder:  # load_run points it at the run's own, wherever the run moved
-        from nanodiffusion.nets.autoencoder import load_autoencoder
+        from nanodiffusion.io.checkpoint import load_autoencoder
 
         autoencoder = load_autoencoder(cfg.data.autoencoder, pick_device(device))
     if cfg.data.text_encoder:

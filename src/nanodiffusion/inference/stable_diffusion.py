@@ -138,7 +138,7 @@ class StableDiffusion:
                  dtype: torch.dtype | None = None):
         from nanodiffusion.data.text import TextEncoder
         from nanodiffusion.inference.diffusers_models import schedule_from_diffusers
-        from nanodiffusion.inference.pipelines import pick_device
+        from nanodiffusion.io.device import pick_device
 
         device = pick_device(str(device)) if isinstance(device, str) else device
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)

@@ -1,4 +1,4 @@
-"""Run folders: config.json, model.safetensors, ema.safetensors, state.pt.
+"""Run folders: config.json, model.safetensors, ema.safetensors, state.pt; autoencoder folders.
 
 Every file is written to a temporary name and renamed into place, so an interruption never
 leaves a half-written file. Weights are safetensors; the training state (optimizer, RNG) is
@@ -7,6 +7,7 @@ loaded with ``torch.load(weights_only=True)``, which cannot run code from the fi
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from torch import nn
 
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.io.config import Config
+from nanodiffusion.nets.autoencoder import AE_CONFIG, AE_WEIGHTS, Autoencoder, AutoencoderConfig
 
 MODEL, EMA, STATE, CONFIG = "model.safetensors", "ema.safetensors", "state.pt", "config.json"
 
@@ -88,3 +90,20 @@ def load_state(path: Path) -> dict:
     except Exception as e:  # torch raises many types for a damaged file
         raise NanodiffError(f"corrupt training state {path}: {type(e).__name__}") from None
 
+
+# --- an autoencoder's folder: its config and weights -------------------------------------------
+def save_autoencoder(ae: Autoencoder, folder, step: int = 0) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(ae, folder / AE_WEIGHTS, step)
+    atomic_write(folder / AE_CONFIG, lambda p: p.write_text(json.dumps(ae.cfg.to_dict(), indent=2) + "\n"))
+
+
+def load_autoencoder(folder, device: str | torch.device = "cpu") -> Autoencoder:
+    folder = Path(folder)
+    if not (folder / AE_CONFIG).is_file():
+        raise NanodiffError(f"no autoencoder in {folder} (no {AE_CONFIG}); data.autoencoder "
+                            "must name a trained autoencoder's folder")
+    ae = Autoencoder(AutoencoderConfig(**json.loads((folder / AE_CONFIG).read_text())))
+    load_weights(ae, folder / AE_WEIGHTS)
+    return ae.to(device).eval()

@@ -290,7 +290,7 @@ def evaluate_images(images: torch.Tensor, dataset: str = "fashion-mnist",
     n_ref (default N) test images, with the real-vs-real floor (train[:N] vs test[:n_ref]).
     features: "inception", "classifier" (cached; training.classifier.evaluate_images trains it
     when missing) or a feature net with a `name` and a `resize`."""
-    from nanodiffusion.inference.pipelines import pick_device
+    from nanodiffusion.io.device import pick_device
 
     if images.ndim != 4 or len(images) < k + 2:
         raise NanodiffError(f"expected at least {k + 2} images [N, C, H, W], got shape {tuple(images.shape)}")

@@ -141,35 +141,8 @@ class Autoencoder(nn.Module):
         return mse + self.cfg.kl_weight * kl, {"mse": mse.item(), "kl": kl.item()}
 
 
-# --- saving, loading, the latent scale -------------------------------------------------------------------
+# --- file names (io.checkpoint saves and loads autoencoder folders), the latent scale -----------
 AE_WEIGHTS, AE_CONFIG = "autoencoder.safetensors", "autoencoder.json"
-
-
-def save_autoencoder(ae: Autoencoder, folder, step: int = 0) -> None:
-    import json
-    from pathlib import Path
-
-    from nanodiffusion.io.checkpoint import atomic_write, save_weights
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_weights(ae, folder / AE_WEIGHTS, step)
-    atomic_write(folder / AE_CONFIG, lambda p: p.write_text(json.dumps(ae.cfg.to_dict(), indent=2) + "\n"))
-
-
-def load_autoencoder(folder, device: str | torch.device = "cpu") -> Autoencoder:
-    import json
-    from pathlib import Path
-
-    from nanodiffusion.io.checkpoint import load_weights
-
-    folder = Path(folder)
-    if not (folder / AE_CONFIG).is_file():
-        raise NanodiffError(f"no autoencoder in {folder} (no {AE_CONFIG}); data.autoencoder "
-                            "must name a trained autoencoder's folder")
-    ae = Autoencoder(AutoencoderConfig(**json.loads((folder / AE_CONFIG).read_text())))
-    load_weights(ae, folder / AE_WEIGHTS)
-    return ae.to(device).eval()
 
 
 @torch.no_grad()

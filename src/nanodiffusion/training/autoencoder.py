@@ -18,14 +18,13 @@ import torch
 from torch import nn
 
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.io.checkpoint import STATE, atomic_write
+from nanodiffusion.io.checkpoint import STATE, atomic_write, save_autoencoder
 from nanodiffusion.io.config import EMAConfig, OptimConfig
 from nanodiffusion.metrics.image import psnr
 from nanodiffusion.nets.autoencoder import (
     Autoencoder,
     AutoencoderConfig,
     measure_scale_factor,
-    save_autoencoder,
 )
 from nanodiffusion.training.distributed import Dist
 from nanodiffusion.training.loop import Loop, check_fresh, dist_and_device

@@ -156,7 +156,7 @@ class Trainer:
         return str(folder)
 
     def _encode(self, folder: str, images: torch.Tensor) -> torch.Tensor:
-        from nanodiffusion.nets.autoencoder import load_autoencoder
+        from nanodiffusion.io.checkpoint import load_autoencoder
 
         ae = self.autoencoder = load_autoencoder(folder, self.device)
         if ae.cfg.in_channels != images.shape[1]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from nanodiffusion.inference.pipelines import pick_device
+from nanodiffusion.io.device import pick_device
 
 
 @dataclass

@@ -34,7 +34,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.inference.pipelines import pick_device
 from nanodiffusion.io.checkpoint import (
     EMA,
     MODEL,
@@ -47,6 +46,7 @@ from nanodiffusion.io.checkpoint import (
     weights_step,
 )
 from nanodiffusion.io.config import EMAConfig, OptimConfig
+from nanodiffusion.io.device import pick_device
 from nanodiffusion.training.distributed import Dist, any_rank, leave_together, setup_distributed
 
 METRICS = "metrics.jsonl"
