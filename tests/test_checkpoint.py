@@ -8,7 +8,6 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from nanodiffusion.errors import NanodiffError
 from nanodiffusion.io.checkpoint import (
     atomic_write,
     load_config,
@@ -20,6 +19,7 @@ from nanodiffusion.io.checkpoint import (
     weights_step,
 )
 from nanodiffusion.io.config import apply_overrides, preset
+from one_line import error_of
 
 
 def net(seed: int, hidden: int = 4, layers: int = 2) -> nn.Module:
@@ -28,14 +28,6 @@ def net(seed: int, hidden: int = 4, layers: int = 2) -> nn.Module:
     if layers == 2:
         modules += [nn.ReLU(), nn.Linear(hidden, 2)]
     return nn.Sequential(*modules)
-
-
-def error_of(call, *args) -> str:
-    with pytest.raises(NanodiffError) as error:
-        call(*args)
-    message = str(error.value)
-    assert "\n" not in message, message
-    return message
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from nanodiffusion.errors import NanodiffError
 from nanodiffusion.io.config import PRESETS, Config, apply_overrides, preset
 from nanodiffusion.nets.unet import UNet
+from one_line import error_of
 
 DATA = {"digits": "digits", "mnist": "mnist", "fashion-mnist": "fashion-mnist", "text": "shapes",
         "upscale": "shapes"}
@@ -33,14 +33,6 @@ def toml_text(d: dict) -> str:
         lines += [f"{key} = {value(v)}" for key, v in values.items() if v is not None]
         lines.append("")
     return "\n".join(lines)
-
-
-def error_of(call, *args) -> str:
-    with pytest.raises(NanodiffError) as error:
-        call(*args)
-    message = str(error.value)
-    assert "\n" not in message, message
-    return message
 
 
 # --- presets --------------------------------------------------------------------------------------
