@@ -123,7 +123,7 @@ def test_state_round_trips_optimizer_and_rng_exactly(tmp_path):
 def test_damaged_or_unsafe_state_is_one_line(tmp_path):
     path = tmp_path / "state.pt"
     assert error_of(load_state, path) == (
-        f"missing training state: {path} (was this run saved by nanodiff train?)")
+        f"missing training state: {path} (was this run saved by train()?)")
     save_state({"step": 1, "w": torch.ones(3)}, path)
     path.write_bytes(path.read_bytes()[:40])
     assert error_of(load_state, path).startswith(f"corrupt training state {path}: ")

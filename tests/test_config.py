@@ -38,7 +38,7 @@ def toml_text(d: dict) -> str:
 # --- presets --------------------------------------------------------------------------------------
 
 def test_every_preset_is_listed():
-    assert PRESETS == ("digits", "mnist", "fashion-mnist", "text", "upscale")
+    assert tuple(PRESETS) == ("digits", "mnist", "fashion-mnist", "text", "upscale")
     assert set(DATA) == set(PRESETS)
 
 

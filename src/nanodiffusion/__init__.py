@@ -55,3 +55,7 @@ class _OldPath(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 sys.meta_path.append(_OldPath())
+
+
+# Every task, and its presets in io.config.PRESETS, registered whichever module is imported first.
+from nanodiffusion import tasks as _tasks  # noqa: E402, F401

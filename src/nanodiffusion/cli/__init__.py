@@ -18,7 +18,6 @@ import sys
 
 from nanodiffusion.cli import common, edit, info, sample, sd, train
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.tasks import TASKS  # noqa: F401  (registers the tasks, and their presets in PRESETS)
 
 GROUPS = (train, sample, edit, info, sd)
 

@@ -195,11 +195,10 @@ def register_preset(name: str, build: Callable[[], Config] | None = None):
 
 
 def preset(name: str) -> Config:
-    """A new Config of the preset `name` (the tasks' presets are there once nanodiffusion.tasks,
-    which the trainer, the pipelines and the command line import, is imported)."""
+    """A new Config of the preset `name` (the tasks' presets join when nanodiffusion.tasks is
+    imported, which importing the package does)."""
     if name not in PRESET_BUILDERS:
-        raise NanodiffError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} (a task's presets "
-                            "join when nanodiffusion.tasks is imported)")
+        raise NanodiffError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESET_BUILDERS[name]()
 
 
