@@ -31,7 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a usage mistake (its one line is printed) returns 2; --help exits 0
+        if not e.code:
+            raise
+        return e.code
     try:
         return args.func(args)
     except NanodiffError as e:
