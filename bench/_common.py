@@ -74,8 +74,10 @@ def machine() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else None
     cpu = found.group(1).strip() if found else platform.processor() or platform.machine()
-    return (f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-            f"{datetime.date.today().isoformat()}")
+    return (
+        f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"{datetime.date.today().isoformat()}"
+    )
 
 
 def write_section(name: str, body: str, path: Path = DOC) -> None:

@@ -28,8 +28,9 @@ def write_tokenizer(folder: Path):
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     # without model_max_length the tokenizer pads to an effectively unbounded length
-    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
-                                      model_max_length=77)
+    return transformers.CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77
+    )
 
 
 def random_pipeline(dims: str = "tiny", prediction_type: str = "epsilon", seed: int = 0):
@@ -44,30 +45,61 @@ def random_pipeline(dims: str = "tiny", prediction_type: str = "epsilon", seed: 
         tokenizer = write_tokenizer(Path(tmp))
     torch.manual_seed(seed)
     if dims == "tiny":
-        text = dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                    num_hidden_layers=2)
+        text = dict(
+            vocab_size=49408, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2
+        )
         unet = diffusers.UNet2DConditionModel(
-            sample_size=8, layers_per_block=1, block_out_channels=(32, 64),
+            sample_size=8,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=8)
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+        )
         vae_channels, size = (32, 64), 16
     else:
-        text = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
-                    num_hidden_layers=12, hidden_act="quick_gelu")
+        text = dict(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            hidden_act="quick_gelu",
+        )
         unet = diffusers.UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # SD 1.x otherwise
         vae_channels, size = (128, 256, 512, 512), 512
-    text_model = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1, **text))
+    text_model = transformers.CLIPTextModel(
+        transformers.CLIPTextConfig(
+            max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1, **text
+        )
+    )
     vae = diffusers.AutoencoderKL(
-        block_out_channels=vae_channels, layers_per_block=1 if dims == "tiny" else 2, latent_channels=4,
+        block_out_channels=vae_channels,
+        layers_per_block=1 if dims == "tiny" else 2,
+        latent_channels=4,
         down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
-        up_block_types=("UpDecoderBlock2D",) * len(vae_channels), sample_size=size)
+        up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
+        sample_size=size,
+    )
     scheduler = diffusers.PNDMScheduler(  # Stable Diffusion 1.x's scheduler config
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
-        steps_offset=1, set_alpha_to_one=False, prediction_type=prediction_type)
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        skip_prk_steps=True,
+        steps_offset=1,
+        set_alpha_to_one=False,
+        prediction_type=prediction_type,
+    )
     pipe = diffusers.StableDiffusionPipeline(
-        vae=vae, text_encoder=text_model, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        vae=vae,
+        text_encoder=text_model,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
-

@@ -58,7 +58,10 @@ RESULTS = "results.json"
 DIFFUSERS_ADAM = {"betas": (0.95, 0.999), "weight_decay": 1e-6, "eps": 1e-8}
 DIFFUSERS_EMA = {"decay": 0.9999, "use_ema_warmup": True, "inv_gamma": 1.0, "power": 3 / 4}
 DIFFUSERS_UNET = {
-    "sample_size": SHAPE[1], "in_channels": SHAPE[0], "out_channels": SHAPE[0], "layers_per_block": 2,
+    "sample_size": SHAPE[1],
+    "in_channels": SHAPE[0],
+    "out_channels": SHAPE[0],
+    "layers_per_block": 2,
     "block_out_channels": (32, 64, 64),
     "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
     "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
@@ -77,10 +80,17 @@ class Recipe:
 
 RECIPES = (
     Recipe("nanodiffusion", "nanodiffusion `fashion-mnist` preset", "nanodiffusion", color="tab:blue"),
-    Recipe("diffusers-lr1e-4", "diffusers example defaults (lr 1e-4, 500 warm-up)", "diffusers", 1e-4, 500,
-           color="tab:orange"),
-    Recipe("diffusers-lr1e-3", "diffusers example, lr 1e-3, 50 warm-up", "diffusers", 1e-3, 50,
-           color="tab:green"),
+    Recipe(
+        "diffusers-lr1e-4",
+        "diffusers example defaults (lr 1e-4, 500 warm-up)",
+        "diffusers",
+        1e-4,
+        500,
+        color="tab:orange",
+    ),
+    Recipe(
+        "diffusers-lr1e-3", "diffusers example, lr 1e-3, 50 warm-up", "diffusers", 1e-3, 50, color="tab:green"
+    ),
 )
 RECIPE = {r.name: r for r in RECIPES}
 
@@ -89,10 +99,20 @@ NANO_SAMPLERS = ("ddim", "dpm++2m", "unipc")
 NANO_REFERENCE = "dpm++2m"
 DIFFUSERS_SAMPLERS = ("DDIMScheduler", "DPMSolverMultistepScheduler")
 DIFFUSERS_REFERENCE = "DPMSolverMultistepScheduler"
-SAMPLER_LABEL = {"ddim": "DDIM", "dpm++2m": "DPM++(2M)", "unipc": "UniPC", "DDIMScheduler": "`DDIMScheduler`",
-                 "DPMSolverMultistepScheduler": "`DPMSolverMultistepScheduler`"}
-LINESTYLE = {"ddim": ":", "dpm++2m": "-", "unipc": "--", "DDIMScheduler": ":",
-             "DPMSolverMultistepScheduler": "-"}
+SAMPLER_LABEL = {
+    "ddim": "DDIM",
+    "dpm++2m": "DPM++(2M)",
+    "unipc": "UniPC",
+    "DDIMScheduler": "`DDIMScheduler`",
+    "DPMSolverMultistepScheduler": "`DPMSolverMultistepScheduler`",
+}
+LINESTYLE = {
+    "ddim": ":",
+    "dpm++2m": "-",
+    "unipc": "--",
+    "DDIMScheduler": ":",
+    "DPMSolverMultistepScheduler": "-",
+}
 MARKER = {"ddim": "s", "dpm++2m": "o", "unipc": "^", "DDIMScheduler": "s", "DPMSolverMultistepScheduler": "o"}
 
 
@@ -177,16 +197,19 @@ def train_nanodiffusion(s: Settings, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     net = trainer.denoiser.net
-    info = {"params": _count_params(net),
-            "flops": _flops_cpu(net, lambda m: m(torch.zeros(1, *SHAPE), torch.zeros(1)))}
+    info = {
+        "params": _count_params(net),
+        "flops": _flops_cpu(net, lambda m: m(torch.zeros(1, *SHAPE), torch.zeros(1))),
+    }
     clock, losses, checkpoints = BudgetClock(s.budget_s), [], []
 
     def snapshot() -> None:
         k = len(checkpoints) + 1
         path = run_dir / "checkpoints" / f"ema-{k}.safetensors"
         save_weights(trainer.ema.model, path, trainer.step)
-        checkpoints.append({"k": k, "path": str(path.relative_to(s.out)), "step": trainer.step,
-                            "seconds": clock.used})
+        checkpoints.append(
+            {"k": k, "path": str(path.relative_to(s.out)), "step": trainer.step, "seconds": clock.used}
+        )
 
     trainer.model.train()
     while not clock.done:
@@ -202,17 +225,25 @@ def train_nanodiffusion(s: Settings, run_dir: Path) -> dict:
     trainer.cfg.run.steps = trainer.step  # the config records the run as it went
     trainer.save()
     save_config(trainer.cfg, run_dir)
-    return {**info, "steps": trainer.step, "seconds": clock.used,
-            "images_per_s": trainer.step * BATCH / clock.used, "final_loss": _mean_tail(losses),
-            "checkpoints": checkpoints,
-            "schedule": f"lr {cfg.optim.lr:g}, {cfg.optim.warmup_steps} warm-up steps, cosine to "
-                        f"{cfg.optim.min_lr_ratio:g} x lr; EMA power {cfg.ema.power:.3g}"}
+    return {
+        **info,
+        "steps": trainer.step,
+        "seconds": clock.used,
+        "images_per_s": trainer.step * BATCH / clock.used,
+        "final_loss": _mean_tail(losses),
+        "checkpoints": checkpoints,
+        "schedule": f"lr {cfg.optim.lr:g}, {cfg.optim.warmup_steps} warm-up steps, cosine to "
+        f"{cfg.optim.min_lr_ratio:g} x lr; EMA power {cfg.ema.power:.3g}",
+    }
 
 
 def _progress(name: str, step: int, clock: BudgetClock, losses: list[float]) -> None:
     if step % 50 == 0:
-        print(f"  {name}: step {step}, {clock.used:.0f}/{clock.budget_s:.0f} s, "
-              f"loss {_mean_tail(losses, 50):.4f}", flush=True)
+        print(
+            f"  {name}: step {step}, {clock.used:.0f}/{clock.budget_s:.0f} s, "
+            f"loss {_mean_tail(losses, 50):.4f}",
+            flush=True,
+        )
 
 
 def diffusers_unet():
@@ -233,8 +264,9 @@ def train_diffusers(s: Settings, recipe: Recipe, run_dir: Path) -> dict:
     one = (torch.zeros(1, *SHAPE), torch.zeros(1, dtype=torch.long))
     info = {"params": _count_params(unet), "flops": _flops_cpu(unet, lambda m: m(*one).sample)}
     unet.to(device).train()
-    noise_scheduler = DDPMScheduler(num_train_timesteps=T_TRAIN, beta_schedule="linear",
-                                    prediction_type="epsilon")
+    noise_scheduler = DDPMScheduler(
+        num_train_timesteps=T_TRAIN, beta_schedule="linear", prediction_type="epsilon"
+    )
     opt = torch.optim.AdamW(unet.parameters(), lr=recipe.lr, **DIFFUSERS_ADAM)
     ema = EMAModel(unet.parameters(), **DIFFUSERS_EMA)
     order_gen = torch.Generator().manual_seed(s.seed)
@@ -247,7 +279,7 @@ def train_diffusers(s: Settings, recipe: Recipe, run_dir: Path) -> dict:
         start = time.perf_counter()
         if pos + BATCH > len(order):  # a new epoch, reshuffled, as the example's DataLoader does
             order, pos = torch.randperm(len(images), generator=order_gen), 0
-        clean = images[order[pos:pos + BATCH]].to(device)
+        clean = images[order[pos : pos + BATCH]].to(device)
         pos += BATCH
         noise = torch.randn(clean.shape).to(device)
         timesteps = torch.randint(0, T_TRAIN, (BATCH,)).to(device)
@@ -263,10 +295,16 @@ def train_diffusers(s: Settings, recipe: Recipe, run_dir: Path) -> dict:
         _progress(recipe.name, step, clock, losses)
     ema.copy_to(unet.parameters())  # the EMA weights are what is sampled
     DDPMPipeline(unet=unet.eval(), scheduler=noise_scheduler).save_pretrained(run_dir)
-    return {**info, "steps": step, "seconds": clock.used, "images_per_s": step * BATCH / clock.used,
-            "final_loss": _mean_tail(losses), "planned_steps_at_end": clock.planned_steps(step),
-            "schedule": f"AdamW lr {recipe.lr:g} (betas 0.95, 0.999, weight decay 1e-6), {recipe.warmup} "
-                        f"warm-up steps, cosine to 0; EMA power 3/4 with warm-up, max decay 0.9999"}
+    return {
+        **info,
+        "steps": step,
+        "seconds": clock.used,
+        "images_per_s": step * BATCH / clock.used,
+        "final_loss": _mean_tail(losses),
+        "planned_steps_at_end": clock.planned_steps(step),
+        "schedule": f"AdamW lr {recipe.lr:g} (betas 0.95, 0.999, weight decay 1e-6), {recipe.warmup} "
+        f"warm-up steps, cosine to 0; EMA power 3/4 with warm-up, max decay 0.9999",
+    }
 
 
 # --- sampling ---------------------------------------------------------------------------------
@@ -324,8 +362,9 @@ def diffusers_scheduler(name: str, train_scheduler):
 
 
 @torch.no_grad()
-def sample_diffusers(unet, scheduler, noise: torch.Tensor, steps: int, batch: int
-                     ) -> tuple[torch.Tensor, int]:
+def sample_diffusers(
+    unet, scheduler, noise: torch.Tensor, steps: int, batch: int
+) -> tuple[torch.Tensor, int]:
     """The hand-written loop of diffusers' docs: scale_model_input, unet, scheduler.step. Returns
     the images in [-1, 1] and the network evaluations per image."""
     device = next(unet.parameters()).device
@@ -360,18 +399,34 @@ def draw(s: Settings, results: Results, item: SampleSet, models: dict) -> None:
     model_key = (item.recipe, item.checkpoint)
     if model_key not in models:
         models.clear()  # one model in memory at a time
-        models[model_key] = (load_nanodiffusion(s, item.checkpoint) if item.library == "nanodiffusion"
-                             else load_diffusers_pipeline(s, item.recipe))
+        models[model_key] = (
+            load_nanodiffusion(s, item.checkpoint)
+            if item.library == "nanodiffusion"
+            else load_diffusers_pipeline(s, item.recipe)
+        )
     start = time.perf_counter()
     if item.library == "nanodiffusion":
         stats: dict = {}
-        images = sample_images(models[model_key], item.n, SHAPE, item.sampler, item.steps, seed=item.seed,
-                               batch_size=s.batch, stats=stats)
+        images = sample_images(
+            models[model_key],
+            item.n,
+            SHAPE,
+            item.sampler,
+            item.steps,
+            seed=item.seed,
+            batch_size=s.batch,
+            stats=stats,
+        )
         nfe = stats["nfe"]
     else:
         unet, train_scheduler = models[model_key]
-        images, nfe = sample_diffusers(unet, diffusers_scheduler(item.sampler, train_scheduler),
-                                       starting_noise(item.n, item.seed), item.steps, s.batch)
+        images, nfe = sample_diffusers(
+            unet,
+            diffusers_scheduler(item.sampler, train_scheduler),
+            starting_noise(item.n, item.seed),
+            item.steps,
+            s.batch,
+        )
     seconds = time.perf_counter() - start
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"images": _to_uint8(images).contiguous()}, str(path))
@@ -385,14 +440,22 @@ def score(s: Settings, results: Results, item: SampleSet, features: str) -> dict
     key = f"{item.key}/{features}"
     if key not in results.data["metrics"]:
         start = time.perf_counter()
-        metrics = evaluate_images(load_samples(item.file(s.out)), dataset=DATASET, features=features,
-                                  device=s.device, progress=sys.stderr.isatty())
+        metrics = evaluate_images(
+            load_samples(item.file(s.out)),
+            dataset=DATASET,
+            features=features,
+            device=s.device,
+            progress=sys.stderr.isatty(),
+        )
         metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
         metrics["seconds"] = time.perf_counter() - start
         results.data["metrics"][key] = metrics
         results.save()
-        print(f"  scored {key}: FID {metrics['fid']:.2f} (floor {metrics['floor_fid']:.2f}), "
-              f"{metrics['seconds']:.0f} s", flush=True)
+        print(
+            f"  scored {key}: FID {metrics['fid']:.2f} (floor {metrics['floor_fid']:.2f}), "
+            f"{metrics['seconds']:.0f} s",
+            flush=True,
+        )
     return results.data["metrics"][key]
 
 
@@ -411,8 +474,10 @@ def main_sets(s: Settings) -> list[SampleSet]:
 
 
 def checkpoint_sets(s: Settings) -> list[SampleSet]:
-    return [SampleSet("nanodiffusion", NANO_REFERENCE, s.checkpoint_steps, s.checkpoint_n, s.seed, k)
-            for k in range(1, s.checkpoints + 1)]
+    return [
+        SampleSet("nanodiffusion", NANO_REFERENCE, s.checkpoint_steps, s.checkpoint_n, s.seed, k)
+        for k in range(1, s.checkpoints + 1)
+    ]
 
 
 # --- the time estimate ------------------------------------------------------------------------
@@ -437,8 +502,10 @@ def measure_speeds(s: Settings) -> dict[str, float]:
     unet = diffusers_unet().to(device).eval()
     batch = min(s.batch, max(s.n, s.checkpoint_n))
     x = torch.randn(batch, *SHAPE, device=device)
-    speeds = {"nanodiffusion": _rate(lambda: nano(x, torch.ones(batch, device=device)), batch),
-              "diffusers": _rate(lambda: unet(x, torch.full((batch,), 500, device=device)).sample, batch)}
+    speeds = {
+        "nanodiffusion": _rate(lambda: nano(x, torch.ones(batch, device=device)), batch),
+        "diffusers": _rate(lambda: unet(x, torch.full((batch,), 500, device=device)).sample, batch),
+    }
     for features in {s.features, s.checkpoint_features}:
         speeds[features] = _feature_rate(features, device)
     return speeds
@@ -458,14 +525,16 @@ def _feature_rate(features: str, device: torch.device) -> float:
     return _rate(lambda: net(x), 20, repeats=1)
 
 
-def estimate(s: Settings, results: Results, speeds: dict[str, float], n: int | None = None
-             ) -> dict[str, float]:
+def estimate(
+    s: Settings, results: Results, speeds: dict[str, float], n: int | None = None
+) -> dict[str, float]:
     """Seconds each stage still needs (what results.json holds is free). `n` replaces --n."""
     done = results.data
     trainings = sum(s.budget_s + 20 for r in RECIPES if r.name not in done["trainings"])
     sampling = features = 0.0
-    for item, feats in [(i, s.features) for i in main_sets(s)] + [(i, s.checkpoint_features)
-                                                                 for i in checkpoint_sets(s)]:
+    for item, feats in [(i, s.features) for i in main_sets(s)] + [
+        (i, s.checkpoint_features) for i in checkpoint_sets(s)
+    ]:
         size = n if (n is not None and not item.checkpoint) else item.n
         if item.key not in done["samples"]:
             sampling += item.steps * size / speeds[item.library]
@@ -479,16 +548,25 @@ def estimate(s: Settings, results: Results, speeds: dict[str, float], n: int | N
 def print_estimate(s: Settings, results: Results, speeds: dict[str, float]) -> float:
     parts = estimate(s, results, speeds)
     total = sum(parts.values())
-    print(f"speeds on this machine: nanodiffusion UNet {speeds['nanodiffusion']:.0f} and diffusers UNet "
-          f"{speeds['diffusers']:.0f} network evaluations/s; {s.features} features "
-          f"{speeds[s.features]:.1f} images/s")
-    print("expected time: " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in parts.items())
-          + f"; about {total / 60:.0f} min in all", flush=True)
+    print(
+        f"speeds on this machine: nanodiffusion UNet {speeds['nanodiffusion']:.0f} and diffusers UNet "
+        f"{speeds['diffusers']:.0f} network evaluations/s; {s.features} features "
+        f"{speeds[s.features]:.1f} images/s"
+    )
+    print(
+        "expected time: "
+        + ", ".join(f"{k} {v / 60:.0f} min" for k, v in parts.items())
+        + f"; about {total / 60:.0f} min in all",
+        flush=True,
+    )
     if total > 95 * 60 and not results.data["trainings"]:
         fits = [n for n in range(50, s.n, 10) if sum(estimate(s, results, speeds, n).values()) <= 90 * 60]
         if fits:
-            print(f"  (to finish in about 90 minutes here, pass --n {fits[-1]}; FID at a small N is biased "
-                  "upwards, and the real-vs-real floor at that N shows by how much)", flush=True)
+            print(
+                f"  (to finish in about 90 minutes here, pass --n {fits[-1]}; FID at a small N is biased "
+                "upwards, and the real-vs-real floor at that N shows by how much)",
+                flush=True,
+            )
     return total
 
 
@@ -516,12 +594,18 @@ def plot_fid_nfe(s: Settings, rows: list[tuple[SampleSet, dict]], floor: float, 
     ax = fig.subplots()
     for recipe in RECIPES:
         for name in NANO_SAMPLERS + DIFFUSERS_SAMPLERS:
-            points = sorted((i.steps, m["fid"]) for i, m in rows
-                            if i.recipe == recipe.name and i.sampler == name)
+            points = sorted(
+                (i.steps, m["fid"]) for i, m in rows if i.recipe == recipe.name and i.sampler == name
+            )
             if points:
                 short = SAMPLER_LABEL[name].strip("`").replace("Scheduler", "").replace("Multistep", "")
-                ax.plot(*zip(*points, strict=True), color=recipe.color, linestyle=LINESTYLE[name],
-                        marker=MARKER[name], label=f"{recipe.label.replace('`', '')}: {short}")
+                ax.plot(
+                    *zip(*points, strict=True),
+                    color=recipe.color,
+                    linestyle=LINESTYLE[name],
+                    marker=MARKER[name],
+                    label=f"{recipe.label.replace('`', '')}: {short}",
+                )
     ax.axhline(floor, color="gray", linestyle="--", label="real-vs-real floor")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -544,8 +628,13 @@ def plot_fid_time(s: Settings, points: list[tuple[float, int, dict]], path: Path
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
     minutes = [sec / 60 for sec, _, _ in points]
-    ax.plot(minutes, [m["fid"] for _, _, m in points], color=RECIPE["nanodiffusion"].color, marker="o",
-            label=f"nanodiffusion, {SAMPLER_LABEL[NANO_REFERENCE]} {s.checkpoint_steps} steps")
+    ax.plot(
+        minutes,
+        [m["fid"] for _, _, m in points],
+        color=RECIPE["nanodiffusion"].color,
+        marker="o",
+        label=f"nanodiffusion, {SAMPLER_LABEL[NANO_REFERENCE]} {s.checkpoint_steps} steps",
+    )
     for (_, step, m), x in zip(points, minutes, strict=True):
         ax.annotate(f"{step}", (x, m["fid"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.axhline(points[-1][2]["floor_fid"], color="gray", linestyle="--", label="real-vs-real floor")
@@ -598,14 +687,16 @@ def verdict(s: Settings, rows: list[tuple[SampleSet, dict]], floor: float) -> li
         lines.append(
             f"- FID at 20 NFE at most half the best diffusers FID up to 50 steps: {state}. nanodiffusion "
             f"{_fmt(m['fid'])} ({_where(i)}) against {_fmt(d['fid'])} ({RECIPE[j.recipe].label}, "
-            f"{_where(j)}): {ratio:.2f}x, target 0.5x" + ("." if ratio <= 0.5 else
-                                            f"; it would need to be {ratio / 0.5:.2f}x lower."))
+            f"{_where(j)}): {ratio:.2f}x, target 0.5x"
+            + ("." if ratio <= 0.5 else f"; it would need to be {ratio / 0.5:.2f}x lower.")
+        )
         ratio = m["fid"] / floor
         state = "**reached**" if ratio <= 3 else "**missed**"
         lines.append(
             f"- FID at 20 NFE at most 3x the real-vs-real floor at N = {s.n}: {state}. {_fmt(m['fid'])} "
-            f"against a floor of {_fmt(floor)}: {ratio:.2f}x, target 3x" + ("." if ratio <= 3 else
-                                                                    f"; {ratio / 3:.2f}x too high."))
+            f"against a floor of {_fmt(floor)}: {ratio:.2f}x, target 3x"
+            + ("." if ratio <= 3 else f"; {ratio / 3:.2f}x too high.")
+        )
     else:
         lines.append("- The 20-NFE targets were not measured (20 is not among --steps).")
     if nano10 and converged:
@@ -614,7 +705,8 @@ def verdict(s: Settings, rows: list[tuple[SampleSet, dict]], floor: float) -> li
         state = "**reached**" if excess <= 0.10 else "**missed**"
         lines.append(
             f"- FID at 10 NFE within 10% of the converged FID: {state}. {_fmt(m['fid'])} ({_where(i)}) "
-            f"against {_fmt(c['fid'])} ({_where(j)}): {100 * excess:+.0f}%, target at most +10%.")
+            f"against {_fmt(c['fid'])} ({_where(j)}): {100 * excess:+.0f}%, target at most +10%."
+        )
     else:
         lines.append("- The 10-NFE target was not measured (10 is not among --steps).")
     return lines
@@ -629,46 +721,67 @@ def report(s: Settings, results: Results, figures: Path) -> str:
     floor = first["floor_fid"]
     plot_fid_nfe(s, rows, floor, figures / "quality_fid_nfe.png")
     ckpts = data["trainings"]["nanodiffusion"]["checkpoints"]
-    plot_fid_time(s, [(c["seconds"], c["step"], m) for c, (_, m) in zip(ckpts, ck_rows, strict=True)],
-                  figures / "quality_fid_time.png")
+    plot_fid_time(
+        s,
+        [(c["seconds"], c["step"], m) for c, (_, m) in zip(ckpts, ck_rows, strict=True)],
+        figures / "quality_fid_time.png",
+    )
     grid_steps = 20 if 20 in s.steps else max(s.steps)
     real = load_data(DATASET, "test").images[:64]
     panels = [("Fashion-MNIST test images", real)]
     for recipe in RECIPES:
         i, m = _best(rows, recipe=recipe.name, steps=grid_steps)
-        panels.append((f"{recipe.label.replace('`', '')}\n{SAMPLER_LABEL[i.sampler].strip('`')}, "
-                       f"{i.steps} steps: FID {_fmt(m['fid'], 1)}", load_samples(i.file(s.out))))
+        panels.append(
+            (
+                f"{recipe.label.replace('`', '')}\n{SAMPLER_LABEL[i.sampler].strip('`')}, "
+                f"{i.steps} steps: FID {_fmt(m['fid'], 1)}",
+                load_samples(i.file(s.out)),
+            )
+        )
     plot_grids(s, panels, figures / "quality_grids.png")
 
-    train_rows = ["| training | params | forward GFLOPs / image | images/s | steps reached "
-                  "| loss, last 50 steps | learning rate and EMA |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    train_rows = [
+        "| training | params | forward GFLOPs / image | images/s | steps reached "
+        "| loss, last 50 steps | learning rate and EMA |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for recipe in RECIPES:
         t = data["trainings"][recipe.name]
-        train_rows.append(f"| {recipe.label} | {t['params'] / 1e6:.2f}M | {t['flops'] / 1e9:.3f} | "
-                          f"{t['images_per_s']:.1f} | {t['steps']} | {t['final_loss']:.4f} | "
-                          f"{t['schedule']} |")
-    table = ["| training | sampler | NFE | FID | FID / floor | KID x 1000 | precision | recall "
-             "| sampling s |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        train_rows.append(
+            f"| {recipe.label} | {t['params'] / 1e6:.2f}M | {t['flops'] / 1e9:.3f} | "
+            f"{t['images_per_s']:.1f} | {t['steps']} | {t['final_loss']:.4f} | "
+            f"{t['schedule']} |"
+        )
+    table = [
+        "| training | sampler | NFE | FID | FID / floor | KID x 1000 | precision | recall | sampling s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for i, m in rows:
         ref = " (reference)" if i.steps == s.ref_steps else ""
         nfe = data["samples"][i.key]["nfe"]
         table.append(
             f"| {RECIPE[i.recipe].label} | {SAMPLER_LABEL[i.sampler]}{ref} | {nfe} | {_fmt(m['fid'])} | "
             f"{m['fid'] / floor:.2f} | {1000 * m['kid_mean']:.2f} +- {1000 * m['kid_std']:.2f} | "
-            f"{m['precision']:.3f} | {m['recall']:.3f} | {data['samples'][i.key]['seconds']:.0f} |")
-    table.append(f"| real-vs-real floor: train[:{s.n}] against test[:{s.n}] | | | {_fmt(floor)} | 1.00 "
-                 "| | | | |")
+            f"{m['precision']:.3f} | {m['recall']:.3f} | {data['samples'][i.key]['seconds']:.0f} |"
+        )
+    table.append(
+        f"| real-vs-real floor: train[:{s.n}] against test[:{s.n}] | | | {_fmt(floor)} | 1.00 | | | | |"
+    )
     ck_table = ["| snapshot | training time | steps | FID | floor |", "| ---: | ---: | ---: | ---: | ---: |"]
     for c, (_, m) in zip(ckpts, ck_rows, strict=True):
-        ck_table.append(f"| {c['k']} | {c['seconds'] / 60:.1f} min | {c['step']} | {_fmt(m['fid'])} | "
-                        f"{_fmt(m['floor_fid'])} |")
+        ck_table.append(
+            f"| {c['k']} | {c['seconds'] / 60:.1f} min | {c['step']} | {_fmt(m['fid'])} | "
+            f"{_fmt(m['floor_fid'])} |"
+        )
     # stage times as recorded with each part, so that runs continued with --reuse add up correctly
-    stages = {"training": sum(t["seconds"] for t in data["trainings"].values()),
-              "sampling": sum(v["seconds"] for v in data["samples"].values()),
-              "features": sum(v.get("seconds", 0.0) for v in data["metrics"].values())}
-    took = (f"{sum(stages.values()) / 60:.0f} minutes: " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in
-                                                                     stages.items()))
+    stages = {
+        "training": sum(t["seconds"] for t in data["trainings"].values()),
+        "sampling": sum(v["seconds"] for v in data["samples"].values()),
+        "features": sum(v.get("seconds", 0.0) for v in data["metrics"].values()),
+    }
+    took = f"{sum(stages.values()) / 60:.0f} minutes: " + ", ".join(
+        f"{k} {v / 60:.0f} min" for k, v in stages.items()
+    )
     budget = f"{s.budget_s / 60:g} minutes"
     schedule = load_config(s.out / "nanodiffusion").schedule
     spacing = (schedule.kind, schedule.default_spacing())
@@ -677,7 +790,7 @@ def report(s: Settings, results: Results, figures: Path) -> str:
 ## Sample quality per training budget: nanodiffusion against diffusers on Fashion-MNIST
 
 Three trainings of {budget} each on this machine's CPU, sampled from their EMA weights and scored
-with FID at N = {s.n} ({first['features']}). The issue's targets:
+with FID at N = {s.n} ({first["features"]}). The issue's targets:
 
 {nl.join(verdict(s, rows, floor))}
 
@@ -702,8 +815,8 @@ with FID at N = {s.n} ({first['features']}). The issue's targets:
   `--diffusers-reference`: the targets need only nanodiffusion's converged FID, and each diffusers
   reference costs about 18 minutes of sampling here).
 - Metrics: `nanodiffusion.metrics.fid.evaluate_images`: FID, KID (x 1000, mean +- std over subsets),
-  precision and recall (k = {first.get('k', 3)}) of the samples against the first {first['n_ref']} test
-  images; features {first['features']}, resize: {first['resize']}. The floor is the FID of
+  precision and recall (k = {first.get("k", 3)}) of the samples against the first {first["n_ref"]} test
+  images; features {first["features"]}, resize: {first["resize"]}. The floor is the FID of
   train[:{s.n}] against the same test images, at the same N and features.
 - The run's parts took {took} (summed over the parts, whichever `--reuse` invocation ran them;
   the real images' features, computed once and cached, are not counted). "sampling s" is each
@@ -718,7 +831,7 @@ with FID at N = {s.n} ({first['features']}). The issue's targets:
 
 FID against training time, for nanodiffusion's EMA snapshots along its run, uses a cheaper
 metric: {s.checkpoint_n} samples, {SAMPLER_LABEL[NANO_REFERENCE]} at {s.checkpoint_steps} steps,
-{ck_rows[-1][1]['features']} features, with its own floor. These numbers are not comparable with the
+{ck_rows[-1][1]["features"]} features, with its own floor. These numbers are not comparable with the
 table above.
 
 {nl.join(ck_table)}
@@ -753,8 +866,11 @@ def run(s: Settings, reuse: bool, doc: Path | None) -> None:
         run_dir = s.out / recipe.name
         shutil.rmtree(run_dir, ignore_errors=True)
         results.forget(recipe.name)
-        info = (train_nanodiffusion(s, run_dir) if recipe.library == "nanodiffusion"
-                else train_diffusers(s, recipe, run_dir))
+        info = (
+            train_nanodiffusion(s, run_dir)
+            if recipe.library == "nanodiffusion"
+            else train_diffusers(s, recipe, run_dir)
+        )
         results.data["trainings"][recipe.name] = {"budget_s": s.budget_s, "seed": s.seed, **info}
         results.save()
         print(f"{recipe.name}: {info['steps']} steps, {info['images_per_s']:.1f} images/s", flush=True)
@@ -782,44 +898,75 @@ def run(s: Settings, reuse: bool, doc: Path | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets and N, for smoke tests")
-    parser.add_argument("--out", type=Path, help=f"Markdown file to update (default {DOC}; --quick "
-                        "writes only when this is given); the figures go to images/ beside it")
-    parser.add_argument("--out-dir", type=Path, help="folder for runs, samples and metrics (default "
-                        f"{OUT_DEFAULT}, {OUT_DEFAULT}-quick with --quick)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"Markdown file to update (default {DOC}; --quick "
+        "writes only when this is given); the figures go to images/ beside it",
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        help="folder for runs, samples and metrics (default "
+        f"{OUT_DEFAULT}, {OUT_DEFAULT}-quick with --quick)",
+    )
     parser.add_argument("--reuse", action="store_true", help="keep what the output folder already holds")
     parser.add_argument("--budget-min", type=float, help="training minutes per recipe (default 10)")
     parser.add_argument("--n", type=int, help="samples per set for the metrics (default 1000)")
-    parser.add_argument("--steps", type=lambda t: tuple(int(v) for v in t.split(",")),
-                        help="sampler step counts, comma-separated (default 10,20,50)")
+    parser.add_argument(
+        "--steps",
+        type=lambda t: tuple(int(v) for v in t.split(",")),
+        help="sampler step counts, comma-separated (default 10,20,50)",
+    )
     parser.add_argument("--ref-steps", type=int, help="steps of the converged reference (default 100)")
     parser.add_argument("--features", choices=("inception", "classifier"), help="default inception")
     parser.add_argument("--checkpoints", type=int, help="nanodiffusion snapshots along the run (default 6)")
     parser.add_argument("--checkpoint-n", type=int, help="samples per snapshot (default 500)")
-    parser.add_argument("--checkpoint-features", choices=("inception", "classifier"),
-                        help="default classifier")
+    parser.add_argument(
+        "--checkpoint-features", choices=("inception", "classifier"), help="default classifier"
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch", type=int, default=250, help="sampling batch size (default 250)")
-    parser.add_argument("--diffusers-reference", action="store_true",
-                        help="also draw the diffusers trainings at --ref-steps (about 35 more minutes at "
-                        "N = 1000 on 2 cores; the targets need only nanodiffusion's reference)")
+    parser.add_argument(
+        "--diffusers-reference",
+        action="store_true",
+        help="also draw the diffusers trainings at --ref-steps (about 35 more minutes at "
+        "N = 1000 on 2 cores; the targets need only nanodiffusion's reference)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     q = args.quick
-    defaults = {"budget_min": 0.25 if q else 10.0, "n": 40 if q else 1000,
-                "steps": (10, 20) if q else (10, 20, 50), "ref_steps": 25 if q else 100,
-                "features": "classifier" if q else "inception", "checkpoints": 2 if q else 6,
-                "checkpoint_n": 40 if q else 500, "checkpoint_features": "classifier"}
+    defaults = {
+        "budget_min": 0.25 if q else 10.0,
+        "n": 40 if q else 1000,
+        "steps": (10, 20) if q else (10, 20, 50),
+        "ref_steps": 25 if q else 100,
+        "features": "classifier" if q else "inception",
+        "checkpoints": 2 if q else 6,
+        "checkpoint_n": 40 if q else 500,
+        "checkpoint_features": "classifier",
+    }
     val = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
     if min(val["steps"]) < 1 or val["ref_steps"] < 1 or val["checkpoints"] < 1:
         parser.error("steps, --ref-steps and --checkpoints must be positive")
     steps = tuple(sorted(set(val["steps"])))
-    s = Settings(out=args.out_dir or Path(f"{OUT_DEFAULT}-quick" if q else OUT_DEFAULT),
-                 budget_s=60 * val["budget_min"], n=val["n"], steps=steps, ref_steps=val["ref_steps"],
-                 features=val["features"], checkpoints=val["checkpoints"], checkpoint_n=val["checkpoint_n"],
-                 checkpoint_steps=20 if 20 in steps else max(steps),
-                 checkpoint_features=val["checkpoint_features"], device=args.device, batch=args.batch,
-                 seed=args.seed, diffusers_reference=args.diffusers_reference)
+    s = Settings(
+        out=args.out_dir or Path(f"{OUT_DEFAULT}-quick" if q else OUT_DEFAULT),
+        budget_s=60 * val["budget_min"],
+        n=val["n"],
+        steps=steps,
+        ref_steps=val["ref_steps"],
+        features=val["features"],
+        checkpoints=val["checkpoints"],
+        checkpoint_n=val["checkpoint_n"],
+        checkpoint_steps=20 if 20 in steps else max(steps),
+        checkpoint_features=val["checkpoint_features"],
+        device=args.device,
+        batch=args.batch,
+        seed=args.seed,
+        diffusers_reference=args.diffusers_reference,
+    )
     run(s, args.reuse, args.out or (None if q else DOC))
 
 

@@ -27,14 +27,21 @@ MARK_START, MARK_END = "<!-- bench-samplers:start -->", "<!-- bench-samplers:end
 
 
 def run(
-    samplers=None, nfes=sampler_error.DEFAULT_NFES, dims=(2, 64), n: int | None = None, seed: int = 0,
-    out_doc=ROOT / "docs" / "samplers.md", image_dir=ROOT / "docs" / "images", quick: bool = False,
+    samplers=None,
+    nfes=sampler_error.DEFAULT_NFES,
+    dims=(2, 64),
+    n: int | None = None,
+    seed: int = 0,
+    out_doc=ROOT / "docs" / "samplers.md",
+    image_dir=ROOT / "docs" / "images",
+    quick: bool = False,
     progress: bool = True,
 ) -> list[Problem]:
     """Benchmark the samplers on the mixtures of `dims`, write the tables and the plot, return the data."""
     start = time.time()
-    problems = sampler_error.run(samplers=samplers, nfes=nfes, dims=dims, n=n, seed=seed, quick=quick,
-                                 progress=progress)
+    problems = sampler_error.run(
+        samplers=samplers, nfes=nfes, dims=dims, n=n, seed=seed, quick=quick, progress=progress
+    )
     elapsed = time.time() - start
     image = Path(image_dir) / "samplers_gmm.png"
     plot(problems, image)
@@ -100,8 +107,10 @@ def report(problems: list[Problem], budgets, elapsed: float, seed: int, image: P
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}. "
         f"Karras sigmas ({SIGMA_MIN} to {SIGMA_MAX}, rho {RHO:g}), float64. Columns are NFE budgets; "
         "a sampler runs the most steps that fit (Heun-type: 2 steps - 1 NFE), and the last column "
-        "lists the NFE counted. Stochastic samplers have no ODE error.", "",
-        f"![error vs NFE]({rel.as_posix()})", "",
+        "lists the NFE counted. Stochastic samplers have no ODE error.",
+        "",
+        f"![error vs NFE]({rel.as_posix()})",
+        "",
     ]
     for p in problems:
         lines += sampler_error.problem_section(p, budgets)
@@ -113,13 +122,27 @@ def report(problems: list[Problem], budgets, elapsed: float, seed: int, image: P
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python bench/samplers.py", description=__doc__.split("\n")[0])
     sampler_error.add_arguments(parser)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "samplers.md"),
-                        help="markdown file with the markers (default: docs/samplers.md)")
-    parser.add_argument("--image-dir", default=str(ROOT / "docs" / "images"),
-                        help="where samplers_gmm.png goes (default: docs/images)")
+    parser.add_argument(
+        "--out",
+        default=str(ROOT / "docs" / "samplers.md"),
+        help="markdown file with the markers (default: docs/samplers.md)",
+    )
+    parser.add_argument(
+        "--image-dir",
+        default=str(ROOT / "docs" / "images"),
+        help="where samplers_gmm.png goes (default: docs/images)",
+    )
     args = parser.parse_args(argv)
-    run(samplers=args.samplers, nfes=tuple(args.nfe), dims=tuple(args.dims), n=args.n, seed=args.seed,
-        out_doc=args.out, image_dir=args.image_dir, quick=args.quick)
+    run(
+        samplers=args.samplers,
+        nfes=tuple(args.nfe),
+        dims=tuple(args.dims),
+        n=args.n,
+        seed=args.seed,
+        out_doc=args.out,
+        image_dir=args.image_dir,
+        quick=args.quick,
+    )
     return 0
 
 

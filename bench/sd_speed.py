@@ -49,9 +49,15 @@ def run_diffusers(pipe, latents, steps, guidance, device):
 
     _sync(device)
     start = time.perf_counter()
-    image = pipe(PROMPT, num_inference_steps=steps, guidance_scale=guidance, latents=latents.clone(),
-                 generator=torch.Generator().manual_seed(0), output_type="pt",
-                 callback_on_step_end=on_step).images
+    image = pipe(
+        PROMPT,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        latents=latents.clone(),
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+        callback_on_step_end=on_step,
+    ).images
     _sync(device)
     return image.float().cpu() * 2 - 1, time.perf_counter() - start, stamps
 
@@ -65,8 +71,17 @@ def run_ours(pipe, latents, steps, guidance, device):
 
     _sync(device)
     start = time.perf_counter()
-    image = pipe(PROMPT, steps=steps, guidance=guidance, sampler="dpm++2m", spacing="trailing", seed=0,
-                 latents=latents, output="tensor", callback=on_step)
+    image = pipe(
+        PROMPT,
+        steps=steps,
+        guidance=guidance,
+        sampler="dpm++2m",
+        spacing="trailing",
+        seed=0,
+        latents=latents,
+        output="tensor",
+        callback=on_step,
+    )
     _sync(device)
     return image, time.perf_counter() - start, stamps
 
@@ -92,19 +107,28 @@ def main() -> None:
     reference = random_pipeline("tiny" if args.quick else "sd15")
     theirs = reference.to(device, dtype) if gpu else reference
     theirs.scheduler = diffusers.DPMSolverMultistepScheduler.from_config(
-        theirs.scheduler.config, timestep_spacing="trailing", algorithm_type="dpmsolver++", solver_order=2,
-        final_sigmas_type="zero", steps_offset=0)
+        theirs.scheduler.config,
+        timestep_spacing="trailing",
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        final_sigmas_type="zero",
+        steps_offset=0,
+    )
     ours = StableDiffusion.from_diffusers(theirs, device=str(device), dtype=dtype)
     params = sum(q.numel() for q in theirs.unet.parameters())
     size = ours.default_size
-    print(f"built in {time.perf_counter() - t:.0f} s: UNet {params / 1e6:.0f}M parameters, {size}x{size} "
-          f"images, {steps} steps, guidance {args.guidance:g}, {rounds} rounds on {device} ({dtype})",
-          flush=True)
+    print(
+        f"built in {time.perf_counter() - t:.0f} s: UNet {params / 1e6:.0f}M parameters, {size}x{size} "
+        f"images, {steps} steps, guidance {args.guidance:g}, {rounds} rounds on {device} ({dtype})",
+        flush=True,
+    )
     side = size // ours.vae_factor
     latents = torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(0))
     latents = latents.to(device, dtype)
-    runners = {"diffusers": lambda: run_diffusers(theirs, latents, steps, args.guidance, device),
-               "nanodiffusion": lambda: run_ours(ours, latents.float(), steps, args.guidance, device)}
+    runners = {
+        "diffusers": lambda: run_diffusers(theirs, latents, steps, args.guidance, device),
+        "nanodiffusion": lambda: run_ours(ours, latents.float(), steps, args.guidance, device),
+    }
     results = {name: {"step": [], "image": [], "peak": []} for name in runners}
     images = {}
     for name in runners:  # warm-up (kernels, allocator), not timed
@@ -121,12 +145,16 @@ def main() -> None:
             if gpu:
                 results[name]["peak"].append(torch.cuda.max_memory_allocated() / 2**30)
             images[name] = image
-            print(f"round {r + 1} {name}: {seconds:.2f} s per image, "
-                  f"{results[name]['step'][-1]:.3f} s per step", flush=True)
+            print(
+                f"round {r + 1} {name}: {seconds:.2f} s per image, "
+                f"{results[name]['step'][-1]:.3f} s per step",
+                flush=True,
+            )
     diff = float((images["nanodiffusion"] - images["diffusers"]).abs().max())
     print(f"largest pixel difference between the libraries' images: {diff:.2e}")
-    med = {name: {k: statistics.median(v) if v else None for k, v in r.items()}
-           for name, r in results.items()}
+    med = {
+        name: {k: statistics.median(v) if v else None for k, v in r.items()} for name, r in results.items()
+    }
     ratio_step = med["diffusers"]["step"] / med["nanodiffusion"]["step"]
     ratio_image = med["diffusers"]["image"] / med["nanodiffusion"]["image"]
     rows = []
@@ -134,25 +162,29 @@ def main() -> None:
         m = med[name]
         peak = f"{m['peak']:.2f} GiB" if m["peak"] is not None else "-"
         rows.append(f"| {name} | {m['step']:.3f} | {1 / m['step']:.2f} | {m['image']:.2f} | {peak} |")
-    body = "\n".join([
-        f"Measured by `python bench/sd_speed.py{' --device cuda' if gpu else ''}` on {machine()}"
-        + (f", {torch.cuda.get_device_name()}" if gpu else "") + f"; diffusers {version('diffusers')}.",
-        "",
-        f"Random weights with {'tiny (--quick)' if args.quick else 'Stable Diffusion 1.5' + chr(39) + 's'} "
-        f"dimensions (UNet {params / 1e6:.0f}M parameters), "
-        f"{size}x{size}, batch 1, {steps} steps of DPM-Solver++(2M) with guidance {args.guidance:g} "
-        f"(a batch of 2 per UNet call), {'float16' if gpu else 'float32'}; medians of {rounds} rounds, "
-        "the libraries alternating.",
-        "",
-        "| pipeline | seconds per step | steps/s (it/s) | seconds per image (prompt to pixels) "
-        "| peak memory |",
-        "| --- | --- | --- | --- | --- |",
-        *rows,
-        "",
-        f"nanodiffusion is {ratio_step:.2f}x diffusers' speed per step and {ratio_image:.2f}x per image "
-        f"(above 1: faster). Aim: never slower; on a GPU within 5% of its it/s or faster. The two "
-        f"images differ by at most {diff:.1e} (pixels in [-1, 1]).",
-    ])
+    weights = "tiny (--quick)" if args.quick else "Stable Diffusion 1.5's"
+    body = "\n".join(
+        [
+            f"Measured by `python bench/sd_speed.py{' --device cuda' if gpu else ''}` on {machine()}"
+            + (f", {torch.cuda.get_device_name()}" if gpu else "")
+            + f"; diffusers {version('diffusers')}.",
+            "",
+            f"Random weights with {weights} "
+            f"dimensions (UNet {params / 1e6:.0f}M parameters), "
+            f"{size}x{size}, batch 1, {steps} steps of DPM-Solver++(2M) with guidance {args.guidance:g} "
+            f"(a batch of 2 per UNet call), {'float16' if gpu else 'float32'}; medians of {rounds} rounds, "
+            "the libraries alternating.",
+            "",
+            "| pipeline | seconds per step | steps/s (it/s) | seconds per image (prompt to pixels) "
+            "| peak memory |",
+            "| --- | --- | --- | --- | --- |",
+            *rows,
+            "",
+            f"nanodiffusion is {ratio_step:.2f}x diffusers' speed per step and {ratio_image:.2f}x per image "
+            f"(above 1: faster). Aim: never slower; on a GPU within 5% of its it/s or faster. The two "
+            f"images differ by at most {diff:.1e} (pixels in [-1, 1]).",
+        ]
+    )
     print(body)
     if args.quick and args.out is None:
         return

@@ -103,9 +103,17 @@ def train_side(s: Settings, side: str) -> dict:
         ae_cfg = AutoencoderConfig(channels=cfg.data.autoencoder_channels)
         print(f"  autoencoder: {s.ae_steps} steps of batch {s.ae_batch}", flush=True)
         report = train_autoencoder_folder(
-            data.images, held_out, ae_cfg, run_dir / "autoencoder", s.ae_steps,
-            s.ae_batch, seed=s.seed, device=pick_device(s.device), progress=False,
-            about={"data": "shapes", "size": s.size})
+            data.images,
+            held_out,
+            ae_cfg,
+            run_dir / "autoencoder",
+            s.ae_steps,
+            s.ae_batch,
+            seed=s.seed,
+            device=pick_device(s.device),
+            progress=False,
+            about={"data": "shapes", "size": s.size},
+        )
         print(f"  autoencoder: PSNR {report['psnr']:.2f} dB, {report['seconds']:.0f} s", flush=True)
         spent += report["seconds"]
         cfg.data.autoencoder = str(run_dir / "autoencoder")
@@ -118,9 +126,12 @@ def train_side(s: Settings, side: str) -> dict:
     m = trainer.cfg.model
     context = trainer.grid_prompts[:1].cpu()
     twin = type(net)(m).eval()
-    info.update(params=sum(p.numel() for p in net.parameters()),
-                flops=forward_flops(lambda: twin(torch.zeros(1, m.in_channels, m.image_size, m.image_size),
-                                                 torch.zeros(1), context)))
+    info.update(
+        params=sum(p.numel() for p in net.parameters()),
+        flops=forward_flops(
+            lambda: twin(torch.zeros(1, m.in_channels, m.image_size, m.image_size), torch.zeros(1), context)
+        ),
+    )
     clock = BudgetClock(s.budget_s - spent)
     trainer.model.train()
     losses = []
@@ -130,17 +141,26 @@ def train_side(s: Settings, side: str) -> dict:
         losses.append(trainer.train_step())
         clock.used += time.perf_counter() - t
         if trainer.step % 100 == 0:
-            print(f"  {side}: step {trainer.step}, {clock.used + spent:.0f}/{s.budget_s:.0f} s, "
-                  f"loss {sum(losses[-100:]) / len(losses[-100:]):.4f}", flush=True)
+            print(
+                f"  {side}: step {trainer.step}, {clock.used + spent:.0f}/{s.budget_s:.0f} s, "
+                f"loss {sum(losses[-100:]) / len(losses[-100:]):.4f}",
+                flush=True,
+            )
     trainer.cfg.run.steps = trainer.step
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer.save()
     save_config(trainer.cfg, run_dir)
     batch = trainer.cfg.optim.batch_size
-    return {**info, "steps": trainer.step, "unet_s": clock.used, "seconds": clock.used + spent,
-            "unet_images_per_s": trainer.step * batch / clock.used,
-            "images_per_s": trainer.step * batch / (clock.used + spent),
-            "final_loss": sum(losses[-50:]) / len(losses[-50:]), "model": trainer.cfg.model.__dict__}
+    return {
+        **info,
+        "steps": trainer.step,
+        "unet_s": clock.used,
+        "seconds": clock.used + spent,
+        "unet_images_per_s": trainer.step * batch / clock.used,
+        "images_per_s": trainer.step * batch / (clock.used + spent),
+        "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+        "model": trainer.cfg.model.__dict__,
+    }
 
 
 # --- measuring -----------------------------------------------------------------------------------
@@ -150,6 +170,7 @@ def generator(pipe: TextToImage, s: Settings, guidance: float, drawn: list | Non
         if drawn is not None:
             drawn.append(images)
         return to_uint8(images)
+
     return generate
 
 
@@ -181,28 +202,43 @@ def measure_side(s: Settings, side: str, results: dict) -> None:
     if "adherence" not in r:
         print(f"  {side}: prompt adherence on {s.n_prompts} + {s.n_held_out} prompts", flush=True)
         drawn: list = []
-        r["adherence"] = evaluate_prompts(generator(pipe, s, s.guidance, drawn), s.n_prompts, s.n_held_out,
-                                          size=s.size)
+        r["adherence"] = evaluate_prompts(
+            generator(pipe, s, s.guidance, drawn), s.n_prompts, s.n_held_out, size=s.size
+        )
         print(format_adherence(r["adherence"]), flush=True)
     if "fid" not in r:
         print(f"  {side}: FID on {s.n_fid} test captions", flush=True)
         test = load_data("shapes", "test", s.size)
-        images = pipe(test.captions[:s.n_fid], n=1, steps=s.steps, guidance=s.guidance, seed=s.seed,
-                      output="tensor")
-        r["fid"] = (_quick_fid(images) if s.quick else
-                    evaluate_images(images, "shapes", "inception", n_ref=s.n_fid, device=s.device))
+        images = pipe(
+            test.captions[: s.n_fid], n=1, steps=s.steps, guidance=s.guidance, seed=s.seed, output="tensor"
+        )
+        r["fid"] = (
+            _quick_fid(images)
+            if s.quick
+            else evaluate_images(images, "shapes", "inception", n_ref=s.n_fid, device=s.device)
+        )
     if "grid" not in r:
-        rows = [pipe(p, n=4, steps=s.steps, guidance=s.guidance, seed=s.seed, output="tensor")
-                for p in GRID_PROMPTS]
+        rows = [
+            pipe(p, n=4, steps=s.steps, guidance=s.guidance, seed=s.seed, output="tensor")
+            for p in GRID_PROMPTS
+        ]
         torch.save(torch.stack(rows), s.out / f"grid-{side}.pt")
         r["grid"] = str(s.out / f"grid-{side}.pt")
 
 
 def _quick_fid(images: torch.Tensor) -> dict:
     """--quick: no feature network (shapes has no labels for nanodiffusion's classifier)."""
-    return {"fid": float("nan"), "kid_mean": float("nan"), "kid_std": float("nan"), "precision": float("nan"),
-            "recall": float("nan"), "floor_fid": float("nan"), "n": len(images), "features": "none (--quick)",
-            "resize": "none"}
+    return {
+        "fid": float("nan"),
+        "kid_mean": float("nan"),
+        "kid_std": float("nan"),
+        "precision": float("nan"),
+        "recall": float("nan"),
+        "floor_fid": float("nan"),
+        "n": len(images),
+        "features": "none (--quick)",
+        "resize": "none",
+    }
 
 
 def sweep(s: Settings, results: dict) -> None:
@@ -212,11 +248,16 @@ def sweep(s: Settings, results: dict) -> None:
         if f"{w:g}" in done:
             continue
         a = evaluate_prompts(generator(pipe, s, w), s.sweep_prompts, s.sweep_prompts // 2, size=s.size)
-        done[f"{w:g}"] = {"overall": a["prompts"]["generated"]["overall"]["all"],
-                          "held_out": a["held-out"]["generated"]["overall"]["all"],
-                          "diversity": diversity(pipe, s, w, 2 if s.quick else 8, 2 if s.quick else 8)}
-        print(f"  guidance {w:g}: adherence {done[f'{w:g}']['overall']:.3f}, held-out "
-              f"{done[f'{w:g}']['held_out']:.3f}, diversity {done[f'{w:g}']['diversity']:.3f}", flush=True)
+        done[f"{w:g}"] = {
+            "overall": a["prompts"]["generated"]["overall"]["all"],
+            "held_out": a["held-out"]["generated"]["overall"]["all"],
+            "diversity": diversity(pipe, s, w, 2 if s.quick else 8, 2 if s.quick else 8),
+        }
+        print(
+            f"  guidance {w:g}: adherence {done[f'{w:g}']['overall']:.3f}, held-out "
+            f"{done[f'{w:g}']['held_out']:.3f}, diversity {done[f'{w:g}']['diversity']:.3f}",
+            flush=True,
+        )
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -275,24 +316,29 @@ def report(s: Settings, results: dict, figures: Path) -> str:
 
     row("UNet parameters", lambda k: f"{t[k]['params'] / 1e6:.2f}M")
     row("UNet forward GFLOPs per image", lambda k: f"{t[k]['flops'] / 1e9:.3f}")
+
     def autoencoder(k: str) -> str:
         if k == "pixel":
             return "none"
         ae = t[k]["autoencoder"]
-        return (f"{ae['steps']} steps of batch {s.ae_batch}, {ae['seconds']:.0f} s, "
-                f"held-out PSNR {ae['psnr']:.1f} dB, "
-                f"latents {'x'.join(map(str, ae['latent_shape']))}")
+        return (
+            f"{ae['steps']} steps of batch {s.ae_batch}, {ae['seconds']:.0f} s, "
+            f"held-out PSNR {ae['psnr']:.1f} dB, "
+            f"latents {'x'.join(map(str, ae['latent_shape']))}"
+        )
 
     row("autoencoder", autoencoder)
     row("UNet training steps (batch 64)", lambda k: str(t[k]["steps"]))
     row("training images/s, UNet steps", lambda k: f"{t[k]['unet_images_per_s']:.1f}")
     row("training images/s, whole budget", lambda k: f"{t[k]['images_per_s']:.1f}")
     row("sampling images/s (decoding included)", lambda k: f"{m[k]['sampling_images_per_s']:.2f}")
-    for label, part, kind in [("adherence: single objects", "prompts", "single"),
-                              ("adherence: two objects with a relation", "prompts", "relation"),
-                              ("adherence: counts", "prompts", "count"),
-                              ("adherence: all prompts", "prompts", "overall"),
-                              ("adherence: held-out colour-shape pairs", "held-out", "overall")]:
+    for label, part, kind in [
+        ("adherence: single objects", "prompts", "single"),
+        ("adherence: two objects with a relation", "prompts", "relation"),
+        ("adherence: counts", "prompts", "count"),
+        ("adherence: all prompts", "prompts", "overall"),
+        ("adherence: held-out colour-shape pairs", "held-out", "overall"),
+    ]:
         row(label, lambda k, part=part, kind=kind: _pct(_adh(m[k], part, kind)))
     f0 = m["latent"]["fid"]
     row(f"FID ({f0['features']}, N = {f0['n']})", lambda k: f"{m[k]['fid']['fid']:.1f}")
@@ -304,7 +350,8 @@ def report(s: Settings, results: dict, figures: Path) -> str:
         f"caption; the real-vs-real floor (training against test scenes, same N) is {f0['floor_fid']:.1f}.",
         f"Adherence is over {s.n_prompts} evaluation prompts and {s.n_held_out} held-out ones",
         "(`nanodiff eval-prompts`); the detector scores the prompts' own renders at "
-        + _pct(m["latent"]["adherence"]["prompts"]["renders"]["overall"]["all"]) + ".",
+        + _pct(m["latent"]["adherence"]["prompts"]["renders"]["overall"]["all"])
+        + ".",
         "",
         "Per check (latent model):",
         "",
@@ -319,23 +366,36 @@ def report(s: Settings, results: dict, figures: Path) -> str:
     aims = []
     if s.preset_eval is not None:  # the adherence aims are the text preset's, at 32x32
         pre = json.loads(s.preset_eval.read_text())
-        lines += ["The adherence aims are the `text` preset's (32x32 scenes, its own budget of about 20",
-                  f"minutes), from `nanodiff eval-prompts` on a run of it (`{s.preset_eval}`, "
-                  f"{pre['n']} + {pre['n_held_out']} prompts); this benchmark's 64x64 latent model is",
-                  "beside them for scale.", ""]
+        lines += [
+            "The adherence aims are the `text` preset's (32x32 scenes, its own budget of about 20",
+            f"minutes), from `nanodiff eval-prompts` on a run of it (`{s.preset_eval}`, "
+            f"{pre['n']} + {pre['n_held_out']} prompts); this benchmark's 64x64 latent model is",
+            "beside them for scale.",
+            "",
+        ]
         preset_r = {"adherence": pre}
-        aims += [(f"text preset: {label} >= {100 * aim:.0f}%", _adh(preset_r, part, kind) >= aim,
-                  f"{_pct(_adh(preset_r, part, kind))}; 64x64 latent here: {_pct(_adh(lat, part, kind))}")
-                 for label, part, kind, aim in [("single-object prompts", "prompts", "single", 0.9),
-                                                ("two objects with a relation", "prompts", "relation", 0.7),
-                                                ("held-out combinations", "held-out", "overall", 0.6)]]
+        aims += [
+            (
+                f"text preset: {label} >= {100 * aim:.0f}%",
+                _adh(preset_r, part, kind) >= aim,
+                f"{_pct(_adh(preset_r, part, kind))}; 64x64 latent here: {_pct(_adh(lat, part, kind))}",
+            )
+            for label, part, kind, aim in [
+                ("single-object prompts", "prompts", "single", 0.9),
+                ("two objects with a relation", "prompts", "relation", 0.7),
+                ("held-out combinations", "held-out", "overall", 0.6),
+            ]
+        ]
     speed = t["latent"]["images_per_s"] / t["pixel"]["images_per_s"]
     unet_speed = t["latent"]["unet_images_per_s"] / t["pixel"]["unet_images_per_s"]
     gap = 100 * (_adh(lat, "prompts", "overall") - _adh(pix, "prompts", "overall"))
     aims += [
-        ("latent >= 3x faster to train per image than pixel", speed >= 3,
-         f"{speed:.1f}x over the whole budgets, the autoencoder's training included; "
-         f"{unet_speed:.1f}x per UNet step"),
+        (
+            "latent >= 3x faster to train per image than pixel",
+            speed >= 3,
+            f"{speed:.1f}x over the whole budgets, the autoencoder's training included; "
+            f"{unet_speed:.1f}x per UNet step",
+        ),
         ("latent adherence within 5 points of pixel", gap >= -5, f"{gap:+.0f} points"),
     ]
     for aim, ok, got in aims:
@@ -356,17 +416,29 @@ def report(s: Settings, results: dict, figures: Path) -> str:
         "images and in the stated order in",
         f"{_pct(_adh(lat, 'prompts', 'relation', 'spatial'))}.",
     ]
-    lines += ["", "## (b) Guidance", "", "| w | adherence | held-out | diversity |",
-              "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "## (b) Guidance",
+        "",
+        "| w | adherence | held-out | diversity |",
+        "| --- | --- | --- | --- |",
+    ]
     for w in sorted(float(w) for w in results["sweep"]):
         r = results["sweep"][f"{w:g}"]
         lines.append(f"| {w:g} | {_pct(r['overall'])} | {_pct(r['held_out'])} | {r['diversity']:.3f} |")
     plot_sweep(results, figures / "t2i_guidance.png")
-    lines += ["", "![adherence and diversity against guidance](images/t2i_guidance.png)", "",
-              "Diversity is the mean RMS pixel distance between 8 seeds' images of one prompt, over 8",
-              "prompts.",
-              "", "## (c) Grids", "",
-              "Four seeds for each of the 16 fixed prompts (the last four name held-out pairs).", ""]
+    lines += [
+        "",
+        "![adherence and diversity against guidance](images/t2i_guidance.png)",
+        "",
+        "Diversity is the mean RMS pixel distance between 8 seeds' images of one prompt, over 8",
+        "prompts.",
+        "",
+        "## (c) Grids",
+        "",
+        "Four seeds for each of the 16 fixed prompts (the last four name held-out pairs).",
+        "",
+    ]
     for side in SIDES:
         grid = torch.load(m[side]["grid"])
         plot_rows(list(grid), list(GRID_PROMPTS), figures / f"t2i_grid_{side}.png")
@@ -407,22 +479,42 @@ def main() -> None:
     p.add_argument("--out-dir", type=Path, help=f"runs and results (default {OUT_DEFAULT})")
     p.add_argument("--budget-min", type=float, help="training minutes per side (default 20)")
     p.add_argument("--ae-steps", type=int, help="autoencoder steps (default 1000)")
-    p.add_argument("--ae-batch", type=int, default=16,
-                   help="autoencoder batch (default 16: at 64x64 a batch of 64 costs ~4x, and the "
-                   "autoencoder is paid from the latent side's budget)")
+    p.add_argument(
+        "--ae-batch",
+        type=int,
+        default=16,
+        help="autoencoder batch (default 16: at 64x64 a batch of 64 costs ~4x, and the "
+        "autoencoder is paid from the latent side's budget)",
+    )
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--preset-eval", type=Path, help="the JSON `nanodiff eval-prompts` wrote for a text "
-                   "preset run: its adherence is set against the issue's aims in the report")
+    p.add_argument(
+        "--preset-eval",
+        type=Path,
+        help="the JSON `nanodiff eval-prompts` wrote for a text "
+        "preset run: its adherence is set against the issue's aims in the report",
+    )
     a = p.parse_args()
     q = a.quick
-    s = Settings(out=a.out_dir or Path(f"{OUT_DEFAULT}-quick" if q else OUT_DEFAULT),
-                 size=32 if q else a.size, budget_s=60 * (a.budget_min or (0.3 if q else 20)),
-                 ae_steps=a.ae_steps or (5 if q else 1000), ae_batch=a.ae_batch, n_prompts=8 if q else 200,
-                 n_held_out=4 if q else 100, n_fid=8 if q else 500, steps=3 if q else 20, guidance=4.0,
-                 sweep=(1.0, 4.0) if q else (1.0, 2.0, 3.0, 4.0, 6.0, 8.0), sweep_prompts=8 if q else 100,
-                 seed=a.seed, device=a.device, quick=q, preset_eval=a.preset_eval)
+    s = Settings(
+        out=a.out_dir or Path(f"{OUT_DEFAULT}-quick" if q else OUT_DEFAULT),
+        size=32 if q else a.size,
+        budget_s=60 * (a.budget_min or (0.3 if q else 20)),
+        ae_steps=a.ae_steps or (5 if q else 1000),
+        ae_batch=a.ae_batch,
+        n_prompts=8 if q else 200,
+        n_held_out=4 if q else 100,
+        n_fid=8 if q else 500,
+        steps=3 if q else 20,
+        guidance=4.0,
+        sweep=(1.0, 4.0) if q else (1.0, 2.0, 3.0, 4.0, 6.0, 8.0),
+        sweep_prompts=8 if q else 100,
+        seed=a.seed,
+        device=a.device,
+        quick=q,
+        preset_eval=a.preset_eval,
+    )
     run(s, a.reuse, a.out or (None if q else DOC))
 
 

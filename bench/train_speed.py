@@ -52,9 +52,7 @@ def _random_images() -> torch.Tensor:
     return torch.rand(BATCH, *IMAGE) * 2 - 1
 
 
-def _update(
-    loss: torch.Tensor, net: nn.Module, opt: torch.optim.Optimizer, grad_clip: float
-) -> None:
+def _update(loss: torch.Tensor, net: nn.Module, opt: torch.optim.Optimizer, grad_clip: float) -> None:
     opt.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
@@ -62,17 +60,26 @@ def _update(
 
 
 def _adamw(net: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(net.parameters(), lr=optim.lr, betas=(optim.beta1, optim.beta2),
-                             weight_decay=optim.weight_decay)
+    return torch.optim.AdamW(
+        net.parameters(), lr=optim.lr, betas=(optim.beta1, optim.beta2), weight_decay=optim.weight_decay
+    )
 
 
 def speed_config() -> Config:
     """The model measured here: a 32-wide UNet, [1, 2, 2], attention at 7x7, no dropout (the
     `mnist` preset before it was narrowed for the 10-minute budget), trained as the course does:
     eps target, linear schedule, uniform t, uniform weight."""
-    cfg = Config(model=UNetConfig(channels=32, channel_mults=[1, 2, 2], attn_resolutions=[7], dropout=0.0,
-                                  image_size=IMAGE[1], in_channels=IMAGE[0]),
-                 optim=OptimConfig(lr=1e-3, batch_size=BATCH, warmup_steps=100))
+    cfg = Config(
+        model=UNetConfig(
+            channels=32,
+            channel_mults=[1, 2, 2],
+            attn_resolutions=[7],
+            dropout=0.0,
+            image_size=IMAGE[1],
+            in_channels=IMAGE[0],
+        ),
+        optim=OptimConfig(lr=1e-3, batch_size=BATCH, warmup_steps=100),
+    )
     return cfg
 
 
@@ -103,8 +110,12 @@ def diffusers_trainer(head_dim: int) -> Trainer:
     from diffusers import DDPMScheduler, UNet2DModel
 
     unet = UNet2DModel(
-        sample_size=IMAGE[1], in_channels=IMAGE[0], out_channels=IMAGE[0],
-        block_out_channels=(32, 64, 64), layers_per_block=2, attention_head_dim=head_dim,
+        sample_size=IMAGE[1],
+        in_channels=IMAGE[0],
+        out_channels=IMAGE[0],
+        block_out_channels=(32, 64, 64),
+        layers_per_block=2,
+        attention_head_dim=head_dim,
         down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
     )
@@ -127,8 +138,10 @@ def diffusers_trainer(head_dim: int) -> Trainer:
 
 CONTENDERS: dict[str, tuple[str, Callable[[], Trainer]]] = {
     "nanodiffusion": ("nanodiffusion `UNet`, 32 wide, head width 32", nanodiffusion_trainer),
-    "nanodiffusion-dropout": (f"nanodiffusion `UNet`, 32 wide, dropout {DROPOUT}",
-                              lambda: nanodiffusion_trainer(dropout=DROPOUT)),
+    "nanodiffusion-dropout": (
+        f"nanodiffusion `UNet`, 32 wide, dropout {DROPOUT}",
+        lambda: nanodiffusion_trainer(dropout=DROPOUT),
+    ),
     "diffusers": ("diffusers `UNet2DModel`, default head width 8", lambda: diffusers_trainer(8)),
     "diffusers-hd32": ("diffusers `UNet2DModel`, head width 32", lambda: diffusers_trainer(32)),
 }
@@ -163,7 +176,9 @@ def peak_rss_child(name: str, steps: int) -> None:
 def peak_rss(name: str, steps: int) -> dict[str, float]:
     child = subprocess.run(
         [sys.executable, __file__, "--peak-rss", name, "--steps", str(steps)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(child.stdout.strip().splitlines()[-1])
 
@@ -189,10 +204,13 @@ def benchmark(rounds: int, steps_per_window: int, warmup: int, memory_steps: int
     ceilings = []
     for r in range(rounds):
         ceilings.append(matmul_gflops())
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             rates[name].append(images_per_second(trainers[name].step, steps_per_window))
-        print(f"round {r + 1}/{rounds}: ceiling {ceilings[-1]:.0f} GFLOP/s, "
-              + ", ".join(f"{n} {rates[n][-1]:.1f} img/s" for n in names), flush=True)
+        print(
+            f"round {r + 1}/{rounds}: ceiling {ceilings[-1]:.0f} GFLOP/s, "
+            + ", ".join(f"{n} {rates[n][-1]:.1f} img/s" for n in names),
+            flush=True,
+        )
     ceiling = statistics.median(ceilings)
     load.append(os.getloadavg()[0])
     memory = {name: peak_rss(name, memory_steps) for name in names}
@@ -278,8 +296,11 @@ Reproduce with `python bench/train_speed.py` (about 6 minutes on 2 quiet cores).
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few steps only, for smoke tests")
-    parser.add_argument("--out", type=Path, help=f"Markdown file to update (default {DOC}; "
-                                                 "--quick writes only when this is given)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"Markdown file to update (default {DOC}; --quick writes only when this is given)",
+    )
     parser.add_argument("--peak-rss", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=10, help=argparse.SUPPRESS)
     args = parser.parse_args()

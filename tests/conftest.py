@@ -12,9 +12,20 @@ sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))
 @pytest.fixture
 def tiny_config():
     """A digits model small enough that a training step takes milliseconds."""
-    return apply_overrides(preset("digits"), [
-        "model.channels=8", "model.blocks_per_level=1", "model.attn_resolutions=[]",
-        "model.dropout=0.1", "optim.batch_size=16", "optim.warmup_steps=2", "run.steps=6",
-        "run.log_every=1", "run.sample_every=0", "run.checkpoint_every=0", "run.sample_n=4",
-        "run.sample_steps=5",
-    ])
+    return apply_overrides(
+        preset("digits"),
+        [
+            "model.channels=8",
+            "model.blocks_per_level=1",
+            "model.attn_resolutions=[]",
+            "model.dropout=0.1",
+            "optim.batch_size=16",
+            "optim.warmup_steps=2",
+            "run.steps=6",
+            "run.log_every=1",
+            "run.sample_every=0",
+            "run.checkpoint_every=0",
+            "run.sample_n=4",
+            "run.sample_steps=5",
+        ],
+    )

@@ -188,8 +188,10 @@ def test_cycle_finder_on_a_known_graph():
 
 
 def test_no_import_cycle():
-    graph = {m: {imp.target for imp in IMPORTS[m] if imp.target in SOURCES and imp.target != PACKAGE}
-             for m in SOURCES}
+    graph = {
+        m: {imp.target for imp in IMPORTS[m] if imp.target in SOURCES and imp.target != PACKAGE}
+        for m in SOURCES
+    }
     found = cycles(graph)
     lines = []
     for component in found:
@@ -203,10 +205,13 @@ def test_no_import_cycle():
 
 
 def test_core_imports_only_core_and_errors():
-    bad = [f"{where(imp)} imports {imp.target}"
-           for module in SOURCES if layer(module) == "core"
-           for imp in IMPORTS[module]
-           if layer(imp.target) not in ("core", "errors")]
+    bad = [
+        f"{where(imp)} imports {imp.target}"
+        for module in SOURCES
+        if layer(module) == "core"
+        for imp in IMPORTS[module]
+        if layer(imp.target) not in ("core", "errors")
+    ]
     assert not bad, "core/ imports outside core/ and errors.py:\n" + "\n".join(bad)
 
 
@@ -228,19 +233,32 @@ def test_layers_import_only_their_own_and_lower_layers():
 def test_no_module_imports_an_old_path():
     """The old paths are aliases for users' code, going in the next release; the package itself
     imports the new ones."""
-    bad = [f"{where(imp)} imports {imp.old_path}: use {imp.target}"
-           for module in SOURCES for imp in IMPORTS[module] if imp.old_path]
+    bad = [
+        f"{where(imp)} imports {imp.old_path}: use {imp.target}"
+        for module in SOURCES
+        for imp in IMPORTS[module]
+        if imp.old_path
+    ]
     assert not bad, "imports of old paths:\n" + "\n".join(bad)
 
 
 def private_uses(module: str) -> list[str]:
     """`from x import _name` of a package module, and `x._name` on a package module bound by an import."""
-    found = [f"{where(imp)} imports {imp.target}.{name}"
-             for imp in IMPORTS[module] for name in imp.names if is_private(name)]
+    found = [
+        f"{where(imp)} imports {imp.target}.{name}"
+        for imp in IMPORTS[module]
+        for name in imp.names
+        if is_private(name)
+    ]
     bound = SCANS[module][1]  # local name -> the package module it stands for
     for node in ast.walk(TREES[module]):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                and node.value.id in bound and is_private(node.attr) and bound[node.value.id] != module):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in bound
+            and is_private(node.attr)
+            and bound[node.value.id] != module
+        ):
             path = SOURCES[module].relative_to(SRC.parent)
             found.append(f"{path}:{node.lineno} uses {bound[node.value.id]}.{node.attr}")
     return found
@@ -331,8 +349,11 @@ def cli_words_in_errors(module: str) -> list[str]:
         call = raises_nanodiff_error(node)
         if call is None:
             continue
-        scope = min((f for f in functions if f.lineno <= node.lineno <= f.end_lineno),
-                    key=lambda f: f.end_lineno - f.lineno, default=None)
+        scope = min(
+            (f for f in functions if f.lineno <= node.lineno <= f.end_lineno),
+            key=lambda f: f.end_lineno - f.lineno,
+            default=None,
+        )
         assigned = {**module_level, **(assignments(scope) if scope else {})}
         text = " ".join(piece for arg in call.args for piece in strings_in(arg, assigned))
         text = INSTALL.sub("", text)
@@ -344,7 +365,7 @@ def cli_words_in_errors(module: str) -> list[str]:
 
 
 def test_the_flag_finder_on_known_messages():
-    source = '''
+    source = """
 HINT = "pip install --no-deps some-package"
 def f(x):
     message = f"resume it with --resume, or {x}"
@@ -353,12 +374,14 @@ def f(x):
     if not x:
         raise NanodiffError(f"needs weights: {HINT}")
     raise NanodiffError("train one with nanodiff train first; a-b--c and x-->y are no flags")
-'''
+"""
     tree = ast.parse(source)
     TREES["probe"], SOURCES["probe"] = tree, SRC / "probe.py"
     try:
         assert cli_words_in_errors("probe") == [
-            "nanodiffusion/probe.py:6: --resume", "nanodiffusion/probe.py:9: nanodiff train"]
+            "nanodiffusion/probe.py:6: --resume",
+            "nanodiffusion/probe.py:9: nanodiff train",
+        ]
     finally:
         del TREES["probe"], SOURCES["probe"]
 

@@ -46,8 +46,9 @@ def one_thread():
 @pytest.mark.slow
 def test_short_training_lowers_the_error_and_measures_the_scale(shapes16, tmp_path, one_thread):
     cfg = AutoencoderConfig(channels=16, channel_mults=[1, 2], z_channels=4)
-    ae, report = train_autoencoder(shapes16[:300], cfg, steps=150, batch_size=32, lr=2e-3,
-                                   held_out=shapes16[300:], progress=False)
+    ae, report = train_autoencoder(
+        shapes16[:300], cfg, steps=150, batch_size=32, lr=2e-3, held_out=shapes16[300:], progress=False
+    )
     assert report["mse_last_50"] < 0.5 * report["mse_first_50"], report
     assert report["latent_shape"] == [4, 8, 8]
     with torch.no_grad():
@@ -75,9 +76,17 @@ def _train(folder, steps=3, **options):
     from nanodiffusion.training.autoencoder import train_autoencoder_folder
 
     images = _digits()
-    return train_autoencoder_folder(images[:64], images[64:], AutoencoderConfig(in_channels=1, channels=8,
-                                    channel_mults=[1, 2]), folder, steps=steps, batch_size=8, lr=1e-2,
-                                    progress=False, **options)
+    return train_autoencoder_folder(
+        images[:64],
+        images[64:],
+        AutoencoderConfig(in_channels=1, channels=8, channel_mults=[1, 2]),
+        folder,
+        steps=steps,
+        batch_size=8,
+        lr=1e-2,
+        progress=False,
+        **options,
+    )
 
 
 def _checkpoint(folder):
@@ -129,8 +138,9 @@ def test_the_autoencoders_ema_follows_the_power_function_decay(straight_and_stop
     assert all(torch.equal(exported[k], raw[k]) for k in raw)
 
 
-def test_ctrl_c_saves_the_autoencoders_checkpoint_and_resume_continues_exactly(straight_and_stopped, tmp_path,
-                                                                                monkeypatch):
+def test_ctrl_c_saves_the_autoencoders_checkpoint_and_resume_continues_exactly(
+    straight_and_stopped, tmp_path, monkeypatch
+):
     import os
     import signal
 
@@ -158,9 +168,33 @@ def test_ctrl_c_saves_the_autoencoders_checkpoint_and_resume_continues_exactly(s
 @pytest.mark.slow
 @needs_torchrun
 def test_two_process_autoencoder_takes_the_same_steps_as_one_process(tmp_path):
-    run_one_and_two(["train-autoencoder", "--data", "digits", "--size", "8", "--steps", "3", "--batch-size",
-                     "8", "--channels", "8", "--lr", "0.01", "--quiet"], tmp_path / "one", tmp_path / "two")
+    run_one_and_two(
+        [
+            "train-autoencoder",
+            "--data",
+            "digits",
+            "--size",
+            "8",
+            "--steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--channels",
+            "8",
+            "--lr",
+            "0.01",
+            "--quiet",
+        ],
+        tmp_path / "one",
+        tmp_path / "two",
+    )
     torch.manual_seed(0)
     init = Autoencoder(AutoencoderConfig(in_channels=1, channels=8)).state_dict()
-    assert_same_steps(tmp_path / "one", tmp_path / "two", ["checkpoint/model.safetensors",
-                      "checkpoint/ema.safetensors", "autoencoder.safetensors"], init, atol=2e-4, biases=False)
+    assert_same_steps(
+        tmp_path / "one",
+        tmp_path / "two",
+        ["checkpoint/model.safetensors", "checkpoint/ema.safetensors", "autoencoder.safetensors"],
+        init,
+        atol=2e-4,
+        biases=False,
+    )

@@ -37,6 +37,7 @@ def same_weights(a: nn.Module, b: nn.Module) -> bool:
 
 # --- weights --------------------------------------------------------------------------------------
 
+
 def test_weights_round_trip_exactly_with_their_step(tmp_path):
     path = tmp_path / "model.safetensors"
     saved = net(0)
@@ -72,13 +73,16 @@ def test_wrong_shapes_and_names_are_one_line_and_leave_the_module_as_it_was(tmp_
     before = {k: v.clone() for k, v in wider.state_dict().items()}
     assert error_of(load_weights, wider, path) == (
         f"config.json does not match the weights in {path}: shape of 0.weight is (4, 3) in the file, "
-        "(5, 3) in the config")
+        "(5, 3) in the config"
+    )
     assert all(torch.equal(before[k], v) for k, v in wider.state_dict().items())
     assert error_of(load_weights, net(1, layers=1), path) == (
-        f"config.json does not match the weights in {path}: unexpected ['2.bias', '2.weight']")
+        f"config.json does not match the weights in {path}: unexpected ['2.bias', '2.weight']"
+    )
     save_weights(net(0, layers=1), path, step=1)
     assert error_of(load_weights, net(1), path) == (
-        f"config.json does not match the weights in {path}: missing ['2.bias', '2.weight']")
+        f"config.json does not match the weights in {path}: missing ['2.bias', '2.weight']"
+    )
 
 
 def test_damaged_weights_are_one_line(tmp_path):
@@ -93,13 +97,18 @@ def test_damaged_weights_are_one_line(tmp_path):
 
 # --- training state -------------------------------------------------------------------------------
 
+
 def test_state_round_trips_optimizer_and_rng_exactly(tmp_path):
     model = net(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(torch.ones(5, 3)).square().sum().backward()
     optimizer.step()
-    state = {"step": 7, "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
-             "generator": torch.Generator().manual_seed(3).get_state()}
+    state = {
+        "step": 7,
+        "optimizer": optimizer.state_dict(),
+        "rng": torch.get_rng_state(),
+        "generator": torch.Generator().manual_seed(3).get_state(),
+    }
     save_state(state, tmp_path / "state.pt")
     loaded = load_state(tmp_path / "state.pt")
     assert loaded["step"] == 7
@@ -122,8 +131,7 @@ def test_state_round_trips_optimizer_and_rng_exactly(tmp_path):
 
 def test_damaged_or_unsafe_state_is_one_line(tmp_path):
     path = tmp_path / "state.pt"
-    assert error_of(load_state, path) == (
-        f"missing training state: {path} (was this run saved by train()?)")
+    assert error_of(load_state, path) == (f"missing training state: {path} (was this run saved by train()?)")
     save_state({"step": 1, "w": torch.ones(3)}, path)
     path.write_bytes(path.read_bytes()[:40])
     assert error_of(load_state, path).startswith(f"corrupt training state {path}: ")
@@ -132,6 +140,7 @@ def test_damaged_or_unsafe_state_is_one_line(tmp_path):
 
 
 # --- config and writes ----------------------------------------------------------------------------
+
 
 def test_config_round_trips_through_the_run_folder(tmp_path):
     cfg = apply_overrides(preset("text"), ["run.steps=5", "model.channels=16"])

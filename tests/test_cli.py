@@ -15,11 +15,20 @@ from nanodiffusion.training.diffusion import train
 def run_dir(tmp_path_factory):
     from nanodiffusion.io.config import apply_overrides, preset
 
-    cfg = apply_overrides(preset("digits"), [
-        "model.channels=8", "model.blocks_per_level=1", "model.attn_resolutions=[]",
-        "optim.batch_size=16", "run.steps=3", "run.sample_every=0", "run.checkpoint_every=0",
-        "run.sample_n=4", "run.sample_steps=5",
-    ])
+    cfg = apply_overrides(
+        preset("digits"),
+        [
+            "model.channels=8",
+            "model.blocks_per_level=1",
+            "model.attn_resolutions=[]",
+            "optim.batch_size=16",
+            "run.steps=3",
+            "run.sample_every=0",
+            "run.checkpoint_every=0",
+            "run.sample_n=4",
+            "run.sample_steps=5",
+        ],
+    )
     run = tmp_path_factory.mktemp("cli") / "run"
     train(cfg, run, progress=False)
     return run
@@ -43,8 +52,23 @@ def _error(capsys, argv):
 @pytest.mark.slow
 def test_sample_same_seed_same_images(run_dir, tmp_path, capsys):
     for name in ("a", "b"):
-        assert main(["sample", str(run_dir), "--n", "5", "--steps", "4", "--seed", "3",
-                     "--out", str(tmp_path / name)]) == 0
+        assert (
+            main(
+                [
+                    "sample",
+                    str(run_dir),
+                    "--n",
+                    "5",
+                    "--steps",
+                    "4",
+                    "--seed",
+                    "3",
+                    "--out",
+                    str(tmp_path / name),
+                ]
+            )
+            == 0
+        )
     a = [np.array(Image.open(tmp_path / "a" / f"sample_{i:04d}.png")) for i in range(5)]
     b = [np.array(Image.open(tmp_path / "b" / f"sample_{i:04d}.png")) for i in range(5)]
     assert all((x == y).all() for x, y in zip(a, b, strict=True))
@@ -56,8 +80,25 @@ def test_sample_same_seed_same_images(run_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("sampler", ["heun", "unipc", "sde"])
 def test_sample_reports_nfe(run_dir, tmp_path, capsys, sampler):
-    assert main(["sample", str(run_dir), "--n", "2", "--steps", "3", "--sampler", sampler,
-                 "--spacing", "karras", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(run_dir),
+                "--n",
+                "2",
+                "--steps",
+                "3",
+                "--sampler",
+                sampler,
+                "--spacing",
+                "karras",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     nfe = 5 if sampler == "heun" else 3
     assert f"3 steps = {nfe} NFE" in capsys.readouterr().out
 
@@ -66,18 +107,60 @@ def test_sample_reports_nfe(run_dir, tmp_path, capsys, sampler):
 def test_guidance_rows_and_class_checks(tmp_path, capsys):
     from nanodiffusion.io.config import apply_overrides, preset
 
-    cfg = apply_overrides(preset("digits"), [
-        "model.channels=8", "model.attn_resolutions=[]", "optim.batch_size=16", "run.steps=2",
-        "run.sample_every=0", "run.checkpoint_every=0", "run.sample_n=4", "run.sample_steps=3",
-        "data.class_conditional=true"])
+    cfg = apply_overrides(
+        preset("digits"),
+        [
+            "model.channels=8",
+            "model.attn_resolutions=[]",
+            "optim.batch_size=16",
+            "run.steps=2",
+            "run.sample_every=0",
+            "run.checkpoint_every=0",
+            "run.sample_n=4",
+            "run.sample_steps=3",
+            "data.class_conditional=true",
+        ],
+    )
     run = tmp_path / "run"
     train(cfg, run, progress=False)
-    assert main(["sample", str(run), "--n", "4", "--steps", "3", "--guidance", "0,1,3",
-                 "--out", str(tmp_path / "rows")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(run),
+                "--n",
+                "4",
+                "--steps",
+                "3",
+                "--guidance",
+                "0,1,3",
+                "--out",
+                str(tmp_path / "rows"),
+            ]
+        )
+        == 0
+    )
     assert "one row each" in capsys.readouterr().out
     assert Image.open(tmp_path / "rows" / "guidance.png").size[1] > 3 * 8
-    assert main(["sample", str(run), "--n", "3", "--steps", "3", "--class", "7", "--guidance", "3",
-                 "--out", str(tmp_path / "seven")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(run),
+                "--n",
+                "3",
+                "--steps",
+                "3",
+                "--class",
+                "7",
+                "--guidance",
+                "3",
+                "--out",
+                str(tmp_path / "seven"),
+            ]
+        )
+        == 0
+    )
     assert "guidance 3" in capsys.readouterr().out
     assert "--class must be in 0..9" in _error(capsys, ["sample", str(run), "--class", "10"])
 
@@ -86,8 +169,12 @@ def test_guidance_rows_and_class_checks(tmp_path, capsys):
 def test_eval_writes_json_and_prints_every_caveat(run_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("NANODIFF_DATA", str(tmp_path / "cache"))
     out = tmp_path / "metrics.json"
-    assert main(["eval", str(run_dir), "--n", "40", "--steps", "3", "--features", "classifier",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["eval", str(run_dir), "--n", "40", "--steps", "3", "--features", "classifier", "--out", str(out)]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
     assert {"fid", "kid_mean", "kid_std", "precision", "recall", "floor_fid"} <= set(result)
@@ -103,25 +190,28 @@ def test_info_describes_the_run(run_dir, capsys):
     assert "step 3 of 3" in out and "eps prediction" in out and "linear schedule" in out
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["sample", "RUN", "--n", "0"], "must be positive"),
-    (["sample", "RUN", "--steps", "-1"], "must be positive"),
-    (["sample", "RUN", "--steps", "2000"], "cannot exceed"),
-    (["sample", "RUN", "--class", "3"], "unconditional"),
-    (["sample", "RUN", "--guidance", "3"], "unconditional"),
-    (["sample", "RUN", "--guidance", "1,x"], "expected numbers"),
-    (["sample", "RUN", "--guidance", "-2"], ">= 0"),
-    (["sample", "RUN", "--sampler", "euler", "--eta", "0.5"], "sampler euler has no option --eta"),
-    (["sample", "RUN", "--sampler", "unipc", "--order", "5"], "order must be 1, 2 or 3"),
-    (["sample", "RUN", "--sampler", "nope"], "unknown sampler 'nope'"),
-    (["bench-samplers", "--samplers", "nope"], "unknown sampler 'nope'"),
-    (["bench-samplers", "--nfe", "10,x"], "--nfe"),
-    (["train", "--steps", "0"], "must be positive"),
-    (["sample", "/no/such/run"], "run folder not found"),
-    (["train", "--set", "model.nonsense=1"], "unknown config key"),
-    (["train", "--config", "/no/such.toml"], "config file not found"),
-    (["train", "--resume", "RUN", "--lr", "0.1"], "only --steps and --device may change"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["sample", "RUN", "--n", "0"], "must be positive"),
+        (["sample", "RUN", "--steps", "-1"], "must be positive"),
+        (["sample", "RUN", "--steps", "2000"], "cannot exceed"),
+        (["sample", "RUN", "--class", "3"], "unconditional"),
+        (["sample", "RUN", "--guidance", "3"], "unconditional"),
+        (["sample", "RUN", "--guidance", "1,x"], "expected numbers"),
+        (["sample", "RUN", "--guidance", "-2"], ">= 0"),
+        (["sample", "RUN", "--sampler", "euler", "--eta", "0.5"], "sampler euler has no option --eta"),
+        (["sample", "RUN", "--sampler", "unipc", "--order", "5"], "order must be 1, 2 or 3"),
+        (["sample", "RUN", "--sampler", "nope"], "unknown sampler 'nope'"),
+        (["bench-samplers", "--samplers", "nope"], "unknown sampler 'nope'"),
+        (["bench-samplers", "--nfe", "10,x"], "--nfe"),
+        (["train", "--steps", "0"], "must be positive"),
+        (["sample", "/no/such/run"], "run folder not found"),
+        (["train", "--set", "model.nonsense=1"], "unknown config key"),
+        (["train", "--config", "/no/such.toml"], "config file not found"),
+        (["train", "--resume", "RUN", "--lr", "0.1"], "only --steps and --device may change"),
+    ],
+)
 def test_bad_arguments(run_dir, capsys, argv, message):
     argv = [str(run_dir) if a == "RUN" else a for a in argv]
     assert message in _error(capsys, argv)
@@ -164,8 +254,9 @@ def test_bad_data(tmp_path, capsys):
     (bad / "broken.png").write_bytes(b"\x89PNG garbage")
     assert "broken.png" in _error(capsys, ["train", "--data", str(bad), "--out", str(tmp_path / "r2")])
     np.savez(tmp_path / "x.npz", images=np.zeros((4, 5), dtype=np.uint8))
-    assert "shape" in _error(capsys, ["train", "--data", str(tmp_path / "x.npz"),
-                                      "--out", str(tmp_path / "r3")])
+    assert "shape" in _error(
+        capsys, ["train", "--data", str(tmp_path / "x.npz"), "--out", str(tmp_path / "r3")]
+    )
     assert not (tmp_path / "r1").exists() or not any((tmp_path / "r1").iterdir())
 
 
@@ -186,11 +277,13 @@ def test_toml_config_with_flag_overrides(tmp_path, capsys):
     (tmp_path / "tiny.toml").write_text(
         '[data]\nname = "digits"\n\n[model]\nchannels = 8\nblocks_per_level = 1\nattn_resolutions = []\n\n'
         '[diffusion]\nparameterization = "v"\n\n[schedule]\nkind = "cosine"\n\n'
-        '[optim]\nbatch_size = 8\n\n[run]\nsteps = 50\nsample_every = 0\nsample_n = 4\nsample_steps = 4\n'
+        "[optim]\nbatch_size = 8\n\n[run]\nsteps = 50\nsample_every = 0\nsample_n = 4\nsample_steps = 4\n"
     )
     run = tmp_path / "run"
-    assert main(["train", "--config", str(tmp_path / "tiny.toml"), "--steps", "2", "--quiet",
-                 "--out", str(run)]) == 0
+    assert (
+        main(["train", "--config", str(tmp_path / "tiny.toml"), "--steps", "2", "--quiet", "--out", str(run)])
+        == 0
+    )
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["run"]["steps"] == 2  # the flag wins over the file
     assert cfg["schedule"]["kind"] == "cosine" and cfg["diffusion"]["parameterization"] == "v"
@@ -207,8 +300,25 @@ def test_train_autoencoder_command(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(data.SHAPES_SCENES, "train", 64)
     monkeypatch.setitem(data.SHAPES_SCENES, "test", 16)
     out = tmp_path / "ae"
-    assert main(["train-autoencoder", "--size", "16", "--steps", "5", "--batch-size", "8", "--channels", "8",
-                 "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train-autoencoder",
+                "--size",
+                "16",
+                "--steps",
+                "5",
+                "--batch-size",
+                "8",
+                "--channels",
+                "8",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "latents 4x4x4" in printed and "PSNR" in printed
     report = json.loads((out / "report.json").read_text())

@@ -18,8 +18,23 @@ from nanodiffusion.errors import NanodiffError
 
 SRC = Path(nanodiffusion.__file__).parent
 CLI = SRC / "cli"
-COMMANDS = ["demo", "train", "train-autoencoder", "train-controlnet", "sample", "eval", "generate",
-            "eval-prompts", "inpaint", "upscale", "info", "schedules", "forward", "bench-samplers", "sd"]
+COMMANDS = [
+    "demo",
+    "train",
+    "train-autoencoder",
+    "train-controlnet",
+    "sample",
+    "eval",
+    "generate",
+    "eval-prompts",
+    "inpaint",
+    "upscale",
+    "info",
+    "schedules",
+    "forward",
+    "bench-samplers",
+    "sd",
+]
 
 
 def _subparsers():
@@ -42,31 +57,70 @@ def test_every_command_is_there_and_its_help_works(capsys):
         assert f"usage: nanodiff {command}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flag", ["--device", "--seed", "--sampler", "--steps", "--weights", "--out", "--n",
-                                  "--quiet", "--negative", "--init", "--strength"])
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--device",
+        "--seed",
+        "--sampler",
+        "--steps",
+        "--weights",
+        "--out",
+        "--n",
+        "--quiet",
+        "--negative",
+        "--init",
+        "--strength",
+    ],
+)
 def test_shared_flags_are_declared_once(flag):
     sources = "".join(p.read_text() for p in sorted(CLI.glob("*.py")))
     assert len(re.findall(rf'add_argument\(\s*"{flag}"', sources)) == 1
 
 
-@pytest.mark.parametrize("command,flag,default", [
-    ("sample", "--n", 64), ("sample", "--steps", 20), ("sample", "--sampler", "dpm++2m"),
-    ("sample", "--seed", 0), ("sample", "--weights", "ema"), ("sample", "--device", "auto"),
-    ("sample", "--out", None),
-    ("eval", "--n", 1000), ("eval", "--guidance", 1.0), ("eval", "--batch-size", 256),
-    ("generate", "--n", 8), ("generate", "--guidance", 4.0), ("generate", "--negative", ""),
-    ("eval-prompts", "--n", 200), ("eval-prompts", "--held-out", 100),
-    ("inpaint", "--steps", 50), ("inpaint", "--n", None), ("inpaint", "--jump", 5),
-    ("upscale", "--steps", 20), ("upscale", "--aug", 0.0), ("upscale", "--n", None),
-    ("train", "--steps", None), ("train", "--seed", None), ("train", "--device", None),
-    ("train", "--preset", "digits"), ("train-controlnet", "--steps", 1500),
-    ("train-controlnet", "--lr", 5e-4), ("train-controlnet", "--seed", 0),
-    ("train-autoencoder", "--steps", 2000), ("train-autoencoder", "--data", "shapes"),
-    ("sd", "--guidance", 7.5), ("sd", "--out", "sd-images"), ("sd", "--n", 1), ("sd", "--steps", 20),
-    ("schedules", "--out", "schedules.png"), ("forward", "--out", "forward_process.png"),
-    ("forward", "--n", 4),
-    ("demo", "--steps", None),
-])
+@pytest.mark.parametrize(
+    "command,flag,default",
+    [
+        ("sample", "--n", 64),
+        ("sample", "--steps", 20),
+        ("sample", "--sampler", "dpm++2m"),
+        ("sample", "--seed", 0),
+        ("sample", "--weights", "ema"),
+        ("sample", "--device", "auto"),
+        ("sample", "--out", None),
+        ("eval", "--n", 1000),
+        ("eval", "--guidance", 1.0),
+        ("eval", "--batch-size", 256),
+        ("generate", "--n", 8),
+        ("generate", "--guidance", 4.0),
+        ("generate", "--negative", ""),
+        ("eval-prompts", "--n", 200),
+        ("eval-prompts", "--held-out", 100),
+        ("inpaint", "--steps", 50),
+        ("inpaint", "--n", None),
+        ("inpaint", "--jump", 5),
+        ("upscale", "--steps", 20),
+        ("upscale", "--aug", 0.0),
+        ("upscale", "--n", None),
+        ("train", "--steps", None),
+        ("train", "--seed", None),
+        ("train", "--device", None),
+        ("train", "--preset", "digits"),
+        ("train-controlnet", "--steps", 1500),
+        ("train-controlnet", "--lr", 5e-4),
+        ("train-controlnet", "--seed", 0),
+        ("train-autoencoder", "--steps", 2000),
+        ("train-autoencoder", "--data", "shapes"),
+        ("sd", "--guidance", 7.5),
+        ("sd", "--out", "sd-images"),
+        ("sd", "--n", 1),
+        ("sd", "--steps", 20),
+        ("schedules", "--out", "schedules.png"),
+        ("forward", "--out", "forward_process.png"),
+        ("forward", "--n", 4),
+        ("demo", "--steps", None),
+    ],
+)
 def test_defaults_are_as_before_the_split(command, flag, default):
     assert _action(command, flag).default == default
 
@@ -122,10 +176,20 @@ def digits_run(tmp_path_factory):
     from nanodiffusion.io.config import apply_overrides, preset
     from nanodiffusion.training.diffusion import train
 
-    cfg = apply_overrides(preset("digits"), [
-        "model.channels=8", "model.blocks_per_level=1", "model.attn_resolutions=[]", "optim.batch_size=16",
-        "run.steps=3", "run.sample_every=0", "run.checkpoint_every=0", "run.sample_n=4",
-        "run.sample_steps=3"])
+    cfg = apply_overrides(
+        preset("digits"),
+        [
+            "model.channels=8",
+            "model.blocks_per_level=1",
+            "model.attn_resolutions=[]",
+            "optim.batch_size=16",
+            "run.steps=3",
+            "run.sample_every=0",
+            "run.checkpoint_every=0",
+            "run.sample_n=4",
+            "run.sample_steps=3",
+        ],
+    )
     run = tmp_path_factory.mktemp("structure") / "digits"
     assert train(cfg, run, progress=False)
     return run
@@ -136,10 +200,21 @@ def upscale_run(tmp_path_factory):
     from nanodiffusion.io.config import apply_overrides, preset
     from nanodiffusion.training.diffusion import train
 
-    cfg = apply_overrides(preset("digits"), [
-        "data.task=\"upscale\"", "model.channels=8", "model.blocks_per_level=1", "model.attn_resolutions=[]",
-        "optim.batch_size=16", "run.steps=3", "run.sample_every=0", "run.checkpoint_every=0",
-        "run.sample_n=4", "run.sample_steps=3"])
+    cfg = apply_overrides(
+        preset("digits"),
+        [
+            'data.task="upscale"',
+            "model.channels=8",
+            "model.blocks_per_level=1",
+            "model.attn_resolutions=[]",
+            "optim.batch_size=16",
+            "run.steps=3",
+            "run.sample_every=0",
+            "run.checkpoint_every=0",
+            "run.sample_n=4",
+            "run.sample_steps=3",
+        ],
+    )
     run = tmp_path_factory.mktemp("structure") / "upscale"
     assert train(cfg, run, progress=False)
     return run
@@ -156,12 +231,30 @@ def test_the_inpaint_demo_is_the_library_s(digits_run, capsys):
         keep = demo.known.expand_as(filled) == 1
         assert torch.equal(filled[keep], demo.images[keep])
         assert 0 < demo.errors[method][0] and 0 < demo.errors[method][1]
-    assert main(["inpaint", str(digits_run), "--demo", "--n", "3", "--steps", "3", "--resample", "2",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "inpaint",
+                str(digits_run),
+                "--demo",
+                "--n",
+                "3",
+                "--steps",
+                "3",
+                "--resample",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     for method, (seam, hole) in demo.errors.items():
-        assert (f"{method:8s} RMSE in the 2-pixel band at the seam {seam:.4f}, in the whole hole {hole:.4f}"
-                in printed)
+        assert (
+            f"{method:8s} RMSE in the 2-pixel band at the seam {seam:.4f}, in the whole hole {hole:.4f}"
+            in printed
+        )
 
 
 def test_the_upscale_demo_is_the_library_s(upscale_run, capsys):
@@ -190,8 +283,9 @@ def _error(capsys, argv) -> str:
     return err[-1]
 
 
-def test_the_commands_name_their_flags_where_the_library_names_parameters(digits_run, upscale_run, tmp_path,
-                                                                          capsys):
+def test_the_commands_name_their_flags_where_the_library_names_parameters(
+    digits_run, upscale_run, tmp_path, capsys
+):
     run = str(digits_run)
     assert "resume it with --resume or choose" in _error(capsys, ["train", "--steps", "2", "--out", run])
     assert "this model is unconditional; --class needs" in _error(capsys, ["sample", run, "--class", "1"])
@@ -200,6 +294,7 @@ def test_the_commands_name_their_flags_where_the_library_names_parameters(digits
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
     Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "m.png")
     image, mask = str(tmp_path / "x.png"), str(tmp_path / "m.png")
-    err = _error(capsys, ["inpaint", run, "--image", image, "--mask", mask, "--method", "model",
-                          "--steps", "2"])
+    err = _error(
+        capsys, ["inpaint", run, "--image", image, "--mask", mask, "--method", "model", "--steps", "2"]
+    )
     assert "needs a run trained for inpainting (nanodiff train --task inpaint)" in err

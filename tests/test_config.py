@@ -11,8 +11,13 @@ from nanodiffusion.io.config import PRESETS, Config, apply_overrides, preset
 from nanodiffusion.nets.unet import UNet
 from one_line import error_of
 
-DATA = {"digits": "digits", "mnist": "mnist", "fashion-mnist": "fashion-mnist", "text": "shapes",
-        "upscale": "shapes"}
+DATA = {
+    "digits": "digits",
+    "mnist": "mnist",
+    "fashion-mnist": "fashion-mnist",
+    "text": "shapes",
+    "upscale": "shapes",
+}
 
 
 def toml_text(d: dict) -> str:
@@ -37,6 +42,7 @@ def toml_text(d: dict) -> str:
 
 # --- presets --------------------------------------------------------------------------------------
 
+
 def test_every_preset_is_listed():
     assert tuple(PRESETS) == ("digits", "mnist", "fashion-mnist", "text", "upscale")
     assert set(DATA) == set(PRESETS)
@@ -58,7 +64,10 @@ def test_preset_values_the_docs_state():
     digits = preset("digits")
     assert (digits.model.image_size, digits.model.channels, digits.run.steps) == (8, 32, 800)
     assert (digits.schedule.kind, digits.diffusion.parameterization, digits.loss.weighting) == (
-        "linear", "eps", "uniform")
+        "linear",
+        "eps",
+        "uniform",
+    )
     fashion = preset("fashion-mnist")
     assert (fashion.schedule.kind, fashion.diffusion.parameterization) == ("edm", "edm")
     assert (fashion.loss.sigma_sampling, fashion.loss.weighting) == ("lognormal", "edm")
@@ -77,10 +86,12 @@ def test_presets_are_fresh_objects():
 
 def test_unknown_preset_is_one_line():
     assert error_of(preset, "cifar") == (
-        "unknown preset 'cifar'; choose one of digits, mnist, fashion-mnist, text, upscale")
+        "unknown preset 'cifar'; choose one of digits, mnist, fashion-mnist, text, upscale"
+    )
 
 
 # --- files ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_json_round_trip(tmp_path, name):
@@ -106,18 +117,23 @@ def test_a_partial_toml_file_keeps_the_defaults(tmp_path):
     assert cfg.optim.lr == 1.0 and cfg.data == Config().data
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("[model]\nnonsense = 1\nchanels = 8\n", "unknown config key(s) in [model]: chanels, nonsense"),
-    ("[modle]\nchannels = 8\n", "unknown config section(s): modle"),
-    ('[model]\nchannels = "eight"\n', "config value model.channels = 'eight' should be of type int"),
-    ("[model]\nchannels = 8.5\n", "config value model.channels = 8.5 should be of type int"),
-    ("[run]\nsteps = true\n", "config value run.steps = True should be of type int"),
-    ("[optim]\nlr = \"fast\"\n", "config value optim.lr = 'fast' should be of type float"),
-    ("[model]\nattn_resolutions = [4.5]\n",
-     "config value model.attn_resolutions = [4.5] should be of type list of int"),
-    ("[data]\nclass_conditional = 1\n", "config value data.class_conditional = 1 should be of type bool"),
-    ('[run]\nsampler = "nope"\n', "run.sampler must be one of "),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[model]\nnonsense = 1\nchanels = 8\n", "unknown config key(s) in [model]: chanels, nonsense"),
+        ("[modle]\nchannels = 8\n", "unknown config section(s): modle"),
+        ('[model]\nchannels = "eight"\n', "config value model.channels = 'eight' should be of type int"),
+        ("[model]\nchannels = 8.5\n", "config value model.channels = 8.5 should be of type int"),
+        ("[run]\nsteps = true\n", "config value run.steps = True should be of type int"),
+        ('[optim]\nlr = "fast"\n', "config value optim.lr = 'fast' should be of type float"),
+        (
+            "[model]\nattn_resolutions = [4.5]\n",
+            "config value model.attn_resolutions = [4.5] should be of type list of int",
+        ),
+        ("[data]\nclass_conditional = 1\n", "config value data.class_conditional = 1 should be of type bool"),
+        ('[run]\nsampler = "nope"\n', "run.sampler must be one of "),
+    ],
+)
 def test_bad_files_are_refused_in_one_line(tmp_path, text, message):
     (tmp_path / "bad.toml").write_text(text)
     assert error_of(Config.load, tmp_path / "bad.toml").startswith(message)
@@ -125,22 +141,33 @@ def test_bad_files_are_refused_in_one_line(tmp_path, text, message):
 
 def test_unreadable_files_are_named(tmp_path):
     assert error_of(Config.load, tmp_path / "none.toml") == f"config file not found: {tmp_path / 'none.toml'}"
-    for name, text, start in [("broken.toml", "[model\nchannels = 8", "cannot parse config"),
-                              ("broken.json", '{"model": ', "cannot parse config"),
-                              ("flat.toml", "model = 5\n", "invalid config")]:
+    for name, text, start in [
+        ("broken.toml", "[model\nchannels = 8", "cannot parse config"),
+        ("broken.json", '{"model": ', "cannot parse config"),
+        ("flat.toml", "model = 5\n", "invalid config"),
+    ]:
         (tmp_path / name).write_text(text)
         assert error_of(Config.load, tmp_path / name).startswith(f"{start} {tmp_path / name}: ")
 
 
 # --- overrides ------------------------------------------------------------------------------------
 
+
 def test_overrides_parse_json_values_and_keep_bare_strings():
     base = preset("digits")
-    cfg = apply_overrides(base, [
-        "model.channels=16", "model.attn_resolutions=[]", "optim.lr=0.01", "data.image_size=null",
-        "data.class_conditional=true", "run.sampler=heun", "data.name=my images/faces",
-        "run.sample_prompts=a red circle|two blue stars",
-    ])
+    cfg = apply_overrides(
+        base,
+        [
+            "model.channels=16",
+            "model.attn_resolutions=[]",
+            "optim.lr=0.01",
+            "data.image_size=null",
+            "data.class_conditional=true",
+            "run.sampler=heun",
+            "data.name=my images/faces",
+            "run.sample_prompts=a red circle|two blue stars",
+        ],
+    )
     assert (cfg.model.channels, cfg.model.attn_resolutions, cfg.optim.lr) == (16, [], 0.01)
     assert cfg.data.image_size is None and cfg.data.class_conditional is True
     assert (cfg.run.sampler, cfg.data.name) == ("heun", "my images/faces")
@@ -155,15 +182,18 @@ def test_the_last_override_of_a_key_wins():
     assert apply_overrides(Config(), ["run.steps=5", "run.steps=7"]).run.steps == 7
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("model.channels", "override 'model.channels' must look like section.key=value"),
-    ("channels=8", "override 'channels=8' must look like section.key=value"),
-    ("model.nonsense=1", "unknown config key 'model.nonsense'"),
-    ("nosection.steps=1", "unknown config key 'nosection.steps'"),
-    ("model.channels=eight", "config value model.channels = 'eight' should be of type int"),
-    ("run.steps=2.5", "config value run.steps = 2.5 should be of type int"),
-    ("data.class_conditional=yes", "config value data.class_conditional = 'yes' should be of type bool"),
-    ("optim.decay=linear", "optim.decay must be cosine or constant, got 'linear'"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.channels", "override 'model.channels' must look like section.key=value"),
+        ("channels=8", "override 'channels=8' must look like section.key=value"),
+        ("model.nonsense=1", "unknown config key 'model.nonsense'"),
+        ("nosection.steps=1", "unknown config key 'nosection.steps'"),
+        ("model.channels=eight", "config value model.channels = 'eight' should be of type int"),
+        ("run.steps=2.5", "config value run.steps = 2.5 should be of type int"),
+        ("data.class_conditional=yes", "config value data.class_conditional = 'yes' should be of type bool"),
+        ("optim.decay=linear", "optim.decay must be cosine or constant, got 'linear'"),
+    ],
+)
 def test_bad_overrides_are_one_line(override, message):
     assert error_of(apply_overrides, Config(), [override]) == message

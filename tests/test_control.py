@@ -14,8 +14,15 @@ from torchrun_helper import assert_same_steps, needs_torchrun, run_one_and_two
 
 def _text_unet():
     torch.manual_seed(0)
-    cfg = UNetConfig(in_channels=4, channels=16, channel_mults=[1, 2], attn_resolutions=[4], image_size=8,
-                     context_dim=8, dropout=0.0)
+    cfg = UNetConfig(
+        in_channels=4,
+        channels=16,
+        channel_mults=[1, 2],
+        attn_resolutions=[4],
+        image_size=8,
+        context_dim=8,
+        dropout=0.0,
+    )
     net = UNet(cfg).eval()
     for p in net.parameters():  # a "trained" base: no zero-initialised layers left
         p.data.normal_(0, 0.1)
@@ -49,8 +56,9 @@ def test_at_its_zero_convolutions_the_controlled_model_is_the_base_model_exactly
     labels = torch.tensor([3, 7])
     for sampler in ("dpm++2m", "euler-a"):
         want = sample_images(d, 2, (1, 8, 8), sampler, 4, class_labels=labels, guidance=3.0)
-        assert torch.equal(sample_images(ctrl, 2, (1, 8, 8), sampler, 4, class_labels=labels, guidance=3.0),
-                           want)
+        assert torch.equal(
+            sample_images(ctrl, 2, (1, 8, 8), sampler, 4, class_labels=labels, guidance=3.0), want
+        )
 
 
 @pytest.mark.slow
@@ -66,8 +74,9 @@ def test_trained_zero_convolutions_carry_the_control_and_the_scale_weighs_it():
     other = Controlled(base, cn, 1 - control)(x, c_noise, cond)
     assert (out - other).abs().max() > 1e-3  # the control image itself matters
     assert torch.equal(Controlled(base, cn, control, scale=0.0)(x, c_noise, cond), plain)
-    doubled = Controlled(base, cn, control)(torch.cat([x, x]), torch.cat([c_noise, c_noise]),
-                                            torch.cat([cond, cond]))  # guidance's doubled batch
+    doubled = Controlled(base, cn, control)(
+        torch.cat([x, x]), torch.cat([c_noise, c_noise]), torch.cat([cond, cond])
+    )  # guidance's doubled batch
     assert torch.allclose(doubled[:3], out, atol=1e-5)
     with pytest.raises(NanodiffError, match="power-of-2"):
         ControlNet(base, 1, factor=3)
@@ -92,10 +101,21 @@ def class_run(tmp_path_factory):
     from nanodiffusion.io.config import apply_overrides, preset
     from nanodiffusion.training.diffusion import train
 
-    cfg = apply_overrides(preset("digits"), [
-        "data.class_conditional=true", "model.channels=8", "model.blocks_per_level=1",
-        "model.attn_resolutions=[]", "optim.batch_size=16", "run.steps=3", "run.sample_every=0",
-        "run.checkpoint_every=0", "run.sample_n=4", "run.sample_steps=3"])
+    cfg = apply_overrides(
+        preset("digits"),
+        [
+            "data.class_conditional=true",
+            "model.channels=8",
+            "model.blocks_per_level=1",
+            "model.attn_resolutions=[]",
+            "optim.batch_size=16",
+            "run.steps=3",
+            "run.sample_every=0",
+            "run.checkpoint_every=0",
+            "run.sample_n=4",
+            "run.sample_steps=3",
+        ],
+    )
     run = tmp_path_factory.mktemp("cn") / "run"
     assert train(cfg, run, progress=False)
     return run
@@ -135,16 +155,62 @@ def test_generate_with_a_control_from_the_command_line(tmp_path, monkeypatch, ca
     edges[4:12, 4] = edges[4:12, 11] = 255
     Image.fromarray(edges).save(tmp_path / "edges.png")
     out = tmp_path / "gen"
-    assert main(["generate", str(run), "a red circle", "--control", str(tmp_path / "edges.png"), "--n", "2",
-                 "--steps", "2", "--control-scale", "0.5", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(run),
+                "a red circle",
+                "--control",
+                str(tmp_path / "edges.png"),
+                "--n",
+                "2",
+                "--steps",
+                "2",
+                "--control-scale",
+                "0.5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "at scale 0.5" in printed and (out / "control.png").is_file() and (out / "grid.png").is_file()
-    assert main(["generate", str(run), "x", "--control-from", str(tmp_path / "edges.png"), "--steps", "2",
-                 "--n", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(run),
+                "x",
+                "--control-from",
+                str(tmp_path / "edges.png"),
+                "--steps",
+                "2",
+                "--n",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert main(["generate", str(run), "x", "--control-scale", "2"]) == 2
     assert "--control-scale needs" in capsys.readouterr().err
-    assert main(["generate", str(run), "x", "--control", str(tmp_path / "edges.png"), "--controlnet",
-                 str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "generate",
+                str(run),
+                "x",
+                "--control",
+                str(tmp_path / "edges.png"),
+                "--controlnet",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "no ControlNet" in capsys.readouterr().err
 
 
@@ -199,7 +265,8 @@ def test_the_controlnets_ema_follows_the_power_function_decay(straight_and_stopp
 
 
 def test_ctrl_c_saves_the_controlnets_checkpoint_and_resume_continues_exactly(
-        class_run, straight_and_stopped_cn, tmp_path, monkeypatch):
+    class_run, straight_and_stopped_cn, tmp_path, monkeypatch
+):
     import os
     import signal
 
@@ -238,9 +305,21 @@ def test_a_finished_controlnet_is_only_replaced_when_asked(class_run, straight_a
 @pytest.mark.slow
 @needs_torchrun
 def test_two_process_controlnet_takes_the_same_steps_as_one_process(class_run, tmp_path):
-    run_one_and_two(["train-controlnet", str(class_run), "--steps", "3", "--batch-size", "8", "--lr", "0.5",
-                     "--quiet"], tmp_path / "one", tmp_path / "two")
-    zero = {k: torch.zeros_like(v) for k, v in _cn_checkpoint(tmp_path / "one")["model"].items()
-            if k.startswith("zero")}  # the zero convolutions' start
-    assert_same_steps(tmp_path / "one", tmp_path / "two", ["checkpoint/model.safetensors",
-                      "checkpoint/ema.safetensors", "controlnet.safetensors"], zero, atol=2e-4, biases=False)
+    run_one_and_two(
+        ["train-controlnet", str(class_run), "--steps", "3", "--batch-size", "8", "--lr", "0.5", "--quiet"],
+        tmp_path / "one",
+        tmp_path / "two",
+    )
+    zero = {
+        k: torch.zeros_like(v)
+        for k, v in _cn_checkpoint(tmp_path / "one")["model"].items()
+        if k.startswith("zero")
+    }  # the zero convolutions' start
+    assert_same_steps(
+        tmp_path / "one",
+        tmp_path / "two",
+        ["checkpoint/model.safetensors", "checkpoint/ema.safetensors", "controlnet.safetensors"],
+        zero,
+        atol=2e-4,
+        biases=False,
+    )

@@ -123,7 +123,8 @@ def test_folder_captions_txt_and_metadata_jsonl(tmp_path):
     (tmp_path / "metadata.jsonl").write_text(
         '{"file_name": "cats/b.png", "text": "a sleepy cat"}\n\n'
         '{"file_name": "cats/a.png", "text": "overridden by a.txt"}\n'
-        '{"file_name": "dogs/c.png", "text": "a dog"}\n')
+        '{"file_name": "dogs/c.png", "text": "a dog"}\n'
+    )
     loaded = load_data(str(tmp_path))
     assert loaded.captions == ["a black cat", "a sleepy cat", "a dog"]  # sorted paths
     assert loaded.labels.tolist() == [0, 0, 1]

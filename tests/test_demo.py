@@ -13,8 +13,7 @@ from nanodiffusion.inference.pipelines import load_run, sample_images
 def digit_judge():
     """A classifier trained on the real digits; returns (predicted class, confidence) per image."""
     train = load_data("digits", "train")
-    clf = LogisticRegression(C=0.5, max_iter=5000).fit(train.images.flatten(1).numpy(),
-                                                       train.labels.numpy())
+    clf = LogisticRegression(C=0.5, max_iter=5000).fit(train.images.flatten(1).numpy(), train.labels.numpy())
 
     def judge(images: torch.Tensor):
         proba = clf.predict_proba(images.flatten(1).numpy())
@@ -52,8 +51,7 @@ def test_demo_draws_digits(demo_run, capsys):
     for name in ["demo_samples.png", "denoising.gif", "guidance.png", "forward_process.png", "loss.png"]:
         assert (demo_run / name).is_file(), name
     _, denoiser = load_run(demo_run)
-    samples = sample_images(denoiser, 200, (1, 8, 8), "ddim", 50, seed=1,
-                            class_labels=torch.arange(200) % 10)
+    samples = sample_images(denoiser, 200, (1, 8, 8), "ddim", 50, seed=1, class_labels=torch.arange(200) % 10)
     frac, classes = confident_digits(digit_judge(), samples)
     print(f"confident: {frac:.2f}, classes: {sorted(classes)}")
     assert frac > 0.6, f"only {frac:.0%} of samples are confidently digits"
@@ -69,8 +67,9 @@ def test_guided_samples_are_the_requested_digit(demo_run):
     judge, labels = digit_judge(), torch.arange(500) % 10
     hits = {}
     for w in (0.0, 1.0, 3.0):
-        images = sample_images(denoiser, 500, (1, 8, 8), "dpm++2m", 10, seed=2, class_labels=labels,
-                               guidance=w)
+        images = sample_images(
+            denoiser, 500, (1, 8, 8), "dpm++2m", 10, seed=2, class_labels=labels, guidance=w
+        )
         hits[w] = (torch.as_tensor(judge(images)[0]) == labels).double().mean().item()
     print("fraction recognised as the requested digit:", hits)
     assert hits[0.0] < 0.25

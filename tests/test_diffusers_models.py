@@ -29,9 +29,16 @@ def one_thread():
 def _unet(seed=0, out_channels=1, **kw):
     torch.manual_seed(seed)
     return diffusers.UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=out_channels, block_out_channels=(16, 32),
-        layers_per_block=1, norm_num_groups=8, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"), **kw)
+        sample_size=8,
+        in_channels=1,
+        out_channels=out_channels,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        **kw,
+    )
 
 
 def _save(folder, unet, **scheduler_kw):
@@ -53,14 +60,17 @@ def folders(tmp_path_factory):
 
 
 # --- the schedule --------------------------------------------------------------------------------
-@pytest.mark.parametrize("options", [
-    {"beta_schedule": "linear"},
-    {"beta_schedule": "linear", "num_train_timesteps": 500},
-    {"beta_schedule": "linear", "num_train_timesteps": 200, "beta_start": 1e-3, "beta_end": 0.05},
-    {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
-    {"beta_schedule": "squaredcos_cap_v2"},
-    {"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 50},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"beta_schedule": "linear"},
+        {"beta_schedule": "linear", "num_train_timesteps": 500},
+        {"beta_schedule": "linear", "num_train_timesteps": 200, "beta_start": 1e-3, "beta_end": 0.05},
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+        {"beta_schedule": "squaredcos_cap_v2"},
+        {"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 50},
+    ],
+)
 def test_schedule_equals_diffusers_alphas_cumprod(options):
     ref = diffusers.DDPMScheduler(**options)
     schedule, parameterization = schedule_from_diffusers(ref)
@@ -75,16 +85,19 @@ def test_prediction_types_map_to_parameterizations():
         assert schedule_from_diffusers({"prediction_type": prediction})[1] == ours
 
 
-@pytest.mark.parametrize("options,match", [
-    ({"trained_betas": [1e-4] * 10}, "trained_betas="),
-    ({"beta_schedule": "sigmoid"}, "beta_schedule='sigmoid'"),
-    ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr=True"),
-    ({"thresholding": True}, "thresholding=True"),
-    ({"variance_type": "learned_range"}, "variance_type='learned_range'"),
-    ({"timestep_type": "continuous"}, "timestep_type='continuous'"),
-    ({"prediction_type": "flow_prediction"}, "prediction_type='flow_prediction'"),
-    ({"_class_name": "ScoreSdeVeScheduler"}, "_class_name='ScoreSdeVeScheduler'"),
-])
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        ({"trained_betas": [1e-4] * 10}, "trained_betas="),
+        ({"beta_schedule": "sigmoid"}, "beta_schedule='sigmoid'"),
+        ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr=True"),
+        ({"thresholding": True}, "thresholding=True"),
+        ({"variance_type": "learned_range"}, "variance_type='learned_range'"),
+        ({"timestep_type": "continuous"}, "timestep_type='continuous'"),
+        ({"prediction_type": "flow_prediction"}, "prediction_type='flow_prediction'"),
+        ({"_class_name": "ScoreSdeVeScheduler"}, "_class_name='ScoreSdeVeScheduler'"),
+    ],
+)
 def test_unsupported_scheduler_options_are_refused_in_one_line(options, match):
     with pytest.raises(NanodiffError, match=match) as err:
         schedule_from_diffusers(options)
@@ -92,8 +105,11 @@ def test_unsupported_scheduler_options_are_refused_in_one_line(options, match):
 
 
 def test_sampling_only_options_are_ignored():
-    schedule, _ = schedule_from_diffusers(diffusers.DDIMScheduler(
-        clip_sample=True, set_alpha_to_one=False, timestep_spacing="trailing", steps_offset=1))
+    schedule, _ = schedule_from_diffusers(
+        diffusers.DDIMScheduler(
+            clip_sample=True, set_alpha_to_one=False, timestep_spacing="trailing", steps_offset=1
+        )
+    )
     assert schedule == schedule_from_diffusers({})[0]
 
 
@@ -129,8 +145,12 @@ def test_ddim_follows_diffusers_ddim_scheduler_step_by_step(folders, prediction,
     D = load_diffusers(folders[prediction], device="cpu")
     assert D.parameterization == prediction
     ref = diffusers.DDIMScheduler.from_pretrained(
-        folders[prediction], subfolder="scheduler", set_alpha_to_one=True, clip_sample=False,
-        timestep_spacing="trailing")
+        folders[prediction],
+        subfolder="scheduler",
+        set_alpha_to_one=True,
+        clip_sample=False,
+        timestep_spacing="trailing",
+    )
     sigmas, noise, x = _start(D, steps)
     theirs = _diffusers_loop(ref, D.net.unet, steps, noise.clone(), eta=0.0)
     final, ours = _our_starts(sample_ddim, D, sigmas, x)
@@ -160,7 +180,8 @@ def test_learned_variance_unets_are_refused(folders):
 def test_dpmpp_2m_equals_diffusers_dpm_solver_multistep(folders, prediction):
     D = load_diffusers(folders[prediction], device="cpu")
     ref = diffusers.DPMSolverMultistepScheduler.from_pretrained(
-        folders[prediction], subfolder="scheduler", timestep_spacing="trailing")
+        folders[prediction], subfolder="scheduler", timestep_spacing="trailing"
+    )
     sigmas, noise, x = _start(D, 10, seed=1)
     theirs = _diffusers_loop(ref, D.net.unet, 10, noise.clone())
     final, _ = _our_starts(sample_dpmpp_2m, D, sigmas, x)
@@ -186,11 +207,18 @@ def test_class_labels_and_guidance_on_a_class_conditional_unet(folders):
     guided = ClassifierFreeGuidance(D, 3.0, uncond=torch.tensor(2))
     x = sample_images(guided, 3, (1, 8, 8), "dpm++2m", steps=3, class_labels=labels)
     assert torch.isfinite(x).all() and not torch.allclose(x, plain)
-    same = sample_images(ClassifierFreeGuidance(D, 1.0, uncond=torch.tensor(2)), 3, (1, 8, 8),
-                         "dpm++2m", steps=3, class_labels=labels)
+    same = sample_images(
+        ClassifierFreeGuidance(D, 1.0, uncond=torch.tensor(2)),
+        3,
+        (1, 8, 8),
+        "dpm++2m",
+        steps=3,
+        class_labels=labels,
+    )
     assert torch.equal(same, plain)
-    by_flag = sample_images(D, 3, (1, 8, 8), "dpm++2m", steps=3, class_labels=labels, guidance=3.0,
-                            uncond=torch.tensor(2))
+    by_flag = sample_images(
+        D, 3, (1, 8, 8), "dpm++2m", steps=3, class_labels=labels, guidance=3.0, uncond=torch.tensor(2)
+    )
     assert torch.equal(by_flag, x)
     with pytest.raises(NanodiffError, match="class-conditional"):
         sample_images(D, 1, (1, 8, 8), "ddim", steps=2)

@@ -17,8 +17,10 @@ def denoiser():
     """An untrained digits UNet: editing's guarantees hold for any denoiser."""
     from nanodiffusion.io.config import apply_overrides, preset
 
-    cfg = apply_overrides(preset("digits"), ["model.channels=8", "model.blocks_per_level=1",
-                                             "model.attn_resolutions=[]", "model.dropout=0"])
+    cfg = apply_overrides(
+        preset("digits"),
+        ["model.channels=8", "model.blocks_per_level=1", "model.attn_resolutions=[]", "model.dropout=0"],
+    )
     cfg.model.in_channels = cfg.model.out_channels = 1
     cfg.model.image_size = 8
     torch.manual_seed(0)
@@ -51,8 +53,9 @@ def _gaussian_4d():
 @pytest.mark.slow
 def test_inpainting_keeps_the_known_region_exactly_with_every_sampler(denoiser, sampler, method):
     init, known = _images(), demo_masks(3, 8)
-    out = sample_images(denoiser, 3, (1, 8, 8), sampler, 4, seed=0, init=init, known=known, inpaint=method,
-                        jump=2, resample=2)
+    out = sample_images(
+        denoiser, 3, (1, 8, 8), sampler, 4, seed=0, init=init, known=known, inpaint=method, jump=2, resample=2
+    )
     assert torch.equal(out[known.expand_as(out) == 1], init[known.expand_as(init) == 1])
     hole = known.expand_as(out) == 0
     assert (out[hole] - init[hole]).abs().mean() > 0.05  # and generated where it is not
@@ -82,11 +85,23 @@ def test_small_strength_stays_close_to_the_input(denoiser):
 def test_repaint_costs_resample_times_the_steps_and_with_one_pass_is_replace(denoiser):
     init, known = _images(), demo_masks(3, 8)
     stats = {}
-    sample_images(denoiser, 3, (1, 8, 8), "ddim", 6, init=init, known=known, inpaint="repaint", jump=2,
-                  resample=3, stats=stats)
+    sample_images(
+        denoiser,
+        3,
+        (1, 8, 8),
+        "ddim",
+        6,
+        init=init,
+        known=known,
+        inpaint="repaint",
+        jump=2,
+        resample=3,
+        stats=stats,
+    )
     assert stats["nfe"] == 18
-    once = sample_images(denoiser, 3, (1, 8, 8), "ddim", 6, init=init, known=known, inpaint="repaint", jump=2,
-                         resample=1)
+    once = sample_images(
+        denoiser, 3, (1, 8, 8), "ddim", 6, init=init, known=known, inpaint="repaint", jump=2, resample=1
+    )
     replace = sample_images(denoiser, 3, (1, 8, 8), "ddim", 6, init=init, known=known, inpaint="replace")
     assert torch.allclose(once, replace, atol=1e-6)  # DDIM has no history: jumps change nothing
 
@@ -110,9 +125,19 @@ def test_repaint_is_closer_than_replace_to_the_exact_gaussian_conditional():
     for method in ("replace", "repaint"):
         gen = torch.Generator().manual_seed(1)
         noise = torch.randn(4000, 4, generator=gen, dtype=torch.float64)
-        out = edit(sample_ddim, GaussianDenoiser(mu, cov), noise, x[None], sigmas,
-                   prior_std=schedule.prior_std(float(sigmas[0])), known=known, method=method, jump=5,
-                   resample=10, generator=gen)
+        out = edit(
+            sample_ddim,
+            GaussianDenoiser(mu, cov),
+            noise,
+            x[None],
+            sigmas,
+            prior_std=schedule.prior_std(float(sigmas[0])),
+            known=known,
+            method=method,
+            jump=5,
+            resample=10,
+            generator=gen,
+        )
         assert torch.equal(out[:, k], x[k].expand(4000, 2))
         errors[method] = (out[:, u].mean(0) - exact).abs().max().item()
     # measured: replace 0.187, repaint 0.123 (the conditional std is 0.57 and 0.68; N = 4000
@@ -165,8 +190,15 @@ def test_every_sampler_name_and_alias_reaches_the_editing_path(denoiser):
     init = _images(1)
     for name in [*SAMPLERS, "dpmpp_2m", "euler_a"]:
         counted = CountingDenoiser(denoiser)
-        edit(get_sampler(name).fn, counted, torch.randn(1, 1, 8, 8), init, Schedule().sampling_sigmas(4),
-             prior_std=1.0, strength=0.5)
+        edit(
+            get_sampler(name).fn,
+            counted,
+            torch.randn(1, 1, 8, 8),
+            init,
+            Schedule().sampling_sigmas(4),
+            prior_std=1.0,
+            strength=0.5,
+        )
         assert counted.calls >= 1
 
 
@@ -201,9 +233,33 @@ def test_inpaint_command_keeps_the_unmasked_pixels_of_the_file(digits_run, tmp_p
     mask = _png(tmp_path / "m.png", hole)
     out = tmp_path / "filled"
     for method in ("replace", "repaint"):
-        assert main(["inpaint", str(digits_run), "--image", image, "--mask", mask, "--method", method,
-                     "--steps", "4", "--n", "2", "--resample", "2", "--jump", "2", "--sampler", "unipc",
-                     "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "inpaint",
+                    str(digits_run),
+                    "--image",
+                    image,
+                    "--mask",
+                    mask,
+                    "--method",
+                    method,
+                    "--steps",
+                    "4",
+                    "--n",
+                    "2",
+                    "--resample",
+                    "2",
+                    "--jump",
+                    "2",
+                    "--sampler",
+                    "unipc",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         assert f"2 fillings of {image} ({method})" in capsys.readouterr().out
         files = sorted(out.glob(f"x-{method}-seed0_*.png"))
         assert len(files) == 2
@@ -230,8 +286,27 @@ def test_img2img_from_the_command_line(digits_run, tmp_path, capsys):
 
     image = _png(tmp_path / "x.png", [[40 * (i % 7) for i in range(16)] for _ in range(16)])  # resized
     out = tmp_path / "edited"
-    assert main(["sample", str(digits_run), "--init", image, "--strength", "0.5", "--n", "2", "--steps", "4",
-                 "--sampler", "dpmpp_2m", "--out", str(out)]) == 0  # diffusers' spelling is accepted
+    assert (
+        main(
+            [
+                "sample",
+                str(digits_run),
+                "--init",
+                image,
+                "--strength",
+                "0.5",
+                "--n",
+                "2",
+                "--steps",
+                "4",
+                "--sampler",
+                "dpmpp_2m",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )  # diffusers' spelling is accepted
     assert "img2img from" in capsys.readouterr().out and (out / "grid.png").is_file()
 
 
@@ -280,8 +355,10 @@ def test_random_masks_draw_five_families_reproducibly():
 def test_an_image_condition_reaches_the_network_and_follows_guidance_batches():
     from nanodiffusion.io.config import apply_overrides, preset
 
-    cfg = apply_overrides(preset("digits"), ["model.channels=8", "model.blocks_per_level=1",
-                                             "model.attn_resolutions=[]", "model.dropout=0"])
+    cfg = apply_overrides(
+        preset("digits"),
+        ["model.channels=8", "model.blocks_per_level=1", "model.attn_resolutions=[]", "model.dropout=0"],
+    )
     cfg.model.in_channels = cfg.model.out_channels = 1
     cfg.model.image_size, cfg.model.cond_channels = 8, 2
     torch.manual_seed(0)
@@ -321,8 +398,25 @@ def test_a_mask_conditioned_run_trains_and_fills_from_the_command_line(tmp_path,
     hole = np.zeros((8, 8))
     hole[:, 4:] = 255
     mask = _png(tmp_path / "m.png", hole)
-    assert main(["inpaint", str(tmp_path / "run"), "--image", image, "--mask", mask, "--steps", "3",
-                 "--n", "2", "--out", str(tmp_path / "filled")]) == 0
+    assert (
+        main(
+            [
+                "inpaint",
+                str(tmp_path / "run"),
+                "--image",
+                image,
+                "--mask",
+                mask,
+                "--steps",
+                "3",
+                "--n",
+                "2",
+                "--out",
+                str(tmp_path / "filled"),
+            ]
+        )
+        == 0
+    )
     assert "(model)" in capsys.readouterr().out
     filled = np.asarray(Image.open(tmp_path / "filled" / "x-model-seed0_0000.png").convert("L"))
     assert (filled[:, :4] == np.asarray(Image.open(image))[:, :4]).all()

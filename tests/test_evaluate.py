@@ -48,8 +48,9 @@ def _digits_metric_curve(transform, levels, tmp_path):
     images = load_data("digits", "train").images[:300]
     out = []
     for level in levels:
-        r = evaluate_images(transform(images, level), "digits", "classifier", progress=False,
-                            cache_dir=tmp_path)
+        r = evaluate_images(
+            transform(images, level), "digits", "classifier", progress=False, cache_dir=tmp_path
+        )
         out.append((r["fid"], r["kid_mean"]))
     return out
 
@@ -62,8 +63,10 @@ def test_fid_and_kid_rise_as_images_are_noised_and_blurred(tmp_path):
     def blur(x, k):
         return x if k == 1 else torch.nn.functional.avg_pool2d(x, k, 1, k // 2, count_include_pad=False)
 
-    for curve in (_digits_metric_curve(noise, [0.0, 0.5, 1.0], tmp_path),
-                  _digits_metric_curve(blur, [1, 3, 5], tmp_path)):
+    for curve in (
+        _digits_metric_curve(noise, [0.0, 0.5, 1.0], tmp_path),
+        _digits_metric_curve(blur, [1, 3, 5], tmp_path),
+    ):
         fids, kids = zip(*curve, strict=True)
         assert all(a < b for a, b in zip(fids, fids[1:], strict=False)), fids
         assert all(a < b for a, b in zip(kids, kids[1:], strict=False)), kids

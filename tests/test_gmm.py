@@ -24,8 +24,9 @@ def one_thread():
 
 
 def noise(n, d, seed=0):
-    return sampler_error.SIGMA_MAX * torch.randn(n, d, generator=torch.Generator().manual_seed(seed),
-                                                   dtype=torch.float64)
+    return sampler_error.SIGMA_MAX * torch.randn(
+        n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
 
 
 def sample(mixture, name, x, steps, seed=1):
@@ -51,14 +52,19 @@ def test_single_gaussian_denoiser_is_the_conditioning_formula():
     shared = torch.full((5,), 0.7, dtype=torch.float64)
     per_row = torch.tensor([0.01, 0.1, 0.5, 2.0, 30.0], dtype=torch.float64)
     for sigma in (shared, per_row):
-        want = torch.stack([mu[0] + S @ torch.linalg.solve(S + s**2 * eye, xi - mu[0])
-                            for xi, s in zip(x, sigma, strict=True)])
+        want = torch.stack(
+            [
+                mu[0] + S @ torch.linalg.solve(S + s**2 * eye, xi - mu[0])
+                for xi, s in zip(x, sigma, strict=True)
+            ]
+        )
         torch.testing.assert_close(gm.denoiser(x, sigma), want)
 
 
 @pytest.mark.parametrize("mixture", [mixture_2d(), mixture_nd(d=5, seed=3)], ids=["ring", "5d"])
-@pytest.mark.parametrize("sigma", [0.03, 0.3, [0.02, 0.1, 0.3, 1.0, 5.0, 40.0]],
-                         ids=["0.03", "0.3", "per-row"])
+@pytest.mark.parametrize(
+    "sigma", [0.03, 0.3, [0.02, 0.1, 0.3, 1.0, 5.0, 40.0]], ids=["0.03", "0.3", "per-row"]
+)
 def test_score_is_the_gradient_of_log_prob_and_tweedie(mixture, sigma):
     x = mixture.sample(6, torch.Generator().manual_seed(1)) + 0.1
     x.requires_grad_(True)
@@ -71,8 +77,9 @@ def test_score_is_the_gradient_of_log_prob_and_tweedie(mixture, sigma):
 
 def test_mixture_denoiser_matches_importance_sampling():
     """E[x0 | x] = E_p[x0 N(x; x0, s^2)] / E_p[N(x; x0, s^2)], estimated over draws x0 ~ p."""
-    gm = GaussianMixture([0.2, 0.5, 0.3], [[-1.0, 0.0], [0.5, 0.5], [0.0, -1.0]],
-                         [[0.05, 0.2], [0.1, 0.1], [0.3, 0.02]])
+    gm = GaussianMixture(
+        [0.2, 0.5, 0.3], [[-1.0, 0.0], [0.5, 0.5], [0.0, -1.0]], [[0.05, 0.2], [0.1, 0.1], [0.3, 0.02]]
+    )
     x0 = gm.sample(400_000, torch.Generator().manual_seed(0))
     sigma = 0.5
     x = torch.tensor([[0.0, 0.0], [-1.0, 0.5], [0.3, -0.8], [1.5, 1.5]], dtype=torch.float64)
@@ -157,8 +164,10 @@ def test_dpmpp_2m_beats_euler(ring_ode):
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_ode_error_shrinks_with_nfe(ring_ode, name):
     gm, x, ref = ring_ode
-    errors = [sampler_error.rms(sample(gm, name, x, SAMPLERS[name].steps_for_nfe(nfe)), ref)
-              for nfe in (10, 50, 200)]
+    errors = [
+        sampler_error.rms(sample(gm, name, x, SAMPLERS[name].steps_for_nfe(nfe)), ref)
+        for nfe in (10, 50, 200)
+    ]
     assert errors[0] > errors[1] > errors[2], errors
 
 
@@ -173,8 +182,9 @@ def ring_sw():
 def test_distribution_error_shrinks_with_nfe(ring_sw, name):
     """5 -> 200 NFE must close more than the noise floor's spread (std over true-vs-true draws)."""
     gm, x, truth, (floor, spread) = ring_sw
-    sw = [sliced_wasserstein(sample(gm, name, x, SAMPLERS[name].steps_for_nfe(nfe)), truth)
-          for nfe in (5, 200)]
+    sw = [
+        sliced_wasserstein(sample(gm, name, x, SAMPLERS[name].steps_for_nfe(nfe)), truth) for nfe in (5, 200)
+    ]
     assert sw[0] - sw[1] > 3 * spread, (sw, floor, spread)
     assert sw[1] < floor + 5 * spread, (sw, floor, spread)
 
@@ -182,8 +192,10 @@ def test_distribution_error_shrinks_with_nfe(ring_sw, name):
 # --- the benchmark --------------------------------------------------------------------------------
 def test_quick_run_writes_between_the_markers(tmp_path, capsys):
     doc = tmp_path / "samplers.md"
-    doc.write_text("# Samplers\n\nprose before\n\n<!-- bench-samplers:start -->\nold table\n"
-                   "<!-- bench-samplers:end -->\n\nprose after\n")
+    doc.write_text(
+        "# Samplers\n\nprose before\n\n<!-- bench-samplers:start -->\nold table\n"
+        "<!-- bench-samplers:end -->\n\nprose after\n"
+    )
     problems = bench_samplers.run(quick=True, out_doc=doc, image_dir=tmp_path / "img", progress=False)
     text = doc.read_text()
     assert text.startswith("# Samplers\n\nprose before\n\n<!-- bench-samplers:start -->\n")
@@ -198,8 +210,9 @@ def test_quick_run_writes_between_the_markers(tmp_path, capsys):
 
 def test_quick_run_creates_a_missing_doc(tmp_path):
     doc = tmp_path / "new.md"
-    bench_samplers.run(samplers=["euler", "ddpm"], quick=True, out_doc=doc, image_dir=tmp_path,
-                       progress=False)
+    bench_samplers.run(
+        samplers=["euler", "ddpm"], quick=True, out_doc=doc, image_dir=tmp_path, progress=False
+    )
     text = doc.read_text()
     assert text.startswith(bench_samplers.MARK_START + "\n")
     assert text.endswith(bench_samplers.MARK_END + "\n")

@@ -41,6 +41,7 @@ def test_guidance_is_the_extrapolation_in_one_batched_call():
 
 def test_guiding_x0_equals_guiding_eps():
     """eps = (x - D) / sigma is affine in D, so guiding either gives the same step."""
+
     class Net(torch.nn.Module):  # any net whose output depends on the condition
         def __init__(self):
             super().__init__()
@@ -79,6 +80,7 @@ def test_guidance_sharpens_the_requested_class():
 def test_guidance_needs_a_condition_and_a_conditional_model():
     with pytest.raises(NanodiffError, match="needs a condition"):
         ClassifierFreeGuidance(TwoClassDenoiser(), 3.0, torch.tensor(2))(
-            torch.zeros(2, 1), torch.ones(2), None)
+            torch.zeros(2, 1), torch.ones(2), None
+        )
     with pytest.raises(NanodiffError, match="class-conditional"):
         class_guidance(TwoClassDenoiser(), 3.0, 0)

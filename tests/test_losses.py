@@ -31,12 +31,15 @@ class Net(torch.nn.Module):
 
 def batch(seed=0, n=4):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, 1, 5, 5, generator=g, dtype=torch.float64),
-            torch.randn(n, 1, 5, 5, generator=g, dtype=torch.float64))
+    return (
+        torch.randn(n, 1, 5, 5, generator=g, dtype=torch.float64),
+        torch.randn(n, 1, 5, 5, generator=g, dtype=torch.float64),
+    )
 
 
 # --- weights, by hand ------------------------------------------------------------------------------
 # sigma = 0.1, 0.5, 1, 2 is SNR = 1 / sigma^2 = 100, 4, 1, 0.25.
+
 
 def test_uniform_weight_is_one():
     assert loss_weight(SIGMA, LossConfig(), "eps", 0.5).tolist() == [1.0, 1.0, 1.0, 1.0]
@@ -70,6 +73,7 @@ def test_edm_weights_by_hand():
 
 # --- the loss is the formula ------------------------------------------------------------------------
 
+
 def test_eps_mse_is_x0_mse_weighted_by_one_over_sigma_squared():
     """The course's loss ||eps - eps_theta||^2 is, in x0 space, ||D - x0||^2 / sigma^2 (= SNR)."""
     schedule, x0, eps = Schedule(), *batch()
@@ -97,10 +101,17 @@ def test_loss_is_lambda_x0_times_the_x0_error(parameterization, weighting):
     D = Denoiser(Net(), schedule, parameterization, sigma_data=sd)
     sigma = SIGMA.clone()
     cfg = LossConfig(weighting=weighting, min_snr_gamma=3.0)
-    c_out2 = {"eps": sigma**2, "v": sigma**2 / (1 + sigma**2), "x0": torch.ones_like(sigma),
-              "edm": (sigma * sd) ** 2 / (sigma**2 + sd**2)}[parameterization]
-    lam = {"uniform": 1 / c_out2, "min-snr": (1 / sigma**2).clamp(max=3.0),
-           "edm": (sigma**2 + sd**2) / (sigma * sd) ** 2}[weighting]
+    c_out2 = {
+        "eps": sigma**2,
+        "v": sigma**2 / (1 + sigma**2),
+        "x0": torch.ones_like(sigma),
+        "edm": (sigma * sd) ** 2 / (sigma**2 + sd**2),
+    }[parameterization]
+    lam = {
+        "uniform": 1 / c_out2,
+        "min-snr": (1 / sigma**2).clamp(max=3.0),
+        "edm": (sigma**2 + sd**2) / (sigma * sd) ** 2,
+    }[weighting]
     x = x0 + sigma[:, None, None, None] * eps
     expected = (lam * ((D(x, sigma) - x0) ** 2).mean(dim=(1, 2, 3))).mean()
     assert diffusion_loss(D, x0, sigma, eps, cfg).item() == pytest.approx(expected.item(), rel=1e-6)
@@ -120,6 +131,7 @@ def test_a_perfect_denoiser_has_zero_loss():
 
 
 # --- noise levels ----------------------------------------------------------------------------------
+
 
 def test_uniform_t_draws_the_trained_levels_uniformly():
     schedule = Schedule()
@@ -156,10 +168,17 @@ def test_lognormal_sigmas_are_exp_of_a_normal_and_have_its_statistics():
     assert torch.equal(again, got)
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("sigma_sampling", "gaussian", "unknown sigma sampling 'gaussian'; choose one of uniform-t, lognormal"),
-    ("weighting", "snr", "unknown weighting 'snr'; choose one of uniform, min-snr, edm"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (
+            "sigma_sampling",
+            "gaussian",
+            "unknown sigma sampling 'gaussian'; choose one of uniform-t, lognormal",
+        ),
+        ("weighting", "snr", "unknown weighting 'snr'; choose one of uniform, min-snr, edm"),
+    ],
+)
 def test_unknown_choices_are_one_line(field, value, message):
     with pytest.raises(NanodiffError) as error:
         LossConfig(**{field: value})

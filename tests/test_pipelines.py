@@ -33,8 +33,10 @@ SHAPE = (1, 8, 8)
 def _denoiser(cond_channels=2, num_classes=10, seed=0):
     """An untrained digits UNet with an image condition and classes, its weights randomised (the
     zero-initialised output layer would hide every input)."""
-    cfg = apply_overrides(preset("digits"), ["model.channels=8", "model.blocks_per_level=1",
-                                             "model.attn_resolutions=[]", "model.dropout=0"])
+    cfg = apply_overrides(
+        preset("digits"),
+        ["model.channels=8", "model.blocks_per_level=1", "model.attn_resolutions=[]", "model.dropout=0"],
+    )
     cfg.model.in_channels = cfg.model.out_channels = 1
     cfg.model.image_size, cfg.model.cond_channels, cfg.model.num_classes = 8, cond_channels, num_classes
     torch.manual_seed(seed)
@@ -53,44 +55,113 @@ def test_guidance_an_image_condition_and_inpainting_compose_as_written_by_hand()
     d = _denoiser()
     image, labels = _rand(1, 2, 8, 8), torch.tensor([1, 2, 3])  # one image condition serves all rows
     init, known = _rand(3, *SHAPE, seed=1), demo_masks(3, 8)
-    got = sample(d, 3, SHAPE, "euler", 4, 7, labels, [ImageCondition(image), Guidance.of(d, 2.0)],
-                 Edit(init, known=known, method="replace"), clamp=False)
+    got = sample(
+        d,
+        3,
+        SHAPE,
+        "euler",
+        4,
+        7,
+        labels,
+        [ImageCondition(image), Guidance.of(d, 2.0)],
+        Edit(init, known=known, method="replace"),
+        clamp=False,
+    )
     g = torch.Generator().manual_seed(7)
     noise = torch.randn(3, *SHAPE, generator=g)
     sigmas = d.schedule.sampling_sigmas(4)
     by_hand = ClassifierFreeGuidance(d.conditioned_on(image), 2.0, torch.tensor(10))
-    want = editing.edit(get_sampler("euler").fn, by_hand, noise, init, sigmas, labels,
-                        prior_std=d.schedule.prior_std(float(sigmas[0])), known=known, generator=g)
+    want = editing.edit(
+        get_sampler("euler").fn,
+        by_hand,
+        noise,
+        init,
+        sigmas,
+        labels,
+        prior_std=d.schedule.prior_std(float(sigmas[0])),
+        known=known,
+        generator=g,
+    )
     assert torch.equal(got, want)
     keep = known.expand_as(got) == 1
     assert torch.equal(got[keep], init[keep]) and (got[~keep] - init[~keep]).abs().mean() > 0.05
-    plain = sample(d, 3, SHAPE, "euler", 4, 7, labels, [ImageCondition(image)],
-                   Edit(init, known=known, method="replace"), clamp=False)
+    plain = sample(
+        d,
+        3,
+        SHAPE,
+        "euler",
+        4,
+        7,
+        labels,
+        [ImageCondition(image)],
+        Edit(init, known=known, method="replace"),
+        clamp=False,
+    )
     assert not torch.equal(plain, got)  # the guidance wrapper took part
 
 
 def test_samples_do_not_depend_on_the_batch_size():
     d = _denoiser()
     labels, image, init = torch.arange(5), _rand(5, 2, 8, 8), _rand(5, *SHAPE, seed=2)
-    kw = dict(cond=labels, wrappers=[ImageCondition(image), Guidance.of(d, 2.0)], edit=Edit(init, 0.5),
-              clamp=False)
+    kw = dict(
+        cond=labels, wrappers=[ImageCondition(image), Guidance.of(d, 2.0)], edit=Edit(init, 0.5), clamp=False
+    )
     whole = sample(d, 5, SHAPE, "ddim", 6, 3, batch_size=5, **kw)
     assert torch.allclose(sample(d, 5, SHAPE, "ddim", 6, 3, batch_size=2, **kw), whole, atol=1e-5)
-    assert torch.equal(sample(d, 5, SHAPE, "ddim", 6, 3, batch_size=2, **kw),
-                       sample(d, 5, SHAPE, "ddim", 6, 3, batch_size=2, **kw))
+    assert torch.equal(
+        sample(d, 5, SHAPE, "ddim", 6, 3, batch_size=2, **kw),
+        sample(d, 5, SHAPE, "ddim", 6, 3, batch_size=2, **kw),
+    )
     assert not torch.equal(sample(d, 5, SHAPE, "ddim", 6, 4, batch_size=5, **kw), whole)  # the seed matters
 
 
 def test_the_keyword_front_door_gives_the_composed_cores_images():
     d = _denoiser()
     labels, image, init = torch.tensor([4, 5, 6]), _rand(3, 2, 8, 8), _rand(3, *SHAPE, seed=3)
-    old = sample_images(d, 3, SHAPE, "dpm++2m", 4, seed=1, class_labels=labels, guidance=3.0, init=init,
-                        strength=0.6, image_cond=image, clamp=False)
-    new = sample(d, 3, SHAPE, "dpm++2m", 4, 1, labels, [ImageCondition(image), Guidance.of(d, 3.0)],
-                 Edit(init, 0.6), clamp=False)
+    old = sample_images(
+        d,
+        3,
+        SHAPE,
+        "dpm++2m",
+        4,
+        seed=1,
+        class_labels=labels,
+        guidance=3.0,
+        init=init,
+        strength=0.6,
+        image_cond=image,
+        clamp=False,
+    )
+    new = sample(
+        d,
+        3,
+        SHAPE,
+        "dpm++2m",
+        4,
+        1,
+        labels,
+        [ImageCondition(image), Guidance.of(d, 3.0)],
+        Edit(init, 0.6),
+        clamp=False,
+    )
     assert torch.equal(old, new) and (old - init).abs().mean() > 0.05
-    assert torch.equal(sample_images(d, 3, SHAPE, "dpm++2m", 4, seed=1, cond=labels, guidance=3.0, init=init,
-                                     strength=0.6, image_cond=image, clamp=False), old)  # the new name
+    assert torch.equal(
+        sample_images(
+            d,
+            3,
+            SHAPE,
+            "dpm++2m",
+            4,
+            seed=1,
+            cond=labels,
+            guidance=3.0,
+            init=init,
+            strength=0.6,
+            image_cond=image,
+            clamp=False,
+        ),
+        old,
+    )  # the new name
     known = demo_masks(3, 8)  # a mask-conditioned network: the method "model"
     old = sample_images(d, 3, SHAPE, "heun", 3, seed=2, init=init, known=known, inpaint="model", clamp=False)
     bound, edit = masked_model(init, known, 3, SHAPE)
@@ -152,13 +223,22 @@ def test_every_task_trains_a_tiny_run_and_its_grid_is_the_tasks_draw(name, tiny_
     assert train(tiny_config, tmp_path / "run", progress=False)
     cfg, d = load_run(tmp_path / "run", device="cpu")
     task = get_task(cfg.data.task)
-    shown = load_data("digits").images[:cfg.run.sample_n]
-    images = draw(cfg, d, len(shown), sampler=cfg.run.sampler, steps=cfg.run.sample_steps, seed=0,
-                  **task.grid(cfg, shown))
+    shown = load_data("digits").images[: cfg.run.sample_n]
+    images = draw(
+        cfg,
+        d,
+        len(shown),
+        sampler=cfg.run.sampler,
+        steps=cfg.run.sample_steps,
+        seed=0,
+        **task.grid(cfg, shown),
+    )
     assert images.shape == (cfg.run.sample_n, *SHAPE) and images.abs().max() <= 1
     save_grid(images, tmp_path / "mine.png", nrow=2)
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "run" / "samples.png")),
-                          np.asarray(Image.open(tmp_path / "mine.png")))
+    assert np.array_equal(
+        np.asarray(Image.open(tmp_path / "run" / "samples.png")),
+        np.asarray(Image.open(tmp_path / "mine.png")),
+    )
 
 
 def test_another_tasks_input_is_one_clear_error(tiny_config):
@@ -166,8 +246,11 @@ def test_another_tasks_input_is_one_clear_error(tiny_config):
 
     cfg = tiny_config
     cfg.model.in_channels, cfg.model.out_channels, cfg.model.image_size = 1, 1, 8
-    with pytest.raises(NanodiffError, match=r"low_res is an input of runs whose data.task is 'upscale'; "
-                                            r"this run's is ''"):
+    with pytest.raises(
+        NanodiffError,
+        match=r"low_res is an input of runs whose data.task is 'upscale'; "
+        r"this run's is ''",
+    ):
         draw(cfg, build_denoiser(cfg).eval(), 2, steps=2, low_res=_rand(2, 1, 4, 4))
     d = build_denoiser(cfg).eval()
     assert torch.equal(draw(cfg, d, 2, steps=2, low_res=None), draw(cfg, d, 2, steps=2))  # None: not given
@@ -212,17 +295,27 @@ def _task_names_in_code(path: Path) -> list[str]:
     prose = set()
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                and isinstance(body[0].value, ast.Constant):
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+        ):
             prose.add(id(body[0].value))  # a docstring
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "NanodiffError":
             prose.update(id(part) for arg in node.args for part in ast.walk(arg))  # a message
     found = []
     for node in ast.walk(tree):
-        words = {ast.Name: lambda n: [n.id], ast.Attribute: lambda n: [n.attr], ast.arg: lambda n: [n.arg],
-                 ast.keyword: lambda n: [n.arg or ""], ast.alias: lambda n: [n.name, n.asname or ""],
-                 ast.ImportFrom: lambda n: [n.module or ""], ast.FunctionDef: lambda n: [n.name],
-                 ast.ClassDef: lambda n: [n.name]}.get(type(node), lambda n: [])(node)
+        words = {
+            ast.Name: lambda n: [n.id],
+            ast.Attribute: lambda n: [n.attr],
+            ast.arg: lambda n: [n.arg],
+            ast.keyword: lambda n: [n.arg or ""],
+            ast.alias: lambda n: [n.name, n.asname or ""],
+            ast.ImportFrom: lambda n: [n.module or ""],
+            ast.FunctionDef: lambda n: [n.name],
+            ast.ClassDef: lambda n: [n.name],
+        }.get(type(node), lambda n: [])(node)
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose:
             words = [node.value]
         for word in words:
@@ -233,17 +326,25 @@ def _task_names_in_code(path: Path) -> list[str]:
 
 def test_the_trainer_the_pipelines_and_the_config_name_no_task(tmp_path):
     # inference/demos.py is exempt: it holds one demo per editing task, named for it, and branches on none
-    files = [*sorted((SOURCE / "training").rglob("*.py")), *sorted((SOURCE / "inference").rglob("*.py")),
-             SOURCE / "io" / "config.py"]
+    files = [
+        *sorted((SOURCE / "training").rglob("*.py")),
+        *sorted((SOURCE / "inference").rglob("*.py")),
+        SOURCE / "io" / "config.py",
+    ]
     files = [f for f in files if f.name != "demos.py"]
     assert len(files) >= 5
     assert [hit for f in files for hit in _task_names_in_code(f)] == []
     planted = tmp_path / "planted.py"  # the check finds a branch on a task's name, and only that
-    planted.write_text('"""Upscaling, in a docstring."""\nfrom nanodiffusion.tasks import upscale as sr\n\n\n'
-                       'def grid(cfg):\n    if cfg.data.task == "upscale":  # upscale\n'
-                       '        raise NanodiffError("an upscaling run")\n    return inpaint_masks(cfg)\n')
-    assert sorted(hit.split(": ")[1] for hit in _task_names_in_code(planted)) == \
-        ["inpaint_masks", "upscale", "upscale"]
+    planted.write_text(
+        '"""Upscaling, in a docstring."""\nfrom nanodiffusion.tasks import upscale as sr\n\n\n'
+        'def grid(cfg):\n    if cfg.data.task == "upscale":  # upscale\n'
+        '        raise NanodiffError("an upscaling run")\n    return inpaint_masks(cfg)\n'
+    )
+    assert sorted(hit.split(": ")[1] for hit in _task_names_in_code(planted)) == [
+        "inpaint_masks",
+        "upscale",
+        "upscale",
+    ]
 
 
 # --- presets -------------------------------------------------------------------------------------

@@ -51,11 +51,14 @@ def _sample_gaussian(fn, steps, n=10_000, spacing="trailing"):
     return (out.mean(0) - mu).abs().max().item(), (torch.cov(out.T) - cov).abs().max().item()
 
 
-@pytest.mark.parametrize("sampler,steps,spacing", [
-    pytest.param("ddpm", 1000, "leading", marks=pytest.mark.slow), ("ddim", 200, "trailing")])
+@pytest.mark.parametrize(
+    "sampler,steps,spacing",
+    [pytest.param("ddpm", 1000, "leading", marks=pytest.mark.slow), ("ddim", 200, "trailing")],
+)
 def test_samples_match_gaussian_mean_and_covariance(sampler, steps, spacing):
-    mean_err, cov_err = _sample_gaussian(sample_ddpm if sampler == "ddpm" else sample_ddim, steps,
-                                         spacing=spacing)
+    mean_err, cov_err = _sample_gaussian(
+        sample_ddpm if sampler == "ddpm" else sample_ddim, steps, spacing=spacing
+    )
     assert mean_err < 0.04 and cov_err < 0.05  # sampling noise at N = 10k is about 0.015
 
 
@@ -87,16 +90,22 @@ def test_euler_ancestral_is_ddpm_and_pf_ode_is_euler():
     D = GaussianDenoiser(*_gaussian())
     sigmas = Schedule().sampling_sigmas(30)
     x = torch.randn(64, 4, dtype=torch.float64) * 160
-    run = [f(D, x, sigmas, generator=torch.Generator().manual_seed(3))
-           for f in (sample_euler_ancestral, sample_ddpm, sample_pf_ode, sample_euler)]
+    run = [
+        f(D, x, sigmas, generator=torch.Generator().manual_seed(3))
+        for f in (sample_euler_ancestral, sample_ddpm, sample_pf_ode, sample_euler)
+    ]
     assert torch.allclose(run[0], run[1], atol=1e-10) and torch.allclose(run[2], run[3], atol=1e-10)
 
 
 def test_sampler_options_are_checked():
     D = GaussianDenoiser(*_gaussian())
     x, sigmas = torch.zeros(2, 4, dtype=torch.float64), torch.tensor([1.0, 0.0], dtype=torch.float64)
-    for fn, kw, msg in [(sample_unipc, {"order": 4}, "order"), (sample_unipc, {"variant": "bh3"}, "variant"),
-                        (sample_heun, {"s_churn": -1}, "non-negative"), (sample_heun, {"order": 3}, "order")]:
+    for fn, kw, msg in [
+        (sample_unipc, {"order": 4}, "order"),
+        (sample_unipc, {"variant": "bh3"}, "variant"),
+        (sample_heun, {"s_churn": -1}, "non-negative"),
+        (sample_heun, {"order": 3}, "order"),
+    ]:
         with pytest.raises(NanodiffError, match=msg):
             fn(D, x, sigmas, **kw)
     with pytest.raises(NanodiffError, match="unknown sampler 'nope'"):
@@ -152,8 +161,14 @@ def _our_loop(fn, steps, x, spacing="leading", seed=0, **kw):
     sigmas = s.sampling_sigmas(steps, spacing)
     D = Denoiser(_EpsFn(), s, "eps")
     xs = []  # x at the start of each step, in sigma form
-    fn(D, x * s.prior_std(float(sigmas[0])), sigmas, generator=torch.Generator().manual_seed(seed),
-       callback=lambda d: xs.append(d["x"]), **kw)
+    fn(
+        D,
+        x * s.prior_std(float(sigmas[0])),
+        sigmas,
+        generator=torch.Generator().manual_seed(seed),
+        callback=lambda d: xs.append(d["x"]),
+        **kw,
+    )
     return [x / (1 + float(sig) ** 2) ** 0.5 for x, sig in zip(xs, sigmas[:-1], strict=True)]
 
 
@@ -163,8 +178,13 @@ def test_ddim_trajectory_equals_diffusers_ddim_scheduler(spacing, eta):
     from diffusers import DDIMScheduler
 
     x = torch.randn(2, 1, 6, 6, generator=torch.Generator().manual_seed(3))
-    ref = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
-                        set_alpha_to_one=True, timestep_spacing=spacing)
+    ref = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        timestep_spacing=spacing,
+    )
     theirs = _diffusers_loop(ref, 25, x.clone(), eta=eta)
     ours = _our_loop(sample_ddim, 25, x.clone(), spacing, eta=eta)
     # ours[i] is x at the start of step i; theirs[i] is x after step i
@@ -176,8 +196,9 @@ def test_ddpm_trajectory_equals_diffusers_ddpm_scheduler():
     from diffusers import DDPMScheduler
 
     x = torch.randn(2, 1, 6, 6, generator=torch.Generator().manual_seed(4))
-    ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
-                        variance_type="fixed_small")
+    ref = DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="linear", clip_sample=False, variance_type="fixed_small"
+    )
     theirs = _diffusers_loop(ref, 1000, x.clone())
     ours = _our_loop(sample_ddpm, 1000, x.clone())
     assert torch.allclose(ours[1], theirs[0], atol=1e-6)  # one step
@@ -219,31 +240,51 @@ def _diffusers_run(scheduler, steps, x_ve, sigma0, seed=0):
 def _ours_final_and_starts(fn, sigmas, x, seed=0, **kw):
     D = Denoiser(_EpsFn(), Schedule(), "eps")
     starts = []
-    final = fn(D, x.clone(), sigmas, generator=torch.Generator().manual_seed(seed),
-               callback=lambda d: starts.append(d["x"]), **kw)
+    final = fn(
+        D,
+        x.clone(),
+        sigmas,
+        generator=torch.Generator().manual_seed(seed),
+        callback=lambda d: starts.append(d["x"]),
+        **kw,
+    )
     return final, starts
 
 
-@pytest.mark.parametrize("name,scheduler_cls,options", [
-    ("euler", "EulerDiscreteScheduler", {}),
-    ("heun", "HeunDiscreteScheduler", {}),
-    ("euler-a", "EulerAncestralDiscreteScheduler", {}),
-    ("dpm++2m", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    ("dpm++2m-sde", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
-    ("unipc", "UniPCMultistepScheduler", {"solver_order": 2}),
-    ("unipc-3", "UniPCMultistepScheduler", {"solver_order": 3}),
-    ("ddim", "DDIMScheduler", {"set_alpha_to_one": True, "clip_sample": False}),
-])
+@pytest.mark.parametrize(
+    "name,scheduler_cls,options",
+    [
+        ("euler", "EulerDiscreteScheduler", {}),
+        ("heun", "HeunDiscreteScheduler", {}),
+        ("euler-a", "EulerAncestralDiscreteScheduler", {}),
+        ("dpm++2m", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+        (
+            "dpm++2m-sde",
+            "DPMSolverMultistepScheduler",
+            {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+        ),
+        ("unipc", "UniPCMultistepScheduler", {"solver_order": 2}),
+        ("unipc-3", "UniPCMultistepScheduler", {"solver_order": 3}),
+        ("ddim", "DDIMScheduler", {"set_alpha_to_one": True, "clip_sample": False}),
+    ],
+)
 @pytest.mark.parametrize("steps", [4, 12, 25])
 def test_trajectory_equals_diffusers_scheduler(name, scheduler_cls, options, steps):
     import diffusers
 
     if name == "ddim" and 1000 % steps:
-        pytest.skip("diffusers' DDIM steps to t - 1000 // steps, off the trailing grid; "
-                    "test_diffusers_ddim_previous_step_quirk covers it")
-    ref = getattr(diffusers, scheduler_cls)(num_train_timesteps=1000, beta_schedule="linear",
-                                            beta_start=1e-4, beta_end=0.02,  # Heun's defaults differ
-                                            timestep_spacing="trailing", **options)
+        pytest.skip(
+            "diffusers' DDIM steps to t - 1000 // steps, off the trailing grid; "
+            "test_diffusers_ddim_previous_step_quirk covers it"
+        )
+    ref = getattr(diffusers, scheduler_cls)(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=1e-4,
+        beta_end=0.02,  # Heun's defaults differ
+        timestep_spacing="trailing",
+        **options,
+    )
     sigmas = Schedule().sampling_sigmas(steps, "trailing")
     sigma0 = float(sigmas[0])
     x = torch.randn(2, 1, 6, 6, generator=torch.Generator().manual_seed(5)) * sigma0
@@ -263,8 +304,13 @@ def test_diffusers_ddim_previous_step_quirk():
     step off the level the next call assumes (12 steps: 916 -> 833, but the next t is 832)."""
     from diffusers import DDIMScheduler
 
-    ref = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
-                        set_alpha_to_one=True, timestep_spacing="trailing")
+    ref = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        timestep_spacing="trailing",
+    )
     ref.set_timesteps(12)
     ts = ref.timesteps.tolist()
     assert ts[1] - 1000 // 12 == 833 and ts[2] == 832

@@ -87,8 +87,9 @@ def test_karras_and_exponential_sequences_follow_their_formulas():
 def test_scaled_linear_matches_diffusers():
     from diffusers import DDPMScheduler
 
-    ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                        beta_end=0.012)
+    ref = DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012
+    )
     ours = Schedule(kind="scaled_linear", beta_start=0.00085, beta_end=0.012).alpha_bar()
     assert torch.allclose(ours.float(), ref.alphas_cumprod, atol=1e-6)
 

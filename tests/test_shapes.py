@@ -112,8 +112,9 @@ def test_adherence_of_the_renders_themselves_and_of_noise():
     assert exact["overall"]["all"] >= 0.98 and exact["overall"]["n"] == 60
     assert set(exact) >= {"single", "relation", "count", "overall"}
     rng = np.random.default_rng(0)
-    noise = adherence([rng.integers(0, 256, (32, 32, 3)).astype(np.uint8) for _ in scenes],
-                      [s.spec for s in scenes])
+    noise = adherence(
+        [rng.integers(0, 256, (32, 32, 3)).astype(np.uint8) for _ in scenes], [s.spec for s in scenes]
+    )
     assert noise["overall"]["all"] <= 0.05
     shuffled = adherence([s.image for s in scenes], [s.spec for s in scenes[1:] + scenes[:1]])
     assert shuffled["overall"]["all"] < 0.3  # another scene's caption rarely holds

@@ -36,8 +36,15 @@ def sd(tmp_path_factory):
 
 def diffusers_image(pipe, scheduler_cls, steps, guidance, latents, seed, **scheduler_options):
     pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config, **scheduler_options)
-    out = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=guidance,
-               latents=latents.clone(), generator=torch.Generator().manual_seed(seed), output_type="pt")
+    out = pipe(
+        PROMPT,
+        negative_prompt=NEGATIVE,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        latents=latents.clone(),
+        generator=torch.Generator().manual_seed(seed),
+        output_type="pt",
+    )
     return out.images.float() * 2 - 1  # [0, 1] -> [-1, 1]
 
 
@@ -46,8 +53,12 @@ MATCHES = [
     ("ddim", "DDIMScheduler", {"set_alpha_to_one": True, "clip_sample": False}, False),
     ("euler", "EulerDiscreteScheduler", {}, True),
     ("euler-a", "EulerAncestralDiscreteScheduler", {}, True),
-    ("dpm++2m", "DPMSolverMultistepScheduler",
-     {"algorithm_type": "dpmsolver++", "solver_order": 2, "final_sigmas_type": "zero"}, False),
+    (
+        "dpm++2m",
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "final_sigmas_type": "zero"},
+        False,
+    ),
 ]
 
 
@@ -57,24 +68,49 @@ def test_samplers_match_diffusers_pipeline(sd, sampler, scheduler, options, eule
     reference, folder = sd
     ours = StableDiffusion.from_pretrained(folder, device="cpu")
     theirs = diffusers.StableDiffusionPipeline.from_pretrained(
-        folder, local_files_only=True, safety_checker=None, requires_safety_checker=False)
+        folder, local_files_only=True, safety_checker=None, requires_safety_checker=False
+    )
     theirs.set_progress_bar_config(disable=True)
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
-    image = ours(PROMPT, negative_prompt=NEGATIVE, steps=10, guidance=5.0, sampler=sampler, seed=7,
-                 latents=latents, output="tensor")
+    image = ours(
+        PROMPT,
+        negative_prompt=NEGATIVE,
+        steps=10,
+        guidance=5.0,
+        sampler=sampler,
+        seed=7,
+        latents=latents,
+        output="tensor",
+    )
     # Our samplers start VP models at N(0, (1 + sigma_max^2) I) in sigma form, x_T ~ N(0, I), as
     # diffusers' DDIM and DPM-Solver do; its Euler schedulers with trailing spacing start at
     # sigma_max * latents (init_noise_sigma), so their latents are rescaled to the same x_T.
     sigma_max = float(ours.denoiser.schedule.sampling_sigmas(10, "trailing")[0])
     scale = (1 + sigma_max**2) ** 0.5 / sigma_max if euler_start else 1.0
-    expected = diffusers_image(theirs, getattr(diffusers, scheduler), 10, 5.0, latents * scale, seed=7,
-                               timestep_spacing="trailing", steps_offset=0, **options)
+    expected = diffusers_image(
+        theirs,
+        getattr(diffusers, scheduler),
+        10,
+        5.0,
+        latents * scale,
+        seed=7,
+        timestep_spacing="trailing",
+        steps_offset=0,
+        **options,
+    )
     assert image.shape == expected.shape == (1, 3, 16, 16)
     assert (image - expected).abs().max() < 1e-4
     # the loaders agree: the in-memory pipeline gives the same image
     again = StableDiffusion.from_diffusers(reference, device="cpu")(
-        PROMPT, negative_prompt=NEGATIVE, steps=10, guidance=5.0, sampler=sampler, seed=7, latents=latents,
-        output="tensor")
+        PROMPT,
+        negative_prompt=NEGATIVE,
+        steps=10,
+        guidance=5.0,
+        sampler=sampler,
+        seed=7,
+        latents=latents,
+        output="tensor",
+    )
     assert torch.equal(again, image)
 
 
@@ -85,10 +121,25 @@ def test_v_prediction_checkpoint_matches_diffusers(tmp_path):
     ours = StableDiffusion.from_pretrained(folder, device="cpu")
     assert ours.denoiser.parameterization == "v"
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    image = ours(PROMPT, negative_prompt=NEGATIVE, steps=8, guidance=4.0, sampler="dpm++2m", latents=latents,
-                 output="tensor")
-    expected = diffusers_image(reference, diffusers.DPMSolverMultistepScheduler, 8, 4.0, latents, seed=0,
-                               timestep_spacing="trailing", final_sigmas_type="zero")
+    image = ours(
+        PROMPT,
+        negative_prompt=NEGATIVE,
+        steps=8,
+        guidance=4.0,
+        sampler="dpm++2m",
+        latents=latents,
+        output="tensor",
+    )
+    expected = diffusers_image(
+        reference,
+        diffusers.DPMSolverMultistepScheduler,
+        8,
+        4.0,
+        latents,
+        seed=0,
+        timestep_spacing="trailing",
+        final_sigmas_type="zero",
+    )
     assert (image - expected).abs().max() < 1e-4
 
 
@@ -128,8 +179,11 @@ def test_bad_folders_and_sizes(sd, tmp_path):
     shutil.copytree(folder, broken)
     (broken / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     (broken / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"")
-    with pytest.raises(NanodiffError, match=r"unet/diffusion_pytorch_model.safetensors .* is missing "
-                                            r"\(only .bin weights"):
+    with pytest.raises(
+        NanodiffError,
+        match=r"unet/diffusion_pytorch_model.safetensors .* is missing "
+        r"\(only .bin weights",
+    ):
         StableDiffusion.from_pretrained(broken)
     with pytest.raises(NanodiffError, match="no Stable Diffusion folder"):
         StableDiffusion.from_pretrained(tmp_path / "nowhere")
@@ -146,19 +200,59 @@ def test_cli_writes_pngs_and_refuses_bad_input(sd, tmp_path, capsys):
 
     _, folder = sd
     out = tmp_path / "out"
-    assert main(["sd", PROMPT, "--model", str(folder), "--sampler", "dpmpp-2m", "--steps", "2", "--n", "2",
-                 "--seed", "5", "--negative", "blurry", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "sd",
+                PROMPT,
+                "--model",
+                str(folder),
+                "--sampler",
+                "dpmpp-2m",
+                "--steps",
+                "2",
+                "--n",
+                "2",
+                "--seed",
+                "5",
+                "--negative",
+                "blurry",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     files = sorted(out.glob("*.png"))
     assert [f.name for f in files] == [f"a-red-cat-on-a-blue-mat-seed{s}.png" for s in (5, 6)]
     Image.open(files[0]).save(tmp_path / "init.png")
-    assert main(["sd", PROMPT, "--model", str(folder), "--steps", "4", "--init", str(tmp_path / "init.png"),
-                 "--strength", "0.5", "--out", str(tmp_path / "img2img")]) == 0
+    assert (
+        main(
+            [
+                "sd",
+                PROMPT,
+                "--model",
+                str(folder),
+                "--steps",
+                "4",
+                "--init",
+                str(tmp_path / "init.png"),
+                "--strength",
+                "0.5",
+                "--out",
+                str(tmp_path / "img2img"),
+            ]
+        )
+        == 0
+    )
     assert len(list((tmp_path / "img2img").glob("*.png"))) == 1
     before = files[0].read_bytes()
-    for bad, message in [(["--strength", "1.5", "--init", str(files[0])], "--strength must be in (0, 1]"),
-                         (["--strength", "0.5"], "--strength needs --init"),
-                         (["--size", "18"], "multiples of 4"),
-                         (["--sampler", "nope"], "unknown sampler 'nope'")]:
+    for bad, message in [
+        (["--strength", "1.5", "--init", str(files[0])], "--strength must be in (0, 1]"),
+        (["--strength", "0.5"], "--strength needs --init"),
+        (["--size", "18"], "multiples of 4"),
+        (["--sampler", "nope"], "unknown sampler 'nope'"),
+    ]:
         capsys.readouterr()
         assert main(["sd", PROMPT, "--model", str(folder), "--out", str(out), *bad]) == 2
         assert message in capsys.readouterr().err
@@ -182,7 +276,8 @@ def test_missing_optional_packages_name_the_extra(monkeypatch, sd):
     from nanodiffusion.inference import stable_diffusion
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "diffusers" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "diffusers" else real(name, *a)
+    )
     with pytest.raises(NanodiffError, match=r"needs diffusers: pip install 'nanodiffusion\[sd\]'"):
         stable_diffusion.StableDiffusion.from_pretrained(sd[1])

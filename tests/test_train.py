@@ -34,8 +34,15 @@ def _assert_same_weights(a, b, atol=0.0):
 def test_run_folder_holds_everything(tmp_path, tiny_config):
     assert train(tiny_config, tmp_path / "run", progress=False)
     run = tmp_path / "run"
-    for f in ["config.json", "model.safetensors", "ema.safetensors", "state.pt", "metrics.jsonl",
-              "loss.png", "samples.png"]:
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "ema.safetensors",
+        "state.pt",
+        "metrics.jsonl",
+        "loss.png",
+        "samples.png",
+    ]:
         assert (run / f).is_file(), f
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == list(range(1, 7))
@@ -85,18 +92,42 @@ def _cli(*args):
     return [sys.executable, "-m", "nanodiffusion.cli", *args]
 
 
-TINY_FLAGS = ["--preset", "digits", "--batch-size", "16", "--quiet",
-              "--set", "model.channels=8", "--set", "model.blocks_per_level=1",
-              "--set", "model.attn_resolutions=[]", "--set", "run.sample_every=0",
-              "--set", "run.checkpoint_every=0", "--set", "run.sample_n=4", "--set", "run.sample_steps=5",
-              "--set", "run.log_every=1", "--set", "optim.warmup_steps=2"]
+TINY_FLAGS = [
+    "--preset",
+    "digits",
+    "--batch-size",
+    "16",
+    "--quiet",
+    "--set",
+    "model.channels=8",
+    "--set",
+    "model.blocks_per_level=1",
+    "--set",
+    "model.attn_resolutions=[]",
+    "--set",
+    "run.sample_every=0",
+    "--set",
+    "run.checkpoint_every=0",
+    "--set",
+    "run.sample_n=4",
+    "--set",
+    "run.sample_steps=5",
+    "--set",
+    "run.log_every=1",
+    "--set",
+    "optim.warmup_steps=2",
+]
 
 
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_resume_continues_exactly(tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen(_cli("train", *TINY_FLAGS, "--steps", "100000", "--out", str(run)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cli("train", *TINY_FLAGS, "--steps", "100000", "--out", str(run)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         metrics = run / "metrics.jsonl"
@@ -123,12 +154,31 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_exactly(tmp_path):
 def test_two_process_ddp_takes_the_same_steps_as_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     flags = [*TINY_FLAGS, "--steps", "3", "--set", "model.dropout=0"]
-    one = subprocess.run(_cli("train", *flags, "--out", str(tmp_path / "one")), env=env,
-                         capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        _cli("train", *flags, "--out", str(tmp_path / "one")),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr
-    two = subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", "-m", "nanodiffusion.cli",
-                          "train", *flags, "--out", str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        [
+            "torchrun",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "nanodiffusion.cli",
+            "train",
+            *flags,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[:3000] + "\n...\n" + two.stderr[-1500:]
     # Same data, same noise, gradients averaged: equal up to float reduction order, which Adam
     # can magnify on near-zero weights to ~1e-5. A real fault (a wrong slice, no averaging)
@@ -152,8 +202,8 @@ def test_batches_walk_seeded_epochs_without_repeats():
     stream = torch.cat([batch_indices(step, 0, 1, 16, n, seed=0) for step in range(25)])
     assert len(stream) == 400
     for epoch in range(8):  # every epoch is a permutation of the whole data set
-        assert sorted(stream[epoch * n:(epoch + 1) * n].tolist()) == list(range(n))
-    assert not torch.equal(stream[:n], stream[n:2 * n])
+        assert sorted(stream[epoch * n : (epoch + 1) * n].tolist()) == list(range(n))
+    assert not torch.equal(stream[:n], stream[n : 2 * n])
 
 
 @pytest.mark.slow
@@ -181,12 +231,26 @@ def _text_config(tmp_path, monkeypatch):
 
     monkeypatch.setenv("NANODIFF_DATA", str(tmp_path / "cache"))
     monkeypatch.setitem(data.SHAPES_SCENES, "train", 48)  # a small shapes world, rendered once
-    return apply_overrides(preset("digits"), [
-        "data.name=shapes", "data.image_size=16", "data.text_encoder=minilm", "data.max_tokens=12",
-        "model.channels=16", "model.blocks_per_level=1", "model.attn_resolutions=[8]", "model.head_dim=16",
-        "optim.batch_size=8", "optim.warmup_steps=1", "run.steps=4", "run.sample_every=0",
-        "run.checkpoint_every=0", "run.sample_n=4", "run.sample_steps=3",
-    ])
+    return apply_overrides(
+        preset("digits"),
+        [
+            "data.name=shapes",
+            "data.image_size=16",
+            "data.text_encoder=minilm",
+            "data.max_tokens=12",
+            "model.channels=16",
+            "model.blocks_per_level=1",
+            "model.attn_resolutions=[8]",
+            "model.head_dim=16",
+            "optim.batch_size=8",
+            "optim.warmup_steps=1",
+            "run.steps=4",
+            "run.sample_every=0",
+            "run.checkpoint_every=0",
+            "run.sample_n=4",
+            "run.sample_steps=3",
+        ],
+    )
 
 
 @pytest.mark.slow
@@ -226,11 +290,19 @@ def test_latent_diffusion_trains_in_the_autoencoders_space(tmp_path, monkeypatch
 
     cfg = _text_config(tmp_path, monkeypatch)
     images = torch.from_numpy(render_dataset(48, size=16)[0]).permute(0, 3, 1, 2).float() / 127.5 - 1
-    ae, _ = train_autoencoder(images, AutoencoderConfig(channels=8, channel_mults=[1, 2]), steps=3,
-                              batch_size=8, progress=False)
+    ae, _ = train_autoencoder(
+        images, AutoencoderConfig(channels=8, channel_mults=[1, 2]), steps=3, batch_size=8, progress=False
+    )
     save_autoencoder(ae, tmp_path / "ae")
-    cfg = apply_overrides(cfg, [f"data.autoencoder={tmp_path / 'ae'}", "model.attn_resolutions=[4]",
-                                "data.text_encoder=", "run.sample_every=2"])
+    cfg = apply_overrides(
+        cfg,
+        [
+            f"data.autoencoder={tmp_path / 'ae'}",
+            "model.attn_resolutions=[4]",
+            "data.text_encoder=",
+            "run.sample_every=2",
+        ],
+    )
     assert train(cfg, tmp_path / "run", progress=False)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
     assert (saved["in_channels"], saved["image_size"]) == (4, 8)  # 16x16x3 images -> 8x8x4 latents
@@ -256,11 +328,25 @@ def test_text_preset_trains_its_autoencoder_first_and_grids_show_the_fixed_promp
     monkeypatch.setenv("NANODIFF_DATA", str(tmp_path / "cache"))
     monkeypatch.setitem(data.SHAPES_SCENES, "train", 40)
     monkeypatch.setitem(data.SHAPES_SCENES, "test", 8)
-    cfg = apply_overrides(preset("text"), [
-        "data.image_size=16", "data.autoencoder_steps=3", "data.autoencoder_channels=8",
-        "data.autoencoder_batch_size=8", "data.max_tokens=12", "model.channels=32",
-        "model.attn_resolutions=[2]", "optim.batch_size=8", "optim.warmup_steps=1", "run.steps=2",
-        "run.sample_every=2", "run.checkpoint_every=0", "run.sample_steps=2", "run.sample_n=4"])
+    cfg = apply_overrides(
+        preset("text"),
+        [
+            "data.image_size=16",
+            "data.autoencoder_steps=3",
+            "data.autoencoder_channels=8",
+            "data.autoencoder_batch_size=8",
+            "data.max_tokens=12",
+            "model.channels=32",
+            "model.attn_resolutions=[2]",
+            "optim.batch_size=8",
+            "optim.warmup_steps=1",
+            "run.steps=2",
+            "run.sample_every=2",
+            "run.checkpoint_every=0",
+            "run.sample_steps=2",
+            "run.sample_n=4",
+        ],
+    )
     assert train(cfg, tmp_path / "run", progress=False)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["data"]["autoencoder"] == str(tmp_path / "run" / "autoencoder")
@@ -297,16 +383,35 @@ def test_text_to_image_pipeline_and_generate_command(tmp_path, monkeypatch, caps
     assert torch.equal(a, again("a red circle", n=2, steps=3, seed=1, output="tensor"))
 
     out = tmp_path / "drawn"
-    assert main(["generate", str(tmp_path / "run"), "a red circle", "--n", "2", "--steps", "2",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["generate", str(tmp_path / "run"), "a red circle", "--n", "2", "--steps", "2", "--out", str(out)]
+        )
+        == 0
+    )
     assert (out / "grid.png").is_file() and "2 images of 'a red circle'" in capsys.readouterr().out
     assert main(["generate", str(tmp_path / "run"), "x", "--guidance", "-1"]) == 2
     assert main(["generate", str(tmp_path / "missing"), "x"]) == 2
 
     capsys.readouterr()
     out = tmp_path / "adherence.json"
-    assert main(["eval-prompts", str(tmp_path / "run"), "--n", "6", "--held-out", "3", "--steps", "2",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval-prompts",
+                str(tmp_path / "run"),
+                "--n",
+                "6",
+                "--held-out",
+                "3",
+                "--steps",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
     assert len(result["prompts"]["captions"]) == 6 and len(result["held-out"]["captions"]) == 3
@@ -331,12 +436,28 @@ def test_a_short_training_on_colours_follows_the_prompt(tmp_path, monkeypatch):
         image = np.clip(rgb + rng.normal(0, 20, (8, 8, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(image).save(folder / f"{i:03d}.png")
         (folder / f"{i:03d}.txt").write_text(
-            (f"a {colour} circle", f"a {colour} square", f"two {colour} stars")[i % 3])
-    cfg = apply_overrides(preset("fashion-mnist"), [
-        f"data.name={folder}", "data.text_encoder=minilm", "data.max_tokens=8", "model.channels=16",
-        "model.channel_mults=[1]", "model.blocks_per_level=1", "model.attn_resolutions=[8]",
-        "model.head_dim=16", "optim.batch_size=32", "optim.warmup_steps=10", "run.steps=60",
-        "run.sample_every=0", "run.checkpoint_every=0", "run.sample_n=4", "run.sample_steps=3"])
+            (f"a {colour} circle", f"a {colour} square", f"two {colour} stars")[i % 3]
+        )
+    cfg = apply_overrides(
+        preset("fashion-mnist"),
+        [
+            f"data.name={folder}",
+            "data.text_encoder=minilm",
+            "data.max_tokens=8",
+            "model.channels=16",
+            "model.channel_mults=[1]",
+            "model.blocks_per_level=1",
+            "model.attn_resolutions=[8]",
+            "model.head_dim=16",
+            "optim.batch_size=32",
+            "optim.warmup_steps=10",
+            "run.steps=60",
+            "run.sample_every=0",
+            "run.checkpoint_every=0",
+            "run.sample_n=4",
+            "run.sample_steps=3",
+        ],
+    )
     assert train(cfg, tmp_path / "run", progress=False)
     pipe = TextToImage.from_pretrained(tmp_path / "run", device="cpu")
 

@@ -15,8 +15,19 @@ D, L = 12, 6
 
 def _text_unet() -> UNet:
     torch.manual_seed(0)
-    net = UNet(UNetConfig(in_channels=3, channels=16, channel_mults=[1, 2], blocks_per_level=1,
-                          attn_resolutions=[4], head_dim=16, dropout=0.0, image_size=8, context_dim=D))
+    net = UNet(
+        UNetConfig(
+            in_channels=3,
+            channels=16,
+            channel_mults=[1, 2],
+            blocks_per_level=1,
+            attn_resolutions=[4],
+            head_dim=16,
+            dropout=0.0,
+            image_size=8,
+            context_dim=D,
+        )
+    )
     with torch.no_grad():  # the zero-initialised output layers would hide the prompt's effect
         for p in net.parameters():
             if not p.any():

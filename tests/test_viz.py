@@ -31,8 +31,7 @@ def corr(a: torch.Tensor, b: torch.Tensor) -> float:
 )
 def test_grid_size_is_tiles_plus_padding_times_scale(n, nrow, padding, scale, cols, rows):
     image = viz.to_pil(torch.zeros(n, 1, 8, 6), nrow=nrow, padding=padding, scale=scale)
-    assert image.size == ((cols * (6 + padding) + padding) * scale,
-                          (rows * (8 + padding) + padding) * scale)
+    assert image.size == ((cols * (6 + padding) + padding) * scale, (rows * (8 + padding) + padding) * scale)
     assert image.mode == "L"
     assert viz.to_pil(torch.zeros(n, 3, 8, 6), nrow, padding, scale).mode == "RGB"
 
@@ -144,8 +143,7 @@ def test_forward_strip_bad_input():
 
 def test_save_forward_strip_one_row_per_image(tmp_path):
     x0 = torch.rand(2, 3, 8, 8) * 2 - 1
-    one = viz.save_forward_strip(x0[0], Schedule("cosine"), tmp_path / "a" / "one.png",
-                                 steps=[0, 500, 999])
+    one = viz.save_forward_strip(x0[0], Schedule("cosine"), tmp_path / "a" / "one.png", steps=[0, 500, 999])
     two = viz.save_forward_strip(x0, Schedule("edm"), tmp_path / "two.png", steps=[0, 999])
     assert_png(one)
     assert_png(two)
@@ -171,8 +169,9 @@ def test_plot_loss_from_jsonl_or_list(tmp_path):
     lines += [{"step": 200, "eval_fid": 12.0}, {"step": 210, "loss": float("nan")}]
     log.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
     assert_png(viz.plot_loss(log, tmp_path / "a" / "loss.png"))
-    assert_png(viz.plot_loss([{"step": 0, "loss": -1.0}, {"step": 1, "loss": 0.5}],
-                             tmp_path / "negative.png"))
+    assert_png(
+        viz.plot_loss([{"step": 0, "loss": -1.0}, {"step": 1, "loss": 0.5}], tmp_path / "negative.png")
+    )
 
 
 def test_plot_loss_bad_input(tmp_path):

@@ -18,13 +18,19 @@ def run_one_and_two(args: list[str], one: Path, two: Path) -> None:
     """`nanodiff ARGS --out ONE` in one process, then under torchrun with two into TWO."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for launcher, out in [([sys.executable], one), (["torchrun", "--standalone", "--nproc_per_node=2"], two)]:
-        done = subprocess.run([*launcher, "-m", "nanodiffusion.cli", *args, "--out", str(out)], env=env,
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [*launcher, "-m", "nanodiffusion.cli", *args, "--out", str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[:3000] + "\n...\n" + done.stderr[-1500:]
 
 
-def assert_same_steps(one: Path, two: Path, files: list[str], init: dict[str, torch.Tensor],
-                      atol: float, biases: bool = True) -> None:
+def assert_same_steps(
+    one: Path, two: Path, files: list[str], init: dict[str, torch.Tensor], atol: float, biases: bool = True
+) -> None:
     """The weight files in ONE and TWO agree to atol (float reduction order differs across
     processes, and Adam can magnify it on near-zero weights), while training moved the weights
     from `init` (some of their tensors) by more than ten times atol, so the check is not vacuous.

@@ -23,12 +23,25 @@ import warnings
 # Where modules lived before the layers (0.1.0): the old paths still import, for one release,
 # with a DeprecationWarning that names the new one.
 MOVED = {
-    "schedules": "core.schedules", "denoisers": "core.denoisers", "losses": "core.losses",
-    "samplers": "core.samplers", "guidance": "core.guidance", "editing": "core.editing",
-    "gmm": "core.gmm", "control": "nets.controlnet", "shapes": "data.shapes", "text": "data.text",
-    "config": "io.config", "checkpoint": "io.checkpoint", "viz": "io.viz", "train": "training.diffusion",
-    "pipelines": "inference.pipelines", "stable_diffusion": "inference.stable_diffusion",
-    "diffusers_models": "inference.diffusers_models", "superres": "tasks.upscale", "evaluate": "metrics.fid",
+    "schedules": "core.schedules",
+    "denoisers": "core.denoisers",
+    "losses": "core.losses",
+    "samplers": "core.samplers",
+    "guidance": "core.guidance",
+    "editing": "core.editing",
+    "gmm": "core.gmm",
+    "control": "nets.controlnet",
+    "shapes": "data.shapes",
+    "text": "data.text",
+    "config": "io.config",
+    "checkpoint": "io.checkpoint",
+    "viz": "io.viz",
+    "train": "training.diffusion",
+    "pipelines": "inference.pipelines",
+    "stable_diffusion": "inference.stable_diffusion",
+    "diffusers_models": "inference.diffusers_models",
+    "superres": "tasks.upscale",
+    "evaluate": "metrics.fid",
     "bench_samplers": "metrics.sampler_error",  # its docs-writing part is bench/samplers.py
 }
 
@@ -38,7 +51,7 @@ class _OldPath(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def find_spec(self, fullname, path, target=None):
         prefix = __name__ + "."
-        if fullname.startswith(prefix) and fullname[len(prefix):] in MOVED:
+        if fullname.startswith(prefix) and fullname[len(prefix) :] in MOVED:
             return importlib.util.spec_from_loader(fullname, self)
         return None
 
@@ -46,9 +59,12 @@ class _OldPath(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None
 
     def exec_module(self, module):
-        new = f"{__name__}.{MOVED[module.__name__[len(__name__) + 1:]]}"
-        warnings.warn(f"{module.__name__} moved to {new}; the old path goes in the next release",
-                      DeprecationWarning, stacklevel=2)
+        new = f"{__name__}.{MOVED[module.__name__[len(__name__) + 1 :]]}"
+        warnings.warn(
+            f"{module.__name__} moved to {new}; the old path goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         real = importlib.import_module(new)
         module.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("__")})
         module.__doc__ = real.__doc__

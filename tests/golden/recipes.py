@@ -19,9 +19,18 @@ from nanodiffusion.tasks.upscale import downsample
 from nanodiffusion.training.diffusion import train
 
 OUTPUTS = Path(__file__).with_name("outputs.safetensors")
-TINY = ["model.channels=8", "model.blocks_per_level=1", "model.attn_resolutions=[]", "optim.batch_size=16",
-        "optim.warmup_steps=2", "run.steps=6", "run.sample_every=0", "run.checkpoint_every=0",
-        "run.sample_n=4", "run.sample_steps=3"]
+TINY = [
+    "model.channels=8",
+    "model.blocks_per_level=1",
+    "model.attn_resolutions=[]",
+    "optim.batch_size=16",
+    "optim.warmup_steps=2",
+    "run.steps=6",
+    "run.sample_every=0",
+    "run.checkpoint_every=0",
+    "run.sample_n=4",
+    "run.sample_steps=3",
+]
 
 
 def digits(tmp: Path) -> torch.Tensor:
@@ -44,11 +53,25 @@ def text(tmp: Path) -> torch.Tensor:
 
 
 def _text(tmp: Path) -> torch.Tensor:
-    cfg = apply_overrides(preset("text"), [
-        "data.image_size=16", "data.autoencoder_steps=3", "data.autoencoder_channels=8",
-        "data.autoencoder_batch_size=8", "data.max_tokens=12", "model.channels=32",
-        "model.attn_resolutions=[2]", "optim.batch_size=8", "optim.warmup_steps=1", "run.steps=3",
-        "run.sample_every=0", "run.checkpoint_every=0", "run.sample_steps=2", "run.sample_n=4"])
+    cfg = apply_overrides(
+        preset("text"),
+        [
+            "data.image_size=16",
+            "data.autoencoder_steps=3",
+            "data.autoencoder_channels=8",
+            "data.autoencoder_batch_size=8",
+            "data.max_tokens=12",
+            "model.channels=32",
+            "model.attn_resolutions=[2]",
+            "optim.batch_size=8",
+            "optim.warmup_steps=1",
+            "run.steps=3",
+            "run.sample_every=0",
+            "run.checkpoint_every=0",
+            "run.sample_steps=2",
+            "run.sample_n=4",
+        ],
+    )
     train(cfg, tmp / "text", progress=False)
     pipe = TextToImage.from_pretrained(tmp / "text", device="cpu")
     return pipe(["a red circle", "two blue squares"], n=2, steps=4, seed=5, guidance=3.0, output="tensor")
@@ -59,13 +82,23 @@ def inpaint(tmp: Path) -> torch.Tensor:
     train(cfg, tmp / "inpaint", progress=False)
     cfg, denoiser = load_run(tmp / "inpaint", device="cpu")
     images = data.load_data("digits", "test").images[:4]
-    return draw(cfg, denoiser, 4, init_image=images, known=demo_masks(4, 8), inpaint="model",
-                sampler="euler", steps=4, seed=1)
+    return draw(
+        cfg,
+        denoiser,
+        4,
+        init_image=images,
+        known=demo_masks(4, 8),
+        inpaint="model",
+        sampler="euler",
+        steps=4,
+        seed=1,
+    )
 
 
 def upscale(tmp: Path) -> torch.Tensor:
-    cfg = apply_overrides(preset("digits"), TINY + ["data.task=upscale", "data.image_size=16",
-                                                     "model.mid_attention=false"])
+    cfg = apply_overrides(
+        preset("digits"), TINY + ["data.task=upscale", "data.image_size=16", "model.mid_attention=false"]
+    )
     train(cfg, tmp / "upscale", progress=False)
     cfg, denoiser = load_run(tmp / "upscale", device="cpu")
     low = downsample(data.load_data("digits", "test", image_size=16).images[:4], 8)

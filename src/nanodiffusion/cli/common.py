@@ -67,9 +67,12 @@ def add_n(p: argparse.ArgumentParser, default: int | None, help: str | None = No
 
 def add_sampler(p: argparse.ArgumentParser, steps: int = 20) -> None:
     """--sampler (any name or spelling of docs/samplers.md) and --steps (the sampler's steps)."""
-    p.add_argument("--sampler", default="dpm++2m", type=sampler_name,
-                   help="see docs/samplers.md (default dpm++2m; diffusers' spellings such as dpmpp_2m "
-                   "work too)")
+    p.add_argument(
+        "--sampler",
+        default="dpm++2m",
+        type=sampler_name,
+        help="see docs/samplers.md (default dpm++2m; diffusers' spellings such as dpmpp_2m work too)",
+    )
     add_steps(p, steps)
 
 
@@ -92,8 +95,11 @@ def add_negative(p: argparse.ArgumentParser, help: str = "negative prompt") -> N
 def add_img2img(p: argparse.ArgumentParser) -> None:
     """--init and --strength: img2img (SDEdit) from an image file."""
     p.add_argument("--init", metavar="IMAGE", help="img2img (SDEdit): start from this image, noised")
-    p.add_argument("--strength", type=float, help="with --init: how much to change, in (0, 1] (default 0.6; "
-                   "1 ignores the image)")
+    p.add_argument(
+        "--strength",
+        type=float,
+        help="with --init: how much to change, in (0, 1] (default 0.6; 1 ignores the image)",
+    )
 
 
 def add_drawing(p: argparse.ArgumentParser, steps: int, out: str) -> None:

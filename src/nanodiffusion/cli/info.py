@@ -28,12 +28,18 @@ def cmd_info(args) -> int:
     step = weights_step(run / MODEL) if (run / MODEL).exists() else 0
     m, s = cfg.model, cfg.schedule
     print(f"run          {run}")
-    print(f"data         {cfg.data.name}  {m.in_channels}x{m.image_size}x{m.image_size}"
-          + (f"  {m.num_classes} classes" if m.num_classes else ""))
-    print(f"model        UNet {params / 1e6:.2f}M params, channels {m.channels} x {m.channel_mults},"
-          f" attention at {m.attn_resolutions or 'no'} resolutions and in the middle")
-    print(f"diffusion    {cfg.diffusion.parameterization} prediction, {s.kind} schedule"
-          + (f", T={s.T}" if s.discrete else ""))
+    print(
+        f"data         {cfg.data.name}  {m.in_channels}x{m.image_size}x{m.image_size}"
+        + (f"  {m.num_classes} classes" if m.num_classes else "")
+    )
+    print(
+        f"model        UNet {params / 1e6:.2f}M params, channels {m.channels} x {m.channel_mults},"
+        f" attention at {m.attn_resolutions or 'no'} resolutions and in the middle"
+    )
+    print(
+        f"diffusion    {cfg.diffusion.parameterization} prediction, {s.kind} schedule"
+        + (f", T={s.T}" if s.discrete else "")
+    )
     print(f"training     step {step} of {cfg.run.steps}, batch {cfg.optim.batch_size}, lr {cfg.optim.lr}")
     print("files        " + ", ".join(f for f in (MODEL, EMA, STATE) if (run / f).exists()))
     return 0
@@ -72,8 +78,11 @@ def cmd_forward(args) -> int:
 
 # --- bench-samplers (its flags and command live with the benchmark) ------------------------------
 def add_bench_samplers(sub) -> None:
-    b = sub.add_parser("bench-samplers", help="every sampler's error per NFE against exact answers on "
-                       "Gaussian mixtures, printed (python bench/samplers.py writes docs/samplers.md)")
+    b = sub.add_parser(
+        "bench-samplers",
+        help="every sampler's error per NFE against exact answers on "
+        "Gaussian mixtures, printed (python bench/samplers.py writes docs/samplers.md)",
+    )
     sampler_error.add_arguments(b)
     b.set_defaults(func=sampler_error.run_from_args)
 

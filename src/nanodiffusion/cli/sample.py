@@ -22,8 +22,11 @@ CONTROLNET_FLAGS = {"train_controlnet writes one": "nanodiff train-controlnet RU
 
 def add_solver_options(p: argparse.ArgumentParser) -> None:
     """--spacing and the options only some samplers take (--eta, --order, --churn)."""
-    p.add_argument("--spacing", choices=SPACINGS,
-                   help="noise-level sequence (default: trailing for discrete schedules, karras for edm)")
+    p.add_argument(
+        "--spacing",
+        choices=SPACINGS,
+        help="noise-level sequence (default: trailing for discrete schedules, karras for edm)",
+    )
     p.add_argument("--eta", type=float, help="stochasticity of ddim (0 to 1) and euler-a")
     p.add_argument("--order", type=int, help="unipc's order, 1 to 3 (default 2)")
     p.add_argument("--churn", type=float, help="S_churn of heun and edm (EDM Algorithm 2)")
@@ -32,8 +35,9 @@ def add_solver_options(p: argparse.ArgumentParser) -> None:
 def sampler_options(args) -> dict:
     """The sampler flags that were given, checked against what the chosen sampler takes."""
     fn = SAMPLERS[args.sampler].fn
-    given = {k: v for k, v in [("eta", args.eta), ("order", args.order), ("s_churn", args.churn)]
-             if v is not None}
+    given = {
+        k: v for k, v in [("eta", args.eta), ("order", args.order), ("s_churn", args.churn)] if v is not None
+    }
     accepted = inspect.signature(fn).parameters
     for key in given:
         if key not in accepted:
@@ -73,8 +77,12 @@ def add_sample(sub) -> None:
     common.add_drawing(s, steps=20, out="RUN/samples/<sampler>-<steps>-seed<seed>")
     add_solver_options(s)
     s.add_argument("--class", dest="class_label", type=int, help="class index to draw")
-    s.add_argument("--guidance", type=scales, metavar="W[,W...]",
-                   help="classifier-free guidance scale (1: none); several give one row each")
+    s.add_argument(
+        "--guidance",
+        type=scales,
+        metavar="W[,W...]",
+        help="classifier-free guidance scale (1: none); several give one row each",
+    )
     common.add_img2img(s)
     s.set_defaults(func=cmd_sample)
 
@@ -90,15 +98,32 @@ def cmd_sample(args) -> int:
     guided = next((w for w in ws if w != 1), ws[0]) if ws != [1.0] else None  # a scale to check the run by
     labels = class_labels(cfg, args.n, args.class_label, guided)
     tag = f"{args.sampler}-{args.steps}-seed{args.seed}" + (
-        f"-w{','.join(f'{w:g}' for w in ws)}" if ws != [1.0] else "")
+        f"-w{','.join(f'{w:g}' for w in ws)}" if ws != [1.0] else ""
+    )
     if init is not None:
         tag = f"img2img-{Path(args.init).stem}-s{strength:g}-{tag}"
     out = Path(args.out) if args.out else Path(args.run) / "samples" / tag
     rows, stats = [], {}
     for w in ws:
-        rows.append(draw(cfg, denoiser, args.n, autoencoder=autoencoder, cond=labels, sampler=args.sampler,
-                         steps=args.steps, seed=args.seed, guidance=w, spacing=args.spacing, progress=True,
-                         stats=stats, init_image=init, strength=strength, **options))
+        rows.append(
+            draw(
+                cfg,
+                denoiser,
+                args.n,
+                autoencoder=autoencoder,
+                cond=labels,
+                sampler=args.sampler,
+                steps=args.steps,
+                seed=args.seed,
+                guidance=w,
+                spacing=args.spacing,
+                progress=True,
+                stats=stats,
+                init_image=init,
+                strength=strength,
+                **options,
+            )
+        )
     out.mkdir(parents=True, exist_ok=True)
     what = f"{args.sampler}, {args.steps} steps = {stats['nfe']} NFE, seed {args.seed}"
     if init is not None:
@@ -120,8 +145,12 @@ def add_eval(sub) -> None:
     e.add_argument("run")
     common.add_n(e, 1000, "generated images (default 1000)")
     e.add_argument("--n-ref", type=common.positive, help="real test images (default: --n)")
-    e.add_argument("--features", default="inception", choices=["inception", "classifier"],
-                   help="inception: comparable FID (slow on CPU); classifier: fast, nanodiff's own")
+    e.add_argument(
+        "--features",
+        default="inception",
+        choices=["inception", "classifier"],
+        help="inception: comparable FID (slow on CPU); classifier: fast, nanodiff's own",
+    )
     common.add_drawing(e, steps=20, out="RUN/eval/<sampler>-<steps>-n<n>-<features>-...json")
     add_solver_options(e)
     e.add_argument("--guidance", type=float, default=1.0)
@@ -142,20 +171,43 @@ def cmd_eval(args) -> int:
     k = cfg.model.num_classes
     labels = torch.arange(args.n) % k if k else None  # every class equally often
     stats: dict = {}
-    images = draw(cfg, denoiser, args.n, autoencoder=autoencoder, cond=labels, sampler=args.sampler,
-                  steps=args.steps, seed=args.seed, guidance=args.guidance, spacing=args.spacing,
-                  progress=True, stats=stats, batch_size=args.batch_size, **options)
+    images = draw(
+        cfg,
+        denoiser,
+        args.n,
+        autoencoder=autoencoder,
+        cond=labels,
+        sampler=args.sampler,
+        steps=args.steps,
+        seed=args.seed,
+        guidance=args.guidance,
+        spacing=args.spacing,
+        progress=True,
+        stats=stats,
+        batch_size=args.batch_size,
+        **options,
+    )
     with common.flag_names({"features='classifier'": "--features classifier"}):
         result = evaluate_images(images, cfg.data.name, args.features, n_ref=args.n_ref, device=args.device)
-    result.update(run=str(args.run), weights=args.weights, sampler=args.sampler, steps=args.steps,
-                  nfe=stats["nfe"], seed=args.seed, guidance=args.guidance)
+    result.update(
+        run=str(args.run),
+        weights=args.weights,
+        sampler=args.sampler,
+        steps=args.steps,
+        nfe=stats["nfe"],
+        seed=args.seed,
+        guidance=args.guidance,
+    )
     tag = f"{args.sampler}-{args.steps}-n{args.n}-{args.features}-seed{args.seed}" + (
-        f"-w{args.guidance:g}" if args.guidance != 1 else "")
+        f"-w{args.guidance:g}" if args.guidance != 1 else ""
+    )
     out = Path(args.out) if args.out else Path(args.run) / "eval" / f"{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
-    print(f"{args.sampler}, {args.steps} steps = {stats['nfe']} NFE, seed {args.seed}"
-          + (f", guidance {args.guidance:g}" if args.guidance != 1 else ""))
+    print(
+        f"{args.sampler}, {args.steps} steps = {stats['nfe']} NFE, seed {args.seed}"
+        + (f", guidance {args.guidance:g}" if args.guidance != 1 else "")
+    )
     print(format_table(result))
     print(f"written: {out}")
     return 0
@@ -171,16 +223,26 @@ def add_generate(sub) -> None:
     common.add_negative(g, "negative prompt (default: the empty prompt)")
     common.add_drawing(g, steps=20, out="RUN/generated/<prompt>-seed<seed>")
     common.add_img2img(g)
-    g.add_argument("--control", metavar="EDGES", help="an edge map (white edges on black) that a ControlNet "
-                   "steers the images by (nanodiff train-controlnet RUN)")
-    g.add_argument("--control-from", metavar="IMAGE",
-                   help="like --control, with the Sobel edges of this picture")
+    g.add_argument(
+        "--control",
+        metavar="EDGES",
+        help="an edge map (white edges on black) that a ControlNet "
+        "steers the images by (nanodiff train-controlnet RUN)",
+    )
+    g.add_argument(
+        "--control-from", metavar="IMAGE", help="like --control, with the Sobel edges of this picture"
+    )
     g.add_argument("--control-scale", type=float, help="the ControlNet's residuals times this (default 1)")
     g.add_argument("--controlnet", help="a ControlNet folder (default RUN/controlnet)")
-    g.add_argument("--upscale", metavar="SR_RUN",
-                   help="a cascade: upscale the images with this upscaling run")
-    g.add_argument("--aug", type=float, help="with --upscale: the noise level added to the "
-                   "base images before upscaling (noise-conditioning augmentation; default 0.1)")
+    g.add_argument(
+        "--upscale", metavar="SR_RUN", help="a cascade: upscale the images with this upscaling run"
+    )
+    g.add_argument(
+        "--aug",
+        type=float,
+        help="with --upscale: the noise level added to the "
+        "base images before upscaling (noise-conditioning augmentation; default 0.1)",
+    )
     g.set_defaults(func=cmd_generate)
 
 
@@ -207,8 +269,10 @@ def control_image(args, shape: tuple[int, int, int]) -> torch.Tensor | None:
         return None
     edges = viz.open_image(args.control, "L")
     if edges.size != (w, h):
-        print(f"{args.control} is {edges.size[0]}x{edges.size[1]}; resized to the run's {w}x{h}",
-              file=sys.stderr)
+        print(
+            f"{args.control} is {edges.size[0]}x{edges.size[1]}; resized to the run's {w}x{h}",
+            file=sys.stderr,
+        )
         edges = edges.resize((w, h), Image.Resampling.NEAREST)
     return (viz.load_image(edges, channels=1) > 0).float()
 
@@ -225,21 +289,38 @@ def cmd_generate(args) -> int:
     controlnet = args.controlnet or (Path(args.run) / "controlnet")
     wants_control = bool(args.control or args.control_from)
     with common.flag_names(CONTROLNET_FLAGS):
-        pipe = TextToImage.from_pretrained(args.run, args.weights, args.device,
-                                           controlnet=controlnet if wants_control else None)
+        pipe = TextToImage.from_pretrained(
+            args.run, args.weights, args.device, controlnet=controlnet if wants_control else None
+        )
     shape = image_shape(pipe.cfg, pipe.autoencoder)
     init = None if args.init is None else common.read_image(args.init, shape)[0]
     control = control_image(args, shape)
     scale = 1.0 if args.control_scale is None else args.control_scale
-    images = pipe(args.prompt, n=args.n, steps=args.steps, guidance=args.guidance,
-                  negative_prompt=args.negative, sampler=args.sampler, seed=args.seed, output="tensor",
-                  progress=True, init_image=init, strength=strength, control=control, control_scale=scale)
+    images = pipe(
+        args.prompt,
+        n=args.n,
+        steps=args.steps,
+        guidance=args.guidance,
+        negative_prompt=args.negative,
+        sampler=args.sampler,
+        seed=args.seed,
+        output="tensor",
+        progress=True,
+        init_image=init,
+        strength=strength,
+        control=control,
+        control_scale=scale,
+    )
     if control is not None:
-        picture = viz.plot_rows([control.expand(1, shape[0], *shape[1:]) * 2 - 1, images],
-                                ["control", f"scale {scale:g}"], generated_dir(args) / "control.png")
+        picture = viz.plot_rows(
+            [control.expand(1, shape[0], *shape[1:]) * 2 - 1, images],
+            ["control", f"scale {scale:g}"],
+            generated_dir(args) / "control.png",
+        )
         print(f"control and images: {picture}")
-    return save_generated(args, images, f", controlled by {controlnet} at scale {scale:g}" if wants_control
-                          else "")
+    return save_generated(
+        args, images, f", controlled by {controlnet} at scale {scale:g}" if wants_control else ""
+    )
 
 
 def generate_cascade(args) -> int:
@@ -253,9 +334,18 @@ def generate_cascade(args) -> int:
         raise NanodiffError(f"--aug must be >= 0, got {aug}")
     with common.flag_names({"data.task = 'upscale'": "nanodiff train --task upscale"}):
         pipe = Cascade.from_pretrained(args.run, args.upscale, args.weights, args.device)
-    images = pipe(args.n, prompt=args.prompt, negative_prompt=args.negative, guidance=args.guidance,
-                  steps=args.steps, sr_steps=args.steps, sampler=args.sampler, aug=aug,
-                  seed=args.seed, progress=True)
+    images = pipe(
+        args.n,
+        prompt=args.prompt,
+        negative_prompt=args.negative,
+        guidance=args.guidance,
+        steps=args.steps,
+        sr_steps=args.steps,
+        sampler=args.sampler,
+        aug=aug,
+        seed=args.seed,
+        progress=True,
+    )
     return save_generated(args, images, f", upscaled by {args.upscale} (augmentation {aug:g})")
 
 
@@ -270,8 +360,10 @@ def save_generated(args, images: torch.Tensor, how: str) -> int:
     out = generated_dir(args)
     picture = viz.save_grid(images, out / "grid.png")
     viz.save_images(images, out)
-    print(f"{args.n} images of {args.prompt!r} ({args.sampler}, {args.steps} steps, "
-          f"guidance {args.guidance:g}, seed {args.seed}{how}): {picture}")
+    print(
+        f"{args.n} images of {args.prompt!r} ({args.sampler}, {args.steps} steps, "
+        f"guidance {args.guidance:g}, seed {args.seed}{how}): {picture}"
+    )
     return 0
 
 
@@ -280,8 +372,12 @@ def add_eval_prompts(sub) -> None:
     ep = sub.add_parser("eval-prompts", help="prompt adherence of a shapes text-to-image run, judged exactly")
     ep.add_argument("run")
     common.add_n(ep, 200, "evaluation prompts (default 200)")
-    ep.add_argument("--held-out", type=int, default=100,
-                    help="prompts naming held-out colour-shape pairs (default 100; 0: none)")
+    ep.add_argument(
+        "--held-out",
+        type=int,
+        default=100,
+        help="prompts naming held-out colour-shape pairs (default 100; 0: none)",
+    )
     ep.add_argument("--guidance", type=float, default=4.0)
     common.add_drawing(ep, steps=20, out="RUN/eval-prompts/<sampler>-<steps>-w<g>-n<n>-seed<s>.json")
     ep.set_defaults(func=cmd_eval_prompts)
@@ -297,21 +393,37 @@ def cmd_eval_prompts(args) -> int:
     drawn = []
 
     def generate(captions: list[str]):
-        images = pipe(captions, n=1, steps=args.steps, guidance=args.guidance, sampler=args.sampler,
-                      seed=args.seed, output="tensor", progress=True)
+        images = pipe(
+            captions,
+            n=1,
+            steps=args.steps,
+            guidance=args.guidance,
+            sampler=args.sampler,
+            seed=args.seed,
+            output="tensor",
+            progress=True,
+        )
         drawn.append(images)
         return viz.to_uint8(images)
 
     result = evaluate_prompts(generate, n=args.n, n_held_out=args.held_out)
-    result.update(run=str(args.run), sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                  seed=args.seed, weights=args.weights)
+    result.update(
+        run=str(args.run),
+        sampler=args.sampler,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        weights=args.weights,
+    )
     tag = f"{args.sampler}-{args.steps}-w{args.guidance:g}-n{args.n}-seed{args.seed}"
     out = Path(args.out) if args.out else Path(args.run) / "eval-prompts" / f"{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
     picture = viz.save_grid(drawn[0][:32], out.with_suffix(".png"), nrow=8)
-    print(f"prompt adherence ({args.sampler}, {args.steps} steps, guidance {args.guidance:g}, "
-          f"seed {args.seed}); 'renders' is the referee's score on the prompts' own renders")
+    print(
+        f"prompt adherence ({args.sampler}, {args.steps} steps, guidance {args.guidance:g}, "
+        f"seed {args.seed}); 'renders' is the referee's score on the prompts' own renders"
+    )
     print(format_adherence(result))
     print(f"written: {out}, {picture} (the first 32 prompts' images)")
     return 0

@@ -11,11 +11,17 @@ from nanodiffusion.io import viz
 
 
 def add_sd(sub) -> None:
-    sd = sub.add_parser("sd", help="draw with a Stable Diffusion 1.x/2.x checkpoint (diffusers folder) "
-                        "and nanodiffusion's samplers")
+    sd = sub.add_parser(
+        "sd",
+        help="draw with a Stable Diffusion 1.x/2.x checkpoint (diffusers folder) "
+        "and nanodiffusion's samplers",
+    )
     sd.add_argument("prompt")
-    sd.add_argument("--model", required=True, help="a diffusers Stable Diffusion folder, or a hub id "
-                    "(downloaded where the network allows)")
+    sd.add_argument(
+        "--model",
+        required=True,
+        help="a diffusers Stable Diffusion folder, or a hub id (downloaded where the network allows)",
+    )
     common.add_sampler(sd, steps=20)
     sd.add_argument("--guidance", type=float, default=7.5)
     common.add_negative(sd)
@@ -24,8 +30,9 @@ def add_sd(sub) -> None:
     sd.add_argument("--size", type=common.positive, help="image side in pixels (default: the checkpoint's)")
     common.add_img2img(sd)
     common.add_device(sd)
-    sd.add_argument("--dtype", choices=("fp16", "bf16", "fp32"),
-                    help="default fp16 on a GPU, fp32 on the CPU")
+    sd.add_argument(
+        "--dtype", choices=("fp16", "bf16", "fp32"), help="default fp16 on a GPU, fp32 on the CPU"
+    )
     common.add_out(sd, "output folder (default sd-images)", "sd-images")
     sd.set_defaults(func=cmd_sd)
 
@@ -43,9 +50,18 @@ def cmd_sd(args) -> int:
     for i in range(args.n):  # one image at a time: a progress bar each, seeds seed, seed + 1, ...
         seed = args.seed + i
         print(f"image {i + 1}/{args.n} (seed {seed})", file=sys.stderr)
-        image = pipe(args.prompt, negative_prompt=args.negative, steps=args.steps, guidance=args.guidance,
-                     sampler=args.sampler, seed=seed, size=size, init_image=init,
-                     strength=strength, progress=True)[0]
+        image = pipe(
+            args.prompt,
+            negative_prompt=args.negative,
+            steps=args.steps,
+            guidance=args.guidance,
+            sampler=args.sampler,
+            seed=seed,
+            size=size,
+            init_image=init,
+            strength=strength,
+            progress=True,
+        )[0]
         path = out / f"{common.slug(args.prompt)}-seed{seed}.png"
         image.save(path)
         print(path)

@@ -21,18 +21,26 @@ def add_train(sub) -> None:
     t.add_argument("--preset", default="digits", choices=PRESETS)
     t.add_argument("--config", help="a TOML (or JSON) config file instead of a preset")
     t.add_argument("--data", help="digits, mnist, fashion-mnist, shapes, an image folder or a .npz file")
-    t.add_argument("--task", choices=["inpaint", "upscale"], help="inpaint: a mask-conditioned model (the "
-                   "masked image and the mask as extra inputs, random masks of five families; nanodiff "
-                   "inpaint --method model); upscale: super-resolution from data.low_res (default half "
-                   "the size; nanodiff upscale; the upscale preset is one)")
+    t.add_argument(
+        "--task",
+        choices=["inpaint", "upscale"],
+        help="inpaint: a mask-conditioned model (the "
+        "masked image and the mask as extra inputs, random masks of five families; nanodiff "
+        "inpaint --method model); upscale: super-resolution from data.low_res (default half "
+        "the size; nanodiff upscale; the upscale preset is one)",
+    )
     common.add_steps(t, None)
     t.add_argument("--batch-size", type=common.positive)
     t.add_argument("--lr", type=float)
     common.add_seed(t, None)
     common.add_device(t, None)
     t.add_argument("--class-conditional", action="store_true", help="train with class labels")
-    t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                   help="override any config value, e.g. --set model.channels=64")
+    t.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override any config value, e.g. --set model.channels=64",
+    )
     common.add_out(t, "run folder (default runs/<preset>)")
     t.add_argument("--resume", metavar="RUN", help="continue a run exactly where it stopped")
     common.add_quiet(t)
@@ -43,8 +51,14 @@ def train_config(args) -> Config:
     """The preset or config file with the flags that were given applied over it."""
     cfg = Config.load(Path(args.config)) if args.config else preset(args.preset)
     overrides = list(args.set or [])
-    for flag, key in [("data", "data.name"), ("steps", "run.steps"), ("batch_size", "optim.batch_size"),
-                      ("lr", "optim.lr"), ("device", "run.device"), ("seed", "run.seed")]:
+    for flag, key in [
+        ("data", "data.name"),
+        ("steps", "run.steps"),
+        ("batch_size", "optim.batch_size"),
+        ("lr", "optim.lr"),
+        ("device", "run.device"),
+        ("seed", "run.seed"),
+    ]:
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
@@ -59,13 +73,26 @@ def cmd_train(args) -> int:
     from nanodiffusion.training.diffusion import resume, train
 
     if args.resume:
-        ignored = [flag for flag, value in [("--config", args.config), ("--data", args.data),
-                   ("--batch-size", args.batch_size), ("--lr", args.lr), ("--seed", args.seed),
-                   ("--set", args.set), ("--out", args.out),
-                   ("--class-conditional", args.class_conditional), ("--task", args.task)] if value]
+        ignored = [
+            flag
+            for flag, value in [
+                ("--config", args.config),
+                ("--data", args.data),
+                ("--batch-size", args.batch_size),
+                ("--lr", args.lr),
+                ("--seed", args.seed),
+                ("--set", args.set),
+                ("--out", args.out),
+                ("--class-conditional", args.class_conditional),
+                ("--task", args.task),
+            ]
+            if value
+        ]
         if ignored:
-            raise NanodiffError(f"--resume continues the run as configured; only --steps and --device "
-                                f"may change, not {', '.join(ignored)}")
+            raise NanodiffError(
+                f"--resume continues the run as configured; only --steps and --device "
+                f"may change, not {', '.join(ignored)}"
+            )
         with common.flag_names({"train()": "nanodiff train"}):
             done = resume(args.resume, steps=args.steps, device=args.device, progress=not args.quiet)
         run_dir = Path(args.resume)
@@ -105,8 +132,11 @@ def add_train_autoencoder(sub) -> None:
 
 def add_resume_flags(p, what: str) -> None:
     """--resume and --overwrite of the trainers that write one folder (autoencoder, ControlNet)."""
-    p.add_argument("--resume", action="store_true", help=f"continue {what} from its last checkpoint "
-                   "(the same flags as the run that stopped)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue {what} from its last checkpoint (the same flags as the run that stopped)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a finished folder instead of refusing")
 
 
@@ -128,28 +158,50 @@ def cmd_train_autoencoder(args) -> int:
         raise NanodiffError("--resume needs --out, the autoencoder's folder")
     images = load_data(args.data, "train", args.size).images
     held_out = held_out_images(args.data, images, args.size)
-    cfg = AutoencoderConfig(in_channels=images.shape[1], channels=args.channels,
-                            z_channels=args.z_channels, kl_weight=args.kl_weight)
+    cfg = AutoencoderConfig(
+        in_channels=images.shape[1],
+        channels=args.channels,
+        z_channels=args.z_channels,
+        kl_weight=args.kl_weight,
+    )
     out = Path(args.out or common.fresh_dir(Path("runs") / f"autoencoder-{Path(args.data).name}"))
     device = pick_device(args.device)
     _, _, h, w = images.shape
-    print(f"nanodiff train-autoencoder: {len(images)} {args.data} images "
-          f"{tuple(images.shape[1:])} -> latents {cfg.z_channels}x{h // cfg.factor}"
-          f"x{w // cfg.factor}, {args.steps} steps -> {out}")
-    report = train_autoencoder_folder(images, held_out, cfg, out, args.steps, args.batch_size,
-                                      args.lr, args.seed, device, progress=not args.quiet,
-                                      about={"data": args.data}, resume=args.resume, overwrite=args.overwrite)
+    print(
+        f"nanodiff train-autoencoder: {len(images)} {args.data} images "
+        f"{tuple(images.shape[1:])} -> latents {cfg.z_channels}x{h // cfg.factor}"
+        f"x{w // cfg.factor}, {args.steps} steps -> {out}"
+    )
+    report = train_autoencoder_folder(
+        images,
+        held_out,
+        cfg,
+        out,
+        args.steps,
+        args.batch_size,
+        args.lr,
+        args.seed,
+        device,
+        progress=not args.quiet,
+        about={"data": args.data},
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
     if stopped(report, " ".join(["nanodiff train-autoencoder", args.data, "--out", str(out)])):
         return 130
-    print(f"held-out PSNR {report['psnr']:.2f} dB; latent scale factor {report['scale_factor']:.4f} "
-          f"(1 / std of the latents); wrote {out / 'reconstructions.png'}")
+    print(
+        f"held-out PSNR {report['psnr']:.2f} dB; latent scale factor {report['scale_factor']:.4f} "
+        f"(1 / std of the latents); wrote {out / 'reconstructions.png'}"
+    )
     return 0
 
 
 # --- train-controlnet ----------------------------------------------------------------------------
 def add_train_controlnet(sub) -> None:
-    tc = sub.add_parser("train-controlnet", help="train a ControlNet on a run's own images and their Sobel "
-                        "edge maps (the run stays frozen)")
+    tc = sub.add_parser(
+        "train-controlnet",
+        help="train a ControlNet on a run's own images and their Sobel edge maps (the run stays frozen)",
+    )
     tc.add_argument("run")
     common.add_steps(tc, 1500)
     tc.add_argument("--batch-size", type=common.positive, default=64)
@@ -166,14 +218,25 @@ def cmd_train_controlnet(args) -> int:
     from nanodiffusion.training.controlnet import train_controlnet
 
     out = Path(args.out) if args.out else Path(args.run) / "controlnet"
-    report = train_controlnet(args.run, out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                              seed=args.seed, device=args.device, progress=not args.quiet,
-                              resume=args.resume, overwrite=args.overwrite)
+    report = train_controlnet(
+        args.run,
+        out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
     if stopped(report, f"nanodiff train-controlnet {args.run} --out {out}"):
         return 130
-    print(f"ControlNet trained {report['steps']} steps in {report['train_s']:.0f} s (loss "
-          f"{report['loss_first_50']:.4f} -> {report['loss_last_50']:.4f}): {out}; use it with "
-          f"nanodiff generate {args.run} PROMPT --control EDGES.png")
+    print(
+        f"ControlNet trained {report['steps']} steps in {report['train_s']:.0f} s (loss "
+        f"{report['loss_first_50']:.4f} -> {report['loss_last_50']:.4f}): {out}; use it with "
+        f"nanodiff generate {args.run} PROMPT --control EDGES.png"
+    )
     return 0
 
 
@@ -195,8 +258,10 @@ def cmd_demo(args) -> int:
     if args.steps is not None:
         cfg.run.steps = args.steps
     out = Path(args.out) if args.out else common.fresh_dir(Path("runs") / "demo")
-    print(f"nanodiff demo: training a {cfg.model.channels}-channel class-conditional UNet on the 8x8 "
-          f"digits for {cfg.run.steps} steps -> {out}")
+    print(
+        f"nanodiff demo: training a {cfg.model.channels}-channel class-conditional UNet on the 8x8 "
+        f"digits for {cfg.run.steps} steps -> {out}"
+    )
     t0 = time.perf_counter()
     if not train(cfg, out, progress=not args.quiet):
         return 130
@@ -204,18 +269,31 @@ def cmd_demo(args) -> int:
     _, denoiser = load_run(out)
     labels = torch.arange(80) % 10  # column j draws digit j
     frames: list[torch.Tensor] = []
-    images = sample_images(denoiser, 80, (1, 8, 8), "ddpm", steps=100, seed=0, class_labels=labels,
-                           callback=lambda d: frames.append(d["x"].clamp(-1, 1).cpu()))
+    images = sample_images(
+        denoiser,
+        80,
+        (1, 8, 8),
+        "ddpm",
+        steps=100,
+        seed=0,
+        class_labels=labels,
+        callback=lambda d: frames.append(d["x"].clamp(-1, 1).cpu()),
+    )
     frames.append(images)
     scales = [0.0, 1.0, 2.0, 4.0]
-    rows = [sample_images(denoiser, 20, (1, 8, 8), "dpm++2m", steps=20, seed=1, class_labels=labels[:20],
-                          guidance=w) for w in scales]
+    rows = [
+        sample_images(
+            denoiser, 20, (1, 8, 8), "dpm++2m", steps=20, seed=1, class_labels=labels[:20], guidance=w
+        )
+        for w in scales
+    ]
     written = {
         "samples": viz.save_grid(images, out / "demo_samples.png", nrow=10),
         "denoising animation": viz.save_gif(frames, out / "denoising.gif", nrow=10),
         "guidance": viz.plot_rows(rows, [f"w = {w:g}" for w in scales], out / "guidance.png"),
-        "forward process": viz.save_forward_strip(load_data("digits").images[:4], cfg.schedule,
-                                                  out / "forward_process.png"),
+        "forward process": viz.save_forward_strip(
+            load_data("digits").images[:4], cfg.schedule, out / "forward_process.png"
+        ),
         "loss": out / "loss.png",
     }
     print(f"trained in {minutes:.1f} min. Wrote (each column one digit, 0 to 9):")

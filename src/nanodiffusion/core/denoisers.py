@@ -55,7 +55,11 @@ def coefficients(parameterization: str, sigma: torch.Tensor, sigma_data: float =
 
 
 def convert(
-    pred: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, source: str, target: str,
+    pred: torch.Tensor,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    source: str,
+    target: str,
     sigma_data: float = 0.5,
 ) -> torch.Tensor:
     """Re-express a network output for `source` as the output for `target` (exact, via x0)."""
@@ -75,7 +79,10 @@ class Denoiser(nn.Module):
     """
 
     def __init__(
-        self, net: nn.Module, schedule: Schedule, parameterization: str = "eps",
+        self,
+        net: nn.Module,
+        schedule: Schedule,
+        parameterization: str = "eps",
         sigma_data: float = 0.5,
     ):
         super().__init__()
@@ -114,8 +121,9 @@ class Denoiser(nn.Module):
         """This denoiser with an image condition bound: its network sees [c_in x, image] stacked
         on the channel axis (a UNet with cond_channels = the image's channels). The image is not
         scaled by c_in: it is a clean input, as in SR3 and latent-diffusion inpainting."""
-        return Denoiser(ImageConditioned(self.net, image), self.schedule, self.parameterization,
-                        self.sigma_data)
+        return Denoiser(
+            ImageConditioned(self.net, image), self.schedule, self.parameterization, self.sigma_data
+        )
 
 
 class ImageConditioned(nn.Module):

@@ -51,7 +51,7 @@ def sdedit_sigmas(sigmas: torch.Tensor, strength: float) -> torch.Tensor:
     k = round(check_strength(strength) * steps)
     if k < 1:
         raise NanodiffError(f"strength {strength} x {steps} steps rounds to no step; raise either")
-    return sigmas[steps - k:]
+    return sigmas[steps - k :]
 
 
 class KnownRegion:
@@ -59,8 +59,13 @@ class KnownRegion:
     with m the known mask. A sampler that steps x <- x0_hat + sigma_next (x - x0_hat) / sigma keeps
     the known region on the forward process, and its last step (to sigma = 0) returns x0 there."""
 
-    def __init__(self, denoiser: Callable, x0: torch.Tensor, known: torch.Tensor,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        denoiser: Callable,
+        x0: torch.Tensor,
+        known: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ):
         self.denoiser, self.x0, self.known, self.generator = denoiser, x0, known.to(x0.dtype), generator
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None) -> torch.Tensor:
@@ -70,9 +75,19 @@ class KnownRegion:
         return torch.lerp(self.denoiser(x, sigma, cond), self.x0, self.known)
 
 
-def repaint(sample_fn: Callable, denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, cond: Any = None,
-            *, jump: int = 5, resample: int = 5, generator: torch.Generator | None = None,
-            progress: bool = False, **options) -> torch.Tensor:
+def repaint(
+    sample_fn: Callable,
+    denoiser: Callable,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond: Any = None,
+    *,
+    jump: int = 5,
+    resample: int = 5,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    **options,
+) -> torch.Tensor:
     """RePaint's resampling around any sampler: `denoiser` should be a KnownRegion."""
     if jump < 1 or resample < 1:
         raise NanodiffError(f"RePaint's jump and resample must be >= 1, got {jump} and {resample}")
@@ -83,7 +98,7 @@ def repaint(sample_fn: Callable, denoiser: Callable, x: torch.Tensor, sigmas: to
     for a in starts:
         b = min(a + jump, n)
         for u in range(resample):
-            x = sample_fn(denoiser, x, sigmas[a:b + 1], cond, generator=generator, **options)
+            x = sample_fn(denoiser, x, sigmas[a : b + 1], cond, generator=generator, **options)
             if u < resample - 1:  # back up from sigma_b to sigma_a by the forward process
                 x = x + math.sqrt(levels[a] ** 2 - levels[b] ** 2) * noise_like(x, generator)
             bar.update(1)
@@ -91,10 +106,24 @@ def repaint(sample_fn: Callable, denoiser: Callable, x: torch.Tensor, sigmas: to
     return x
 
 
-def edit(sample_fn: Callable, denoiser: Callable, noise: torch.Tensor, x0: torch.Tensor, sigmas: torch.Tensor,
-         cond: Any = None, *, prior_std: float, strength: float = 1.0, known: torch.Tensor | None = None,
-         method: str = "replace", jump: int = 5, resample: int = 5, generator: torch.Generator | None = None,
-         progress: bool = False, **options) -> torch.Tensor:
+def edit(
+    sample_fn: Callable,
+    denoiser: Callable,
+    noise: torch.Tensor,
+    x0: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond: Any = None,
+    *,
+    prior_std: float,
+    strength: float = 1.0,
+    known: torch.Tensor | None = None,
+    method: str = "replace",
+    jump: int = 5,
+    resample: int = 5,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    **options,
+) -> torch.Tensor:
     """One batch of img2img and/or inpainting from `noise` (standard normal, shaped like x0).
 
     strength < 1 starts from x0 noised to the strength's level (SDEdit); strength 1 from the
@@ -116,8 +145,9 @@ def edit(sample_fn: Callable, denoiser: Callable, noise: torch.Tensor, x0: torch
     try:
         torch.broadcast_shapes(known.shape, x0.shape)
     except RuntimeError:
-        raise NanodiffError(f"the mask is {list(known.shape)}, which does not fit images "
-                            f"{list(x0.shape)}") from None
+        raise NanodiffError(
+            f"the mask is {list(known.shape)}, which does not fit images {list(x0.shape)}"
+        ) from None
     known = known.to(x0.device, x0.dtype)
     if method == "model":  # the network was shown the masked image and the mask: sample, then paste
         x = sample_fn(denoiser, x, sigmas, cond, generator=generator, progress=progress, **options)
@@ -126,8 +156,18 @@ def edit(sample_fn: Callable, denoiser: Callable, noise: torch.Tensor, x0: torch
     if method == "replace":
         x = sample_fn(hooked, x, sigmas, cond, generator=generator, progress=progress, **options)
     else:
-        x = repaint(sample_fn, hooked, x, sigmas, cond, jump=jump, resample=resample, generator=generator,
-                    progress=progress, **options)
+        x = repaint(
+            sample_fn,
+            hooked,
+            x,
+            sigmas,
+            cond,
+            jump=jump,
+            resample=resample,
+            generator=generator,
+            progress=progress,
+            **options,
+        )
     return torch.lerp(x, x0, known)
 
 
@@ -157,12 +197,12 @@ def demo_masks(n: int, size: int, seed: int = 0) -> torch.Tensor:
             a, b = size // 4, size - size // 4
             masks[i, :, a:b, a:b] = 0
         elif kind == 1:
-            masks[i, :, :, size // 2:] = 0
+            masks[i, :, :, size // 2 :] = 0
         else:
             h, w = (int(size * f) for f in 0.3 + 0.2 * torch.rand(2, generator=g))
             top = int(torch.randint(0, size - h + 1, (1,), generator=g))
             left = int(torch.randint(0, size - w + 1, (1,), generator=g))
-            masks[i, :, top:top + h, left:left + w] = 0
+            masks[i, :, top : top + h, left : left + w] = 0
     return masks
 
 
@@ -183,23 +223,27 @@ def random_masks(n: int, size: int, generator: torch.Generator | None = None) ->
         if family < 3:
             h, w = draw(0.25, 0.6), draw(0.25, 0.6)
             top, left = at(h), at(w)
-            masks[i, :, top:top + h, left:left + w] = 0
+            masks[i, :, top : top + h, left : left + w] = 0
         elif family < 5:
             side = int(torch.randint(0, 4, (), generator=generator))
             half = size // 2
-            region = [(slice(None), slice(None, half)), (slice(None), slice(half, None)),
-                      (slice(None, half), slice(None)), (slice(half, None), slice(None))][side]
+            region = [
+                (slice(None), slice(None, half)),
+                (slice(None), slice(half, None)),
+                (slice(None, half), slice(None)),
+                (slice(half, None), slice(None)),
+            ][side]
             masks[i, :, region[0], region[1]] = 0
         elif family < 7:
             for _ in range(int(torch.randint(2, 5, (), generator=generator))):
                 h, w = draw(0.1, 0.3), draw(0.1, 0.3)
                 top, left = at(h), at(w)
-                masks[i, :, top:top + h, left:left + w] = 0
+                masks[i, :, top : top + h, left : left + w] = 0
         elif family < 9:
             side = draw(0.4, 0.6)
             top, left = ((size - side) // 2 + int(j) for j in torch.randint(-2, 3, (2,), generator=generator))
             top, left = (max(0, min(size - side, v)) for v in (top, left))
-            masks[i, :, top:top + side, left:left + side] = 0
+            masks[i, :, top : top + side, left : left + side] = 0
         else:
             masks[i] = 0
     return masks

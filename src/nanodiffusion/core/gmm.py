@@ -158,8 +158,13 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, n_proj: int = 128, seed
 
 
 def sw_noise_floor(
-    mixture: GaussianMixture, n: int, reference: torch.Tensor | None = None, *, n_proj: int = 128,
-    seed: int = 0, repeats: int = 5,
+    mixture: GaussianMixture,
+    n: int,
+    reference: torch.Tensor | None = None,
+    *,
+    n_proj: int = 128,
+    seed: int = 0,
+    repeats: int = 5,
 ) -> tuple[float, float]:
     """Mean and std over `repeats` of the sliced W2 between two independent sets of n true samples.
 

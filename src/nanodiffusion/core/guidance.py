@@ -58,6 +58,7 @@ class ClassifierFreeGuidance(nn.Module):
 def class_guidance(denoiser: nn.Module, scale: float, num_classes: int) -> ClassifierFreeGuidance:
     """Guidance for nanodiffusion's class-conditional UNet, whose "no class" index is num_classes."""
     if num_classes < 1:
-        raise NanodiffError("guidance needs a class-conditional model (trained with "
-                            "data.class_conditional = true)")
+        raise NanodiffError(
+            "guidance needs a class-conditional model (trained with data.class_conditional = true)"
+        )
     return ClassifierFreeGuidance(denoiser, scale, torch.tensor(num_classes))

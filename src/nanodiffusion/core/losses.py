@@ -67,8 +67,12 @@ def loss_weight(sigma: torch.Tensor, cfg: LossConfig, parameterization: str, sig
 
 
 def diffusion_loss(
-    denoiser: Denoiser, x0: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor,
-    cfg: LossConfig, cond: Any = None,
+    denoiser: Denoiser,
+    x0: torch.Tensor,
+    sigma: torch.Tensor,
+    eps: torch.Tensor,
+    cfg: LossConfig,
+    cond: Any = None,
 ) -> torch.Tensor:
     """Mean weighted MSE over the batch for given noise levels sigma [B] and noise eps."""
     s = expand_sigma(sigma, x0)

@@ -45,8 +45,9 @@ def check_sigmas(sigmas: torch.Tensor) -> list[float]:
     if any(b >= a for a, b in zip(values, values[1:], strict=False)):
         raise NanodiffError(f"sampling sigmas must strictly decrease, got {values[:4]}...")
     if values[-1] < 0 or not math.isfinite(values[0]):
-        raise NanodiffError(f"sampling sigmas must be finite and end at 0 or above, "
-                            f"got {values[0]} ... {values[-1]}")
+        raise NanodiffError(
+            f"sampling sigmas must be finite and end at 0 or above, got {values[0]} ... {values[-1]}"
+        )
     return values
 
 
@@ -80,8 +81,15 @@ class _Model:
 # --- DDPM and DDIM ----------------------------------------------------------------------------
 @torch.no_grad()
 def sample_ddim(
-    denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, cond: Any = None, *, eta: float = 0.0,
-    generator: torch.Generator | None = None, callback: Callback | None = None, progress: bool = False,
+    denoiser: Callable,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond: Any = None,
+    *,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12) in sigma form.
 
@@ -111,8 +119,14 @@ def sample_ddim(
 
 
 def sample_ddpm(
-    denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, cond: Any = None, *,
-    generator: torch.Generator | None = None, callback: Callback | None = None, progress: bool = False,
+    denoiser: Callable,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond: Any = None,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) with the posterior variance.
 
@@ -120,28 +134,44 @@ def sample_ddpm(
     respaced sampler of Nichol & Dhariwal (2021): the posterior q(x_s | x_t, x0_hat) between
     consecutive levels, which is DDIM with eta = 1.
     """
-    return sample_ddim(denoiser, x, sigmas, cond, eta=1.0, generator=generator,
-                       callback=callback, progress=progress)
+    return sample_ddim(
+        denoiser, x, sigmas, cond, eta=1.0, generator=generator, callback=callback, progress=progress
+    )
 
 
 # --- EDM: Euler, Heun, and the stochastic sampler ---------------------------------------------
 @torch.no_grad()
 def sample_euler(
-    denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, cond: Any = None, *,
-    generator: torch.Generator | None = None, callback: Callback | None = None, progress: bool = False,
+    denoiser: Callable,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond: Any = None,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Euler's method on the probability-flow ODE (Karras et al. 2022, Algorithm 1, first order).
 
-        d_i = (x_i - D(x_i; sigma_i)) / sigma_i,    x_{i+1} = x_i + (sigma_{i+1} - sigma_i) d_i
+    d_i = (x_i - D(x_i; sigma_i)) / sigma_i,    x_{i+1} = x_i + (sigma_{i+1} - sigma_i) d_i
     """
     return sample_heun(denoiser, x, sigmas, cond, callback=callback, progress=progress, order=1)
 
 
 @torch.no_grad()
 def sample_heun(
-    denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, cond: Any = None, *,
-    generator: torch.Generator | None = None, callback: Callback | None = None, progress: bool = False,
-    order: int = 2, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+    denoiser: Callable,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond: Any = None,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    progress: bool = False,
+    order: int = 2,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = math.inf,
     s_noise: float = 1.0,
 ) -> torch.Tensor:
     """Heun's 2nd-order method (Karras et al. 2022, Algorithm 1), with Algorithm 2's churn.
@@ -179,21 +209,48 @@ def sample_heun(
 
 
 def sample_edm(
-    denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, cond: Any = None, *,
-    generator: torch.Generator | None = None, callback: Callback | None = None, progress: bool = False,
-    s_churn: float = 40.0, s_tmin: float = 0.05, s_tmax: float = 50.0, s_noise: float = 1.003,
+    denoiser: Callable,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond: Any = None,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    progress: bool = False,
+    s_churn: float = 40.0,
+    s_tmin: float = 0.05,
+    s_tmax: float = 50.0,
+    s_noise: float = 1.003,
 ) -> torch.Tensor:
     """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2). Defaults: the paper's
     ImageNet-64 settings (Table 5), a starting point; tune S_churn per model."""
-    return sample_heun(denoiser, x, sigmas, cond, generator=generator, callback=callback,
-                       progress=progress, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+    return sample_heun(
+        denoiser,
+        x,
+        sigmas,
+        cond,
+        generator=generator,
+        callback=callback,
+        progress=progress,
+        s_churn=s_churn,
+        s_tmin=s_tmin,
+        s_tmax=s_tmax,
+        s_noise=s_noise,
+    )
 
 
 @torch.no_grad()
 def sample_euler_ancestral(
-    denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, cond: Any = None, *,
-    generator: torch.Generator | None = None, callback: Callback | None = None, progress: bool = False,
-    eta: float = 1.0, s_noise: float = 1.0,
+    denoiser: Callable,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond: Any = None,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    progress: bool = False,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
 ) -> torch.Tensor:
     """Euler-ancestral (k-diffusion; Karras et al. 2022 discuss it as ancestral sampling).
 
@@ -226,8 +283,14 @@ def score_from(denoiser: Callable, x: torch.Tensor, sigma: torch.Tensor, cond: A
 
 @torch.no_grad()
 def sample_pf_ode(
-    denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, cond: Any = None, *,
-    generator: torch.Generator | None = None, callback: Callback | None = None, progress: bool = False,
+    denoiser: Callable,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond: Any = None,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """The probability-flow ODE written through the score (Song et al. 2021, eq. 13).
 
@@ -241,16 +304,23 @@ def sample_pf_ode(
     for i, sigma, sigma_next in _steps(sigmas, progress):
         score = score_from(denoiser, x, sigma * ones, cond)
         if callback is not None:
-            callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next,
-                      "x0_hat": x + sigma**2 * score})
+            callback(
+                {"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "x0_hat": x + sigma**2 * score}
+            )
         x = x + (sigma_next - sigma) * (-sigma * score)
     return x
 
 
 @torch.no_grad()
 def sample_sde(
-    denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, cond: Any = None, *,
-    generator: torch.Generator | None = None, callback: Callback | None = None, progress: bool = False,
+    denoiser: Callable,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond: Any = None,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """The reverse-time SDE with Euler-Maruyama (Song et al. 2021, eq. 6 and Appendix E).
 
@@ -265,8 +335,9 @@ def sample_sde(
     for i, sigma, sigma_next in _steps(sigmas, progress):
         score = score_from(denoiser, x, sigma * ones, cond)
         if callback is not None:
-            callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next,
-                      "x0_hat": x + sigma**2 * score})
+            callback(
+                {"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "x0_hat": x + sigma**2 * score}
+            )
         if sigma_next == 0:
             x = x + sigma**2 * score
             continue
@@ -278,9 +349,16 @@ def sample_sde(
 # --- DPM-Solver++ -----------------------------------------------------------------------------
 @torch.no_grad()
 def sample_dpmpp_2m(
-    denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, cond: Any = None, *,
-    generator: torch.Generator | None = None, callback: Callback | None = None, progress: bool = False,
-    eta: float = 0.0, s_noise: float = 1.0,
+    denoiser: Callable,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond: Any = None,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    progress: bool = False,
+    eta: float = 0.0,
+    s_noise: float = 1.0,
 ) -> torch.Tensor:
     """DPM-Solver++(2M), the multistep second-order data-prediction solver (Lu et al. 2022,
     Algorithm 2), in sigma form where alpha_t = 1 and lambda_t = -log sigma_t.
@@ -313,13 +391,28 @@ def sample_dpmpp_2m(
 
 
 def sample_dpmpp_2m_sde(
-    denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, cond: Any = None, *,
-    generator: torch.Generator | None = None, callback: Callback | None = None, progress: bool = False,
+    denoiser: Callable,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond: Any = None,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    progress: bool = False,
     s_noise: float = 1.0,
 ) -> torch.Tensor:
     """SDE-DPM-Solver++(2M) (Lu et al. 2022): ``sample_dpmpp_2m`` with eta = 1."""
-    return sample_dpmpp_2m(denoiser, x, sigmas, cond, generator=generator, callback=callback,
-                           progress=progress, eta=1.0, s_noise=s_noise)
+    return sample_dpmpp_2m(
+        denoiser,
+        x,
+        sigmas,
+        cond,
+        generator=generator,
+        callback=callback,
+        progress=progress,
+        eta=1.0,
+        s_noise=s_noise,
+    )
 
 
 # --- UniPC ------------------------------------------------------------------------------------
@@ -346,9 +439,17 @@ def _unipc_coefficients(rks: list[float], h: float, variant: str):
 
 @torch.no_grad()
 def sample_unipc(
-    denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor, cond: Any = None, *,
-    generator: torch.Generator | None = None, callback: Callback | None = None, progress: bool = False,
-    order: int = 2, variant: str = "bh2", corrector: bool = True,
+    denoiser: Callable,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond: Any = None,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    progress: bool = False,
+    order: int = 2,
+    variant: str = "bh2",
+    corrector: bool = True,
 ) -> torch.Tensor:
     """UniPC (Zhao et al. 2023): the UniP-p multistep predictor and the UniC corrector, in
     the data-prediction form, sigma form (alpha = 1, lambda = -log sigma).
@@ -447,24 +548,33 @@ def _info(name, fn, stochastic, evals=1):
     return SamplerInfo(name, fn, stochastic, evals, (fn.__doc__ or "").strip().splitlines()[0])
 
 
-SAMPLERS: dict[str, SamplerInfo] = {s.name: s for s in [
-    _info("ddpm", sample_ddpm, True),
-    _info("ddim", sample_ddim, False),
-    _info("euler", sample_euler, False),
-    _info("heun", sample_heun, False, evals=2),
-    _info("edm", sample_edm, True, evals=2),
-    _info("euler-a", sample_euler_ancestral, True),
-    _info("dpm++2m", sample_dpmpp_2m, False),
-    _info("dpm++2m-sde", sample_dpmpp_2m_sde, True),
-    _info("unipc", sample_unipc, False),
-    _info("pf-ode", sample_pf_ode, False),
-    _info("sde", sample_sde, True),
-]}
+SAMPLERS: dict[str, SamplerInfo] = {
+    s.name: s
+    for s in [
+        _info("ddpm", sample_ddpm, True),
+        _info("ddim", sample_ddim, False),
+        _info("euler", sample_euler, False),
+        _info("heun", sample_heun, False, evals=2),
+        _info("edm", sample_edm, True, evals=2),
+        _info("euler-a", sample_euler_ancestral, True),
+        _info("dpm++2m", sample_dpmpp_2m, False),
+        _info("dpm++2m-sde", sample_dpmpp_2m_sde, True),
+        _info("unipc", sample_unipc, False),
+        _info("pf-ode", sample_pf_ode, False),
+        _info("sde", sample_sde, True),
+    ]
+}
 
 
 # other spellings users bring from diffusers and k-diffusion
-ALIASES = {"dpmpp-2m": "dpm++2m", "dpmpp_2m": "dpm++2m", "dpmpp-2m-sde": "dpm++2m-sde",
-           "dpmpp_2m_sde": "dpm++2m-sde", "euler_a": "euler-a", "euler-ancestral": "euler-a"}
+ALIASES = {
+    "dpmpp-2m": "dpm++2m",
+    "dpmpp_2m": "dpm++2m",
+    "dpmpp-2m-sde": "dpm++2m-sde",
+    "dpmpp_2m_sde": "dpm++2m-sde",
+    "euler_a": "euler-a",
+    "euler-ancestral": "euler-a",
+}
 
 
 def get_sampler(name: str) -> SamplerInfo:

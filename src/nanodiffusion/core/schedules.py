@@ -221,8 +221,10 @@ class Schedule:
             raise NanodiffError(f"steps must be positive, got {steps}")
         if spacing in TIME_SPACINGS:
             if not self.discrete:
-                raise NanodiffError(f"spacing {spacing!r} picks trained steps, and the edm schedule "
-                                    "is continuous; use karras or exponential")
+                raise NanodiffError(
+                    f"spacing {spacing!r} picks trained steps, and the edm schedule "
+                    "is continuous; use karras or exponential"
+                )
             sig = self.sigmas()[self.timesteps(steps, spacing)]
             return torch.cat([sig, sig.new_zeros(1)])
         if self.discrete:

@@ -39,8 +39,18 @@ SHAPES_TEST_SEED = 10**7
 SPLITS = ("train", "test", "all")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 _IDX_FILES = {
@@ -194,8 +204,9 @@ def _load_shapes(split: str, size: int, cache_dir: str | Path | None) -> tuple[n
     if path.is_file():
         with np.load(path) as f:
             return f["images"], [str(c) for c in f["captions"]]
-    scenes = [render_scene(first + i, size) for i in tqdm(range(n), desc=f"rendering shapes {split}",
-                                                           leave=False)]
+    scenes = [
+        render_scene(first + i, size) for i in tqdm(range(n), desc=f"rendering shapes {split}", leave=False)
+    ]
     images, captions = np.stack([s.image for s in scenes]), [s.caption for s in scenes]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
@@ -295,8 +306,9 @@ def _folder_captions(root: Path, paths: list[Path]) -> list[str] | None:
                 row = json.loads(line)
                 file, text = row["file_name"], row["text"]
             except (ValueError, KeyError, TypeError):
-                raise NanodiffError(f"{meta} line {i}: expected a JSON object with file_name and "
-                                    "text") from None
+                raise NanodiffError(
+                    f"{meta} line {i}: expected a JSON object with file_name and text"
+                ) from None
             if not isinstance(text, str):
                 raise NanodiffError(f"{meta} line {i}: text must be a string, got {text!r}")
             captions[(meta.parent / file).resolve()] = text.strip()
@@ -308,9 +320,11 @@ def _folder_captions(root: Path, paths: list[Path]) -> list[str] | None:
         return None
     missing = [p for p in paths if p.resolve() not in captions]
     if missing:
-        raise NanodiffError(f"{len(missing)} of {len(paths)} images in {root} have no caption "
-                            f"(first: {missing[0].relative_to(root)}); give every image a "
-                            "name.txt or a metadata.jsonl row, or none")
+        raise NanodiffError(
+            f"{len(missing)} of {len(paths)} images in {root} have no caption "
+            f"(first: {missing[0].relative_to(root)}); give every image a "
+            "name.txt or a metadata.jsonl row, or none"
+        )
     return [captions[p.resolve()] for p in paths]
 
 
@@ -375,9 +389,7 @@ def _check_labels(labels: np.ndarray, n: int, where: str) -> torch.Tensor:
 # MNIST-style IDX datasets
 
 
-def _load_idx_dataset(
-    name: str, split: str, cache_dir: str | Path | None
-) -> tuple[np.ndarray, np.ndarray]:
+def _load_idx_dataset(name: str, split: str, cache_dir: str | Path | None) -> tuple[np.ndarray, np.ndarray]:
     parts = ["train", "test"] if split == "all" else [split]
     raw = _idx_bytes(name, parts, cache_dir)
     images = np.concatenate([_decode_idx(raw[_IDX_FILES[part][0]]) for part in parts])

@@ -40,11 +40,22 @@ HELD_OUT = (("purple", "triangle"), ("orange", "circle"), ("green", "star"))
 # The fixed prompt list of training grids and benchmark figures: every category (4 x 4), the last
 # row the held-out colour-shape pairs.
 GRID_PROMPTS = (
-    "a red circle", "a blue square on the left", "a large yellow star", "a small green triangle at the top",
-    "a purple diamond in the centre", "an orange square at the bottom", "a red circle left of a blue square",
-    "a yellow star above a green diamond", "a blue triangle below a red square", "two green triangles",
-    "three red circles", "two blue stars",
-    "a purple triangle", "an orange circle", "a green star", "a purple triangle right of a yellow square",
+    "a red circle",
+    "a blue square on the left",
+    "a large yellow star",
+    "a small green triangle at the top",
+    "a purple diamond in the centre",
+    "an orange square at the bottom",
+    "a red circle left of a blue square",
+    "a yellow star above a green diamond",
+    "a blue triangle below a red square",
+    "two green triangles",
+    "three red circles",
+    "two blue stars",
+    "a purple triangle",
+    "an orange circle",
+    "a green star",
+    "a purple triangle right of a yellow square",
 )
 
 _SUPERSAMPLE = 4  # anti-aliasing: coverage averaged over 4 x 4 points per pixel
@@ -158,8 +169,12 @@ def relation_holds(a: tuple[float, float], b: tuple[float, float], relation: str
     """Whether centre a is `relation` centre b, along the dominant axis between them."""
     dx, dy = a[0] - b[0], a[1] - b[1]
     horizontal = abs(dx) > abs(dy)
-    return {"left of": horizontal and dx < 0, "right of": horizontal and dx > 0,
-            "above": not horizontal and dy < 0, "below": not horizontal and dy > 0}[relation]
+    return {
+        "left of": horizontal and dx < 0,
+        "right of": horizontal and dx > 0,
+        "above": not horizontal and dy < 0,
+        "below": not horizontal and dy > 0,
+    }[relation]
 
 
 def _place_at(rng, r: float, position: str) -> tuple[float, float]:
@@ -206,16 +221,28 @@ def _single(rng, held_out: bool) -> tuple[list[Obj], str, dict]:
     obj = Obj(shape, colour, size, *_place_at(rng, SIZES[size], position))
     say_size, say_pos = rng.random() < 0.6, rng.random() < 0.6
     noun = " ".join(([size] if say_size else []) + [colour, shape])
-    where = {"left": ["on the left", "at the left"], "right": ["on the right", "at the right"],
-             "top": ["at the top", "near the top"], "bottom": ["at the bottom", "near the bottom"],
-             "centre": ["in the centre", "in the middle"]}[position]
+    where = {
+        "left": ["on the left", "at the left"],
+        "right": ["on the right", "at the right"],
+        "top": ["at the top", "near the top"],
+        "bottom": ["at the bottom", "near the bottom"],
+        "centre": ["in the centre", "in the middle"],
+    }[position]
     phrase = where[rng.integers(2)]
     templates = ["a {n}", "a {n} {p}", "one {n} {p}", "there is a {n} {p}", "{p}, a {n}"]
     template = templates[0] if not say_pos else templates[1 + rng.integers(4)]
     template = template.replace("a {n}", "an {n}") if noun[0] in "aeiou" else template
-    spec = {"kind": "single", "objects": [{"shape": shape, "colour": colour,
-                                           "size": size if say_size else None,
-                                           "position": position if say_pos else None}]}
+    spec = {
+        "kind": "single",
+        "objects": [
+            {
+                "shape": shape,
+                "colour": colour,
+                "size": size if say_size else None,
+                "position": position if say_pos else None,
+            }
+        ],
+    }
     return [obj], template.format(n=noun, p=phrase), spec
 
 
@@ -235,12 +262,19 @@ def _relation(rng, held_out: bool) -> tuple[list[Obj], str, dict]:
         clear = max(dx, dy) > 1.5 * min(dx, dy)  # the relation is unambiguous
         if clear and _apart(objs) and relation_holds(a, b, relation):
             break
-    said = {"left of": ["left of", "to the left of"], "right of": ["right of", "to the right of"],
-            "above": ["above", "over"], "below": ["below", "under"]}[relation][rng.integers(2)]
+    said = {
+        "left of": ["left of", "to the left of"],
+        "right of": ["right of", "to the right of"],
+        "above": ["above", "over"],
+        "below": ["below", "under"],
+    }[relation][rng.integers(2)]
     captions = [f"{_a(c1)} {c1} {s1} {said} {_a(c2)} {c2} {s2}", f"{c1} {s1} {said} {c2} {s2}"]
     caption = captions[rng.integers(2)]
-    spec = {"kind": "relation", "relation": relation,
-            "objects": [{"shape": s1, "colour": c1}, {"shape": s2, "colour": c2}]}
+    spec = {
+        "kind": "relation",
+        "relation": relation,
+        "objects": [{"shape": s1, "colour": c1}, {"shape": s2, "colour": c2}],
+    }
     return objs, caption, spec
 
 
@@ -249,13 +283,22 @@ def _count(rng, held_out: bool) -> tuple[list[Obj], str, dict]:
     n = 2 + int(rng.integers(2))
     while True:
         r = SIZES["small"]
-        objs = [Obj(shape, colour, "small", rng.uniform(r + 0.03, 1 - r - 0.03),
-                    rng.uniform(r + 0.03, 1 - r - 0.03)) for _ in range(n)]
+        objs = [
+            Obj(
+                shape,
+                colour,
+                "small",
+                rng.uniform(r + 0.03, 1 - r - 0.03),
+                rng.uniform(r + 0.03, 1 - r - 0.03),
+            )
+            for _ in range(n)
+        ]
         if _apart(objs):
             break
     plural = f"{shape}es" if shape.endswith("s") else f"{shape}s"
     caption = [f"{_NUMBERS[n]} {colour} {plural}", f"{_NUMBERS[n]} {colour} {plural} on a grey background"][
-        rng.integers(2)]
+        rng.integers(2)
+    ]
     return objs, caption, {"kind": "count", "count": n, "objects": [{"shape": shape, "colour": colour}]}
 
 
@@ -373,8 +416,10 @@ def detect(image: np.ndarray, min_area: float = 0.004) -> list[Detected]:
 
 # --- the judge ------------------------------------------------------------------------------------
 def _matches(d: Detected, want: dict) -> bool:
-    return all(want.get(key) is None or getattr(d, key) == want[key]
-               for key in ("shape", "colour", "size", "position"))
+    return all(
+        want.get(key) is None or getattr(d, key) == want[key]
+        for key in ("shape", "colour", "size", "position")
+    )
 
 
 def judge(image: np.ndarray, spec: dict) -> dict[str, bool]:
@@ -396,8 +441,9 @@ def judge(image: np.ndarray, spec: dict) -> dict[str, bool]:
         a = [d for d in found if _matches(d, spec["objects"][0])]
         b = [d for d in found if _matches(d, spec["objects"][1])]
         checks["binding"] = bool(a and b)
-        checks["spatial"] = any(relation_holds((p.cx, p.cy), (q.cx, q.cy), spec["relation"])
-                                for p in a for q in b)
+        checks["spatial"] = any(
+            relation_holds((p.cx, p.cy), (q.cx, q.cy), spec["relation"]) for p in a for q in b
+        )
     elif spec["kind"] == "count":
         checks["count"] = sum(_matches(d, spec["objects"][0]) for d in found) == spec["count"]
     else:
@@ -445,13 +491,16 @@ def adherence(images: list[np.ndarray] | np.ndarray, specs: list[dict]) -> dict[
             for kind in (spec["kind"], "overall"):
                 if name == "all" or kind != "overall":
                     table.setdefault(kind, {}).setdefault(name, []).append(ok)
-    return {kind: {**{name: float(np.mean(v)) for name, v in checks.items()}, "n": len(checks["all"])}
-            for kind, checks in table.items()}
+    return {
+        kind: {**{name: float(np.mean(v)) for name, v in checks.items()}, "n": len(checks["all"])}
+        for kind, checks in table.items()
+    }
 
 
 # --- prompt adherence of a model ------------------------------------------------------------------
-def evaluate_prompts(generate, n: int = 200, n_held_out: int = 100, size: int = 32,
-                     seed: int = 2 * 10**7) -> dict:
+def evaluate_prompts(
+    generate, n: int = 200, n_held_out: int = 100, size: int = 32, seed: int = 2 * 10**7
+) -> dict:
     """Prompt adherence of a text-to-image model on the shapes world's evaluation prompts.
 
     generate(captions) -> images [N, H, W, 3] uint8, one per caption. The prompts are
@@ -467,12 +516,20 @@ def evaluate_prompts(generate, n: int = 200, n_held_out: int = 100, size: int = 
         captions, specs = [s.caption for s in scenes], [s.spec for s in scenes]
         images = np.asarray(generate(captions))
         if images.shape[0] != len(captions) or images.ndim != 4 or images.shape[3] != 3:
-            raise NanodiffError(f"generate returned {images.shape} for {len(captions)} prompts; "
-                                "expected [N, H, W, 3]")
-        renders = [render_scene(seed + i + (10**6 if name == "held-out" else 0), images.shape[1],
-                                held_out=name == "held-out").image for i in range(len(scenes))]
-        result[name] = {"generated": adherence(images, specs), "renders": adherence(renders, specs),
-                        "captions": captions}
+            raise NanodiffError(
+                f"generate returned {images.shape} for {len(captions)} prompts; expected [N, H, W, 3]"
+            )
+        renders = [
+            render_scene(
+                seed + i + (10**6 if name == "held-out" else 0), images.shape[1], held_out=name == "held-out"
+            ).image
+            for i in range(len(scenes))
+        ]
+        result[name] = {
+            "generated": adherence(images, specs),
+            "renders": adherence(renders, specs),
+            "captions": captions,
+        }
     return result
 
 
@@ -489,8 +546,11 @@ def format_adherence(result: dict) -> str:
                 continue
             label = kind if name == "prompts" else f"held-out {kind}"
             for check in [c for c in gen[kind] if c not in ("all", "n")] + ["all"]:
-                rows.append((label, check, f"{gen[kind][check]:.3f}", f"{ref[kind][check]:.3f}",
-                             str(gen[kind]["n"])))
+                rows.append(
+                    (label, check, f"{gen[kind][check]:.3f}", f"{ref[kind][check]:.3f}", str(gen[kind]["n"]))
+                )
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    return "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in
-                               enumerate(zip(r, widths, strict=True))) for r in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in rows
+    )

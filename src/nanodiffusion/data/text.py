@@ -48,11 +48,15 @@ def minilm_folder() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise NanodiffError(f"the MiniLM text encoder is not installed: {MINILM_INSTALL}")
     root = Path(next(iter(spec.submodule_search_locations)))
-    found = sorted(p.parent for p in root.rglob("config.json") if (p.parent / "tokenizer.json").is_file()
-                   or (p.parent / "vocab.txt").is_file())
+    found = sorted(
+        p.parent
+        for p in root.rglob("config.json")
+        if (p.parent / "tokenizer.json").is_file() or (p.parent / "vocab.txt").is_file()
+    )
     if not found:
-        raise NanodiffError(f"no model folder (config.json and a tokenizer) inside {root}; reinstall: "
-                            f"{MINILM_INSTALL}")
+        raise NanodiffError(
+            f"no model folder (config.json and a tokenizer) inside {root}; reinstall: {MINILM_INSTALL}"
+        )
     return found[0]
 
 
@@ -82,8 +86,13 @@ class TextEncoder(nn.Module):
     def forward(self, prompts: list[str] | str) -> torch.Tensor:
         if isinstance(prompts, str):
             prompts = [prompts]
-        batch = self.tokenizer(list(prompts), padding="max_length", truncation=True,
-                               max_length=self.max_tokens, return_tensors="pt")
+        batch = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_tokens,
+            return_tensors="pt",
+        )
         ids = batch["input_ids"].to(self.device)
         mask = batch["attention_mask"].to(self.device)
         inputs = {"input_ids": ids, "attention_mask": mask} if self.use_mask else {"input_ids": ids}
@@ -127,12 +136,13 @@ def load_text_encoder(name: str = "minilm", max_tokens: int = 24) -> TextEncoder
 
 
 @torch.no_grad()
-def encode_unique(encoder: TextEncoder, captions: list[str], batch_size: int = 256
-                  ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def encode_unique(
+    encoder: TextEncoder, captions: list[str], batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Encode each distinct caption once: (table [U, L, D + 1], index [N] into it, the U captions).
 
     The empty prompt "" is always row 0: the unconditional input of classifier-free guidance."""
     unique = [""] + sorted(set(captions) - {""})
     row = {c: i for i, c in enumerate(unique)}
-    table = torch.cat([encoder(unique[i:i + batch_size]) for i in range(0, len(unique), batch_size)])
+    table = torch.cat([encoder(unique[i : i + batch_size]) for i in range(0, len(unique), batch_size)])
     return table, torch.tensor([row[c] for c in captions]), unique

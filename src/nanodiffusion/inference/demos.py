@@ -31,9 +31,21 @@ def inpaint_methods(cfg: Config) -> list[str]:
     return ["model"] if cfg.data.task == "inpaint" else ["replace", "repaint"]
 
 
-def fill(cfg: Config, denoiser, images: torch.Tensor, known: torch.Tensor, method: str, n: int, *,
-         sampler: str = "dpm++2m", steps: int = 20, jump: int = 5, resample: int = 5, progress: bool = False,
-         **draw_options) -> torch.Tensor:
+def fill(
+    cfg: Config,
+    denoiser,
+    images: torch.Tensor,
+    known: torch.Tensor,
+    method: str,
+    n: int,
+    *,
+    sampler: str = "dpm++2m",
+    steps: int = 20,
+    jump: int = 5,
+    resample: int = 5,
+    progress: bool = False,
+    **draw_options,
+) -> torch.Tensor:
     """n fillings [n, C, H, W] of the holes (known = 0) of images [1 or n, C, H, W] by one method
     ("replace", "repaint" with RePaint's jump and resample, or "model"); the rest of `draw`'s
     options (cond, guidance, seed, ...) pass through. With progress, a line on stderr says what
@@ -41,8 +53,20 @@ def fill(cfg: Config, denoiser, images: torch.Tensor, known: torch.Tensor, metho
     if progress:
         how = f", jumps of {jump} resampled {resample}x" if method == "repaint" else ""
         tqdm.write(f"{method}: {n} images, {sampler} {steps} steps{how}", file=sys.stderr)
-    return draw(cfg, denoiser, n, init_image=images, known=known, inpaint=method, sampler=sampler,
-                steps=steps, jump=jump, resample=resample, progress=progress, **draw_options)
+    return draw(
+        cfg,
+        denoiser,
+        n,
+        init_image=images,
+        known=known,
+        inpaint=method,
+        sampler=sampler,
+        steps=steps,
+        jump=jump,
+        resample=resample,
+        progress=progress,
+        **draw_options,
+    )
 
 
 @dataclass
@@ -53,9 +77,20 @@ class InpaintDemo:
     errors: dict[str, tuple[float, float]]  # method -> RMSE (0-1 scale) in the seam's band, in the hole
 
 
-def inpaint_demo(cfg: Config, denoiser, n: int = 6, *, autoencoder=None, encoder=None,
-                 prompt: str | None = None, negative: str = "", class_label: int | None = None,
-                 guidance: float | None = None, seed: int = 0, **fill_options) -> InpaintDemo:
+def inpaint_demo(
+    cfg: Config,
+    denoiser,
+    n: int = 6,
+    *,
+    autoencoder=None,
+    encoder=None,
+    prompt: str | None = None,
+    negative: str = "",
+    class_label: int | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    **fill_options,
+) -> InpaintDemo:
     """Hide part of a run's first n test images (demo_masks' three families, drawn with `seed`)
     and fill them with every method that suits the run (`fill`'s options pass through). A text
     run is prompted with the images' own captions where the data has them, else with `prompt`;
@@ -65,24 +100,50 @@ def inpaint_demo(cfg: Config, denoiser, n: int = 6, *, autoencoder=None, encoder
     if data.captions and encoder is not None:
         prompt = data.captions[:n]
     cond, w, uncond = conditioning(cfg, encoder, n, prompt, negative, class_label, guidance)
-    filled = {method: fill(cfg, denoiser, images, known, method, n, autoencoder=autoencoder, cond=cond,
-                           guidance=w, uncond=uncond, seed=seed, **fill_options)
-              for method in inpaint_methods(cfg)}
+    filled = {
+        method: fill(
+            cfg,
+            denoiser,
+            images,
+            known,
+            method,
+            n,
+            autoencoder=autoencoder,
+            cond=cond,
+            guidance=w,
+            uncond=uncond,
+            seed=seed,
+            **fill_options,
+        )
+        for method in inpaint_methods(cfg)
+    }
     errors = {method: fill_errors(result, images, known) for method, result in filled.items()}
     return InpaintDemo(images, known, filled, errors)
 
 
-def upscale(cfg: Config, denoiser, low: torch.Tensor, *, aug: float = 0.0, sampler: str = "dpm++2m",
-            steps: int = 20, seed: int = 0, progress: bool = False) -> torch.Tensor:
+def upscale(
+    cfg: Config,
+    denoiser,
+    low: torch.Tensor,
+    *,
+    aug: float = 0.0,
+    sampler: str = "dpm++2m",
+    steps: int = 20,
+    seed: int = 0,
+    progress: bool = False,
+) -> torch.Tensor:
     """An upscaling run's images [n, C, H, W] of low-resolution images [n, C, h, w], the input
     noised to the augmentation level `aug` first; with progress, a line on stderr says what is
     drawn."""
     n, size, small = len(low), cfg.model.image_size, low_size(cfg)
     if progress:
-        tqdm.write(f"{n} images {small}x{small} -> {size}x{size}, {sampler} {steps} steps, augmentation "
-                   f"{aug:g}", file=sys.stderr)
-    return draw(cfg, denoiser, n, low_res=low, aug=aug, sampler=sampler, steps=steps, seed=seed,
-                progress=progress)
+        tqdm.write(
+            f"{n} images {small}x{small} -> {size}x{size}, {sampler} {steps} steps, augmentation {aug:g}",
+            file=sys.stderr,
+        )
+    return draw(
+        cfg, denoiser, n, low_res=low, aug=aug, sampler=sampler, steps=steps, seed=seed, progress=progress
+    )
 
 
 @dataclass
@@ -103,8 +164,13 @@ def upscale_demo(cfg: Config, denoiser, n: int = 8, **upscale_options) -> Upscal
     low = downsample(truth, low_size(cfg))
     upscaled = upscale(cfg, denoiser, low, **upscale_options)
     bicubic = upsample(low, size)
-    return UpscaleDemo(truth, low, bicubic, upscaled,
-                       {"bicubic": image_scores(bicubic, truth), "diffusion": image_scores(upscaled, truth)})
+    return UpscaleDemo(
+        truth,
+        low,
+        bicubic,
+        upscaled,
+        {"bicubic": image_scores(bicubic, truth), "diffusion": image_scores(upscaled, truth)},
+    )
 
 
 def image_scores(images: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:

@@ -31,14 +31,29 @@ PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 
 # diffusers schedulers over a discrete table of VP betas: their config describes the model's
 # noise levels the way DDPMScheduler's does. (VE, EDM and flow-matching schedulers do not.)
-VP_SCHEDULERS = frozenset({
-    "DDPMScheduler", "DDIMScheduler", "DDIMInverseScheduler", "DDPMParallelScheduler",
-    "DDIMParallelScheduler", "PNDMScheduler", "DPMSolverMultistepScheduler",
-    "DPMSolverSinglestepScheduler", "DPMSolverSDEScheduler", "DEISMultistepScheduler",
-    "UniPCMultistepScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
-    "HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
-    "LMSDiscreteScheduler", "LCMScheduler", "TCDScheduler",
-})
+VP_SCHEDULERS = frozenset(
+    {
+        "DDPMScheduler",
+        "DDIMScheduler",
+        "DDIMInverseScheduler",
+        "DDPMParallelScheduler",
+        "DDIMParallelScheduler",
+        "PNDMScheduler",
+        "DPMSolverMultistepScheduler",
+        "DPMSolverSinglestepScheduler",
+        "DPMSolverSDEScheduler",
+        "DEISMultistepScheduler",
+        "UniPCMultistepScheduler",
+        "EulerDiscreteScheduler",
+        "EulerAncestralDiscreteScheduler",
+        "HeunDiscreteScheduler",
+        "KDPM2DiscreteScheduler",
+        "KDPM2AncestralDiscreteScheduler",
+        "LMSDiscreteScheduler",
+        "LCMScheduler",
+        "TCDScheduler",
+    }
+)
 
 # Options that change the model's noise levels or its output, with why each is refused.
 # (predicate on the value, reason)
@@ -48,8 +63,10 @@ REFUSED_OPTIONS = {
     "thresholding": (bool, "dynamic thresholding of x0 is not implemented by nanodiffusion's samplers"),
     "use_flow_sigmas": (bool, "flow-matching noise levels are not a VP schedule"),
     "timestep_type": (lambda v: v not in (None, "discrete"), "only discrete step inputs are supported"),
-    "variance_type": (lambda v: v in ("learned", "learned_range"),
-                      "the UNet's extra learned-variance channels are not supported"),
+    "variance_type": (
+        lambda v: v in ("learned", "learned_range"),
+        "the UNet's extra learned-variance channels are not supported",
+    ),
 }
 
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
@@ -80,12 +97,16 @@ class DiffusersUNet(nn.Module):
             raise NanodiffError(f"expected a diffusers UNet2DModel, got {type(unet).__name__}")
         kind = unet.config.get("time_embedding_type", "positional")
         if kind != "positional":  # fourier: a VE score model fed sigma; learned: integer steps only
-            raise NanodiffError(f"unsupported UNet2DModel time_embedding_type={kind!r}: only "
-                                "'positional' (DDPM-style step embeddings) is supported")
+            raise NanodiffError(
+                f"unsupported UNet2DModel time_embedding_type={kind!r}: only "
+                "'positional' (DDPM-style step embeddings) is supported"
+            )
         cfg = unet.config
         if cfg.out_channels != cfg.in_channels:  # e.g. improved DDPM's extra variance channels
-            raise NanodiffError(f"unsupported UNet2DModel out_channels={cfg.out_channels}: must equal "
-                                f"in_channels ({cfg.in_channels}); learned variances are not supported")
+            raise NanodiffError(
+                f"unsupported UNet2DModel out_channels={cfg.out_channels}: must equal "
+                f"in_channels ({cfg.in_channels}); learned variances are not supported"
+            )
         self.unet = unet
 
     @property
@@ -111,8 +132,9 @@ def _as_config(scheduler_or_config: Any) -> Mapping:
     if not isinstance(config, Mapping):
         config = getattr(config, "config", None)
     if not isinstance(config, Mapping):
-        raise NanodiffError(f"expected a diffusers scheduler or its config dict, "
-                            f"got {type(scheduler_or_config).__name__}")
+        raise NanodiffError(
+            f"expected a diffusers scheduler or its config dict, got {type(scheduler_or_config).__name__}"
+        )
     return config
 
 
@@ -126,15 +148,19 @@ def schedule_from_diffusers(scheduler_or_config: Any) -> tuple[Schedule, str]:
     config = _as_config(scheduler_or_config)
     name = config.get("_class_name")
     if name is not None and name not in VP_SCHEDULERS:
-        raise NanodiffError(f"unsupported diffusers scheduler _class_name={name!r}: only schedulers "
-                            "over discrete VP betas (DDPM, DDIM, DPM-Solver, Euler, ...) are supported")
+        raise NanodiffError(
+            f"unsupported diffusers scheduler _class_name={name!r}: only schedulers "
+            "over discrete VP betas (DDPM, DDIM, DPM-Solver, Euler, ...) are supported"
+        )
     for key, (refused, why) in REFUSED_OPTIONS.items():
         if refused(config.get(key)):
             raise NanodiffError(f"unsupported diffusers scheduler option {key}={_short(config[key])}: {why}")
     prediction = config.get("prediction_type", "epsilon")
     if prediction not in PREDICTION_TYPES:
-        raise NanodiffError(f"unsupported diffusers scheduler option prediction_type={prediction!r}: "
-                            f"choose one of {', '.join(PREDICTION_TYPES)}")
+        raise NanodiffError(
+            f"unsupported diffusers scheduler option prediction_type={prediction!r}: "
+            f"choose one of {', '.join(PREDICTION_TYPES)}"
+        )
     T = int(config.get("num_train_timesteps", 1000))
     beta_start, beta_end = config.get("beta_start", 1e-4), config.get("beta_end", 0.02)
     kind = config.get("beta_schedule", "linear")
@@ -145,8 +171,10 @@ def schedule_from_diffusers(scheduler_or_config: Any) -> tuple[Schedule, str]:
     elif kind == "squaredcos_cap_v2":  # Nichol & Dhariwal's cosine, s = 0.008, betas capped at 0.999
         schedule = Schedule("cosine", T, cosine_s=0.008)
     else:
-        raise NanodiffError(f"unsupported diffusers scheduler option beta_schedule={kind!r}: "
-                            "choose linear, scaled_linear or squaredcos_cap_v2")
+        raise NanodiffError(
+            f"unsupported diffusers scheduler option beta_schedule={kind!r}: "
+            "choose linear, scaled_linear or squaredcos_cap_v2"
+        )
     _check_table(schedule, scheduler_or_config, config)
     return schedule, PREDICTION_TYPES[prediction]
 
@@ -160,8 +188,10 @@ def _check_table(schedule: Schedule, scheduler_or_config: Any, config: Mapping) 
     ref, ours = torch.as_tensor(ref, dtype=torch.float64), schedule.alpha_bar()
     err = float(((ours - ref) / ref).abs().max()) if ref.shape == ours.shape else float("inf")
     if not err <= 1e-4:
-        raise NanodiffError(f"the converted {schedule.kind} schedule differs from diffusers' alphas_cumprod "
-                            f"(max relative error {err:.2g}): this scheduler is not supported")
+        raise NanodiffError(
+            f"the converted {schedule.kind} schedule differs from diffusers' alphas_cumprod "
+            f"(max relative error {err:.2g}): this scheduler is not supported"
+        )
 
 
 def denoiser_from_diffusers(unet: nn.Module, scheduler_or_config: Any) -> Denoiser:
@@ -178,14 +208,18 @@ def _find(folder: Path) -> tuple[Path, Path]:
     elif (folder / "config.json").is_file():  # UNet2DModel.save_pretrained + scheduler_config.json
         unet_dir, scheduler = folder, folder / "scheduler_config.json"
     else:
-        raise NanodiffError(f"{folder} holds no diffusers UNet: expected unet/config.json "
-                            "(a saved DDPMPipeline) or config.json with the UNet weights")
+        raise NanodiffError(
+            f"{folder} holds no diffusers UNet: expected unet/config.json "
+            "(a saved DDPMPipeline) or config.json with the UNet weights"
+        )
     name = json.loads((unet_dir / "config.json").read_text()).get("_class_name")
     if name != "UNet2DModel":
         raise NanodiffError(f"{unet_dir / 'config.json'} describes {name!r}; only UNet2DModel is supported")
     if not scheduler.is_file():
-        raise NanodiffError(f"{folder} has no {scheduler.relative_to(folder)}: the scheduler config "
-                            "says which noise levels the UNet was trained on")
+        raise NanodiffError(
+            f"{folder} has no {scheduler.relative_to(folder)}: the scheduler config "
+            "says which noise levels the UNet was trained on"
+        )
     return unet_dir, scheduler
 
 
@@ -198,15 +232,19 @@ def load_diffusers(path: str | Path, device: str = "auto") -> Denoiser:
     """
     folder = Path(path)
     if not folder.is_dir():
-        hint = (": nanodiffusion loads local folders only and never downloads; for a Hugging Face hub "
-                "id, download it first (huggingface_hub.snapshot_download) and pass the folder"
-                if _HUB_ID.fullmatch(str(path)) and not folder.exists() else "")
+        hint = (
+            ": nanodiffusion loads local folders only and never downloads; for a Hugging Face hub "
+            "id, download it first (huggingface_hub.snapshot_download) and pass the folder"
+            if _HUB_ID.fullmatch(str(path)) and not folder.exists()
+            else ""
+        )
         raise NanodiffError(f"no diffusers model folder {str(path)!r}{hint}")
     unet_dir, scheduler = _find(folder)
     try:
         low_mem = importlib.util.find_spec("accelerate") is not None  # else diffusers warns on every load
         unet = _diffusers().UNet2DModel.from_pretrained(
-            unet_dir, local_files_only=True, low_cpu_mem_usage=low_mem)
+            unet_dir, local_files_only=True, low_cpu_mem_usage=low_mem
+        )
     except (OSError, ValueError) as e:
         raise NanodiffError(f"cannot load the UNet in {unet_dir}: {str(e).splitlines()[0]}") from e
     denoiser = denoiser_from_diffusers(unet, json.loads(scheduler.read_text()))

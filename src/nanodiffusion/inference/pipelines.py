@@ -20,16 +20,34 @@ from nanodiffusion.io.checkpoint import EMA
 from nanodiffusion.io.config import Config
 from nanodiffusion.tasks import TASKS, Task, get_task
 
-__all__ = ["Cascade", "TextToImage", "build_denoiser", "conditioning", "draw", "image_shape", "load_parts",
-           "load_run", "pick_device", "sample_images"]
+__all__ = [
+    "Cascade",
+    "TextToImage",
+    "build_denoiser",
+    "conditioning",
+    "draw",
+    "image_shape",
+    "load_parts",
+    "load_run",
+    "pick_device",
+    "sample_images",
+]
 
 
-def conditioning(cfg: Config, encoder, n: int, prompt: str | list[str] | None = None, negative: str = "",
-                 class_label: int | None = None, guidance: float | None = None):
+def conditioning(
+    cfg: Config,
+    encoder,
+    n: int,
+    prompt: str | list[str] | None = None,
+    negative: str = "",
+    class_label: int | None = None,
+    guidance: float | None = None,
+):
     """(cond, guidance, uncond) for n images of a run: a text run's prompt (one for all, or one
     per image; none: the empty prompt), a class run's class (none: its reserved "no class"
     input), or nothing for an unconditional run. Guidance defaults to 4 when a prompt or class
     was given, else 1."""
+
     def scale(told: bool) -> float:
         return guidance if guidance is not None else (4.0 if told else 1.0)
 
@@ -47,17 +65,33 @@ def conditioning(cfg: Config, encoder, n: int, prompt: str | list[str] | None = 
         told = class_label is not None
         return torch.full((n,), class_label if told else k), scale(told), None  # k: the reserved "no class"
     if class_label is not None or guidance not in (None, 1.0):
-        raise NanodiffError("this model is unconditional; "
-                            f"{'guidance' if class_label is None else 'class_label'} needs a class or "
-                            "text run")
+        raise NanodiffError(
+            "this model is unconditional; "
+            f"{'guidance' if class_label is None else 'class_label'} needs a class or "
+            "text run"
+        )
     return None, 1.0, None
 
 
 @torch.no_grad()
-def draw(cfg: Config, denoiser: Denoiser, n: int, *, autoencoder=None, cond: torch.Tensor | None = None,
-         sampler: str = "dpm++2m", steps: int = 20, seed: int = 0, guidance: float = 1.0,
-         uncond: torch.Tensor | None = None, init_image: torch.Tensor | None = None, strength: float = 1.0,
-         known: torch.Tensor | None = None, progress: bool = False, **options) -> torch.Tensor:
+def draw(
+    cfg: Config,
+    denoiser: Denoiser,
+    n: int,
+    *,
+    autoencoder=None,
+    cond: torch.Tensor | None = None,
+    sampler: str = "dpm++2m",
+    steps: int = 20,
+    seed: int = 0,
+    guidance: float = 1.0,
+    uncond: torch.Tensor | None = None,
+    init_image: torch.Tensor | None = None,
+    strength: float = 1.0,
+    known: torch.Tensor | None = None,
+    progress: bool = False,
+    **options,
+) -> torch.Tensor:
     """n images [n, C, H, W] in [-1, 1] from a run, in pixels whether it diffuses pixels or an
     autoencoder's latents: the run's task's condition, sample_images, the task's post-processing,
     then decoding.
@@ -81,17 +115,34 @@ def draw(cfg: Config, denoiser: Denoiser, n: int, *, autoencoder=None, cond: tor
     if init_image is not None and autoencoder is not None:  # pixel runs: sample_images checks these
         want = image_shape(cfg, autoencoder)
         if init_image.ndim != 4 or tuple(init_image.shape[1:]) != want:
-            raise NanodiffError(f"init images must be [1 or {n}, {', '.join(map(str, want))}], "
-                                f"got {list(init_image.shape)}")
+            raise NanodiffError(
+                f"init images must be [1 or {n}, {', '.join(map(str, want))}], got {list(init_image.shape)}"
+            )
         if known is not None and (known.ndim != 4 or known.shape[-2:] != init_image.shape[-2:]):
-            raise NanodiffError(f"the mask is {list(known.shape)}, which does not fit images "
-                                f"{list(init_image.shape)}")
+            raise NanodiffError(
+                f"the mask is {list(known.shape)}, which does not fit images {list(init_image.shape)}"
+            )
         init = autoencoder.encode_images(init_image)
         if known is not None:  # known in latent space only where every pixel of the cell is
             model_known = -torch.nn.functional.max_pool2d(-known.float(), autoencoder.cfg.factor)
-    samples = sample_images(denoiser, n, shape, sampler, steps, seed=seed, cond=cond, guidance=guidance,
-                            uncond=uncond, progress=progress, clamp=autoencoder is None and plan.clamp,
-                            init=init, strength=strength, known=model_known, image_cond=plan.image, **options)
+    samples = sample_images(
+        denoiser,
+        n,
+        shape,
+        sampler,
+        steps,
+        seed=seed,
+        cond=cond,
+        guidance=guidance,
+        uncond=uncond,
+        progress=progress,
+        clamp=autoencoder is None and plan.clamp,
+        init=init,
+        strength=strength,
+        known=model_known,
+        image_cond=plan.image,
+        **options,
+    )
     if plan.finish is not None:
         samples = plan.finish(samples)
     if autoencoder is None:
@@ -108,8 +159,9 @@ def _task_inputs(cfg: Config, task: Task, options: dict) -> dict:
     for key in [key for key in options if any(key in t.inputs for t in TASKS.values())]:
         if options.pop(key) is not None:  # None: not given
             owners = " or ".join(repr(t.name) for t in TASKS.values() if key in t.inputs)
-            raise NanodiffError(f"{key} is an input of runs whose data.task is {owners}; "
-                                f"this run's is {cfg.data.task!r}")
+            raise NanodiffError(
+                f"{key} is an input of runs whose data.task is {owners}; this run's is {cfg.data.task!r}"
+            )
     return inputs
 
 
@@ -127,8 +179,13 @@ class TextToImage:
         self.controlnet = controlnet
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, weights: str = "ema", device: str = "auto",
-                        controlnet: str | Path | None = None) -> TextToImage:
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        weights: str = "ema",
+        device: str = "auto",
+        controlnet: str | Path | None = None,
+    ) -> TextToImage:
         """A run folder; ``controlnet``: a `nanodiff train-controlnet` folder for its UNet."""
         cfg, denoiser, autoencoder, encoder = load_parts(folder, weights, device)
         if encoder is None:
@@ -152,11 +209,24 @@ class TextToImage:
         return folder
 
     @torch.no_grad()
-    def __call__(self, prompt: str | list[str], n: int = 1, steps: int = 20, guidance: float = 4.0,
-                 negative_prompt: str = "", sampler: str = "dpm++2m", seed: int = 0,
-                 output: str = "pil", progress: bool = False, init_image: torch.Tensor | None = None,
-                 strength: float = 1.0, known: torch.Tensor | None = None,
-                 control: torch.Tensor | None = None, control_scale: float = 1.0, **editing):
+    def __call__(
+        self,
+        prompt: str | list[str],
+        n: int = 1,
+        steps: int = 20,
+        guidance: float = 4.0,
+        negative_prompt: str = "",
+        sampler: str = "dpm++2m",
+        seed: int = 0,
+        output: str = "pil",
+        progress: bool = False,
+        init_image: torch.Tensor | None = None,
+        strength: float = 1.0,
+        known: torch.Tensor | None = None,
+        control: torch.Tensor | None = None,
+        control_scale: float = 1.0,
+        **editing,
+    ):
         """n images per prompt, prompt by prompt; output 'pil' (a list of PIL images) or 'tensor'
         ([N, C, H, W] in [-1, 1]).
 
@@ -180,15 +250,35 @@ class TextToImage:
             if self.controlnet is None:
                 raise NanodiffError("a control image needs a ControlNet (from_pretrained's controlnet)")
             want = image_shape(self.cfg, self.autoencoder)[1:]
-            if control.ndim != 4 or control.shape[1] != 1 or tuple(control.shape[-2:]) != want \
-                    or len(control) not in (1, len(cond)):
-                raise NanodiffError(f"control images must be [1 or {len(cond)}, 1, {want[0]}, {want[1]}], "
-                                    f"got {list(control.shape)}")
+            if (
+                control.ndim != 4
+                or control.shape[1] != 1
+                or tuple(control.shape[-2:]) != want
+                or len(control) not in (1, len(cond))
+            ):
+                raise NanodiffError(
+                    f"control images must be [1 or {len(cond)}, 1, {want[0]}, {want[1]}], "
+                    f"got {list(control.shape)}"
+                )
             wrappers.append(Control(self.controlnet, control, control_scale))
-        images = draw(self.cfg, self.denoiser, len(cond), autoencoder=self.autoencoder, cond=cond,
-                      guidance=guidance, uncond=uncond, sampler=sampler, steps=steps, seed=seed,
-                      progress=progress, init_image=init_image, strength=strength, known=known,
-                      wrappers=wrappers, **editing)
+        images = draw(
+            self.cfg,
+            self.denoiser,
+            len(cond),
+            autoencoder=self.autoencoder,
+            cond=cond,
+            guidance=guidance,
+            uncond=uncond,
+            sampler=sampler,
+            steps=steps,
+            seed=seed,
+            progress=progress,
+            init_image=init_image,
+            strength=strength,
+            known=known,
+            wrappers=wrappers,
+            **editing,
+        )
         if output == "tensor":
             return images
         return [to_pil(img[None], padding=0) for img in images]
@@ -208,31 +298,73 @@ class Cascade:
         self.sr_cfg, self.sr_denoiser = upscaler  # compat
         sr_task = get_task(self.sr_cfg.data.task)
         if not hasattr(sr_task, "low_shape"):  # a task that takes low-resolution images
-            raise NanodiffError("the second stage of a cascade must be an upscaling run (data.task = "
-                                "'upscale')")
+            raise NanodiffError(
+                "the second stage of a cascade must be an upscaling run (data.task = 'upscale')"
+            )
         have, want = image_shape(self.cfg, self.autoencoder), sr_task.low_shape(self.sr_cfg)
         if have != want:
-            raise NanodiffError(f"the base run draws {'x'.join(map(str, have))} images, the upscaler takes "
-                                f"{'x'.join(map(str, want))}")
+            raise NanodiffError(
+                f"the base run draws {'x'.join(map(str, have))} images, the upscaler takes "
+                f"{'x'.join(map(str, want))}"
+            )
 
     @classmethod
-    def from_pretrained(cls, base: str | Path, upscaler: str | Path, weights: str = "ema",  # compat
-                        device: str = "auto") -> Cascade:
+    def from_pretrained(
+        cls,
+        base: str | Path,
+        upscaler: str | Path,
+        weights: str = "ema",  # compat
+        device: str = "auto",
+    ) -> Cascade:
         """A base run's folder and a second stage's (a run that takes low-resolution images)."""
         return cls(load_parts(base, weights, device), load_run(upscaler, weights, device))  # compat
 
     @torch.no_grad()
-    def __call__(self, n: int = 1, prompt: str | list[str] | None = None, negative_prompt: str = "",
-                 class_label: int | None = None, guidance: float | None = None, steps: int = 20,
-                 sr_steps: int = 20, sampler: str = "dpm++2m", aug: float = 0.1, seed: int = 0,
-                 progress: bool = False, return_low: bool = False, consistent: bool = True):
+    def __call__(
+        self,
+        n: int = 1,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str = "",
+        class_label: int | None = None,
+        guidance: float | None = None,
+        steps: int = 20,
+        sr_steps: int = 20,
+        sampler: str = "dpm++2m",
+        aug: float = 0.1,
+        seed: int = 0,
+        progress: bool = False,
+        return_low: bool = False,
+        consistent: bool = True,
+    ):
         """n images [n, C, H, W] in [-1, 1] (and the base's [n, C, h, w] with return_low). A text
         run takes a prompt (or a list of n, one per image; guidance default 4), a class run a
         class_label (guidance default 4; None: the "no class" input), an unconditional run neither."""
-        cond, w, uncond = conditioning(self.cfg, self.encoder, n, prompt, negative_prompt, class_label,
-                                       guidance)
-        low = draw(self.cfg, self.denoiser, n, autoencoder=self.autoencoder, cond=cond, guidance=w,
-                   uncond=uncond, sampler=sampler, steps=steps, seed=seed, progress=progress)
-        high = draw(self.sr_cfg, self.sr_denoiser, n, low_res=low, aug=aug, sampler=sampler,
-                    steps=sr_steps, seed=seed, progress=progress, consistent=consistent)
+        cond, w, uncond = conditioning(
+            self.cfg, self.encoder, n, prompt, negative_prompt, class_label, guidance
+        )
+        low = draw(
+            self.cfg,
+            self.denoiser,
+            n,
+            autoencoder=self.autoencoder,
+            cond=cond,
+            guidance=w,
+            uncond=uncond,
+            sampler=sampler,
+            steps=steps,
+            seed=seed,
+            progress=progress,
+        )
+        high = draw(
+            self.sr_cfg,
+            self.sr_denoiser,
+            n,
+            low_res=low,
+            aug=aug,
+            sampler=sampler,
+            steps=sr_steps,
+            seed=seed,
+            progress=progress,
+            consistent=consistent,
+        )
         return (high, low) if return_low else high

@@ -16,8 +16,12 @@ from nanodiffusion.nets.unet import UNet
 
 def build_denoiser(cfg: Config, net: torch.nn.Module | None = None) -> Denoiser:
     """The config's denoiser around `net` (default: a new UNet from cfg.model)."""
-    return Denoiser(UNet(cfg.model) if net is None else net, cfg.schedule,
-                    cfg.diffusion.parameterization, cfg.diffusion.sigma_data)
+    return Denoiser(
+        UNet(cfg.model) if net is None else net,
+        cfg.schedule,
+        cfg.diffusion.parameterization,
+        cfg.diffusion.sigma_data,
+    )
 
 
 def load_run(run_dir: str | Path, weights: str = "ema", device: str = "auto") -> tuple[Config, Denoiser]:

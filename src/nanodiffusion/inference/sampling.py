@@ -106,22 +106,44 @@ class Edit:
     def check(self, n: int, shape: tuple[int, ...]) -> None:
         init = self.init
         if init.ndim != len(shape) + 1 or tuple(init.shape[1:]) != tuple(shape) or len(init) not in (1, n):
-            raise NanodiffError(f"init images must be [1 or {n}, {', '.join(map(str, shape))}], "
-                                f"got {list(init.shape)}")
+            raise NanodiffError(
+                f"init images must be [1 or {n}, {', '.join(map(str, shape))}], got {list(init.shape)}"
+            )
         if self.known is not None and len(self.known) not in (1, n):
             raise NanodiffError(f"give one mask or one per image ({n}), got {len(self.known)}")
 
-    def __call__(self, sample_fn: Callable, denoiser, noise: torch.Tensor, sigmas: torch.Tensor, cond,
-                 rows: slice, **options) -> torch.Tensor:
+    def __call__(
+        self,
+        sample_fn: Callable,
+        denoiser,
+        noise: torch.Tensor,
+        sigmas: torch.Tensor,
+        cond,
+        rows: slice,
+        **options,
+    ) -> torch.Tensor:
         """One batch of the edit from its standard normal ``noise`` (core.editing.edit)."""
         x0 = take_rows(self.init, rows).to(noise.device)
         known = None if self.known is None else take_rows(self.known, rows).to(noise.device)
-        return editing.edit(sample_fn, denoiser, noise, x0, sigmas, cond, strength=self.strength, known=known,
-                            method=self.method, jump=self.jump, resample=self.resample, **options)
+        return editing.edit(
+            sample_fn,
+            denoiser,
+            noise,
+            x0,
+            sigmas,
+            cond,
+            strength=self.strength,
+            known=known,
+            method=self.method,
+            jump=self.jump,
+            resample=self.resample,
+            **options,
+        )
 
 
-def masked_model(init: torch.Tensor, known: torch.Tensor, n: int, shape: tuple[int, ...],
-                 strength: float = 1.0) -> tuple[ImageCondition, Edit]:
+def masked_model(
+    init: torch.Tensor, known: torch.Tensor, n: int, shape: tuple[int, ...], strength: float = 1.0
+) -> tuple[ImageCondition, Edit]:
     """The editing method "model" for n samples: a network trained on masked images sees
     ``masked_input(init, known)`` beside x (known made one channel: kept where every channel is);
     sampling then pastes the known region."""
@@ -131,11 +153,25 @@ def masked_model(init: torch.Tensor, known: torch.Tensor, n: int, shape: tuple[i
 
 
 @torch.no_grad()
-def sample(denoiser: nn.Module, n: int, shape: tuple[int, ...], sampler: str = "ddim", steps: int = 50,
-           seed: int = 0, cond: torch.Tensor | None = None, wrappers: Sequence[Wrapper] = (),
-           edit: Edit | None = None, *, spacing: str | None = None, batch_size: int = 256, clamp: bool = True,
-           stats: dict | None = None, callback: Callable | None = None, progress: bool = False,
-           **sampler_kwargs) -> torch.Tensor:
+def sample(
+    denoiser: nn.Module,
+    n: int,
+    shape: tuple[int, ...],
+    sampler: str = "ddim",
+    steps: int = 50,
+    seed: int = 0,
+    cond: torch.Tensor | None = None,
+    wrappers: Sequence[Wrapper] = (),
+    edit: Edit | None = None,
+    *,
+    spacing: str | None = None,
+    batch_size: int = 256,
+    clamp: bool = True,
+    stats: dict | None = None,
+    callback: Callable | None = None,
+    progress: bool = False,
+    **sampler_kwargs,
+) -> torch.Tensor:
     """n samples [n, *shape] of `denoiser` wrapped by `wrappers` (innermost first), conditioned
     on ``cond`` ([n, ...] or None), from plain noise or by ``edit``; clamped to [-1, 1] unless
     ``clamp`` is False. ``spacing`` None takes the schedule's default; ``stats``, if a dict,
@@ -180,14 +216,31 @@ def check_draw(n: int, batch_size: int, sampler: str) -> None:
 
 @torch.no_grad()
 def sample_images(
-    denoiser: nn.Module, n: int, shape: tuple[int, ...], sampler: str = "ddim", steps: int = 50,
-    seed: int = 0, class_labels: torch.Tensor | None = None, spacing: str | None = None,
-    batch_size: int = 256, callback: Callable | None = None, progress: bool = False,
-    stats: dict | None = None, guidance: float = 1.0, uncond: torch.Tensor | None = None,
-    clamp: bool = True, init: torch.Tensor | None = None, strength: float = 1.0,
-    known: torch.Tensor | None = None, inpaint: str = "replace", jump: int = 5, resample: int = 5,  # compat
-    image_cond: torch.Tensor | None = None, cond: torch.Tensor | None = None,
-    wrappers: Sequence[Wrapper] = (), **sampler_kwargs,
+    denoiser: nn.Module,
+    n: int,
+    shape: tuple[int, ...],
+    sampler: str = "ddim",
+    steps: int = 50,
+    seed: int = 0,
+    class_labels: torch.Tensor | None = None,
+    spacing: str | None = None,
+    batch_size: int = 256,
+    callback: Callable | None = None,
+    progress: bool = False,
+    stats: dict | None = None,
+    guidance: float = 1.0,
+    uncond: torch.Tensor | None = None,
+    clamp: bool = True,
+    init: torch.Tensor | None = None,
+    strength: float = 1.0,
+    known: torch.Tensor | None = None,
+    inpaint: str = "replace",
+    jump: int = 5,
+    resample: int = 5,  # compat
+    image_cond: torch.Tensor | None = None,
+    cond: torch.Tensor | None = None,
+    wrappers: Sequence[Wrapper] = (),
+    **sampler_kwargs,
 ) -> torch.Tensor:
     """n samples [n, *shape], clamped to the data range [-1, 1] (clamp=False for an
     autoencoder's latents, which are not bounded). Same seed, n and batch_size: the same samples.
@@ -225,11 +278,15 @@ def sample_images(
     if image_cond is not None and (not takes_image or len(image_cond) not in (1, n)):
         raise NanodiffError("an image condition needs a network trained with one, one row or one per sample")
     if masked and (known is None or method != "model"):
-        raise NanodiffError("this run is a mask-conditioned inpainting model: give init images and a "
-                            "mask, with the method 'model'")
+        raise NanodiffError(
+            "this run is a mask-conditioned inpainting model: give init images and a "
+            "mask, with the method 'model'"
+        )
     if method == "model" and known is not None and not masked:
-        raise NanodiffError("the method 'model' needs a run trained for inpainting (data.task = "
-                            "'inpaint'); any run can use 'replace' or 'repaint'")
+        raise NanodiffError(
+            "the method 'model' needs a run trained for inpainting (data.task = "
+            "'inpaint'); any run can use 'replace' or 'repaint'"
+        )
     if guidance != 1 and cond is None:
         raise NanodiffError("guidance needs class labels to guide towards")
     inner = [] if image_cond is None else [ImageCondition(image_cond)]
@@ -237,9 +294,24 @@ def sample_images(
         image, plan = masked_model(init, known, n, shape, strength)
         inner = [image]
     outer = [] if guidance == 1 else [Guidance.of(denoiser, guidance, uncond)]
-    return sample(denoiser, n, shape, sampler, steps, seed, cond, [*inner, *wrappers, *outer], plan,
-                  spacing=spacing, batch_size=batch_size, clamp=clamp, stats=stats, callback=callback,
-                  progress=progress, **sampler_kwargs)
+    return sample(
+        denoiser,
+        n,
+        shape,
+        sampler,
+        steps,
+        seed,
+        cond,
+        [*inner, *wrappers, *outer],
+        plan,
+        spacing=spacing,
+        batch_size=batch_size,
+        clamp=clamp,
+        stats=stats,
+        callback=callback,
+        progress=progress,
+        **sampler_kwargs,
+    )
 
 
 def _net_cfg(denoiser):

@@ -75,8 +75,9 @@ def check_folder(folder: Path) -> None:
             hint = ""
             if name.endswith(".safetensors") and any((folder / name).parent.glob("*.bin")):
                 hint = " (only .bin weights are there: nanodiffusion loads safetensors only)"
-            raise NanodiffError(f"{folder} is not a diffusers Stable Diffusion folder: {name} ({what}) "
-                                f"is missing{hint}")
+            raise NanodiffError(
+                f"{folder} is not a diffusers Stable Diffusion folder: {name} ({what}) is missing{hint}"
+            )
 
 
 def resolve(path: str | Path) -> Path:
@@ -89,13 +90,20 @@ def resolve(path: str | Path) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        patterns = ["model_index.json", "*/*.json", "*/*.txt", "*/model.safetensors",
-                    "*/diffusion_pytorch_model.safetensors"]
+        patterns = [
+            "model_index.json",
+            "*/*.json",
+            "*/*.txt",
+            "*/model.safetensors",
+            "*/diffusion_pytorch_model.safetensors",
+        ]
         return Path(snapshot_download(str(path), allow_patterns=patterns))
     except Exception as e:  # offline, unknown id, gated model: one line, the cause kept
-        raise NanodiffError(f"cannot download {path!r} from the Hugging Face hub ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}); download it where the network "
-                            "allows and pass the folder") from e
+        raise NanodiffError(
+            f"cannot download {path!r} from the Hugging Face hub ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); download it where the network "
+            "allows and pass the folder"
+        ) from e
 
 
 def _to(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
@@ -133,9 +141,16 @@ class StableDiffusion:
     hub id where the network allows), ``from_diffusers`` an in-memory ``StableDiffusionPipeline``.
     """
 
-    def __init__(self, unet: nn.Module, vae: nn.Module, tokenizer, text_model: nn.Module,
-                 scheduler_config: dict, device: str | torch.device = "cpu",
-                 dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        unet: nn.Module,
+        vae: nn.Module,
+        tokenizer,
+        text_model: nn.Module,
+        scheduler_config: dict,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ):
         from nanodiffusion.data.text import TextEncoder
         from nanodiffusion.inference.diffusers_models import schedule_from_diffusers
         from nanodiffusion.io.device import pick_device
@@ -149,8 +164,13 @@ class StableDiffusion:
         self.unet = _to(unet, device, dtype)
         self.vae = _to(vae, device, dtype)
         self.denoiser = Denoiser(ConditionalUNet(self.unet), schedule, parameterization).to(device)
-        self.encoder = TextEncoder(tokenizer, _to(text_model, device, dtype), int(tokenizer.model_max_length),
-                                   "CLIP", keep_padding=True)
+        self.encoder = TextEncoder(
+            tokenizer,
+            _to(text_model, device, dtype),
+            int(tokenizer.model_max_length),
+            "CLIP",
+            keep_padding=True,
+        )
         self.scaling_factor = float(vae.config.scaling_factor)
         self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         # the UNet halves the latent once per down block but the last
@@ -160,8 +180,9 @@ class StableDiffusion:
 
     # --- loading ------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "auto",
-                        dtype: str | None = None) -> StableDiffusion:
+    def from_pretrained(
+        cls, path: str | Path, device: str = "auto", dtype: str | None = None
+    ) -> StableDiffusion:
         """A diffusers Stable Diffusion 1.x / 2.x folder (safetensors), or a hub id where the
         network allows it. dtype: fp16 | bf16 | fp32 (default fp16 on a GPU, fp32 on the CPU)."""
         diffusers, transformers = _require()
@@ -172,11 +193,15 @@ class StableDiffusion:
         index = json.loads((folder / "model_index.json").read_text())
         unet_class = json.loads((folder / "unet" / "config.json").read_text()).get("_class_name")
         if unet_class != "UNet2DConditionModel":
-            raise NanodiffError(f"{folder / 'unet' / 'config.json'} describes {unet_class!r}; a Stable "
-                                "Diffusion 1.x / 2.x folder has a UNet2DConditionModel")
+            raise NanodiffError(
+                f"{folder / 'unet' / 'config.json'} describes {unet_class!r}; a Stable "
+                "Diffusion 1.x / 2.x folder has a UNet2DConditionModel"
+            )
         if "text_encoder_2" in index:
-            raise NanodiffError(f"{folder} is a two-text-encoder (SDXL-class) pipeline; nanodiffusion loads "
-                                "Stable Diffusion 1.x and 2.x")
+            raise NanodiffError(
+                f"{folder} is a two-text-encoder (SDXL-class) pipeline; nanodiffusion loads "
+                "Stable Diffusion 1.x and 2.x"
+            )
         low_mem = importlib.util.find_spec("accelerate") is not None
         kw = dict(local_files_only=True, use_safetensors=True)
         try:
@@ -185,20 +210,20 @@ class StableDiffusion:
             vae = diffusers.AutoencoderKL.from_pretrained(folder / "vae", **kw)
             del kw["low_cpu_mem_usage"]
             text_model = transformers.CLIPTextModel.from_pretrained(folder / "text_encoder", **kw)
-            tokenizer = transformers.CLIPTokenizer.from_pretrained(folder / "tokenizer",
-                                                                   local_files_only=True)
+            tokenizer = transformers.CLIPTokenizer.from_pretrained(
+                folder / "tokenizer", local_files_only=True
+            )
         except (OSError, ValueError) as e:
             raise NanodiffError(f"cannot load {folder}: {str(e).splitlines()[0]}") from e
         scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-        return cls(unet, vae, tokenizer, text_model, scheduler, device,
-                   DTYPES[dtype] if dtype else None)
+        return cls(unet, vae, tokenizer, text_model, scheduler, device, DTYPES[dtype] if dtype else None)
 
     @classmethod
-    def from_diffusers(cls, pipe, device: str = "auto",
-                       dtype: torch.dtype | None = None) -> StableDiffusion:
+    def from_diffusers(cls, pipe, device: str = "auto", dtype: torch.dtype | None = None) -> StableDiffusion:
         """The networks of an in-memory diffusers StableDiffusionPipeline (shared, not copied)."""
-        return cls(pipe.unet, pipe.vae, pipe.tokenizer, pipe.text_encoder, dict(pipe.scheduler.config),
-                   device, dtype)
+        return cls(
+            pipe.unet, pipe.vae, pipe.tokenizer, pipe.text_encoder, dict(pipe.scheduler.config), device, dtype
+        )
 
     # --- the parts ----------------------------------------------------------------------------
     def encode_prompt(self, prompts: list[str] | str) -> torch.Tensor:
@@ -222,17 +247,33 @@ class StableDiffusion:
         f = self.vae_factor * self.unet_factor
         for name, v in (("height", height), ("width", width)):
             if v < f or v % f:
-                raise NanodiffError(f"{name} {v} does not fit this checkpoint: image sides must be multiples "
-                                    f"of {f} (the autoencoder's factor {self.vae_factor} x the UNet's "
-                                    f"{self.unet_factor})")
+                raise NanodiffError(
+                    f"{name} {v} does not fit this checkpoint: image sides must be multiples "
+                    f"of {f} (the autoencoder's factor {self.vae_factor} x the UNet's "
+                    f"{self.unet_factor})"
+                )
 
     # --- sampling -----------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, prompt: str | list[str], negative_prompt: str = "", n: int = 1, steps: int = 20,
-                 guidance: float = 7.5, sampler: str = "dpm++2m", spacing: str | None = None, seed: int = 0,
-                 size: int | tuple[int, int] | None = None, init_image: Any = None, strength: float = 1.0,
-                 latents: torch.Tensor | None = None, output: str = "pil", progress: bool = False,
-                 callback: Callable | None = None, **sampler_kwargs):
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str = "",
+        n: int = 1,
+        steps: int = 20,
+        guidance: float = 7.5,
+        sampler: str = "dpm++2m",
+        spacing: str | None = None,
+        seed: int = 0,
+        size: int | tuple[int, int] | None = None,
+        init_image: Any = None,
+        strength: float = 1.0,
+        latents: torch.Tensor | None = None,
+        output: str = "pil",
+        progress: bool = False,
+        callback: Callable | None = None,
+        **sampler_kwargs,
+    ):
         """n images per prompt.
 
         The generator seeded with `seed` draws the initial noise [B, 4, h, w] first (unless
@@ -272,8 +313,16 @@ class StableDiffusion:
         model = self.denoiser
         if guidance != 1:
             model = ClassifierFreeGuidance(model, guidance, self.encode_prompt([negative_prompt])[0])
-        x = info.fn(model, x, sigmas, cond.to(self.device), generator=generator, callback=callback,
-                    progress=progress, **sampler_kwargs)
+        x = info.fn(
+            model,
+            x,
+            sigmas,
+            cond.to(self.device),
+            generator=generator,
+            callback=callback,
+            progress=progress,
+            **sampler_kwargs,
+        )
         if output == "latent":
             return x.cpu()
         images = self.decode(x)
@@ -290,8 +339,10 @@ class StableDiffusion:
         if image.ndim == 3:
             image = image[None]
         if tuple(image.shape[-2:]) != (height, width):
-            raise NanodiffError(f"the init image is {image.shape[-1]}x{image.shape[-2]}; this call makes "
-                                f"{width}x{height} images (pass size=, or resize the image)")
+            raise NanodiffError(
+                f"the init image is {image.shape[-1]}x{image.shape[-2]}; this call makes "
+                f"{width}x{height} images (pass size=, or resize the image)"
+            )
         z = self.encode_image(image)
         if len(z) not in (1, batch):
             raise NanodiffError(f"give one init image or one per output image ({batch}), got {len(z)}")

@@ -73,10 +73,14 @@ def load_weights(module: nn.Module, path: Path) -> None:
     missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     shapes = [k for k in own if k in tensors and own[k].shape != tensors[k].shape]
     if missing or unexpected or shapes:
-        detail = (f"missing {missing[:3]}" if missing else
-                  f"unexpected {unexpected[:3]}" if unexpected else
-                  f"shape of {shapes[0]} is {tuple(tensors[shapes[0]].shape)} in the file, "
-                  f"{tuple(own[shapes[0]].shape)} in the config")
+        detail = (
+            f"missing {missing[:3]}"
+            if missing
+            else f"unexpected {unexpected[:3]}"
+            if unexpected
+            else f"shape of {shapes[0]} is {tuple(tensors[shapes[0]].shape)} in the file, "
+            f"{tuple(own[shapes[0]].shape)} in the config"
+        )
         raise NanodiffError(f"config.json does not match the weights in {path}: {detail}")
     module.load_state_dict(tensors)
 
@@ -102,8 +106,10 @@ def save_autoencoder(ae: Autoencoder, folder, step: int = 0) -> None:
 def load_autoencoder(folder, device: str | torch.device = "cpu") -> Autoencoder:
     folder = Path(folder)
     if not (folder / AE_CONFIG).is_file():
-        raise NanodiffError(f"no autoencoder in {folder} (no {AE_CONFIG}); data.autoencoder "
-                            "must name a trained autoencoder's folder")
+        raise NanodiffError(
+            f"no autoencoder in {folder} (no {AE_CONFIG}); data.autoencoder "
+            "must name a trained autoencoder's folder"
+        )
     ae = Autoencoder(AutoencoderConfig(**json.loads((folder / AE_CONFIG).read_text())))
     load_weights(ae, folder / AE_WEIGHTS)
     return ae.to(device).eval()

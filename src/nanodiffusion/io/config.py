@@ -171,14 +171,22 @@ def _check_type(key: str, value: Any, default: Any) -> None:
     if isinstance(default, list) and ok:
         ok = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     if not ok:
-        raise NanodiffError(f"config value {key} = {value!r} should be of type "
-                            f"{'list of int' if expected is list else expected.__name__}")
+        raise NanodiffError(
+            f"config value {key} = {value!r} should be of type "
+            f"{'list of int' if expected is list else expected.__name__}"
+        )
 
 
 def _model(channels, mults, attn, size, blocks=2, dropout=0.1, in_channels=1) -> UNetConfig:
-    return UNetConfig(in_channels=in_channels, channels=channels, channel_mults=mults,
-                      blocks_per_level=blocks, attn_resolutions=attn, dropout=dropout,
-                      image_size=size)
+    return UNetConfig(
+        in_channels=in_channels,
+        channels=channels,
+        channel_mults=mults,
+        blocks_per_level=blocks,
+        attn_resolutions=attn,
+        dropout=dropout,
+        image_size=size,
+    )
 
 
 # --- presets: tuned for the budget a user has, minutes on a 2-core CPU ----------------------------
@@ -227,8 +235,7 @@ def _mnist_like(name: str) -> Config:
         diffusion=DiffusionConfig(parameterization="edm"),
         loss=LossConfig(sigma_sampling="lognormal", weighting="edm"),
         optim=OptimConfig(lr=2e-3, batch_size=64, warmup_steps=50),
-        run=RunConfig(steps=1000, sample_every=500, checkpoint_every=500, sampler="dpm++2m",
-                      sample_steps=20),
+        run=RunConfig(steps=1000, sample_every=500, checkpoint_every=500, sampler="dpm++2m", sample_steps=20),
     )
 
 
@@ -246,15 +253,28 @@ def _text() -> Config:
     are scaled to unit variance (and the lognormal sigma density moved up with it: ln 0.6 where
     EDM's images, sigma_data 0.5, use ln 0.3)."""
     return Config(
-        data=DataConfig(name="shapes", image_size=32, text_encoder="minilm", autoencoder="train",
-                        autoencoder_steps=1500, autoencoder_channels=16),
+        data=DataConfig(
+            name="shapes",
+            image_size=32,
+            text_encoder="minilm",
+            autoencoder="train",
+            autoencoder_steps=1500,
+            autoencoder_channels=16,
+        ),
         model=_model(32, [1, 2], [8, 4], 8, dropout=0.0, in_channels=4),
         schedule=Schedule(kind="edm"),
         diffusion=DiffusionConfig(parameterization="edm", sigma_data=1.0),
         loss=LossConfig(sigma_sampling="lognormal", weighting="edm", p_mean=-0.5),
         optim=OptimConfig(lr=1e-3, batch_size=64, warmup_steps=100),
-        run=RunConfig(steps=3000, sample_every=500, checkpoint_every=500, sampler="dpm++2m",
-                      sample_steps=20, sample_n=16, sample_guidance=3.0),
+        run=RunConfig(
+            steps=3000,
+            sample_every=500,
+            checkpoint_every=500,
+            sampler="dpm++2m",
+            sample_steps=20,
+            sample_n=16,
+            sample_guidance=3.0,
+        ),
     )
 
 

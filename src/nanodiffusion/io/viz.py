@@ -77,9 +77,7 @@ def _imshow(ax, pixels: np.ndarray) -> None:
         ax.imshow(pixels, interpolation="nearest")
 
 
-def to_pil(
-    images: torch.Tensor, nrow: int | None = None, padding: int = 1, scale: int = 1
-) -> Image.Image:
+def to_pil(images: torch.Tensor, nrow: int | None = None, padding: int = 1, scale: int = 1) -> Image.Image:
     """Tile a batch into one image, ``nrow`` tiles per row (default ceil(sqrt(N))).
 
     The grid is (rows * (H + padding) + padding) * scale pixels high, likewise wide, enlarged
@@ -89,9 +87,7 @@ def to_pil(
     n = images.shape[0]
     nrow = math.ceil(math.sqrt(n)) if nrow is None else nrow
     if nrow < 1 or padding < 0 or scale < 1:
-        raise NanodiffError(
-            f"need nrow >= 1, padding >= 0, scale >= 1; got {nrow}, {padding}, {scale}"
-        )
+        raise NanodiffError(f"need nrow >= 1, padding >= 0, scale >= 1; got {nrow}, {padding}, {scale}")
     grid = _grid(images, min(nrow, n), padding)
     image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
@@ -118,9 +114,7 @@ def save_images(images: torch.Tensor, folder: str | Path, prefix: str = "sample"
     return paths
 
 
-def _strip_levels(
-    schedule: Schedule, steps: Sequence[int] | None
-) -> tuple[torch.Tensor, list[str]]:
+def _strip_levels(schedule: Schedule, steps: Sequence[int] | None) -> tuple[torch.Tensor, list[str]]:
     """alpha_bar [K] (float64) at the chosen steps, and a panel title for each."""
     T = schedule.T
     steps = sorted({round(i * T / 10) for i in range(10)} | {T - 1}) if steps is None else steps
@@ -165,8 +159,11 @@ def _forward(x0: torch.Tensor, alpha_bar: torch.Tensor, seed: int) -> torch.Tens
 
 
 def save_forward_strip(
-    x0: torch.Tensor, schedule: Schedule, path: str | Path,
-    steps: Sequence[int] | None = None, seed: int = 0,
+    x0: torch.Tensor,
+    schedule: Schedule,
+    path: str | Path,
+    steps: Sequence[int] | None = None,
+    seed: int = 0,
 ) -> Path:
     """Save the forward process as a figure: one row per image in x0, columns titled by level."""
     x0 = _as_batch(x0)
@@ -200,8 +197,11 @@ def plot_schedules(schedules: dict[str, Schedule], path: str | Path) -> Path:
         # logit clamps alpha_bar into [eps, 1 - eps], so 0 and 1 plot as finite values
         ax_snr.plot(u, torch.logit(alpha_bar, eps=1e-12), label=name)
     ax_ab.set(xlabel="u = t / (T - 1)", ylabel="alpha_bar", title="signal kept: alpha_bar")
-    ax_snr.set(xlabel="u = t / (T - 1)", ylabel="log SNR = log(alpha_bar / (1 - alpha_bar))",
-               title="log signal-to-noise ratio")
+    ax_snr.set(
+        xlabel="u = t / (T - 1)",
+        ylabel="log SNR = log(alpha_bar / (1 - alpha_bar))",
+        title="log signal-to-noise ratio",
+    )
     for ax in (ax_ab, ax_snr):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -209,8 +209,12 @@ def plot_schedules(schedules: dict[str, Schedule], path: str | Path) -> Path:
 
 
 def save_gif(
-    frames: list[torch.Tensor], path: str | Path, duration_ms: int = 80,
-    nrow: int | None = None, scale: int | None = None, hold_last_ms: int = 1000,
+    frames: list[torch.Tensor],
+    path: str | Path,
+    duration_ms: int = 80,
+    nrow: int | None = None,
+    scale: int | None = None,
+    hold_last_ms: int = 1000,
 ) -> Path:
     """Animate a list of batches (each tiled like ``to_pil``) as a looping GIF; hold the last."""
     if not frames:
@@ -268,9 +272,7 @@ def plot_loss(metrics: list[dict] | str | Path, path: str | Path) -> Path:
     return _save_figure(fig, path)
 
 
-def plot_rows(
-    rows: list[torch.Tensor], labels: list[str], path: str | Path, padding: int = 1
-) -> Path:
+def plot_rows(rows: list[torch.Tensor], labels: list[str], path: str | Path, padding: int = 1) -> Path:
     """One labelled row per batch (e.g. one per guidance scale or sampler), in one figure.
 
     All rows need the same C, H, W; shorter rows are filled out with blank tiles.
@@ -286,8 +288,9 @@ def plot_rows(
     batch = torch.cat([torch.cat([r, r.new_ones(width - len(r), *r.shape[1:])]) for r in rows])
     grid = _grid(batch, width, padding)
     scale = _auto_scale(batch)
-    fig = Figure(figsize=(grid.shape[1] * scale / 100 + 1.5, grid.shape[0] * scale / 100 + 0.2),
-                 layout="constrained")
+    fig = Figure(
+        figsize=(grid.shape[1] * scale / 100 + 1.5, grid.shape[0] * scale / 100 + 0.2), layout="constrained"
+    )
     ax = fig.subplots()
     _imshow(ax, grid)
     h = batch.shape[-2]

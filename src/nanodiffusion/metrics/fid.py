@@ -66,8 +66,9 @@ class InceptionFeatures(nn.Module):
         spec = importlib.util.find_spec(INCEPTION_PACKAGE)
         path = None if spec is None else Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
         if path is None or not path.is_file():
-            raise NanodiffError(f"the Inception FID weights are not installed; {INSTALL_HINT} "
-                                "(or use features='classifier')")
+            raise NanodiffError(
+                f"the Inception FID weights are not installed; {INSTALL_HINT} (or use features='classifier')"
+            )
         self.net = torch.jit.load(str(path), map_location="cpu").eval()
 
     @torch.no_grad()
@@ -87,11 +88,18 @@ class SmallClassifier(nn.Module):
         super().__init__()
 
         def block(cin, cout):
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
-                                 nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU())
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.GroupNorm(8, cout),
+                nn.SiLU(),
+                nn.Conv2d(cout, cout, 3, padding=1),
+                nn.GroupNorm(8, cout),
+                nn.SiLU(),
+            )
 
-        self.body = nn.Sequential(block(channels, 16), nn.AvgPool2d(2), block(16, 32), nn.AvgPool2d(2),
-                                  block(32, 64))
+        self.body = nn.Sequential(
+            block(channels, 16), nn.AvgPool2d(2), block(16, 32), nn.AvgPool2d(2), block(32, 64)
+        )
         self.head = nn.Linear(64, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,8 +109,9 @@ class SmallClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-def labelled_train_split(dataset: str, image_size: int | None = None,
-                         channels: int | None = None) -> ImageData:
+def labelled_train_split(
+    dataset: str, image_size: int | None = None, channels: int | None = None
+) -> ImageData:
     """The training split the classifier features learn from (it must have labels)."""
     train = load_data(dataset, "train", image_size=image_size, channels=channels)
     if train.labels is None:
@@ -137,23 +146,35 @@ class ClassifierFeatures(nn.Module):
         return (self.net(classifier_input(images)).argmax(1) == labels).double().mean().item()
 
 
-def cached_classifier_features(dataset: str, image_size: int | None = None, channels: int | None = None,
-                               cache_dir: str | Path | None = None, steps: int = 400) -> ClassifierFeatures:
+def cached_classifier_features(
+    dataset: str,
+    image_size: int | None = None,
+    channels: int | None = None,
+    cache_dir: str | Path | None = None,
+    steps: int = 400,
+) -> ClassifierFeatures:
     """The classifier features from the cache (training.classifier.classifier_features trains them)."""
     from safetensors.torch import load_file
 
     train = labelled_train_split(dataset, image_size, channels)
     path = classifier_path(dataset, train, steps, cache_dir)
     if not path.is_file():
-        raise NanodiffError(f"no feature classifier for {dataset} in {path}; "
-                            "nanodiffusion.training.classifier.classifier_features trains and caches it")
+        raise NanodiffError(
+            f"no feature classifier for {dataset} in {path}; "
+            "nanodiffusion.training.classifier.classifier_features trains and caches it"
+        )
     net = SmallClassifier(train.images.shape[1], train.num_classes)
     net.load_state_dict(load_file(path))
     return ClassifierFeatures(net, dataset, train)
 
 
-def feature_net(features: str, dataset: str | None = None, image_size: int | None = None,
-                channels: int | None = None, cache_dir: str | Path | None = None) -> nn.Module:
+def feature_net(
+    features: str,
+    dataset: str | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+    cache_dir: str | Path | None = None,
+) -> nn.Module:
     """The Inception net, or the cached classifier features of `dataset`."""
     if features == "inception":
         return InceptionFeatures()
@@ -165,13 +186,19 @@ def feature_net(features: str, dataset: str | None = None, image_size: int | Non
 
 
 @torch.no_grad()
-def extract(net: nn.Module, images: torch.Tensor, batch_size: int = 50, device: str | torch.device = "cpu",
-            progress: bool = True, desc: str = "features") -> torch.Tensor:
+def extract(
+    net: nn.Module,
+    images: torch.Tensor,
+    batch_size: int = 50,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    desc: str = "features",
+) -> torch.Tensor:
     """Features [N, D] (float64, on the CPU) of images [N, C, H, W] in [-1, 1], in batches."""
     net = net.to(device)
     out = []
     for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc=desc, leave=False):
-        out.append(net(images[start:start + batch_size].to(device)).cpu())
+        out.append(net(images[start : start + batch_size].to(device)).cpu())
     return torch.cat(out)
 
 
@@ -202,8 +229,9 @@ def fid(real: torch.Tensor, fake: torch.Tensor) -> float:
     return frechet_distance(*_stats(real), *_stats(fake))
 
 
-def kid(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, subset_size: int = 1000,
-        seed: int = 0) -> tuple[float, float]:
+def kid(
+    real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """Kernel Inception Distance: mean and std of the unbiased MMD^2 over random subsets of
     size min(subset_size, N // 2) (at most half the samples, so the subsets differ)."""
     m = min(subset_size, len(real) // 2, len(fake) // 2)
@@ -227,16 +255,17 @@ def _knn_radii(f: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
     """Distance from each point to its k-th nearest other point."""
     radii = []
     for start in range(0, len(f), chunk):
-        dist = torch.cdist(f[start:start + chunk], f)
+        dist = torch.cdist(f[start : start + chunk], f)
         radii.append(dist.kthvalue(k + 1, dim=1).values)  # k + 1: the point itself is at 0
     return torch.cat(radii)
 
 
-def _inside_any_ball(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
-                     chunk: int = 1024) -> torch.Tensor:
+def _inside_any_ball(
+    points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int = 1024
+) -> torch.Tensor:
     inside = []
     for start in range(0, len(points), chunk):
-        dist = torch.cdist(points[start:start + chunk], centres)
+        dist = torch.cdist(points[start : start + chunk], centres)
         inside.append((dist <= radii[None, :]).any(dim=1))
     return torch.cat(inside)
 
@@ -254,14 +283,27 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
 def all_metrics(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict:
     kid_mean, kid_std = kid(real, fake)
     precision, recall = precision_recall(real, fake, k)
-    return {"fid": fid(real, fake), "kid_mean": kid_mean, "kid_std": kid_std,
-            "precision": precision, "recall": recall}
+    return {
+        "fid": fid(real, fake),
+        "kid_mean": kid_mean,
+        "kid_std": kid_std,
+        "precision": precision,
+        "recall": recall,
+    }
 
 
 # --- real-image features, cached --------------------------------------------------------------
-def real_features(dataset: str, split: str, n: int, net: nn.Module, image_size: int | None = None,
-                  channels: int | None = None, cache_dir: str | Path | None = None,
-                  device: str | torch.device = "cpu", progress: bool = True) -> torch.Tensor:
+def real_features(
+    dataset: str,
+    split: str,
+    n: int,
+    net: nn.Module,
+    image_size: int | None = None,
+    channels: int | None = None,
+    cache_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> torch.Tensor:
     """Features of the first n images of a split, computed once and cached per
     (dataset, split, n, image size, feature net)."""
     from safetensors.torch import load_file, save_file
@@ -282,10 +324,16 @@ def real_features(dataset: str, split: str, n: int, net: nn.Module, image_size: 
     return features
 
 
-def evaluate_images(images: torch.Tensor, dataset: str = "fashion-mnist",
-                    features: str | nn.Module = "inception", n_ref: int | None = None,
-                    device: str = "auto", progress: bool = True, cache_dir: str | Path | None = None,
-                    k: int = 3) -> dict:
+def evaluate_images(
+    images: torch.Tensor,
+    dataset: str = "fashion-mnist",
+    features: str | nn.Module = "inception",
+    n_ref: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+    k: int = 3,
+) -> dict:
     """FID, KID, precision/recall of generated images [N, C, H, W] in [-1, 1] against the first
     n_ref (default N) test images, with the real-vs-real floor (train[:N] vs test[:n_ref]).
     features: "inception", "classifier" (cached; training.classifier.evaluate_images trains it
@@ -298,24 +346,36 @@ def evaluate_images(images: torch.Tensor, dataset: str = "fashion-mnist",
     n = len(images)
     n_ref = n_ref or n
     size, channels = images.shape[2], images.shape[1]
-    net = features if isinstance(features, nn.Module) else feature_net(features, dataset, size, channels,
-                                                                          cache_dir)
+    net = (
+        features
+        if isinstance(features, nn.Module)
+        else feature_net(features, dataset, size, channels, cache_dir)
+    )
     real = real_features(dataset, "test", n_ref, net, size, channels, cache_dir, dev, progress)
     train = real_features(dataset, "train", n, net, size, channels, cache_dir, dev, progress)
     fake = extract(net, images, device=dev, progress=progress, desc="sample features")
-    result = {"n": n, "n_ref": n_ref, "dataset": dataset, "features": net.name, "resize": net.resize,
-              "k": k, **all_metrics(real, fake, k), "floor_fid": fid(real, train)}
+    result = {
+        "n": n,
+        "n_ref": n_ref,
+        "dataset": dataset,
+        "features": net.name,
+        "resize": net.resize,
+        "k": k,
+        **all_metrics(real, fake, k),
+        "floor_fid": fid(real, train),
+    }
     return result
 
 
 def format_table(result: dict) -> str:
     """The printed summary: every number with its N, features and resize."""
-    return "\n".join([
-        f"FID        {result['fid']:9.2f}   (real-vs-real floor at this N: {result['floor_fid']:.2f})",
-        f"KID        {result['kid_mean']:9.5f} +- {result['kid_std']:.5f}",
-        f"precision  {result['precision']:9.3f}   recall {result['recall']:.3f}   (k = {result['k']})",
-        f"N          {result['n']} generated vs {result['n_ref']} {result['dataset']} test images",
-        f"features   {result['features']}",
-        f"resize     {result['resize']}",
-    ])
-
+    return "\n".join(
+        [
+            f"FID        {result['fid']:9.2f}   (real-vs-real floor at this N: {result['floor_fid']:.2f})",
+            f"KID        {result['kid_mean']:9.5f} +- {result['kid_std']:.5f}",
+            f"precision  {result['precision']:9.3f}   recall {result['recall']:.3f}   (k = {result['k']})",
+            f"N          {result['n']} generated vs {result['n_ref']} {result['dataset']} test images",
+            f"features   {result['features']}",
+            f"resize     {result['resize']}",
+        ]
+    )

@@ -21,7 +21,7 @@ def psnr(images: torch.Tensor, reference: torch.Tensor, pooled: bool = False) ->
 
 def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-x**2 / (2 * sigma**2))
+    g = torch.exp(-(x**2) / (2 * sigma**2))
     return g / g.sum()
 
 
@@ -30,8 +30,10 @@ def ssim(images: torch.Tensor, reference: torch.Tensor, window: int = 11, sigma:
     local means, variances and covariance under a Gaussian window (valid positions only), the
     SSIM map averaged over positions and channels."""
     if images.shape != reference.shape or images.ndim != 4:
-        raise NanodiffError(f"SSIM compares [B, C, H, W] images of one shape, got {list(images.shape)} "
-                            f"and {list(reference.shape)}")
+        raise NanodiffError(
+            f"SSIM compares [B, C, H, W] images of one shape, got {list(images.shape)} "
+            f"and {list(reference.shape)}"
+        )
     if min(images.shape[-2:]) < window:
         raise NanodiffError(f"SSIM's window is {window} pixels; the images are {list(images.shape[-2:])}")
     x, y = (images.double() + 1) / 2, (reference.double() + 1) / 2
@@ -84,6 +86,7 @@ def edge_f1(images_edges: torch.Tensor, control_edges: torch.Tensor, tolerance: 
     """F1 [B] of an image's edge pixels against a control's ([B, 1, H, W] of 0/1), each edge pixel
     counted as matched when the other map has an edge within `tolerance` pixels (8-neighbour
     steps): precision over the image's edges, recall over the control's."""
+
     def near(e):
         return F.max_pool2d(e.float(), 2 * tolerance + 1, stride=1, padding=tolerance) > 0
 

@@ -110,8 +110,15 @@ def measure(p: Problem, name: str, budget: int, seed: int) -> dict:
     info = SAMPLERS[name]
     steps = info.steps_for_nfe(budget)
     out, nfe = run_sampler(p.mixture, name, p.noise, steps, seed)
-    row = {"budget": budget, "steps": steps, "nfe": nfe, "expected_nfe": info.nfe(steps),
-           "sw": sliced_wasserstein(out, p.truth, N_PROJ), "ode": None, "flips": None}
+    row = {
+        "budget": budget,
+        "steps": steps,
+        "nfe": nfe,
+        "expected_nfe": info.nfe(steps),
+        "sw": sliced_wasserstein(out, p.truth, N_PROJ),
+        "ode": None,
+        "flips": None,
+    }
     if not info.stochastic:
         row["ode"], row["flips"] = rms(out, p.reference), mode_flips(p.mixture, out, p.reference)
     return row
@@ -127,8 +134,10 @@ def _nfe_note(rows: list[dict]) -> str:
 
 def table(p: Problem, budgets, metric: str, fmt: str) -> list[str]:
     """Markdown rows: samplers down, NFE budgets across, the measured NFE last."""
-    lines = ["| sampler | " + " | ".join(f"NFE {b}" for b in budgets) + " | NFE used |",
-             "|---" * (len(budgets) + 2) + "|"]
+    lines = [
+        "| sampler | " + " | ".join(f"NFE {b}" for b in budgets) + " | NFE used |",
+        "|---" * (len(budgets) + 2) + "|",
+    ]
     for name, rows in p.rows.items():
         if rows[0][metric] is None:
             continue
@@ -138,26 +147,40 @@ def table(p: Problem, budgets, metric: str, fmt: str) -> list[str]:
         for label, (nfe, value) in p.long_rows.items():
             lines.append(f"| *{label}* | " + " | ".join([f"*{value:{fmt}}*"] * len(budgets)) + f" | {nfe} |")
         mean, std = p.floor
-        lines.append("| *noise floor (true vs true)* | "
-                     + " | ".join([f"*{mean:{fmt}}*"] * len(budgets)) + f" | ± {std:{fmt}} (std) |")
+        lines.append(
+            "| *noise floor (true vs true)* | "
+            + " | ".join([f"*{mean:{fmt}}*"] * len(budgets))
+            + f" | ± {std:{fmt}} (std) |"
+        )
     return lines
 
 
 def problem_section(p: Problem, budgets) -> list[str]:
     n, d = p.truth.shape
-    flips = [f"| {name} | " + " | ".join(f"{100 * r['flips']:.2f}" for r in rows) + " |"
-             for name, rows in p.rows.items() if rows[0]["flips"] is not None]
+    flips = [
+        f"| {name} | " + " | ".join(f"{100 * r['flips']:.2f}" for r in rows) + " |"
+        for name, rows in p.rows.items()
+        if rows[0]["flips"] is not None
+    ]
     return [
-        f"### {p.name}; n = {n}", "",
+        f"### {p.name}; n = {n}",
+        "",
         f"ODE error: RMS per coordinate of the final samples against Heun at {p.ref_steps} Karras "
         f"steps from the same noise (that reference is {p.ref_check:.1e} from its own "
-        f"{p.ref_steps // 2}-step solution).", "",
-        *table(p, budgets, "ode", ".2e"), "",
-        "Samples (%) ending in a different mixture component than the reference:", "",
-        "| sampler | " + " | ".join(f"NFE {b}" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|",
-        *flips, "",
-        f"Sliced W2 ({N_PROJ} directions) to {n} fresh true samples:", "",
-        *table(p, budgets, "sw", ".4f"), "",
+        f"{p.ref_steps // 2}-step solution).",
+        "",
+        *table(p, budgets, "ode", ".2e"),
+        "",
+        "Samples (%) ending in a different mixture component than the reference:",
+        "",
+        "| sampler | " + " | ".join(f"NFE {b}" for b in budgets) + " |",
+        "|---" * (len(budgets) + 1) + "|",
+        *flips,
+        "",
+        f"Sliced W2 ({N_PROJ} directions) to {n} fresh true samples:",
+        "",
+        *table(p, budgets, "sw", ".4f"),
+        "",
     ]
 
 
@@ -173,15 +196,27 @@ def summary(p: Problem, budgets) -> str:
     if gap <= 2 * spread:
         verdict = f"within the noise floor's reach of the {steps}-step result (at most 2 floor std above)"
     else:
-        reach = sorted((r["nfe"], r["sw"], name) for name, rows in p.rows.items() for r in rows
-                       if r["sw"] - long_sw <= 2 * spread)
-        first = (f"; the fewest NFE that get within 2 floor std of it are {reach[0][0]}, best there "
-                 f"{reach[0][2]} ({reach[0][1]:.4f})") if reach else "; no sampler gets there in this sweep"
+        reach = sorted(
+            (r["nfe"], r["sw"], name)
+            for name, rows in p.rows.items()
+            for r in rows
+            if r["sw"] - long_sw <= 2 * spread
+        )
+        first = (
+            (
+                f"; the fewest NFE that get within 2 floor std of it are {reach[0][0]}, best there "
+                f"{reach[0][2]} ({reach[0][1]:.4f})"
+            )
+            if reach
+            else "; no sampler gets there in this sweep"
+        )
         verdict = f"not within the noise floor's reach of the {steps}-step result{first}"
-    return (f"**{p.name}.** At {budgets[i]} NFE the best sampler is **{best}** ({nfe} NFE): sliced W2 "
-            f"{value:.4f}, against {long_sw:.4f} for {label} ({long_nfe} NFE) and a noise floor of "
-            f"{floor:.4f} ± {spread:.4f}. That is {value / long_sw:.2f}x the {steps}-step distance "
-            f"({gap:+.4f}, or {gap / spread:.1f} floor std) and {value / floor:.2f}x the floor: {verdict}.")
+    return (
+        f"**{p.name}.** At {budgets[i]} NFE the best sampler is **{best}** ({nfe} NFE): sliced W2 "
+        f"{value:.4f}, against {long_sw:.4f} for {label} ({long_nfe} NFE) and a noise floor of "
+        f"{floor:.4f} ± {spread:.4f}. That is {value / long_sw:.2f}x the {steps}-step distance "
+        f"({gap:+.4f}, or {gap / spread:.1f} floor std) and {value / floor:.2f}x the floor: {verdict}."
+    )
 
 
 # --- the whole run --------------------------------------------------------------------------------
@@ -203,8 +238,13 @@ def threads_for(work: int):
 
 
 def run(
-    samplers=None, nfes=DEFAULT_NFES, dims=(2, 64), n: int | None = None, seed: int = 0,
-    quick: bool = False, progress: bool = True,
+    samplers=None,
+    nfes=DEFAULT_NFES,
+    dims=(2, 64),
+    n: int | None = None,
+    seed: int = 0,
+    quick: bool = False,
+    progress: bool = True,
 ) -> list[Problem]:
     """Measure the samplers on the mixtures of `dims`, print each mixture's tables and the
     summary, and return the data (``problem_section`` and ``summary`` give the same text)."""
@@ -233,8 +273,10 @@ def _bench_mixture(dim: int, n: int, seed: int, names, budgets, sizes: dict, bar
     p.budgets = list(budgets)
     bar.set_postfix_str(f"{dim}-D reference")
     solve_reference(p, sizes["ref_steps"])
-    tqdm.write(f"\n{p.name}, n = {n}: noise floor {p.floor[0]:.4f} ± {p.floor[1]:.4f}; reference "
-               f"Heun {p.ref_steps} steps vs {p.ref_steps // 2}: RMS {p.ref_check:.2e}")
+    tqdm.write(
+        f"\n{p.name}, n = {n}: noise floor {p.floor[0]:.4f} ± {p.floor[1]:.4f}; reference "
+        f"Heun {p.ref_steps} steps vs {p.ref_steps // 2}: RMS {p.ref_check:.2e}"
+    )
     bar.update()
     for name in names:
         bar.set_postfix_str(f"{dim}-D {name}")
@@ -255,24 +297,44 @@ def _bench_mixture(dim: int, n: int, seed: int, names, budgets, sizes: dict, bar
 def _list(kind):
     def parse(text: str):
         return [kind(v) for v in text.split(",") if v]
+
     return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--samplers", type=_list(str), default=None,
-                        help=f"comma-separated sampler names (default: all of {', '.join(SAMPLERS)})")
-    parser.add_argument("--nfe", type=_list(int), default=list(DEFAULT_NFES),
-                        help="comma-separated NFE budgets (default: %(default)s)")
-    parser.add_argument("--dims", type=_list(int), default=[2, 64],
-                        help="mixture dimensions: 2 is the ring, others a random mixture (default: 2,64)")
-    parser.add_argument("--n", type=int, default=None,
-                        help=f"samples per run (default: {FULL['n']}, quick {QUICK['n']})")
+    parser.add_argument(
+        "--samplers",
+        type=_list(str),
+        default=None,
+        help=f"comma-separated sampler names (default: all of {', '.join(SAMPLERS)})",
+    )
+    parser.add_argument(
+        "--nfe",
+        type=_list(int),
+        default=list(DEFAULT_NFES),
+        help="comma-separated NFE budgets (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dims",
+        type=_list(int),
+        default=[2, 64],
+        help="mixture dimensions: 2 is the ring, others a random mixture (default: 2,64)",
+    )
+    parser.add_argument(
+        "--n", type=int, default=None, help=f"samples per run (default: {FULL['n']}, quick {QUICK['n']})"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a small, fast run (2-D, NFE 5 and 10)")
     return parser
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    run(samplers=args.samplers, nfes=tuple(args.nfe), dims=tuple(args.dims), n=args.n, seed=args.seed,
-        quick=args.quick)
+    run(
+        samplers=args.samplers,
+        nfes=tuple(args.nfe),
+        dims=tuple(args.dims),
+        n=args.n,
+        seed=args.seed,
+        quick=args.quick,
+    )
     return 0

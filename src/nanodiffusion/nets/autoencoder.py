@@ -53,8 +53,14 @@ class Block(nn.Module):
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.body = nn.Sequential(_norm(cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1),
-                                  _norm(cout), nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1))
+        self.body = nn.Sequential(
+            _norm(cin),
+            nn.SiLU(),
+            nn.Conv2d(cin, cout, 3, padding=1),
+            _norm(cout),
+            nn.SiLU(),
+            nn.Conv2d(cout, cout, 3, padding=1),
+        )
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,8 +96,10 @@ class Autoencoder(nn.Module):
     def _check(self, x: torch.Tensor) -> None:
         f = self.cfg.factor
         if x.ndim != 4 or x.shape[1] != self.cfg.in_channels or x.shape[2] % f or x.shape[3] % f:
-            raise NanodiffError(f"the autoencoder takes [B, {self.cfg.in_channels}, H, W] with H and W "
-                                f"multiples of {f}, got {tuple(x.shape)}")
+            raise NanodiffError(
+                f"the autoencoder takes [B, {self.cfg.in_channels}, H, W] with H and W "
+                f"multiples of {f}, got {tuple(x.shape)}"
+            )
 
     def encode_dist(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z | x): mean and log-variance [B, z, H / f, W / f] of images in [-1, 1]."""
@@ -99,8 +107,9 @@ class Autoencoder(nn.Module):
         mean, logvar = self.encoder(x).chunk(2, dim=1)
         return mean, logvar.clamp(-30, 20)
 
-    def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
-               ) -> torch.Tensor:
+    def encode(
+        self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Scaled latents for diffusion: the posterior mean (or a draw) times scale_factor."""
         mean, logvar = self.encode_dist(x)
         if sample:
@@ -127,8 +136,9 @@ class Autoencoder(nn.Module):
         device = next(self.parameters()).device
         return torch.cat([self.decode(c.to(device)).cpu() for c in z.split(batch_size)]).clamp(-1, 1)
 
-    def loss(self, x: torch.Tensor, generator: torch.Generator | None = None,
-             noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    def loss(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict]:
         """Mean squared reconstruction error of a posterior draw (with `noise` [B, z, H / f, W / f],
         else drawn from `generator`), plus kl_weight x KL per latent element."""
         mean, logvar = self.encode_dist(x)

@@ -30,6 +30,8 @@ from nanodiffusion.errors import NanodiffError
 from nanodiffusion.nets.unet import UNet
 
 CONTROL_JSON, CONTROL_WEIGHTS = "controlnet.json", "controlnet.safetensors"
+
+
 class HintEncoder(nn.Module):
     """Control image [B, c, H, W] -> features [B, width, H / factor, W / factor]: convolutions with
     a stride-2 one per factor of 2, the last initialised to zero (ControlNet's input hint block)."""
@@ -37,8 +39,10 @@ class HintEncoder(nn.Module):
     def __init__(self, control_channels: int, width: int, factor: int):
         super().__init__()
         if factor < 1 or factor & (factor - 1):
-            raise NanodiffError(f"the control image must be a power-of-2 multiple of the network's size, "
-                                f"got a factor {factor}")
+            raise NanodiffError(
+                f"the control image must be a power-of-2 multiple of the network's size, "
+                f"got a factor {factor}"
+            )
         layers, ch = [nn.Conv2d(control_channels, 16, 3, padding=1), nn.SiLU()], 16
         for _ in range(int(math.log2(factor))):
             layers += [nn.Conv2d(ch, 2 * ch, 3, stride=2, padding=1), nn.SiLU()]
@@ -102,8 +106,12 @@ class Controlled(nn.Module):
 
 def controlled(denoiser, controlnet: ControlNet, control: torch.Tensor, scale: float = 1.0):
     """The denoiser with its UNet steered by `controlnet` towards `control` (a new Denoiser)."""
-    return Denoiser(Controlled(denoiser.net, controlnet, control, scale), denoiser.schedule,
-                    denoiser.parameterization, denoiser.sigma_data)
+    return Denoiser(
+        Controlled(denoiser.net, controlnet, control, scale),
+        denoiser.schedule,
+        denoiser.parameterization,
+        denoiser.sigma_data,
+    )
 
 
 def save_controlnet(controlnet: ControlNet, folder: str | Path, about: dict) -> Path:
@@ -111,8 +119,10 @@ def save_controlnet(controlnet: ControlNet, folder: str | Path, about: dict) -> 
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in controlnet.state_dict().items()},
-              str(folder / CONTROL_WEIGHTS))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in controlnet.state_dict().items()},
+        str(folder / CONTROL_WEIGHTS),
+    )
     info = {"control_channels": controlnet.control_channels, "factor": controlnet.factor, **about}
     (folder / CONTROL_JSON).write_text(json.dumps(info, indent=2) + "\n")
     return folder
@@ -130,14 +140,16 @@ def load_controlnet(folder: str | Path, base: UNet) -> tuple[ControlNet, dict]:
     try:
         controlnet.load_state_dict(load_file(str(folder / CONTROL_WEIGHTS)))
     except RuntimeError as e:
-        raise NanodiffError(f"the ControlNet in {folder} does not fit this run's UNet: "
-                            f"{str(e).splitlines()[0]}") from None
+        raise NanodiffError(
+            f"the ControlNet in {folder} does not fit this run's UNet: {str(e).splitlines()[0]}"
+        ) from None
     return controlnet.to(next(base.parameters()).device).eval(), info
 
 
 def control_factor(cfg, control_size: int) -> int:
     """How many control pixels make one network pixel (4 for a latent run's 8x8 from 32x32)."""
     if control_size % cfg.model.image_size:
-        raise NanodiffError(f"a {control_size}-pixel control does not fit a "
-                            f"{cfg.model.image_size}-pixel network")
+        raise NanodiffError(
+            f"a {control_size}-pixel control does not fit a {cfg.model.image_size}-pixel network"
+        )
     return control_size // cfg.model.image_size

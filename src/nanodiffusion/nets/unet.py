@@ -143,8 +143,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, ch: int, mult: int = 4):
         super().__init__()
-        self.net = nn.Sequential(_norm(ch), nn.Conv2d(ch, mult * ch, 1), nn.GELU(),
-                                 nn.Conv2d(mult * ch, ch, 1))
+        self.net = nn.Sequential(
+            _norm(ch), nn.Conv2d(ch, mult * ch, 1), nn.GELU(), nn.Conv2d(mult * ch, ch, 1)
+        )
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
@@ -191,10 +192,13 @@ class UNet(nn.Module):
                 skips.append(cur)
                 size //= 2
 
-        self.mid = nn.ModuleList([
-            ResBlock(cur, cur, emb_dim, cfg.dropout), *([self._attention(cur)] if cfg.mid_attention else []),
-            ResBlock(cur, cur, emb_dim, cfg.dropout),
-        ])
+        self.mid = nn.ModuleList(
+            [
+                ResBlock(cur, cur, emb_dim, cfg.dropout),
+                *([self._attention(cur)] if cfg.mid_attention else []),
+                ResBlock(cur, cur, emb_dim, cfg.dropout),
+            ]
+        )
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mults))):
@@ -202,8 +206,11 @@ class UNet(nn.Module):
                 self.up.append(self._block(cur + skips.pop(), ch * mult, emb_dim, size))
                 cur = ch * mult
             if level > 0:
-                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                                             nn.Conv2d(cur, cur, 3, padding=1)))
+                self.up.append(
+                    nn.Sequential(
+                        nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cur, cur, 3, padding=1)
+                    )
+                )
                 size *= 2
 
         self.norm_out = _norm(cur)
@@ -251,12 +258,14 @@ class UNet(nn.Module):
             emb = emb + self.class_emb(cond)
         elif self.text_emb is not None:
             if cond is None:
-                raise NanodiffError("a text-conditional UNet needs a prompt "
-                                    "(the empty prompt is its unconditional input)")
+                raise NanodiffError(
+                    "a text-conditional UNet needs a prompt (the empty prompt is its unconditional input)"
+                )
             tokens, mask = split_context(cond.to(x.dtype))
             if tokens.shape[-1] != self.cfg.context_dim:
-                raise NanodiffError(f"text tokens are {tokens.shape[-1]} wide, the UNet expects "
-                                    f"{self.cfg.context_dim}")
+                raise NanodiffError(
+                    f"text tokens are {tokens.shape[-1]} wide, the UNet expects {self.cfg.context_dim}"
+                )
             weights = mask.to(x.dtype)[..., None]
             pooled = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1)  # the mean real token
             emb = emb + self.text_emb(pooled)
@@ -279,11 +288,17 @@ class UNet(nn.Module):
 
     def skip_widths(self) -> list[int]:
         """The channel counts of the activations `encode` returns for the skips, in order."""
-        return [self.cfg.channels] + [b.out_channels if isinstance(b, nn.Conv2d) else b[0].conv2.out_channels
-                                      for b in self.down]
+        return [self.cfg.channels] + [
+            b.out_channels if isinstance(b, nn.Conv2d) else b[0].conv2.out_channels for b in self.down
+        ]
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None,
-                residuals: tuple[list[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        c_noise: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        residuals: tuple[list[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """cond: class labels [B] (class-conditional; None = "no class"), or a text condition
         [B, L, D + 1] (text-conditional; see split_context), or None (unconditional).
         ``residuals`` (a ControlNet's: one per skip, one for the middle) are added to the skips

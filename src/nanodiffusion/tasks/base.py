@@ -49,8 +49,16 @@ class Task(Protocol):
 
     def prepare(self, cfg, data) -> None: ...
 
-    def batch(self, cfg, denoiser, x0: torch.Tensor, eps: torch.Tensor, generator: torch.Generator,
-              draws: int, rows: slice) -> tuple: ...
+    def batch(
+        self,
+        cfg,
+        denoiser,
+        x0: torch.Tensor,
+        eps: torch.Tensor,
+        generator: torch.Generator,
+        draws: int,
+        rows: slice,
+    ) -> tuple: ...
 
     def grid(self, cfg, images: torch.Tensor) -> dict: ...
 

@@ -20,13 +20,21 @@ def check_crop(cfg, size: int) -> None:
     if crop and not (0 < crop <= size and crop % stride == 0):
         raise NanodiffError(f"data.crop must be a multiple of {stride} up to {size}, got {crop}")
     if crop and (m.attn_resolutions or m.mid_attention or cfg.data.autoencoder):
-        raise NanodiffError("data.crop trains a convolutional UNet on pixels: set model.attn_resolutions=[], "
-                            "model.mid_attention=false and no autoencoder (attention would see other sizes "
-                            "when sampling)")
+        raise NanodiffError(
+            "data.crop trains a convolutional UNet on pixels: set model.attn_resolutions=[], "
+            "model.mid_attention=false and no autoencoder (attention would see other sizes "
+            "when sampling)"
+        )
 
 
-def random_crops(tensors: list[torch.Tensor], crop: int, step: int, generator: torch.Generator | None = None,
-                 draws: int | None = None, rows: slice = slice(None)) -> list[torch.Tensor]:
+def random_crops(
+    tensors: list[torch.Tensor],
+    crop: int,
+    step: int,
+    generator: torch.Generator | None = None,
+    draws: int | None = None,
+    rows: slice = slice(None),
+) -> list[torch.Tensor]:
     """The same random crop [B, *, crop, crop] of every image of each tensor ([B, *, H, W] alike);
     offsets are multiples of `step` so a crop starts on the low-resolution grid. A process that
     holds `rows` of a batch of `draws` images draws the whole batch's offsets and keeps its rows,
@@ -38,8 +46,10 @@ def random_crops(tensors: list[torch.Tensor], crop: int, step: int, generator: t
     top = (torch.randint(0, (H - crop) // step + 1, (n,), generator=generator) * step)[rows]
     left = (torch.randint(0, (H - crop) // step + 1, (n,), generator=generator) * step)[rows]
     corners = list(zip(top.tolist(), left.tolist(), strict=True))
-    return [torch.stack([t[i, ..., a:a + crop, b:b + crop] for i, (a, b) in enumerate(corners)])
-            for t in tensors]
+    return [
+        torch.stack([t[i, ..., a : a + crop, b : b + crop] for i, (a, b) in enumerate(corners)])
+        for t in tensors
+    ]
 
 
 class Generate:

@@ -29,8 +29,10 @@ class Inpaint:
     def prepare(self, cfg, data) -> None:
         cfg.model.cond_channels = data.images.shape[1] + 1  # the masked image and the mask
         if cfg.data.crop:
-            raise NanodiffError("data.crop is for generating and upscaling runs; an inpainting run "
-                                "trains on whole images (set data.crop=0)")
+            raise NanodiffError(
+                "data.crop is for generating and upscaling runs; an inpainting run "
+                "trains on whole images (set data.crop=0)"
+            )
 
     def batch(self, cfg, denoiser, x0, eps, generator, draws, rows):
         known = random_masks(draws, x0.shape[-1], generator)[rows].to(x0.device)

@@ -47,8 +47,13 @@ def upsample(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
-def condition(low: torch.Tensor, size: int, aug: torch.Tensor | float = 0.0,
-              generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+def condition(
+    low: torch.Tensor,
+    size: int,
+    aug: torch.Tensor | float = 0.0,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The network's extra input [B, C + 1, size, size]: the low-resolution images ([B, C, h, w]
     in [-1, 1]) noised by `aug` (one level, or one per image) times `noise` (default: drawn from
     `generator`), upsampled, and the level as a channel."""
@@ -107,8 +112,9 @@ def project(images: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
 def check_upscale_input(low: torch.Tensor, low_size: int, channels: int) -> None:
     """One line for a low-resolution input that the run cannot take."""
     if low.ndim != 4 or low.shape[1] != channels or tuple(low.shape[-2:]) != (low_size, low_size):
-        raise NanodiffError(f"this run upscales [{channels}, {low_size}, {low_size}] images, got "
-                            f"{list(low.shape[1:])}")
+        raise NanodiffError(
+            f"this run upscales [{channels}, {low_size}, {low_size}] images, got {list(low.shape[1:])}"
+        )
 
 
 def low_size(cfg) -> int:
@@ -125,14 +131,27 @@ def preset() -> Config:
     no attention, it samples whole 64x64 images (or any size) all the same."""
     return Config(
         data=DataConfig(name="shapes", image_size=64, task="upscale", crop=32),
-        model=UNetConfig(in_channels=3, channels=16, channel_mults=[1, 2, 4], attn_resolutions=[],
-                         mid_attention=False, dropout=0.0, image_size=64),
+        model=UNetConfig(
+            in_channels=3,
+            channels=16,
+            channel_mults=[1, 2, 4],
+            attn_resolutions=[],
+            mid_attention=False,
+            dropout=0.0,
+            image_size=64,
+        ),
         schedule=Schedule(kind="edm"),
         diffusion=DiffusionConfig(parameterization="edm"),
         loss=LossConfig(sigma_sampling="lognormal", weighting="edm"),
         optim=OptimConfig(lr=2e-3, batch_size=64, warmup_steps=50),
-        run=RunConfig(steps=1000, sample_every=500, checkpoint_every=500, sampler="dpm++2m",
-                      sample_steps=20, sample_n=16),
+        run=RunConfig(
+            steps=1000,
+            sample_every=500,
+            checkpoint_every=500,
+            sampler="dpm++2m",
+            sample_steps=20,
+            sample_n=16,
+        ),
     )
 
 
@@ -168,8 +187,9 @@ class Upscale:
         image = condition(low, size, levels, noise=z)
         x0 = to_target(x0, low, cfg)
         if cfg.data.crop:
-            x0, eps, image = random_crops([x0, eps, image], cfg.data.crop, size // low.shape[-1], generator,
-                                          draws, rows)
+            x0, eps, image = random_crops(
+                [x0, eps, image], cfg.data.crop, size // low.shape[-1], generator, draws, rows
+            )
         return denoiser.conditioned_on(image), x0, eps
 
     def low_shape(self, cfg) -> tuple[int, int, int]:
@@ -180,16 +200,25 @@ class Upscale:
         """The training images' low-resolution versions, upscaled."""
         return {"low_res": downsample(images, low_size(cfg))}
 
-    def sampling(self, cfg, n: int, seed: int, low_res: torch.Tensor | None = None, aug: float = 0.0,
-                 consistent: bool = True) -> Sampling:
+    def sampling(
+        self,
+        cfg,
+        n: int,
+        seed: int,
+        low_res: torch.Tensor | None = None,
+        aug: float = 0.0,
+        consistent: bool = True,
+    ) -> Sampling:
         if low_res is None:
             raise NanodiffError("an upscaling run draws from low-resolution images: give low_res")
         check_upscale_input(low_res, low_size(cfg), cfg.model.in_channels)
         if len(low_res) != n:
             raise NanodiffError(f"give one low-resolution image per sample ({n}), got {len(low_res)}")
         image = condition(low_res, cfg.model.image_size, aug, torch.Generator().manual_seed(seed))
-        return Sampling(image, clamp=not cfg.data.residual,
-                        finish=lambda samples: from_samples(samples, low_res.float(), cfg, consistent))
+        return Sampling(
+            image,
+            clamp=not cfg.data.residual,
+            finish=lambda samples: from_samples(samples, low_res.float(), cfg, consistent),
+        )
 
     presets = {"upscale": preset}  # nanodiff train --preset upscale
-

@@ -49,12 +49,25 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def train_autoencoder(images: torch.Tensor, cfg: AutoencoderConfig, steps: int = 2000, batch_size: int = 64,
-                      lr: float = 1e-3, seed: int = 0, device: str | torch.device = "cpu",
-                      held_out: torch.Tensor | None = None, progress: bool = True, *,
-                      folder: str | Path | None = None, resume: bool = False, overwrite: bool = False,
-                      ema: EMAConfig | None = None, export_ema: bool = False, stop_after: int | None = None,
-                      dist: Dist | None = None) -> tuple[Autoencoder, dict]:
+def train_autoencoder(
+    images: torch.Tensor,
+    cfg: AutoencoderConfig,
+    steps: int = 2000,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    held_out: torch.Tensor | None = None,
+    progress: bool = True,
+    *,
+    folder: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    ema: EMAConfig | None = None,
+    export_ema: bool = False,
+    stop_after: int | None = None,
+    dist: Dist | None = None,
+) -> tuple[Autoencoder, dict]:
     """Train on random batches of `images` [N, C, H, W] in [-1, 1], then measure scale_factor on
     up to 2000 of them. Returns the autoencoder (eval mode; its EMA if export_ema) and a report:
     the losses along the run and the PSNR on `held_out` (default: images).
@@ -81,11 +94,25 @@ def train_autoencoder(images: torch.Tensor, cfg: AutoencoderConfig, steps: int =
         loss, parts = loop.net(images[idx][mine].to(device), noise[mine])
         return loss, {"mse": parts["mse"]}
 
-    optim = OptimConfig(lr=lr, weight_decay=0.0, warmup_steps=0, min_lr_ratio=0.1, grad_clip=0.0,
-                        batch_size=batch_size)
-    loop = Loop(ae, step_fn, optim, steps, folder=checkpoint, ema=ema or EMAConfig(), generators={"batch": g},
-                dist=dist, device=device, forward=_Objective(ae), decay_steps=steps - 1, log_every=1,
-                progress=progress, desc="autoencoder")
+    optim = OptimConfig(
+        lr=lr, weight_decay=0.0, warmup_steps=0, min_lr_ratio=0.1, grad_clip=0.0, batch_size=batch_size
+    )
+    loop = Loop(
+        ae,
+        step_fn,
+        optim,
+        steps,
+        folder=checkpoint,
+        ema=ema or EMAConfig(),
+        generators={"batch": g},
+        dist=dist,
+        device=device,
+        forward=_Objective(ae),
+        decay_steps=steps - 1,
+        log_every=1,
+        progress=progress,
+        desc="autoencoder",
+    )
     if resume:
         loop.load()
     done = loop.fit(stop_after)
@@ -98,18 +125,36 @@ def train_autoencoder(images: torch.Tensor, cfg: AutoencoderConfig, steps: int =
     latents = ae.encode_images(held_out)
     recon = ae.decode_images(latents)
     history = [r["mse"] for r in loop.records]
-    return ae, {**report, "weights": "ema" if export_ema else "raw", "mse_first_50": _mean(history[:50]),
-                "mse_last_50": _mean(history[-50:]),
-                "psnr": psnr(recon.clamp(-1, 1), held_out.clamp(-1, 1), pooled=True).item(),
-                "scale_factor": ae.cfg.scale_factor, "latent_shape": list(latents.shape[1:])}
+    return ae, {
+        **report,
+        "weights": "ema" if export_ema else "raw",
+        "mse_first_50": _mean(history[:50]),
+        "mse_last_50": _mean(history[-50:]),
+        "psnr": psnr(recon.clamp(-1, 1), held_out.clamp(-1, 1), pooled=True).item(),
+        "scale_factor": ae.cfg.scale_factor,
+        "latent_shape": list(latents.shape[1:]),
+    }
 
 
-def train_autoencoder_folder(images: torch.Tensor, held_out: torch.Tensor, cfg: AutoencoderConfig, folder,
-                             steps: int = 2000, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-                             device: str | torch.device = "cpu", progress: bool = True,
-                             about: dict | None = None, *, resume: bool = False, overwrite: bool = False,
-                             export_ema: bool = False, stop_after: int | None = None,
-                             dist: Dist | None = None) -> dict:
+def train_autoencoder_folder(
+    images: torch.Tensor,
+    held_out: torch.Tensor,
+    cfg: AutoencoderConfig,
+    folder,
+    steps: int = 2000,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    about: dict | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    export_ema: bool = False,
+    stop_after: int | None = None,
+    dist: Dist | None = None,
+) -> dict:
     """train_autoencoder with checkpoints in FOLDER/checkpoint, then write the folder latent
     diffusion reads: the weights and config, report.json (the report, the training seconds and
     `about`) and reconstructions.png (16 held-out images above their reconstructions). Returns
@@ -119,9 +164,23 @@ def train_autoencoder_folder(images: torch.Tensor, held_out: torch.Tensor, cfg: 
 
     start = time.perf_counter()
     dist, device = dist_and_device(dist, device)
-    ae, report = train_autoencoder(images, cfg, steps, batch_size, lr, seed, device, held_out, progress,
-                                   folder=folder, resume=resume, overwrite=overwrite, export_ema=export_ema,
-                                   stop_after=stop_after, dist=dist)
+    ae, report = train_autoencoder(
+        images,
+        cfg,
+        steps,
+        batch_size,
+        lr,
+        seed,
+        device,
+        held_out,
+        progress,
+        folder=folder,
+        resume=resume,
+        overwrite=overwrite,
+        export_ema=export_ema,
+        stop_after=stop_after,
+        dist=dist,
+    )
     if not report["finished"] or not dist.main:
         return report
     report = {**report, "seconds": time.perf_counter() - start, **(about or {})}

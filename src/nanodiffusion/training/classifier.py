@@ -22,8 +22,14 @@ from nanodiffusion.metrics.fid import ClassifierFeatures, SmallClassifier, class
 from nanodiffusion.training.loop import Loop
 
 
-def train_classifier(train: ImageData, steps: int = 400, batch_size: int = 128, lr: float = 2e-3,
-                     seed: int = 0, progress: bool = True) -> SmallClassifier:
+def train_classifier(
+    train: ImageData,
+    steps: int = 400,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+    progress: bool = True,
+) -> SmallClassifier:
     """A SmallClassifier trained by cross-entropy on random batches of the labelled `train` split:
     AdamW (weight decay 1e-4), a linear warm-up over the first 30% of the steps, then a cosine
     decay to zero (the shape of the one-cycle schedule). Raises KeyboardInterrupt on Ctrl-C, so a
@@ -37,18 +43,37 @@ def train_classifier(train: ImageData, steps: int = 400, batch_size: int = 128, 
         idx = torch.randint(len(train.images), (batch_size,), generator=g)
         return F.cross_entropy(net(classifier_input(train.images[idx])), train.labels[idx])
 
-    optim = OptimConfig(lr=lr, weight_decay=1e-4, warmup_steps=round(0.3 * steps), min_lr_ratio=0.0,
-                        grad_clip=0.0, batch_size=batch_size)
-    loop = Loop(net, step_fn, optim, steps, generators={"batch": g}, log_every=max(1, steps // 20),
-                progress=progress, desc="feature classifier")
+    optim = OptimConfig(
+        lr=lr,
+        weight_decay=1e-4,
+        warmup_steps=round(0.3 * steps),
+        min_lr_ratio=0.0,
+        grad_clip=0.0,
+        batch_size=batch_size,
+    )
+    loop = Loop(
+        net,
+        step_fn,
+        optim,
+        steps,
+        generators={"batch": g},
+        log_every=max(1, steps // 20),
+        progress=progress,
+        desc="feature classifier",
+    )
     if not loop.fit():
         raise KeyboardInterrupt
     return net.eval()
 
 
-def classifier_features(dataset: str, image_size: int | None = None, channels: int | None = None,
-                        cache_dir: str | Path | None = None, steps: int = 400,
-                        progress: bool = True) -> ClassifierFeatures:
+def classifier_features(
+    dataset: str,
+    image_size: int | None = None,
+    channels: int | None = None,
+    cache_dir: str | Path | None = None,
+    steps: int = 400,
+    progress: bool = True,
+) -> ClassifierFeatures:
     """The classifier features of `dataset`: from the cache, else trained now and cached."""
     from safetensors.torch import save_file
 
@@ -61,10 +86,16 @@ def classifier_features(dataset: str, image_size: int | None = None, channels: i
     return fid.cached_classifier_features(dataset, image_size, channels, cache_dir, steps)
 
 
-def evaluate_images(images: torch.Tensor, dataset: str = "fashion-mnist",
-                    features: str | nn.Module = "inception", n_ref: int | None = None,
-                    device: str = "auto", progress: bool = True, cache_dir: str | Path | None = None,
-                    k: int = 3) -> dict:
+def evaluate_images(
+    images: torch.Tensor,
+    dataset: str = "fashion-mnist",
+    features: str | nn.Module = "inception",
+    n_ref: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+    k: int = 3,
+) -> dict:
     """metrics.fid.evaluate_images, with features="classifier" trained and cached first if needed."""
     if features == "classifier":
         size, channels = images.shape[2], images.shape[1]

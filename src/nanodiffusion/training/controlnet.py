@@ -39,12 +39,26 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def train_controlnet(run: str | Path, out: str | Path, steps: int = 1500, batch_size: int = 64,
-                     lr: float = 5e-4, p_uncond: float = 0.5, seed: int = 0, device: str = "auto",
-                     progress: bool = True, budget_s: float | None = None, *, resume: bool = False,
-                     overwrite: bool = False, export_ema: bool = False, checkpoint_every: int = 500,
-                     ema: EMAConfig | None = None, stop_after: int | None = None,
-                     dist: Dist | None = None) -> dict:
+def train_controlnet(
+    run: str | Path,
+    out: str | Path,
+    steps: int = 1500,
+    batch_size: int = 64,
+    lr: float = 5e-4,
+    p_uncond: float = 0.5,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    budget_s: float | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    export_ema: bool = False,
+    checkpoint_every: int = 500,
+    ema: EMAConfig | None = None,
+    stop_after: int | None = None,
+    dist: Dist | None = None,
+) -> dict:
     """Train a ControlNet for a text- or class-conditional (or unconditional) run on its own
     training images with their Sobel edge maps as controls, to `steps` or until `budget_s`
     seconds of steps are spent; write `out` (controlnet.safetensors: the raw weights, or the
@@ -91,23 +105,48 @@ def train_controlnet(run: str | Path, out: str | Path, steps: int = 1500, batch_
             k = cfg.model.num_classes
             cond = torch.where(drop, torch.full_like(idx, k), data.labels[idx])[mine].to(dev)
         model = controlled(denoiser, loop.net, controls[idx][mine].to(dev))
-        return diffusion_loss(model, x0_all[idx][mine].to(dev), sigma[mine].to(dev), eps[mine].to(dev),
-                              cfg.loss, cond)
+        return diffusion_loss(
+            model, x0_all[idx][mine].to(dev), sigma[mine].to(dev), eps[mine].to(dev), cfg.loss, cond
+        )
 
-    optim = OptimConfig(lr=lr, weight_decay=0.01, warmup_steps=50, decay="constant", grad_clip=1.0,
-                        batch_size=batch_size)  # 0.01: AdamW's default weight decay
-    loop = Loop(controlnet, step_fn, optim, steps, folder=out / CONTROL_CHECKPOINT, ema=ema or EMAConfig(),
-                generators={"batch": gen}, dist=dist, device=dev, log_every=1,
-                checkpoint_every=checkpoint_every, progress=show, desc="controlnet")
+    optim = OptimConfig(
+        lr=lr, weight_decay=0.01, warmup_steps=50, decay="constant", grad_clip=1.0, batch_size=batch_size
+    )  # 0.01: AdamW's default weight decay
+    loop = Loop(
+        controlnet,
+        step_fn,
+        optim,
+        steps,
+        folder=out / CONTROL_CHECKPOINT,
+        ema=ema or EMAConfig(),
+        generators={"batch": gen},
+        dist=dist,
+        device=dev,
+        log_every=1,
+        checkpoint_every=checkpoint_every,
+        progress=show,
+        desc="controlnet",
+    )
     if resume:
         loop.load()
+
     def describe() -> dict:
         losses = [r["loss"] for r in loop.records]
-        return {"finished": True, "base": str(Path(run)), "control": "sobel", "threshold": EDGE_THRESHOLD,
-                "steps": loop.step, "batch_size": batch_size, "lr": lr, "p_uncond": p_uncond,
-                "train_s": loop.train_s, "seconds": time.perf_counter() - start,
-                "loss_first_50": _mean(losses[:50]), "loss_last_50": _mean(losses[-50:]),
-                "weights": "ema" if export_ema else "raw"}
+        return {
+            "finished": True,
+            "base": str(Path(run)),
+            "control": "sobel",
+            "threshold": EDGE_THRESHOLD,
+            "steps": loop.step,
+            "batch_size": batch_size,
+            "lr": lr,
+            "p_uncond": p_uncond,
+            "train_s": loop.train_s,
+            "seconds": time.perf_counter() - start,
+            "loss_first_50": _mean(losses[:50]),
+            "loss_last_50": _mean(losses[-50:]),
+            "weights": "ema" if export_ema else "raw",
+        }
 
     report: dict = {}
 

@@ -29,8 +29,18 @@ from nanodiffusion.training.autoencoder import AE_STATE, train_autoencoder_folde
 from nanodiffusion.training.distributed import Dist, setup_distributed
 from nanodiffusion.training.loop import EMAModel, Loop, lr_multiplier
 
-__all__ = ["EMAModel", "Dist", "Trainer", "batch_indices", "grid_prompts", "lr_factor", "prepare_config",
-           "resume", "setup_distributed", "train"]
+__all__ = [
+    "EMAModel",
+    "Dist",
+    "Trainer",
+    "batch_indices",
+    "grid_prompts",
+    "lr_factor",
+    "prepare_config",
+    "resume",
+    "setup_distributed",
+    "train",
+]
 
 
 def lr_factor(step: int, cfg: Config) -> float:
@@ -66,18 +76,19 @@ def grid_prompts(cfg: Config, captions: list[str]) -> list[str]:
         from nanodiffusion.data.shapes import GRID_PROMPTS
 
         return list(GRID_PROMPTS)
-    return captions[:cfg.run.sample_n]
+    return captions[: cfg.run.sample_n]
 
 
-def batch_indices(step: int, micro: int, n_micro: int, micro_batch: int, n_data: int,
-                  seed: int) -> torch.Tensor:
+def batch_indices(
+    step: int, micro: int, n_micro: int, micro_batch: int, n_data: int, seed: int
+) -> torch.Tensor:
     """Indices of one global micro-batch in a stream of seeded per-epoch permutations."""
     k = (step * n_micro + micro) * micro_batch  # position in the stream
     chunks, taken = [], 0
     while taken < micro_batch:
         epoch, pos = divmod(k + taken, n_data)
         perm = torch.randperm(n_data, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        chunks.append(perm[pos:pos + micro_batch - taken])
+        chunks.append(perm[pos : pos + micro_batch - taken])
         taken += len(chunks[-1])
     return torch.cat(chunks)
 
@@ -93,8 +104,9 @@ class Trainer:
             from nanodiffusion.data.text import encode_unique, load_text_encoder
 
             if cfg.data.class_conditional:
-                raise NanodiffError("train on labels (class_conditional) or on captions (text_encoder), "
-                                    "not both")
+                raise NanodiffError(
+                    "train on labels (class_conditional) or on captions (text_encoder), not both"
+                )
             if self.data.captions is None:
                 raise NanodiffError(f"text_encoder needs captions, and {self.data.name} has none")
             encoder = load_text_encoder(cfg.data.text_encoder, cfg.data.max_tokens)
@@ -103,23 +115,35 @@ class Trainer:
         if cfg.data.autoencoder == "train":  # "autoencoder included": its folder then stands in the config
             cfg.data.autoencoder = self._train_autoencoder(cfg)
         self.autoencoder = None  # latent diffusion: kept to decode the sample grids
-        self.grid_images = self.data.images[:cfg.run.sample_n]  # an editing task's grids start from these
+        self.grid_images = self.data.images[: cfg.run.sample_n]  # an editing task's grids start from these
         if cfg.data.autoencoder:  # train on the scaled posterior means, encoded once
             self.data.images = self._encode(cfg.data.autoencoder, self.data.images)
         text_dim = 0 if self.prompts is None else self.prompts.shape[-1] - 1
         self.cfg = cfg if resume else prepare_config(cfg, self.data, text_dim)
         o = self.cfg.optim
         if o.batch_size % (o.grad_accum * self.dist.world):
-            raise NanodiffError(f"batch_size {o.batch_size} must divide by grad_accum x processes "
-                                f"({o.grad_accum} x {self.dist.world})")
+            raise NanodiffError(
+                f"batch_size {o.batch_size} must divide by grad_accum x processes "
+                f"({o.grad_accum} x {self.dist.world})"
+            )
         torch.manual_seed(self.cfg.run.seed)  # same initial weights on every rank
         self.denoiser = build_denoiser(self.cfg).to(self.device)
         self.noise_gen = torch.Generator().manual_seed(self.cfg.run.seed + 1)
         r = self.cfg.run
-        self.loop = Loop(self.denoiser.net, self.step_function(), o, r.steps, folder=self.run_dir,
-                         ema=self.cfg.ema, generators={"noise": self.noise_gen}, dist=self.dist,
-                         device=self.device, log_every=r.log_every, checkpoint_every=r.checkpoint_every,
-                         progress=self.progress)
+        self.loop = Loop(
+            self.denoiser.net,
+            self.step_function(),
+            o,
+            r.steps,
+            folder=self.run_dir,
+            ema=self.cfg.ema,
+            generators={"noise": self.noise_gen},
+            dist=self.dist,
+            device=self.device,
+            log_every=r.log_every,
+            checkpoint_every=r.checkpoint_every,
+            progress=self.progress,
+        )
         if resume:
             self.loop.load()
         self.model, self.train_denoiser = self.loop.net, self.denoiser  # model: DDP's under torchrun
@@ -144,9 +168,19 @@ class Trainer:
             if self.progress:
                 tqdm.write(f"training the autoencoder ({d.autoencoder_steps} steps) into {folder}")
             report = train_autoencoder_folder(
-                self.data.images, held_out, ae_cfg, folder, d.autoencoder_steps, d.autoencoder_batch_size,
-                seed=cfg.run.seed, device=self.device, progress=self.progress, about={"data": d.name},
-                resume=(folder / AE_STATE).is_file(), dist=Dist())
+                self.data.images,
+                held_out,
+                ae_cfg,
+                folder,
+                d.autoencoder_steps,
+                d.autoencoder_batch_size,
+                seed=cfg.run.seed,
+                device=self.device,
+                progress=self.progress,
+                about={"data": d.name},
+                resume=(folder / AE_STATE).is_file(),
+                dist=Dist(),
+            )
             if not report["finished"]:  # Ctrl-C: the autoencoder's checkpoint is saved, the run stops
                 raise KeyboardInterrupt
             if self.progress:
@@ -160,8 +194,10 @@ class Trainer:
 
         ae = self.autoencoder = load_autoencoder(folder, self.device)
         if ae.cfg.in_channels != images.shape[1]:
-            raise NanodiffError(f"the autoencoder in {folder} takes {ae.cfg.in_channels}-channel images, "
-                                f"the data has {images.shape[1]}")
+            raise NanodiffError(
+                f"the autoencoder in {folder} takes {ae.cfg.in_channels}-channel images, "
+                f"the data has {images.shape[1]}"
+            )
         return ae.encode_images(images, progress=self.progress)
 
     def save(self) -> None:
@@ -192,7 +228,8 @@ class Trainer:
             x0 = self.data.images[idx][mine].to(self.device)
             # the task's condition and target (drawn for the whole micro-batch, this rank's rows kept)
             denoiser, x0, eps = get_task(cfg.data.task).batch(
-                cfg, self.train_denoiser, x0, eps[mine].to(self.device), self.noise_gen, micro_batch, mine)
+                cfg, self.train_denoiser, x0, eps[mine].to(self.device), self.noise_gen, micro_batch, mine
+            )
             with torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda"):
                 return diffusion_loss(denoiser, x0, sigma[mine].to(self.device), eps, cfg.loss, labels)
 
@@ -216,14 +253,24 @@ class Trainer:
         elif self.prompts is not None:  # the grid prompts, in turn, guided away from ""
             labels = self.grid_prompts[torch.arange(self.cfg.run.sample_n) % len(self.grid_prompts)]
             uncond, guidance = self.prompts[0].to(self.device), self.cfg.run.sample_guidance
-        n, shown = self.cfg.run.sample_n, self.grid_images[:self.cfg.run.sample_n]
+        n, shown = self.cfg.run.sample_n, self.grid_images[: self.cfg.run.sample_n]
         editing = get_task(self.cfg.data.task).grid(self.cfg, shown)  # a task's grid may edit training images
         if editing:
             n = len(shown)
         # a latent run's grid is decoded by the autoencoder loaded to encode the data
-        images = draw(self.cfg, ema, n, autoencoder=self.autoencoder, cond=labels,
-                      sampler=self.cfg.run.sampler, steps=self.cfg.run.sample_steps, seed=0,
-                      guidance=guidance, uncond=uncond, **editing)
+        images = draw(
+            self.cfg,
+            ema,
+            n,
+            autoencoder=self.autoencoder,
+            cond=labels,
+            sampler=self.cfg.run.sampler,
+            steps=self.cfg.run.sample_steps,
+            seed=0,
+            guidance=guidance,
+            uncond=uncond,
+            **editing,
+        )
         save_grid(images, path, nrow=int(math.sqrt(self.cfg.run.sample_n)))
 
     def fit(self, stop_after: int | None = None) -> bool:
@@ -247,18 +294,23 @@ class Trainer:
         self.sample_grid(self.run_dir / "samples.png")
 
 
-def train(cfg: Config, run_dir: str | Path, progress: bool = True,
-          stop_after: int | None = None) -> bool:
+def train(cfg: Config, run_dir: str | Path, progress: bool = True, stop_after: int | None = None) -> bool:
     """Train a new run into run_dir. Returns False if interrupted (a checkpoint was saved)."""
     run_dir = Path(run_dir)
     if (run_dir / MODEL).exists():
-        raise NanodiffError(f"{run_dir} already holds a run; resume it with resume() or choose "
-                            "another folder")
+        raise NanodiffError(
+            f"{run_dir} already holds a run; resume it with resume() or choose another folder"
+        )
     return Trainer(cfg, run_dir, progress=progress).fit(stop_after)
 
 
-def resume(run_dir: str | Path, steps: int | None = None, device: str | None = None,
-           progress: bool = True, stop_after: int | None = None) -> bool:
+def resume(
+    run_dir: str | Path,
+    steps: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> bool:
     """Continue a run exactly where it stopped (optionally to a new total of steps, or elsewhere)."""
     cfg = load_config(run_dir)
     if steps is not None:

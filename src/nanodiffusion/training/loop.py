@@ -101,8 +101,10 @@ def check_fresh(folder: Path, resume: bool, overwrite: bool, what: str, main: bo
     if resume or not folder.exists():
         return
     if not overwrite:
-        raise NanodiffError(f"{folder.parent} already holds {what}; pass resume=True to continue it "
-                            "or overwrite=True to start again")
+        raise NanodiffError(
+            f"{folder.parent} already holds {what}; pass resume=True to continue it "
+            "or overwrite=True to start again"
+        )
     if main:
         shutil.rmtree(folder)
 
@@ -121,18 +123,32 @@ class Loop:
     decay_steps: where the cosine reaches its floor (default `steps`); grad_clip <= 0: no clipping.
     """
 
-    def __init__(self, model: nn.Module, step_fn: StepFn, optim: OptimConfig, steps: int, *,
-                 folder: str | Path | None = None, ema: EMAConfig | None = None,
-                 generators: dict[str, torch.Generator] | None = None, dist: Dist | None = None,
-                 device: str | torch.device = "cpu", forward: nn.Module | None = None,
-                 decay_steps: int | None = None, log_every: int = 10, checkpoint_every: int = 0,
-                 progress: bool = True, desc: str = "training"):
+    def __init__(
+        self,
+        model: nn.Module,
+        step_fn: StepFn,
+        optim: OptimConfig,
+        steps: int,
+        *,
+        folder: str | Path | None = None,
+        ema: EMAConfig | None = None,
+        generators: dict[str, torch.Generator] | None = None,
+        dist: Dist | None = None,
+        device: str | torch.device = "cpu",
+        forward: nn.Module | None = None,
+        decay_steps: int | None = None,
+        log_every: int = 10,
+        checkpoint_every: int = 0,
+        progress: bool = True,
+        desc: str = "training",
+    ):
         self.model, self.step_fn, self.optim, self.steps = model, step_fn, optim, steps
         self.folder = None if folder is None else Path(folder)
         self.dist, self.device = dist or Dist(), torch.device(device)
         self.ema = None if ema is None else EMAModel(model, ema.power, ema.max_decay)
-        self.opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=(optim.beta1, optim.beta2),
-                                     weight_decay=optim.weight_decay)
+        self.opt = torch.optim.AdamW(
+            model.parameters(), lr=optim.lr, betas=(optim.beta1, optim.beta2), weight_decay=optim.weight_decay
+        )
         self.generators = dict(generators or {})
         self.decay_steps, self.log_every, self.checkpoint_every = decay_steps, log_every, checkpoint_every
         self.progress, self.desc = progress and self.dist.main, desc
@@ -160,9 +176,13 @@ class Loop:
         save_weights(self.model, d / MODEL, self.step)
         if self.ema is not None:
             save_weights(self.ema.model, d / EMA, self.step)
-        state = {"step": self.step, "optimizer": self.opt.state_dict(),
-                 **{f"{name}_rng": g.get_state() for name, g in self.generators.items()},
-                 "torch_rng": torch.get_rng_state(), "train_s": self.train_s}
+        state = {
+            "step": self.step,
+            "optimizer": self.opt.state_dict(),
+            **{f"{name}_rng": g.get_state() for name, g in self.generators.items()},
+            "torch_rng": torch.get_rng_state(),
+            "train_s": self.train_s,
+        }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         save_state(state, d / STATE)
@@ -233,8 +253,13 @@ class Loop:
             saving = " and saving a checkpoint" if self.folder is not None else ""
             tqdm.write(f"interrupted: finishing this step{saving} (Ctrl-C again to abort)")
 
-    def fit(self, stop_after: int | None = None, every: Sequence[tuple[int, Callable[[int], None]]] = (),
-            finish: Callable[[], None] | None = None, budget_s: float | None = None) -> bool:
+    def fit(
+        self,
+        stop_after: int | None = None,
+        every: Sequence[tuple[int, Callable[[int], None]]] = (),
+        finish: Callable[[], None] | None = None,
+        budget_s: float | None = None,
+    ) -> bool:
         """Train to `steps` (or to step stop_after, or until budget_s seconds of steps are spent).
 
         Each (n, fn) of `every` runs fn(step) on the main process every n steps (n = 0: never);
@@ -250,8 +275,14 @@ class Loop:
         self._stop_requested = False
         in_main_thread = threading.current_thread() is threading.main_thread()
         old_handler = signal.signal(signal.SIGINT, self._on_sigint) if in_main_thread else None
-        bar = tqdm(total=self.steps, initial=self.step, disable=not self.progress,
-                   desc=self.desc, unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=self.steps,
+            initial=self.step,
+            disable=not self.progress,
+            desc=self.desc,
+            unit="step",
+            dynamic_ncols=True,
+        )
         window_loss, window_n, window_parts, t_window = 0.0, 0, {}, time.perf_counter()
         interrupted = False
         try:
@@ -264,9 +295,13 @@ class Loop:
                 bar.update(1)
                 if self.step % self.log_every == 0 or self.step == last:
                     ips = window_n * self.optim.batch_size / (time.perf_counter() - t_window)
-                    record = {"step": self.step, "loss": window_loss / window_n,
-                              "lr": self.opt.param_groups[0]["lr"], "images_per_s": ips,
-                              **{k: v / window_n for k, v in window_parts.items()}}
+                    record = {
+                        "step": self.step,
+                        "loss": window_loss / window_n,
+                        "lr": self.opt.param_groups[0]["lr"],
+                        "images_per_s": ips,
+                        **{k: v / window_n for k, v in window_parts.items()},
+                    }
                     bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{ips:.0f}")
                     self.records.append(record)
                     if metrics:
