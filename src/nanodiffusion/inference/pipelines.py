@@ -312,8 +312,8 @@ class Cascade:
     def from_pretrained(
         cls,
         base: str | Path,
-        upscaler: str | Path,
-        weights: str = "ema",  # compat
+        upscaler: str | Path,  # compat
+        weights: str = "ema",
         device: str = "auto",
     ) -> Cascade:
         """A base run's folder and a second stage's (a run that takes low-resolution images)."""

@@ -234,9 +234,9 @@ def sample_images(
     init: torch.Tensor | None = None,
     strength: float = 1.0,
     known: torch.Tensor | None = None,
-    inpaint: str = "replace",
+    inpaint: str = "replace",  # compat
     jump: int = 5,
-    resample: int = 5,  # compat
+    resample: int = 5,
     image_cond: torch.Tensor | None = None,
     cond: torch.Tensor | None = None,
     wrappers: Sequence[Wrapper] = (),
