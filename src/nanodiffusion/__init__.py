@@ -44,6 +44,17 @@ MOVED = {
     "evaluate": "metrics.fid",
     "bench_samplers": "metrics.sampler_error",  # its docs-writing part is bench/samplers.py
 }
+# Old modules whose names were split further: the old path holds these modules' names too
+# (after the main one's: the old evaluate.evaluate_images is training.classifier's, which trains
+# the classifier features when asked for them, as it did).
+SPLIT = {
+    "control": ("training.controlnet", "metrics.image"),
+    "train": ("training.loop", "training.autoencoder"),
+    "superres": ("metrics.image",),
+    "editing": ("metrics.image",),
+    "evaluate": ("training.classifier",),
+    "pipelines": ("inference.sampling", "inference.runs"),
+}
 
 
 class _OldPath(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -67,6 +78,12 @@ class _OldPath(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         )
         real = importlib.import_module(new)
         module.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("__")})
+        for extra in SPLIT.get(module.__name__[len(__name__) + 1 :], ()):  # names that moved on again
+            extra_module = importlib.import_module(f"{__name__}.{extra}")
+            for k, v in vars(extra_module).items():  # its own definitions; what it imported only if new
+                own = getattr(v, "__module__", None) == extra_module.__name__
+                if not k.startswith("_") and (own or k not in module.__dict__):
+                    module.__dict__[k] = v
         module.__doc__ = real.__doc__
 
 
