@@ -198,3 +198,33 @@ def test_two_process_autoencoder_takes_the_same_steps_as_one_process(tmp_path):
         atol=2e-4,
         biases=False,
     )
+
+
+@pytest.mark.slow
+def test_the_command_stops_on_ctrl_c_with_exit_130_and_resumes(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from nanodiffusion.cli import main
+
+    calls, loss = [], Autoencoder.loss
+
+    def interrupted_loss(self, *args, **kwargs):  # Ctrl-C during the second step
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss(self, *args, **kwargs)
+
+    out = tmp_path / "ae"
+    argv = ["train-autoencoder", "--data", "digits", "--steps", "4", "--batch-size", "8", "--channels", "8",
+            "--out", str(out), "--quiet"]  # fmt: skip
+    monkeypatch.setattr(Autoencoder, "loss", interrupted_loss)
+    assert main(argv) == 130
+    printed = capsys.readouterr().out
+    assert f"stopped after 2 steps; checkpoint saved in {out / 'checkpoint'}" in printed
+    assert "the same command plus --resume" in printed and not (out / "autoencoder.safetensors").exists()
+    monkeypatch.setattr(Autoencoder, "loss", loss)
+    assert main([*argv, "--resume"]) == 0
+    assert "held-out PSNR" in capsys.readouterr().out and (out / "autoencoder.safetensors").is_file()
+    assert main(argv) == 2  # a finished folder is not replaced without --overwrite
+    assert main([*argv, "--overwrite"]) == 0

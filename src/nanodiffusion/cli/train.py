@@ -140,11 +140,14 @@ def add_resume_flags(p, what: str) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a finished folder instead of refusing")
 
 
-def stopped(report: dict, again: str) -> bool:
+def stopped(report: dict, out: Path) -> bool:
     """Print how to continue a trainer that Ctrl-C stopped (its checkpoint is saved)."""
     if report["finished"]:
         return False
-    print(f"stopped after {report['steps']} steps; checkpoint saved. Continue with: {again} --resume")
+    print(
+        f"stopped after {report['steps']} steps; checkpoint saved in {out / 'checkpoint'}. Continue "
+        f"with the same command plus --resume --out {out}"
+    )
     return True
 
 
@@ -187,7 +190,7 @@ def cmd_train_autoencoder(args) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
     )
-    if stopped(report, " ".join(["nanodiff train-autoencoder", args.data, "--out", str(out)])):
+    if stopped(report, out):
         return 130
     print(
         f"held-out PSNR {report['psnr']:.2f} dB; latent scale factor {report['scale_factor']:.4f} "
@@ -230,7 +233,7 @@ def cmd_train_controlnet(args) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
     )
-    if stopped(report, f"nanodiff train-controlnet {args.run} --out {out}"):
+    if stopped(report, out):
         return 130
     print(
         f"ControlNet trained {report['steps']} steps in {report['train_s']:.0f} s (loss "
