@@ -9,29 +9,12 @@ from PIL import Image
 
 from nanodiffusion.cli import main
 from nanodiffusion.training.diffusion import train
+from tiny_runs import train_tiny
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from nanodiffusion.io.config import apply_overrides, preset
-
-    cfg = apply_overrides(
-        preset("digits"),
-        [
-            "model.channels=8",
-            "model.blocks_per_level=1",
-            "model.attn_resolutions=[]",
-            "optim.batch_size=16",
-            "run.steps=3",
-            "run.sample_every=0",
-            "run.checkpoint_every=0",
-            "run.sample_n=4",
-            "run.sample_steps=5",
-        ],
-    )
-    run = tmp_path_factory.mktemp("cli") / "run"
-    train(cfg, run, progress=False)
-    return run
+    return train_tiny(tmp_path_factory.mktemp("cli") / "run", "run.sample_steps=5")
 
 
 def _digest(folder):

@@ -15,6 +15,7 @@ import nanodiffusion
 from nanodiffusion.cli import build_parser, main
 from nanodiffusion.cli.common import flag_names
 from nanodiffusion.errors import NanodiffError
+from tiny_runs import train_tiny
 
 SRC = Path(nanodiffusion.__file__).parent
 CLI = SRC / "cli"
@@ -173,51 +174,12 @@ def test_held_out_images_are_the_test_split_else_the_last_training_images():
 # --- the demos are the library's; the commands print their numbers ---------------------------------
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    from nanodiffusion.io.config import apply_overrides, preset
-    from nanodiffusion.training.diffusion import train
-
-    cfg = apply_overrides(
-        preset("digits"),
-        [
-            "model.channels=8",
-            "model.blocks_per_level=1",
-            "model.attn_resolutions=[]",
-            "optim.batch_size=16",
-            "run.steps=3",
-            "run.sample_every=0",
-            "run.checkpoint_every=0",
-            "run.sample_n=4",
-            "run.sample_steps=3",
-        ],
-    )
-    run = tmp_path_factory.mktemp("structure") / "digits"
-    assert train(cfg, run, progress=False)
-    return run
+    return train_tiny(tmp_path_factory.mktemp("structure") / "digits")
 
 
 @pytest.fixture(scope="module")
 def upscale_run(tmp_path_factory):
-    from nanodiffusion.io.config import apply_overrides, preset
-    from nanodiffusion.training.diffusion import train
-
-    cfg = apply_overrides(
-        preset("digits"),
-        [
-            'data.task="upscale"',
-            "model.channels=8",
-            "model.blocks_per_level=1",
-            "model.attn_resolutions=[]",
-            "optim.batch_size=16",
-            "run.steps=3",
-            "run.sample_every=0",
-            "run.checkpoint_every=0",
-            "run.sample_n=4",
-            "run.sample_steps=3",
-        ],
-    )
-    run = tmp_path_factory.mktemp("structure") / "upscale"
-    assert train(cfg, run, progress=False)
-    return run
+    return train_tiny(tmp_path_factory.mktemp("structure") / "upscale", 'data.task="upscale"')
 
 
 def test_the_inpaint_demo_is_the_library_s(digits_run, capsys):

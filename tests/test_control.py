@@ -9,6 +9,7 @@ from nanodiffusion.metrics.image import edge_f1, sobel_edges
 from nanodiffusion.nets.controlnet import Controlled, ControlNet, controlled, load_controlnet
 from nanodiffusion.nets.unet import UNet, UNetConfig
 from nanodiffusion.training.controlnet import train_controlnet
+from tiny_runs import train_tiny
 from torchrun_helper import assert_same_steps, needs_torchrun, run_one_and_two
 
 
@@ -98,27 +99,7 @@ def test_sobel_edges_and_edge_f1():
 
 @pytest.fixture(scope="module")
 def class_run(tmp_path_factory):
-    from nanodiffusion.io.config import apply_overrides, preset
-    from nanodiffusion.training.diffusion import train
-
-    cfg = apply_overrides(
-        preset("digits"),
-        [
-            "data.class_conditional=true",
-            "model.channels=8",
-            "model.blocks_per_level=1",
-            "model.attn_resolutions=[]",
-            "optim.batch_size=16",
-            "run.steps=3",
-            "run.sample_every=0",
-            "run.checkpoint_every=0",
-            "run.sample_n=4",
-            "run.sample_steps=3",
-        ],
-    )
-    run = tmp_path_factory.mktemp("cn") / "run"
-    assert train(cfg, run, progress=False)
-    return run
+    return train_tiny(tmp_path_factory.mktemp("cn") / "run", "data.class_conditional=true")
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import torch
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.metrics import image as image_metrics
 from nanodiffusion.tasks import upscale as superres
+from tiny_runs import train_tiny
 
 
 def _images(n=3, c=3, size=16, seed=0):
@@ -86,27 +87,9 @@ def test_bicubic_error_is_what_the_benchmark_beats():
 @pytest.fixture(scope="module")
 def upscale_run(tmp_path_factory):
     """A digits 4x4 -> 8x8 upscaling run, a few steps."""
-    from nanodiffusion.io.config import apply_overrides, preset
-    from nanodiffusion.training.diffusion import train
-
-    cfg = apply_overrides(
-        preset("digits"),
-        [
-            'data.task="upscale"',
-            "model.channels=8",
-            "model.blocks_per_level=1",
-            "model.attn_resolutions=[]",
-            "optim.batch_size=16",
-            "run.steps=4",
-            "run.sample_every=2",
-            "run.checkpoint_every=0",
-            "run.sample_n=4",
-            "run.sample_steps=3",
-        ],
+    return train_tiny(
+        tmp_path_factory.mktemp("sr") / "run", 'data.task="upscale"', "run.steps=4", "run.sample_every=2"
     )
-    run = tmp_path_factory.mktemp("sr") / "run"
-    assert train(cfg, run, progress=False)
-    return run
 
 
 @pytest.mark.slow
