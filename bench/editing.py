@@ -48,6 +48,7 @@ from nanodiffusion.core.editing import demo_masks
 from nanodiffusion.data.datasets import load_data
 from nanodiffusion.data.shapes import adherence, prompt_set, render_scene
 from nanodiffusion.inference.pipelines import conditioning, draw, load_parts
+from nanodiffusion.io.checkpoint import latest_checkpoint
 from nanodiffusion.io.viz import plot_rows, to_uint8
 from nanodiffusion.metrics.fid import evaluate_images
 from nanodiffusion.metrics.image import fill_errors
@@ -95,7 +96,7 @@ def ensure_run(s: Settings, dataset: str) -> Path:
     if s.runs.get(dataset):
         return Path(s.runs[dataset])
     run = s.out / f"{DATASETS[dataset]}-run"
-    if not (run / "ema.safetensors").is_file():
+    if latest_checkpoint(run) is None:
         extra = ["--steps", "4", "--set", "data.autoencoder_steps=4"] if s.quick else []
         print(f"training the {DATASETS[dataset]} preset into {run}", flush=True)
         subprocess.run(
@@ -270,7 +271,7 @@ def ensure_sr_runs(s: Settings) -> tuple[Path, Path, dict]:
         if runs[key]:
             continue
         runs[key] = s.out / f"{key}-run"
-        if not (runs[key] / "ema.safetensors").is_file():
+        if latest_checkpoint(runs[key]) is None:
             quick = ["--steps", "4", "--set", "data.autoencoder_steps=4"] if s.quick else []
             if s.quick and key == "upscale":
                 quick = quick[:2]

@@ -144,7 +144,7 @@ def test_ctrl_c_saves_the_autoencoders_checkpoint_and_resume_continues_exactly(
     import os
     import signal
 
-    from nanodiffusion.io.checkpoint import weights_step
+    from nanodiffusion.io.checkpoint import checkpoint_file, weights_step
 
     calls, loss = [], Autoencoder.loss
 
@@ -156,7 +156,7 @@ def test_ctrl_c_saves_the_autoencoders_checkpoint_and_resume_continues_exactly(
 
     monkeypatch.setattr(Autoencoder, "loss", interrupted_loss)
     assert _train(tmp_path / "ae") == {"finished": False, "steps": 2}  # the step finished, then saved
-    assert weights_step(tmp_path / "ae" / "checkpoint" / "ema.safetensors") == 2
+    assert weights_step(checkpoint_file(tmp_path / "ae" / "checkpoint", "ema.safetensors")) == 2
     with pytest.raises(NanodiffError, match="resume=True"):
         _train(tmp_path / "ae")  # a new run may not mix with the stopped one's files
     monkeypatch.setattr(Autoencoder, "loss", loss)

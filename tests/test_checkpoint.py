@@ -136,7 +136,9 @@ def test_damaged_or_unsafe_state_is_one_line(tmp_path):
     path.write_bytes(path.read_bytes()[:40])
     assert error_of(load_state, path).startswith(f"corrupt training state {path}: ")
     torch.save({"step": 1, "call": os.getcwd}, path)  # a pickled function: never unpickled
-    assert error_of(load_state, path).startswith(f"corrupt training state {path}: ")
+    assert error_of(load_state, path) == f"refused {path}: loading it would run code from the file"
+    torch.save([1, 2], path)  # a valid file of the wrong layout
+    assert error_of(load_state, path) == f"corrupt training state {path}: it holds a list, not a dict"
 
 
 # --- config and writes ----------------------------------------------------------------------------

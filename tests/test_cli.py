@@ -205,9 +205,12 @@ def test_missing_and_corrupt_checkpoints(run_dir, tmp_path, capsys):
 
     broken = tmp_path / "broken"
     shutil.copytree(run_dir, broken)
-    (broken / "ema.safetensors").write_bytes(b"not a safetensors file")
+    from nanodiffusion.io.checkpoint import checkpoint_file
+
+    ema = checkpoint_file(broken, "ema.safetensors")
+    ema.write_bytes(b"not a safetensors file")
     assert "corrupt checkpoint" in _error(capsys, ["sample", str(broken)])
-    (broken / "ema.safetensors").unlink()
+    ema.unlink()
     assert "missing checkpoint file" in _error(capsys, ["sample", str(broken)])
     (broken / "config.json").unlink()
     assert "not a run folder" in _error(capsys, ["sample", str(broken)])

@@ -203,7 +203,10 @@ def _train_cn(run, out, steps=3, **options):
 def _cn_checkpoint(out):
     from safetensors.torch import load_file
 
-    return {name: load_file(str(out / "checkpoint" / f"{name}.safetensors")) for name in ("model", "ema")}
+    from nanodiffusion.io.checkpoint import checkpoint_file
+
+    files = {name: checkpoint_file(out / "checkpoint", f"{name}.safetensors") for name in ("model", "ema")}
+    return {name: load_file(str(path)) for name, path in files.items()}
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +254,7 @@ def test_ctrl_c_saves_the_controlnets_checkpoint_and_resume_continues_exactly(
     import os
     import signal
 
-    from nanodiffusion.io.checkpoint import weights_step
+    from nanodiffusion.io.checkpoint import checkpoint_file, weights_step
 
     calls, forward = [], ControlNet.forward
 
@@ -263,7 +266,7 @@ def test_ctrl_c_saves_the_controlnets_checkpoint_and_resume_continues_exactly(
 
     monkeypatch.setattr(ControlNet, "forward", interrupted_forward)
     assert _train_cn(class_run, tmp_path / "cn") == {"finished": False, "steps": 2}
-    assert weights_step(tmp_path / "cn" / "checkpoint" / "model.safetensors") == 2
+    assert weights_step(checkpoint_file(tmp_path / "cn" / "checkpoint", "model.safetensors")) == 2
     monkeypatch.setattr(ControlNet, "forward", forward)
     assert _train_cn(class_run, tmp_path / "cn", resume=True)["finished"]
     a, b = _cn_checkpoint(straight_and_stopped_cn[0]), _cn_checkpoint(tmp_path / "cn")

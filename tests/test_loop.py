@@ -52,9 +52,9 @@ def test_a_resumed_loop_continues_the_metrics_and_refuses_a_mixed_checkpoint(tmp
     resumed = _toy_loop(1, tmp_path)
     resumed.load()
     assert resumed.step == 2 and [r["step"] for r in resumed.records] == [1, 2]
-    from nanodiffusion.io.checkpoint import save_weights
+    from nanodiffusion.io.checkpoint import checkpoint_file, save_weights
 
-    save_weights(resumed.model, tmp_path / "model.safetensors", 5)
+    save_weights(resumed.model, checkpoint_file(tmp_path, "model.safetensors"), 5)  # a tampered file
     with pytest.raises(NanodiffError, match="different steps"):
         _toy_loop(1, tmp_path).load()
     with pytest.raises(NanodiffError, match="nothing to resume"):

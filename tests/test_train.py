@@ -14,12 +14,12 @@ import torch
 from safetensors.torch import load_file
 
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.io.checkpoint import weights_step
+from nanodiffusion.io.checkpoint import checkpoint_file, checkpoints, weights_step
 from nanodiffusion.training.diffusion import EMAModel, lr_factor, resume, train
 
 
 def _weights(run, name="model.safetensors"):
-    return load_file(str(run / name))
+    return load_file(str(checkpoint_file(run, name)))
 
 
 def _assert_same_weights(a, b, atol=0.0):
@@ -36,9 +36,6 @@ def test_run_folder_holds_everything(tmp_path, tiny_config):
     run = tmp_path / "run"
     for f in [
         "config.json",
-        "model.safetensors",
-        "ema.safetensors",
-        "state.pt",
         "metrics.jsonl",
         "loss.png",
         "samples.png",
@@ -46,7 +43,13 @@ def test_run_folder_holds_everything(tmp_path, tiny_config):
         assert (run / f).is_file(), f
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == list(range(1, 7))
-    assert weights_step(run / "model.safetensors") == 6
+    assert [step for step, _ in checkpoints(run)] == [6]  # the final checkpoint, a folder of its own
+    assert sorted(os.listdir(run / "checkpoints" / "step-00000006")) == [
+        "ema.safetensors",
+        "model.safetensors",
+        "state.pt",
+    ]
+    assert weights_step(checkpoint_file(run, "model.safetensors")) == 6
     assert json.loads((run / "config.json").read_text())["model"]["image_size"] == 8
 
 
@@ -55,21 +58,21 @@ def test_resume_after_interruption_reaches_the_same_weights(tmp_path, tiny_confi
     # dropout is on, so the global RNG state must come back too
     train(tiny_config, tmp_path / "full", progress=False)
     train(tiny_config, tmp_path / "split", progress=False, stop_after=3)
-    assert weights_step(tmp_path / "split" / "model.safetensors") == 3
+    assert weights_step(checkpoint_file(tmp_path / "split", "model.safetensors")) == 3
     resume(tmp_path / "split", progress=False)
     _assert_same_weights(tmp_path / "full", tmp_path / "split")
-    state_a = torch.load(tmp_path / "full" / "state.pt", weights_only=True)
-    state_b = torch.load(tmp_path / "split" / "state.pt", weights_only=True)
+    state_a = torch.load(checkpoint_file(tmp_path / "full", "state.pt"), weights_only=True)
+    state_b = torch.load(checkpoint_file(tmp_path / "split", "state.pt"), weights_only=True)
     assert torch.equal(state_a["noise_rng"], state_b["noise_rng"])
 
 
 @pytest.mark.slow
 def test_training_into_an_existing_run_is_refused_and_leaves_it_intact(tmp_path, tiny_config):
     train(tiny_config, tmp_path / "run", progress=False)
-    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    before = checkpoint_file(tmp_path / "run", "model.safetensors").read_bytes()
     with pytest.raises(NanodiffError, match="already holds a run"):
         train(tiny_config, tmp_path / "run", progress=False)
-    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+    assert checkpoint_file(tmp_path / "run", "model.safetensors").read_bytes() == before
 
 
 def test_ema_warm_up_follows_the_young_weights():
@@ -138,7 +141,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_exactly(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "nanodiff train --resume" in out and "Traceback" not in err
-    k = weights_step(run / "model.safetensors")
+    k = weights_step(checkpoint_file(run, "model.safetensors"))
     assert k >= 3
     # continue two more steps, and compare with a run that was never interrupted
     from nanodiffusion.io.checkpoint import load_config

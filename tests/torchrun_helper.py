@@ -11,6 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from nanodiffusion.io.checkpoint import checkpoint_file
+
 needs_torchrun = pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
 
 
@@ -28,6 +30,12 @@ def run_one_and_two(args: list[str], one: Path, two: Path) -> None:
         assert done.returncode == 0, done.stderr[:3000] + "\n...\n" + done.stderr[-1500:]
 
 
+def _file(folder: Path, name: str) -> Path:
+    """FOLDER/name; for "checkpoint/F", file F of the newest checkpoint in FOLDER/checkpoint."""
+    where, _, file = name.rpartition("/")
+    return checkpoint_file(folder / where, file) if where == "checkpoint" else folder / name
+
+
 def assert_same_steps(
     one: Path, two: Path, files: list[str], init: dict[str, torch.Tensor], atol: float, biases: bool = True
 ) -> None:
@@ -39,7 +47,7 @@ def assert_same_steps(
     GroupNorm cancels gets nothing but float noise as its gradient, and Adam's first steps,
     which divide by the gradient's own size, turn noise into steps of +-lr."""
     for name in files:
-        a, b = load_file(str(one / name)), load_file(str(two / name))
+        a, b = load_file(str(_file(one, name))), load_file(str(_file(two, name)))
         assert a.keys() == b.keys()
         for k in a:
             if biases or a[k].ndim > 1:

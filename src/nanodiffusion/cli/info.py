@@ -8,7 +8,15 @@ from pathlib import Path
 from nanodiffusion.cli import common
 from nanodiffusion.core.schedules import KINDS, Schedule
 from nanodiffusion.io import viz
-from nanodiffusion.io.checkpoint import EMA, MODEL, STATE, load_config, weights_step
+from nanodiffusion.io.checkpoint import (
+    EMA,
+    MODEL,
+    STATE,
+    checkpoints,
+    latest_checkpoint,
+    load_config,
+    weights_step,
+)
 from nanodiffusion.metrics import sampler_error
 
 
@@ -25,7 +33,8 @@ def cmd_info(args) -> int:
     run = Path(args.run)
     cfg = load_config(run)
     params = sum(p.numel() for p in build_denoiser(cfg).net.parameters())
-    step = weights_step(run / MODEL) if (run / MODEL).exists() else 0
+    where = latest_checkpoint(run)
+    step = weights_step(where / MODEL) if where is not None and (where / MODEL).is_file() else 0
     m, s = cfg.model, cfg.schedule
     print(f"run          {run}")
     print(
@@ -41,7 +50,13 @@ def cmd_info(args) -> int:
         + (f", T={s.T}" if s.discrete else "")
     )
     print(f"training     step {step} of {cfg.run.steps}, batch {cfg.optim.batch_size}, lr {cfg.optim.lr}")
-    print("files        " + ", ".join(f for f in (MODEL, EMA, STATE) if (run / f).exists()))
+    if where is None:
+        print("checkpoint   none")
+    else:
+        files = ", ".join(f for f in (MODEL, EMA, STATE) if (where / f).is_file())
+        kept = [s for s, _ in checkpoints(run)]
+        older = f"; older: steps {', '.join(map(str, kept[:-1]))}" if len(kept) > 1 else ""
+        print(f"checkpoint   {where.relative_to(run) if where != run else '.'}: {files}{older}")
     return 0
 
 

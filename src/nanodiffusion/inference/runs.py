@@ -8,7 +8,7 @@ import torch
 
 from nanodiffusion.core.denoisers import Denoiser
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.io.checkpoint import EMA, MODEL, load_config, load_weights
+from nanodiffusion.io.checkpoint import EMA, MODEL, checkpoint_file, load_config, load_weights
 from nanodiffusion.io.config import Config
 from nanodiffusion.io.device import pick_device
 from nanodiffusion.nets.unet import UNet
@@ -33,7 +33,7 @@ def load_run(run_dir: str | Path, weights: str = "ema", device: str = "auto") ->
     if cfg.data.autoencoder and (run_dir / "autoencoder").is_dir():  # its own, wherever the run moved
         cfg.data.autoencoder = str(run_dir / "autoencoder")
     denoiser = build_denoiser(cfg)
-    load_weights(denoiser.net, run_dir / (EMA if weights == "ema" else MODEL))
+    load_weights(denoiser.net, checkpoint_file(run_dir, EMA if weights == "ema" else MODEL))
     return cfg, denoiser.to(pick_device(device)).eval()
 
 

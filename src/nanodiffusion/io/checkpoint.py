@@ -1,14 +1,27 @@
-"""Run folders: config.json, model.safetensors, ema.safetensors, state.pt; autoencoder folders.
+"""Run folders, checkpoints and autoencoder folders.
 
-Every file is written to a temporary name and renamed into place, so an interruption never
-leaves a half-written file. Weights are safetensors; the training state (optimizer, RNG) is
-loaded with ``torch.load(weights_only=True)``, which cannot run code from the file.
+A run folder holds config.json, metrics.jsonl, samples/ and checkpoints/step-NNNNNNNN/, each
+checkpoint a folder of model.safetensors, ema.safetensors and state.pt. A checkpoint is
+complete or absent: its files are written into a hidden `.step-NNNNNNNN.tmp` folder, flushed
+to disk (fsync), and the folder is renamed to its name in one step; older checkpoints beyond
+the last `keep` are first renamed away (`.step-NNNNNNNN.old`) and then deleted, so a name
+`step-*` always means a whole checkpoint. A kill at any moment therefore costs at most the
+steps since the newest complete checkpoint, and a full disk leaves the previous ones intact.
+
+Older run folders, and exported pipelines, keep the weights at the top of the folder
+(model.safetensors, ema.safetensors, state.pt): every reader takes those when the folder has
+no checkpoints/. Every other file is written to a temporary name and renamed into place.
+Weights are safetensors; the training state (optimizer, RNG) is loaded with
+``torch.load(weights_only=True)``, which cannot run code from the file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +35,8 @@ from nanodiffusion.io.config import Config
 from nanodiffusion.nets.autoencoder import AE_CONFIG, AE_WEIGHTS, Autoencoder, AutoencoderConfig
 
 MODEL, EMA, STATE, CONFIG = "model.safetensors", "ema.safetensors", "state.pt", "config.json"
+CHECKPOINTS = "checkpoints"  # FOLDER/checkpoints/step-NNNNNNNN/
+_COMPLETE = re.compile(r"step-(\d{8,})")  # a whole checkpoint; hidden .step-*.tmp / .old ones are not
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -32,19 +47,121 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.replace(tmp, path)
 
 
+def _one_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file to the disk, or a folder's list of names (where the OS allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if path.is_dir():  # Windows cannot open folders; their names are flushed with them
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_config(cfg: Config, run_dir: Path) -> None:
     atomic_write(Path(run_dir) / CONFIG, cfg.save)
 
 
-def save_weights(module: nn.Module, path: Path, step: int) -> None:
+def write_weights(module: nn.Module, path: Path, step: int) -> None:
+    """module's weights as safetensors, with the training step in the metadata (not atomic:
+    save_weights is, and so is a file of write_checkpoint)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"step": str(step)}))
+    save_file(tensors, str(path), metadata={"step": str(step)})
+
+
+def save_weights(module: nn.Module, path: Path, step: int) -> None:
+    atomic_write(path, lambda p: write_weights(module, p, step))
 
 
 def save_state(state: dict, path: Path) -> None:
     atomic_write(path, lambda p: torch.save(state, p))
 
 
+# --- checkpoints: folders that appear whole ------------------------------------------------------
+def checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
+    """The complete checkpoints in folder/checkpoints as (step, path), oldest first."""
+    root = Path(folder) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(m, p) for p in root.iterdir() if (m := _COMPLETE.fullmatch(p.name)) and p.is_dir()]
+    return sorted((int(m.group(1)), p) for m, p in found)
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """Where folder's newest weights are: its newest complete checkpoint; for a folder without
+    checkpoints/ (a run saved before 0.2, an exported pipeline), the folder itself if it holds
+    weights; None if neither."""
+    found = checkpoints(folder)
+    if found:
+        return found[-1][1]
+    folder = Path(folder)
+    return folder if any((folder / name).is_file() for name in (MODEL, EMA, STATE)) else None
+
+
+def checkpoint_file(folder: str | Path, name: str) -> Path:
+    """The path of `name` (MODEL, EMA or STATE) in folder's newest checkpoint."""
+    where = latest_checkpoint(folder)
+    if where is None:
+        raise NanodiffError(f"{folder} holds no checkpoint (no {CHECKPOINTS}/step-* folder and no {name})")
+    return where / name
+
+
+def clean_checkpoints(folder: str | Path) -> list[str]:
+    """Delete what an interrupted save or deletion left in folder/checkpoints (hidden
+    .step-*.tmp and .step-*.old folders); returns their names."""
+    root = Path(folder) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    left = sorted(p for p in root.iterdir() if p.name.startswith(".step-"))
+    for p in left:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return [p.name for p in left]
+
+
+def write_checkpoint(
+    folder: str | Path, step: int, files: dict[str, Callable[[Path], None]], keep: int = 2
+) -> Path:
+    """Write checkpoint `step` into folder/checkpoints/step-NNNNNNNN as one unit: files maps each
+    file name to a function that writes it to a given path. Then delete all but the newest `keep`
+    checkpoints (0: keep all). A failed write (a full disk) removes its temporary folder and
+    raises a NanodiffError that says the earlier checkpoints are intact. Returns the folder."""
+    root = Path(folder) / CHECKPOINTS
+    final = root / f"step-{step:08d}"
+    if final.is_dir():  # this step is saved already (the end of a run that just checkpointed)
+        return final
+    tmp = root / f".{final.name}.tmp"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        clean_checkpoints(folder)
+        tmp.mkdir()
+        for name, write in files.items():
+            write(tmp / name)
+            _fsync(tmp / name)
+        _fsync(tmp)
+        os.rename(tmp, final)  # the checkpoint appears whole, or not at all
+        _fsync(root)
+    except (OSError, SafetensorError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        found = checkpoints(folder)
+        kept = f"the checkpoint of step {found[-1][0]} is intact" if found else "no earlier checkpoint"
+        raise NanodiffError(
+            f"could not write the checkpoint of step {step} in {root} ({_one_line(e)}); {kept}"
+        ) from None
+    for _, old in checkpoints(folder)[:-keep] if keep > 0 else []:
+        trash = old.with_name(f".{old.name}.old")  # renamed first: a half-deleted folder is never step-*
+        os.rename(old, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    return final
+
+
+# --- readers ---------------------------------------------------------------------------------------
 def load_config(run_dir: Path) -> Config:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -55,9 +172,19 @@ def load_config(run_dir: Path) -> Config:
 
 
 def weights_step(path: Path) -> int:
-    """The training step stored in a weights file's metadata."""
-    with safe_open(str(path), "pt") as f:
-        return int((f.metadata() or {}).get("step", -1))
+    """The training step stored in a weights file's metadata (-1 if it has none)."""
+    path = Path(path)
+    if not path.is_file():
+        raise NanodiffError(f"missing checkpoint file: {path}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            step = (f.metadata() or {}).get("step", "-1")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise NanodiffError(f"corrupt checkpoint file {path}: {_one_line(e)}") from None
+    try:
+        return int(step)
+    except ValueError:
+        raise NanodiffError(f"corrupt checkpoint file {path}: step {step[:40]!r} is not a number") from None
 
 
 def load_weights(module: nn.Module, path: Path) -> None:
@@ -68,7 +195,7 @@ def load_weights(module: nn.Module, path: Path) -> None:
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise NanodiffError(f"corrupt checkpoint file {path}: {e}") from None
+        raise NanodiffError(f"corrupt checkpoint file {path}: {_one_line(e)}") from None
     own = module.state_dict()
     missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     shapes = [k for k in own if k in tensors and own[k].shape != tensors[k].shape]
@@ -82,17 +209,29 @@ def load_weights(module: nn.Module, path: Path) -> None:
             f"{tuple(own[shapes[0]].shape)} in the config"
         )
         raise NanodiffError(f"config.json does not match the weights in {path}: {detail}")
+    dtypes = [k for k in own if own[k].is_floating_point() != tensors[k].is_floating_point()]
+    if dtypes:
+        raise NanodiffError(f"corrupt checkpoint file {path}: {dtypes[0]} is {tensors[dtypes[0]].dtype}")
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise NanodiffError(f"corrupt checkpoint file {path}: {bad[0]} holds NaN or infinite values")
     module.load_state_dict(tensors)
 
 
 def load_state(path: Path) -> dict:
+    """A training state written by save_state: a dict; never unpickles code (weights_only)."""
     path = Path(path)
     if not path.is_file():
         raise NanodiffError(f"missing training state: {path} (was this run saved by train()?)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refuses anything but tensors and plain containers
+        raise NanodiffError(f"refused {path}: loading it would run code from the file") from None
     except Exception as e:  # torch raises many types for a damaged file
         raise NanodiffError(f"corrupt training state {path}: {type(e).__name__}") from None
+    if not isinstance(state, dict):
+        raise NanodiffError(f"corrupt training state {path}: it holds a {type(state).__name__}, not a dict")
+    return state
 
 
 # --- an autoencoder's folder: its config and weights -------------------------------------------

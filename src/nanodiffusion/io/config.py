@@ -88,6 +88,7 @@ class RunConfig:
     log_every: int = 10
     sample_every: int = 500  # write a grid of EMA samples; 0: only at the end
     checkpoint_every: int = 500
+    keep_checkpoints: int = 2  # the newest checkpoints kept in RUN/checkpoints (0: all)
     sample_n: int = 64
     sample_guidance: float = 1.0  # classifier-free guidance scale of the grids of conditional runs
     sample_prompts: str = ""  # text runs: grid prompts split by "|" ("": shapes' fixed list, else captions)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.io.checkpoint import STATE, atomic_write, save_autoencoder
+from nanodiffusion.io.checkpoint import atomic_write, save_autoencoder
 from nanodiffusion.io.config import EMAConfig, OptimConfig
 from nanodiffusion.metrics.image import psnr
 from nanodiffusion.nets.autoencoder import (
@@ -30,8 +30,7 @@ from nanodiffusion.training.distributed import Dist
 from nanodiffusion.training.loop import Loop, check_fresh, dist_and_device
 
 AE_CHECKPOINT = "checkpoint"  # the loop's folder inside an autoencoder folder
-AE_STATE = f"{AE_CHECKPOINT}/{STATE}"
-__all__ = ["AE_CHECKPOINT", "AE_STATE", "train_autoencoder", "train_autoencoder_folder"]
+__all__ = ["AE_CHECKPOINT", "train_autoencoder", "train_autoencoder_folder"]
 
 
 class _Objective(nn.Module):

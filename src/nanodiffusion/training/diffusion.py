@@ -21,11 +21,11 @@ from nanodiffusion.core.losses import diffusion_loss, sample_sigmas
 from nanodiffusion.data.datasets import ImageData, held_out_images, load_data
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.inference.pipelines import build_denoiser, draw
-from nanodiffusion.io.checkpoint import MODEL, load_config, save_config
+from nanodiffusion.io.checkpoint import latest_checkpoint, load_config, save_config
 from nanodiffusion.io.config import Config
 from nanodiffusion.nets.autoencoder import AE_CONFIG, AutoencoderConfig
 from nanodiffusion.tasks import get_task
-from nanodiffusion.training.autoencoder import AE_STATE, train_autoencoder_folder
+from nanodiffusion.training.autoencoder import AE_CHECKPOINT, train_autoencoder_folder
 from nanodiffusion.training.distributed import Dist, setup_distributed
 from nanodiffusion.training.loop import EMAModel, Loop, lr_multiplier
 
@@ -142,6 +142,7 @@ class Trainer:
             device=self.device,
             log_every=r.log_every,
             checkpoint_every=r.checkpoint_every,
+            keep=r.keep_checkpoints,
             progress=self.progress,
         )
         if resume:
@@ -178,7 +179,7 @@ class Trainer:
                 device=self.device,
                 progress=self.progress,
                 about={"data": d.name},
-                resume=(folder / AE_STATE).is_file(),
+                resume=latest_checkpoint(folder / AE_CHECKPOINT) is not None,
                 dist=Dist(),
             )
             if not report["finished"]:  # Ctrl-C: the autoencoder's checkpoint is saved, the run stops
@@ -297,7 +298,7 @@ class Trainer:
 def train(cfg: Config, run_dir: str | Path, progress: bool = True, stop_after: int | None = None) -> bool:
     """Train a new run into run_dir. Returns False if interrupted (a checkpoint was saved)."""
     run_dir = Path(run_dir)
-    if (run_dir / MODEL).exists():
+    if latest_checkpoint(run_dir) is not None:
         raise NanodiffError(
             f"{run_dir} already holds a run; resume it with resume() or choose another folder"
         )

@@ -12,8 +12,10 @@ loop (saved by name) and from torch's global RNG (dropout; saved too), and from 
 number. So the weights, EMA, optimizer, step and those RNG states are the whole state: a run
 stopped at step k and resumed continues bit for bit.
 
-A checkpoint is a folder holding model.safetensors, ema.safetensors and state.pt (the step
-stored in each, so a mixed set is refused) and metrics.jsonl; each file is written atomically.
+Checkpoints are FOLDER/checkpoints/step-NNNNNNNN/{model.safetensors, ema.safetensors,
+state.pt}, each written whole or not at all (io/checkpoint.write_checkpoint), the newest `keep`
+kept; resuming takes the newest and removes what an interrupted save left. FOLDER/metrics.jsonl
+is the log; resuming cuts it back to the checkpoint's step.
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ from nanodiffusion.io.checkpoint import (
     MODEL,
     STATE,
     atomic_write,
+    clean_checkpoints,
+    latest_checkpoint,
     load_state,
     load_weights,
-    save_state,
-    save_weights,
     weights_step,
+    write_checkpoint,
+    write_weights,
 )
 from nanodiffusion.io.config import EMAConfig, OptimConfig
 from nanodiffusion.io.device import pick_device
@@ -120,7 +124,8 @@ class Loop:
     settings (None: no EMA); generators: every generator the step function draws from, saved by
     name; forward: the module the step function calls if not `model` itself (it must hold
     model's parameters; under torchrun it is the one wrapped in DDP, as `loop.net`);
-    decay_steps: where the cosine reaches its floor (default `steps`); grad_clip <= 0: no clipping.
+    decay_steps: where the cosine reaches its floor (default `steps`); grad_clip <= 0: no clipping;
+    keep: how many of the newest checkpoints to keep (0: all).
     """
 
     def __init__(
@@ -139,6 +144,7 @@ class Loop:
         decay_steps: int | None = None,
         log_every: int = 10,
         checkpoint_every: int = 0,
+        keep: int = 2,
         progress: bool = True,
         desc: str = "training",
     ):
@@ -151,6 +157,7 @@ class Loop:
         )
         self.generators = dict(generators or {})
         self.decay_steps, self.log_every, self.checkpoint_every = decay_steps, log_every, checkpoint_every
+        self.keep = keep
         self.progress, self.desc = progress and self.dist.main, desc
         self.step, self.train_s, self.records = 0, 0.0, []
         self.out_of_time = False
@@ -169,13 +176,9 @@ class Loop:
 
     # --- checkpoints ------------------------------------------------------------------
     def save(self) -> None:
+        """Write this step's checkpoint (the main process; a no-op without a folder)."""
         if not self.dist.main or self.folder is None:
             return
-        d = self.folder
-        d.mkdir(parents=True, exist_ok=True)
-        save_weights(self.model, d / MODEL, self.step)
-        if self.ema is not None:
-            save_weights(self.ema.model, d / EMA, self.step)
         state = {
             "step": self.step,
             "optimizer": self.opt.state_dict(),
@@ -185,36 +188,67 @@ class Loop:
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        save_state(state, d / STATE)
+        files = {MODEL: lambda p: write_weights(self.model, p, self.step)}
+        if self.ema is not None:
+            files[EMA] = lambda p: write_weights(self.ema.model, p, self.step)
+        files[STATE] = lambda p: torch.save(state, p)
+        write_checkpoint(self.folder, self.step, files, self.keep)
 
     def load(self) -> None:
-        """Continue from the checkpoint in the folder: weights, EMA, optimizer, step, RNG states,
-        and the metrics logged up to that step (later lines, from after the checkpoint, go)."""
+        """Continue from the newest checkpoint in the folder: weights, EMA, optimizer, step, RNG
+        states, and the metrics logged up to that step (later lines, from after the checkpoint,
+        go). What an interrupted save left behind is removed."""
         d = self.folder
-        if d is None or not (d / STATE).is_file():
-            raise NanodiffError(f"nothing to resume in {d}: no {STATE}")
-        load_weights(self.model, d / MODEL)
-        steps = {weights_step(d / MODEL)}
+        where = None if d is None else latest_checkpoint(d)
+        if where is None or not (where / STATE).is_file():
+            raise NanodiffError(f"nothing to resume in {d}: it holds no checkpoint")
+        removed = clean_checkpoints(d) if self.dist.main else []
+        load_weights(self.model, where / MODEL)
+        steps = {weights_step(where / MODEL)}
         if self.ema is not None:
-            load_weights(self.ema.model, d / EMA)
-            steps.add(weights_step(d / EMA))
-        state = load_state(d / STATE)
+            load_weights(self.ema.model, where / EMA)
+            steps.add(weights_step(where / EMA))
+        state = self._checked_state(where / STATE)
         steps.add(state["step"])
         if len(steps) != 1:
-            raise NanodiffError(f"checkpoint files in {d} are from different steps {sorted(steps)}")
-        self.opt.load_state_dict(state["optimizer"])
-        for name, g in self.generators.items():
-            g.set_state(state[f"{name}_rng"])
-        torch.set_rng_state(state["torch_rng"])
+            raise NanodiffError(f"checkpoint files in {where} are from different steps {sorted(steps)}")
+        try:
+            self.opt.load_state_dict(state["optimizer"])
+            for name, g in self.generators.items():
+                g.set_state(state[f"{name}_rng"])
+            torch.set_rng_state(state["torch_rng"])
+        except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as e:
+            detail = " ".join(str(e).split())[:80]
+            raise NanodiffError(f"corrupt training state {where / STATE}: {detail}") from None
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda_rng"])
-        self.step, self.train_s = state["step"], state.get("train_s", 0.0)
+        self.step, self.train_s = state["step"], float(state.get("train_s", 0.0))
         metrics = d / METRICS
         lines = metrics.read_text().splitlines() if metrics.is_file() else []
-        self.records = [r for r in map(json.loads, lines) if r["step"] <= self.step]
+        try:
+            self.records = [r for r in map(json.loads, lines) if r["step"] <= self.step]
+        except (ValueError, KeyError, TypeError):
+            raise NanodiffError(f"{metrics} is damaged: delete it to resume without its log") from None
         if self.dist.main and len(self.records) < len(lines):
             kept = "".join(json.dumps(r) + "\n" for r in self.records)
             atomic_write(metrics, lambda p: p.write_text(kept))
+        if self.progress:
+            left = f"; removed the unfinished {', '.join(removed)}" if removed else ""
+            tqdm.write(f"resuming from step {self.step} ({where}){left}")
+
+    def _checked_state(self, path: Path) -> dict:
+        """The training state at path, with every entry load() needs of the right kind."""
+        state = load_state(path)
+        needed = {"step": int, "optimizer": dict, "torch_rng": torch.Tensor}
+        needed.update({f"{name}_rng": torch.Tensor for name in self.generators})
+        for key, kind in needed.items():
+            value = state.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                got = "nothing" if value is None else type(value).__name__
+                raise NanodiffError(f"corrupt training state {path}: {key} is {got}, not {kind.__name__}")
+        if state["step"] < 0:
+            raise NanodiffError(f"corrupt training state {path}: step {state['step']}")
+        return state
 
     # --- one optimisation step --------------------------------------------------------
     def step_once(self) -> float:
