@@ -135,6 +135,7 @@ def write_checkpoint(
     root = Path(folder) / CHECKPOINTS
     final = root / f"step-{step:08d}"
     if final.is_dir():  # this step is saved already (the end of a run that just checkpointed)
+        _keep_newest(folder, keep)
         return final
     tmp = root / f".{final.name}.tmp"
     try:
@@ -154,11 +155,17 @@ def write_checkpoint(
         raise NanodiffError(
             f"could not write the checkpoint of step {step} in {root} ({_one_line(e)}); {kept}"
         ) from None
+    _keep_newest(folder, keep)
+    return final
+
+
+def _keep_newest(folder: Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints (0: none), each renamed away first, so that a
+    folder cut short in its deletion is never taken for a checkpoint."""
     for _, old in checkpoints(folder)[:-keep] if keep > 0 else []:
-        trash = old.with_name(f".{old.name}.old")  # renamed first: a half-deleted folder is never step-*
+        trash = old.with_name(f".{old.name}.old")
         os.rename(old, trash)
         shutil.rmtree(trash, ignore_errors=True)
-    return final
 
 
 # --- readers ---------------------------------------------------------------------------------------

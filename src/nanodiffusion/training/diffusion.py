@@ -145,8 +145,8 @@ class Trainer:
             keep=r.keep_checkpoints,
             progress=self.progress,
         )
-        if resume:
-            self.loop.load()
+        if resume:  # a run killed before its first checkpoint starts again
+            self.loop.load(from_start_if_none=True)
         self.model, self.train_denoiser = self.loop.net, self.denoiser  # model: DDP's under torchrun
         if self.dist.world > 1:
             self.train_denoiser = build_denoiser(self.cfg, self.model)

@@ -194,15 +194,21 @@ class Loop:
         files[STATE] = lambda p: torch.save(state, p)
         write_checkpoint(self.folder, self.step, files, self.keep)
 
-    def load(self) -> None:
+    def load(self, from_start_if_none: bool = False) -> None:
         """Continue from the newest checkpoint in the folder: weights, EMA, optimizer, step, RNG
         states, and the metrics logged up to that step (later lines, from after the checkpoint,
-        go). What an interrupted save left behind is removed."""
+        go). What an interrupted save left behind is removed. A folder without a checkpoint (a
+        run stopped before its first) is an error, or with from_start_if_none a run from step 0."""
         d = self.folder
         where = None if d is None else latest_checkpoint(d)
+        removed = clean_checkpoints(d) if self.dist.main and d is not None else []
+        if where is None and from_start_if_none and d is not None:
+            self._keep_metrics()
+            if self.progress:
+                tqdm.write(f"{d} holds no checkpoint yet: starting from step 0")
+            return
         if where is None or not (where / STATE).is_file():
             raise NanodiffError(f"nothing to resume in {d}: it holds no checkpoint")
-        removed = clean_checkpoints(d) if self.dist.main else []
         load_weights(self.model, where / MODEL)
         steps = {weights_step(where / MODEL)}
         if self.ema is not None:
@@ -223,7 +229,14 @@ class Loop:
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda_rng"])
         self.step, self.train_s = state["step"], float(state.get("train_s", 0.0))
-        metrics = d / METRICS
+        self._keep_metrics()
+        if self.progress:
+            left = f"; removed the unfinished {', '.join(removed)}" if removed else ""
+            tqdm.write(f"resuming from step {self.step} ({where}){left}")
+
+    def _keep_metrics(self) -> None:
+        """The metrics logged up to this step; later lines (after the checkpoint) leave the file."""
+        metrics = self.folder / METRICS
         lines = metrics.read_text().splitlines() if metrics.is_file() else []
         try:
             self.records = [r for r in map(json.loads, lines) if r["step"] <= self.step]
@@ -232,9 +245,6 @@ class Loop:
         if self.dist.main and len(self.records) < len(lines):
             kept = "".join(json.dumps(r) + "\n" for r in self.records)
             atomic_write(metrics, lambda p: p.write_text(kept))
-        if self.progress:
-            left = f"; removed the unfinished {', '.join(removed)}" if removed else ""
-            tqdm.write(f"resuming from step {self.step} ({where}){left}")
 
     def _checked_state(self, path: Path) -> dict:
         """The training state at path, with every entry load() needs of the right kind."""
