@@ -9,7 +9,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from nanodiffusion.io.checkpoint import (
+    CHECKPOINTS,
     atomic_write,
+    checkpoint_file,
+    checkpoints,
+    clean_checkpoints,
+    latest_checkpoint,
     load_config,
     load_state,
     load_weights,
@@ -17,6 +22,7 @@ from nanodiffusion.io.checkpoint import (
     save_state,
     save_weights,
     weights_step,
+    write_checkpoint,
 )
 from nanodiffusion.io.config import apply_overrides, preset
 from one_line import error_of
@@ -169,3 +175,79 @@ def test_an_interrupted_write_leaves_the_old_file(tmp_path):
     assert path.read_bytes() == b"old"
     atomic_write(path, lambda tmp: tmp.write_bytes(b"new"))
     assert path.read_bytes() == b"new"
+
+
+# --- checkpoint folders ---------------------------------------------------------------------------
+
+
+def _writer(text: str):
+    return lambda path: path.write_text(text)
+
+
+def test_a_checkpoint_is_a_folder_and_only_the_newest_are_kept(tmp_path):
+    for step in (2, 4, 6):
+        write_checkpoint(tmp_path, step, {"a.txt": _writer(f"a{step}"), "b.txt": _writer(f"b{step}")}, keep=2)
+    assert [s for s, _ in checkpoints(tmp_path)] == [4, 6]
+    assert sorted(os.listdir(tmp_path / CHECKPOINTS)) == ["step-00000004", "step-00000006"]
+    assert latest_checkpoint(tmp_path) == tmp_path / CHECKPOINTS / "step-00000006"
+    assert checkpoint_file(tmp_path, "b.txt").read_text() == "b6"
+    for step in (8, 10):
+        write_checkpoint(tmp_path, step, {"a.txt": _writer(f"a{step}")}, keep=0)  # 0 keeps them all
+    assert [s for s, _ in checkpoints(tmp_path)] == [4, 6, 8, 10]
+
+
+def test_a_failed_write_leaves_the_earlier_checkpoints_and_no_temporary_folder(tmp_path):
+    write_checkpoint(tmp_path, 2, {"a.txt": _writer("a2")})
+
+    def full_disk(path):
+        path.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    message = error_of(write_checkpoint, tmp_path, 4, {"a.txt": _writer("a4"), "b.txt": full_disk})
+    assert message == (
+        f"could not write the checkpoint of step 4 in {tmp_path / CHECKPOINTS} "
+        "([Errno 28] No space left on device); the checkpoint of step 2 is intact"
+    )
+    assert sorted(os.listdir(tmp_path / CHECKPOINTS)) == ["step-00000002"]
+    assert checkpoint_file(tmp_path, "a.txt").read_text() == "a2"
+
+
+def test_half_written_and_half_deleted_checkpoints_are_never_taken_and_get_cleaned(tmp_path):
+    write_checkpoint(tmp_path, 2, {"a.txt": _writer("a2")})
+    root = tmp_path / CHECKPOINTS
+    (root / ".step-00000004.tmp").mkdir()  # a save killed half way
+    (root / ".step-00000004.tmp" / "a.txt").write_text("a4 cut sh")
+    (root / ".step-00000000.old").mkdir()  # a deletion killed half way
+    (root / "notes.txt").write_text("a user's file")
+    assert latest_checkpoint(tmp_path) == root / "step-00000002"
+    assert clean_checkpoints(tmp_path) == [".step-00000000.old", ".step-00000004.tmp"]
+    assert sorted(os.listdir(root)) == ["notes.txt", "step-00000002"]
+
+
+def test_a_folder_of_weights_without_checkpoints_is_read_in_place(tmp_path):
+    """Runs saved before 0.2 and exported pipelines keep their weights at the top."""
+    assert latest_checkpoint(tmp_path) is None
+    assert error_of(checkpoint_file, tmp_path, "ema.safetensors").endswith(
+        "holds no checkpoint (no checkpoints/step-* folder and no ema.safetensors)"
+    )
+    save_weights(net(0), tmp_path / "ema.safetensors", 7)
+    assert checkpoint_file(tmp_path, "ema.safetensors") == tmp_path / "ema.safetensors"
+    write_checkpoint(tmp_path, 9, {"ema.safetensors": lambda p: save_weights(net(1), p, 9)})
+    assert weights_step(checkpoint_file(tmp_path, "ema.safetensors")) == 9  # checkpoints/ comes first
+
+
+def test_weights_with_a_step_that_is_not_a_number_or_nan_values_are_one_line(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file(
+        {k: v.contiguous() for k, v in net(0).state_dict().items()}, str(path), metadata={"step": "abc"}
+    )
+    assert error_of(weights_step, path) == f"corrupt checkpoint file {path}: step 'abc' is not a number"
+    tensors = net(0).state_dict()
+    tensors["0.weight"] = torch.full_like(tensors["0.weight"], float("nan"))
+    save_file(tensors, str(path), metadata={"step": "1"})
+    model = net(1)
+    assert (
+        error_of(load_weights, model, path)
+        == f"corrupt checkpoint file {path}: 0.weight holds NaN or infinite values"
+    )
+    assert same_weights(model, net(1))

@@ -18,7 +18,11 @@ def run_dir(tmp_path_factory):
 
 
 def _digest(folder):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
 
 
 def _error(capsys, argv):
@@ -171,6 +175,29 @@ def test_info_describes_the_run(run_dir, capsys):
     assert main(["info", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert "step 3 of 3" in out and "eps prediction" in out and "linear schedule" in out
+    assert "checkpoint   checkpoints/step-00000003: model.safetensors, ema.safetensors, state.pt" in out
+
+
+def test_a_run_folder_of_the_old_layout_still_samples_and_resumes(run_dir, tmp_path, capsys):
+    """Before 0.2 a run kept model.safetensors, ema.safetensors and state.pt at its top."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    for f in (old / "checkpoints" / "step-00000003").iterdir():
+        f.rename(old / f.name)
+    shutil.rmtree(old / "checkpoints")
+    capsys.readouterr()
+    assert main(["info", str(old)]) == 0
+    assert "step 3 of 3" in capsys.readouterr().out
+    assert main(["sample", str(old), "--n", "2", "--steps", "2", "--out", str(tmp_path / "a")]) == 0
+    assert main(["sample", str(run_dir), "--n", "2", "--steps", "2", "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "a" / "grid.png").read_bytes() == (tmp_path / "b" / "grid.png").read_bytes()
+    assert (
+        main(["train", "--resume", str(old), "--steps", "4", "--quiet"]) == 0
+    )  # continues, into checkpoints/
+    assert main(["info", str(old)]) == 0
+    assert "step 4 of 4" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
