@@ -45,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nanodiff: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("nanodiff: error: out of memory; try a smaller --batch-size, --n or model", file=sys.stderr)
+        return 2
+    except OSError as e:  # a disk that fills or a place that cannot be written, in the system's words
+        where = f": {e.filename}" if e.filename else ""
+        print(f"nanodiff: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
