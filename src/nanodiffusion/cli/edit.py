@@ -61,9 +61,10 @@ def inpaint_inputs(args, shape: tuple[int, int, int]) -> tuple[torch.Tensor, tor
     from PIL import Image
 
     from nanodiffusion.core.editing import mask_from_image
+    from nanodiffusion.data.files import read_mask
 
     image, size = common.read_image(args.image, shape)
-    mask = viz.open_image(args.mask, "L")
+    mask = read_mask(args.mask)
     if mask.size != size:
         raise NanodiffError(
             f"the mask is {mask.size[0]}x{mask.size[1]} and the image "
@@ -74,7 +75,7 @@ def inpaint_inputs(args, shape: tuple[int, int, int]) -> tuple[torch.Tensor, tor
         mask = mask.resize((w, h), Image.Resampling.NEAREST)
     known = mask_from_image(viz.load_image(mask, channels=1)[0])
     if known.all():
-        raise NanodiffError(f"the mask {args.mask} has no white pixels: nothing to repaint")
+        raise NanodiffError(f"the mask {args.mask} has no white pixels left at the run's size {w}x{h}")
     return image, known
 
 

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from nanodiffusion.core.schedules import Schedule
+from nanodiffusion.data.files import read_image
 from nanodiffusion.errors import NanodiffError
 
 PAD = 255  # grid padding: white, in pixel units
@@ -304,16 +305,10 @@ def plot_rows(rows: list[torch.Tensor], labels: list[str], path: str | Path, pad
 # --- reading images --------------------------------------------------------------------------------
 def open_image(path_or_pil: Any, mode: str = "RGB") -> Image.Image:
     """A PIL image in `mode` (RGB, or L for grey) from a path or a PIL image; an unreadable file
-    is one clear line."""
-    from PIL import UnidentifiedImageError
-
+    is one clear line (data.files.read_image)."""
     if isinstance(path_or_pil, Image.Image):
         return path_or_pil.convert(mode)
-    try:
-        with Image.open(path_or_pil) as image:
-            return image.convert(mode)  # decodes now: a truncated file fails here, not later
-    except (OSError, UnidentifiedImageError) as e:
-        raise NanodiffError(f"cannot read the image {str(path_or_pil)!r}: {e}") from e
+    return read_image(path_or_pil, mode)
 
 
 def load_image(path_or_pil: Any, size: tuple[int, int] | None = None, channels: int = 3) -> torch.Tensor:

@@ -1,0 +1,253 @@
+"""Hostile input: a corpus of broken and malicious files the tests make themselves, each of which
+must end in one NanodiffError line naming the file (and, through the command line, exit 2 with
+one stderr line), never a traceback, and never run code or allocate what the header claims."""
+
+import io
+import re
+import struct
+import warnings
+import zipfile
+import zlib
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nanodiffusion.cli import main
+from nanodiffusion.data.datasets import load_data
+from nanodiffusion.data.files import MAX_PIXELS, read_array, read_image, read_mask
+from one_line import error_of
+
+
+# --- the corpus ------------------------------------------------------------------------------------
+def png_bytes(size=(4, 4), mode="RGB", color=0) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def forged_png(width: int, height: int) -> bytes:
+    """A valid 4x4 PNG whose IHDR (and its CRC) is rewritten to declare width x height."""
+    data = bytearray(png_bytes())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def npy_bytes(array: np.ndarray, shape: tuple[int, ...] | None = None) -> bytes:
+    """array as .npy bytes, its header declaring `shape` instead of the array's own if given."""
+    buffer = io.BytesIO()
+    header = np.lib.format.header_data_from_array_1_0(array)
+    if shape is not None:
+        header["shape"] = shape
+    np.lib.format.write_array_header_1_0(buffer, header)
+    buffer.write(array.tobytes())
+    return buffer.getvalue()
+
+
+def write_npz(path, **members: bytes):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, payload in members.items():
+            archive.writestr(f"{name}.npy", payload)
+    return path
+
+
+class RunsCode:
+    """Unpickling this writes the marker file: the proof that a loader ran code from a file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    files = {
+        "bomb.png": forged_png(40000, 40000),
+        "huge.png": forged_png(9000, 9000),  # under Pillow's bomb limit, over ours
+        "truncated.png": png_bytes((64, 64))[:60],
+        "empty.png": b"",
+        "text.png": b"just some text, not an image\n",
+        "truncated.jpg": _jpeg()[:200],
+    }
+    for name, payload in files.items():
+        (tmp_path / name).write_bytes(payload)
+    (tmp_path / "folder.png").mkdir()
+    return tmp_path
+
+
+def _jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+# --- images ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("bomb.png", r"bomb\.png: Image size \(1600000000 pixels\) exceeds limit of \d+ pixels, could be"),
+        ("huge.png", r"huge\.png: it is 9000x9000 = 81000000 pixels, more than the 67108864 allowed"),
+        ("truncated.png", r"cannot read the image .*truncated\.png: "),
+        ("truncated.jpg", r"cannot read the image .*truncated\.jpg: "),
+        ("empty.png", r"empty\.png: the file is empty \(0 bytes\)"),
+        ("text.png", r"cannot read the image .*text\.png: cannot identify image file"),
+        ("folder.png", r"folder\.png: it is a folder, not a file"),
+        ("missing.png", r"missing\.png: no such file"),
+    ],
+)
+def test_hostile_images_are_one_line(corpus, name, message):
+    assert MAX_PIXELS == 67108864
+    with no_bomb_warning():
+        text = error_of(read_image, corpus / name)
+    assert re.search(message, text), text
+
+
+@contextmanager
+def no_bomb_warning():
+    """Pillow's DecompressionBombWarning must not reach the user's terminal either."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    assert not [w for w in caught if "decompression" in str(w.message).lower()]
+
+
+def test_a_good_image_still_reads(tmp_path):
+    path = tmp_path / "ok.png"
+    path.write_bytes(png_bytes((5, 3), "L", 200))
+    image = read_image(path, None)
+    assert image.mode == "L" and image.size == (5, 3)
+    assert read_image(path, "RGB").getpixel((0, 0)) == (200, 200, 200)
+
+
+def test_masks_of_the_wrong_kind(tmp_path):
+    black = tmp_path / "black.png"
+    black.write_bytes(png_bytes((8, 8), "L", 0))
+    deep = tmp_path / "deep.png"
+    Image.new("I;16", (8, 8), 60000).save(deep)
+    good = tmp_path / "good.png"
+    good.write_bytes(png_bytes((8, 8), "L", 255))
+    assert error_of(read_mask, black).endswith("black.png has no white pixels: nothing to repaint")
+    assert "16-bit or float" in error_of(read_mask, deep)
+    assert read_mask(good).getextrema() == (255, 255)
+
+
+def test_image_folder_with_a_bomb(corpus, tmp_path):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(png_bytes())
+    (folder / "b.png").write_bytes(forged_png(40000, 40000))
+    assert "b.png: Image size (1600000000 pixels) exceeds limit" in error_of(load_data, str(folder))
+
+
+# --- arrays ----------------------------------------------------------------------------------------
+def test_forged_huge_header_is_refused_before_loading(tmp_path):
+    small = np.zeros((2, 4, 4), np.uint8)
+    path = write_npz(tmp_path / "forged.npz", images=npy_bytes(small, (10**6, 10**6, 10**3)))
+    message = error_of(read_array, path)
+    assert "array 'images' declares shape [1000000, 1000000, 1000] (1000000000000000 bytes)" in message
+    assert "forged.npz" in error_of(load_data, str(path))
+
+
+def test_more_than_memory_is_refused(tmp_path, monkeypatch):
+    from nanodiffusion.data import files
+
+    path = tmp_path / "big.npz"
+    np.savez(path, images=np.zeros((4, 8, 8), np.uint8))
+    monkeypatch.setattr(files, "available_memory", lambda: 100)
+    assert error_of(read_array, path).endswith("would take 0.0 GiB; 0.0 GiB is free")
+
+
+def test_object_arrays_never_run_code(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "pickle.npz"
+    np.savez(path, images=np.array([RunsCode(marker)], dtype=object))
+    assert not marker.exists()
+    message = error_of(read_array, path)
+    assert "array 'images' holds Python objects (a pickle, which could run code)" in message
+    error_of(load_data, str(path))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"PK not really a zip", "File is not a zip file"),
+        (b"", "the file is empty (0 bytes)"),
+    ],
+)
+def test_not_an_npz(tmp_path, payload, message):
+    path = tmp_path / "set.npz"
+    path.write_bytes(payload)
+    assert message in error_of(load_data, str(path))
+
+
+def test_npz_member_that_is_not_npy(tmp_path):
+    path = write_npz(tmp_path / "odd.npz", images=b"\x93NUMPY garbage")
+    assert "odd.npz" in error_of(read_array, path)
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (np.zeros((3, 0, 0), np.uint8), "images have shape [3, 0, 0], with no pixels"),
+        (np.zeros((3, 4, 0, 1), np.uint8), "images have shape [3, 4, 0, 1], with no pixels"),
+        (np.zeros((3, 4), np.uint8), "images have shape [3, 4]; expected"),
+        (np.zeros((2, 2, 2, 2, 2), np.uint8), "images have shape [2, 2, 2, 2, 2]; expected"),
+        (np.array(["ab", "cd"]).reshape(2, 1, 1), "images have dtype <U2; expected integer or float"),
+        (np.zeros((2, 2, 2), bool), "images have dtype bool"),
+        (np.full((2, 2, 2), np.nan, np.float32), "pixel values span nan..nan"),
+    ],
+)
+def test_npz_images_of_the_wrong_kind(tmp_path, images, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, images=images)
+    assert message in error_of(load_data, str(path))
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (np.array([0, 10**9, 1]), "labels go up to 1000000000 for 3 images"),
+        (np.array([0, -1, 1]), "labels must be 3 integers >= 0"),
+        (np.array([0, 1]), "labels must be 3 integers >= 0, got int64 [2]"),
+        (np.array([0.5, 1, 2]), "labels must be 3 integers >= 0, got float64"),
+    ],
+)
+def test_npz_bad_labels(tmp_path, labels, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, images=np.zeros((3, 4, 4), np.uint8), labels=labels)
+    assert message in error_of(load_data, str(path))
+
+
+def test_a_good_npz_still_loads(tmp_path):
+    path = tmp_path / "good.npz"
+    np.savez(path, images=np.full((3, 4, 4), 255, np.uint8), labels=np.array([2, 0, 1]))
+    data = load_data(str(path))
+    assert torch.equal(data.images, torch.ones(3, 1, 4, 4)) and data.num_classes == 3
+
+
+# --- through the command line ----------------------------------------------------------------------
+def one_error_line(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("nanodiff: error: "), err
+    assert "Traceback" not in err
+    return err
+
+
+def test_cli_train_on_hostile_data(corpus, capsys, tmp_path):
+    marker = tmp_path / "ran"
+    np.savez(tmp_path / "pickle.npz", images=np.array([RunsCode(marker)], dtype=object))
+    write_npz(tmp_path / "forged.npz", images=npy_bytes(np.zeros(4, np.uint8), (10**9, 64, 64)))
+    for data in ("pickle.npz", "forged.npz"):
+        out = tmp_path / f"run-{data}"
+        argv = ["train", "--data", str(tmp_path / data), "--steps", "1", "--out", str(out)]
+        err = one_error_line(capsys, argv)
+        assert data in err
+    assert not marker.exists()
