@@ -251,3 +251,61 @@ def test_cli_train_on_hostile_data(corpus, capsys, tmp_path):
         err = one_error_line(capsys, argv)
         assert data in err
     assert not marker.exists()
+
+
+# --- noise: drawn batch by batch, equal to the one big draw ------------------------------------------
+@pytest.mark.parametrize("shape", [(1,), (3,), (1, 1, 1), (2, 3, 5), (1, 8, 8), (3, 7, 7), (17,)])
+@pytest.mark.parametrize("n", [1, 3, 7, 33])
+def test_noise_rows_equal_one_big_draw(shape, n, monkeypatch):
+    from nanodiffusion.inference import sampling
+
+    monkeypatch.setattr(sampling, "NOISE_CHUNK", 32)  # advance() in many draws, not one
+    g = torch.Generator().manual_seed(5)
+    big = torch.randn(n, *shape, generator=g)
+    after = torch.rand(4, generator=g)  # what a stochastic sampler draws next
+    for batch in (1, 2, 4, 64):
+        rows = sampling.NoiseRows(5, n, shape)
+        drawn = torch.cat([rows.take(min(batch, n - start)) for start in range(0, n, batch)])
+        assert torch.equal(drawn, big), (shape, n, batch)
+    advanced = sampling.advance(torch.Generator().manual_seed(5), big.numel())
+    assert torch.equal(torch.rand(4, generator=advanced), after)
+
+
+class Shrink(torch.nn.Module):
+    """A denoiser that returns x / 2: enough to run a sampler."""
+
+    def __init__(self):
+        super().__init__()
+        from nanodiffusion.core.schedules import Schedule
+
+        self.schedule = Schedule()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, sigma, cond=None):
+        return x / 2
+
+
+def test_sample_draws_noise_a_batch_at_a_time(monkeypatch):
+    """Drawing all n noises first would ask torch.randn for n * 64 values at once."""
+    from nanodiffusion.inference import sampling
+
+    monkeypatch.setattr(sampling, "NOISE_CHUNK", 64)
+    sizes, randn = [], torch.randn
+
+    def recording_randn(*args, **kwargs):
+        out = randn(*args, **kwargs)
+        sizes.append(out.numel())
+        return out
+
+    d, shape = Shrink(), (1, 8, 8)
+    whole = sampling.sample(d, 40, shape, "euler", 3, seed=2, batch_size=40)
+    # what sample() did before: all the noise first, then the sampler's draws from the same generator
+    g = torch.Generator().manual_seed(2)
+    noise, sigmas = torch.randn(40, *shape, generator=g), d.schedule.sampling_sigmas(3)
+    fn = sampling.get_sampler("euler-a").fn
+    before = fn(d, noise * d.schedule.prior_std(float(sigmas[0])), sigmas, None, generator=g).clamp(-1, 1)
+    monkeypatch.setattr(torch, "randn", recording_randn)
+    assert torch.equal(sampling.sample(d, 40, shape, "euler-a", 3, seed=2, batch_size=40), before)
+    sizes.clear()
+    assert torch.equal(sampling.sample(d, 40, shape, "euler", 3, seed=2, batch_size=1), whole)
+    assert max(sizes) <= 64 + 16 and sum(sizes) == 2 * 40 * 64  # the noise, and advance()'s skip
