@@ -235,7 +235,7 @@ def test_a_good_npz_still_loads(tmp_path):
 # --- through the command line ----------------------------------------------------------------------
 def one_error_line(capsys, argv) -> str:
     assert main(argv) == 2
-    err = capsys.readouterr().err
+    err = capsys.readouterr().err.split("\r")[-1].lstrip(" ")  # after the progress bar, if any
     assert len(err.splitlines()) == 1 and err.startswith("nanodiff: error: "), err
     assert "Traceback" not in err
     return err
@@ -309,3 +309,150 @@ def test_sample_draws_noise_a_batch_at_a_time(monkeypatch):
     sizes.clear()
     assert torch.equal(sampling.sample(d, 40, shape, "euler", 3, seed=2, batch_size=1), whole)
     assert max(sizes) <= 64 + 16 and sum(sizes) == 2 * 40 * 64  # the noise, and advance()'s skip
+
+
+# --- numbers on the command line: checked by argparse, before anything loads ------------------------
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["sample", "RUN", "--seed", "-1"],
+            "--seed: must be at least 0 and at most 9223372036854775807, got -1",
+        ),
+        (
+            ["sample", "RUN", "--seed", str(2**64)],
+            "--seed: must be at least 0 and at most 9223372036854775807",
+        ),
+        (["train", "--seed", "1.5"], "--seed: expected an integer, got '1.5'"),
+        (["sample", "RUN", "--n", "100000000"], "--n: must be positive and at most 100000, got 100000000"),
+        (["sample", "RUN", "--n", "0"], "--n: must be positive and at most 100000, got 0"),
+        (["sample", "RUN", "--steps", "1000000000"], "--steps: must be positive and at most 10000"),
+        (["eval", "RUN", "--guidance", "inf"], "--guidance: expected a finite number, got 'inf'"),
+        (["eval", "RUN", "--guidance", "-5"], "--guidance: must be >= 0 and <= 100, got -5"),
+        (["sample", "RUN", "--guidance", "1,-5"], "got '1,-5': must be >= 0 and <= 100, got -5"),
+        (["sample", "RUN", "--guidance", "1,nan"], "got '1,nan': expected a finite number, got 'nan'"),
+        (["generate", "RUN", "a", "--guidance", "1e9"], "--guidance: must be >= 0 and <= 100, got 1e9"),
+        (["eval-prompts", "RUN", "--held-out", "-1"], "--held-out: must be at least 0 and at most 100000"),
+        (["sample", "RUN", "--strength", "nan", "--init", "x.png"], "--strength: expected a finite number"),
+        (["sample", "RUN", "--eta", "-1"], "--eta: must be >= 0, got -1"),
+        (["inpaint", "RUN", "--resample", "1000000"], "--resample: must be positive and at most 1000"),
+        (["upscale", "RUN", "--aug", "-0.5"], "--aug: must be >= 0, got -0.5"),
+        (["train", "--lr", "nan"], "--lr: expected a finite number, got 'nan'"),
+        (["train", "--lr", "0"], "--lr: must be > 0, got 0"),
+        (["train", "--batch-size", "1000000000"], "--batch-size: must be positive and at most 65536"),
+        (["train-autoencoder", "--kl-weight=-inf"], "--kl-weight: expected a finite number"),
+        (["sd", "a cat", "--size", "100000"], "--size: must be positive and at most 4096"),
+    ],
+)
+def test_numeric_flags(capsys, argv, message):
+    assert message in one_error_line(capsys, argv)
+
+
+# --- where results go: checked before the work, written completely or not at all ------------------
+def test_check_out(tmp_path):
+    from nanodiffusion.cli.common import check_out
+
+    a_file = tmp_path / "taken"
+    a_file.write_text("keep me")
+    assert error_of(check_out, a_file) == f"--out {a_file} is a file, not a folder"
+    assert (
+        error_of(check_out, a_file / "x" / "y") == f"--out {a_file}/x/y lies under {a_file}, which is a file"
+    )
+    assert error_of(check_out, tmp_path, True) == f"--out {tmp_path} is a folder; give the name of a file"
+    assert error_of(check_out, a_file / "r.json", True).endswith(f"lies under {a_file}, which is a file")
+    assert error_of(check_out, "/proc/nanodiff-out").startswith("cannot make the folder /proc/nanodiff-out: ")
+    assert check_out(tmp_path / "new" / "r.json", True) == tmp_path / "new" / "r.json"
+    assert check_out(a_file, True) == a_file  # a result file is replaced, atomically, at the end
+    assert a_file.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "taken"] and not any(
+        (tmp_path / "new").iterdir()
+    )
+
+
+def test_a_failed_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    from nanodiffusion.io import viz
+
+    grid = viz.save_grid(torch.zeros(2, 1, 4, 4), tmp_path / "grid.png")
+    before = grid.read_bytes()
+
+    def full_disk(self, fp, *args, **kwargs):
+        with open(fp, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    message = error_of(viz.save_grid, torch.ones(2, 1, 4, 4), grid)
+    assert message == f"cannot write {grid}: [Errno 28] No space left on device"
+    assert grid.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+    message = error_of(viz.save_images, torch.ones(2, 1, 4, 4), tmp_path / "grid.png" / "sub")
+    assert message.startswith(f"cannot make the folder {grid}/sub: ")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from tiny_runs import train_tiny
+
+    return train_tiny(tmp_path_factory.mktemp("files") / "run", "run.steps=1")
+
+
+def draw_nothing(*args, **kwargs):
+    raise AssertionError("the command drew before it checked --out")
+
+
+@pytest.mark.slow
+def test_out_is_checked_before_drawing(run, tmp_path, capsys, monkeypatch):
+    from nanodiffusion.inference import pipelines
+
+    monkeypatch.setattr(pipelines, "draw", draw_nothing)
+    a_file = tmp_path / "taken"
+    a_file.write_text("keep me")
+    sample = ["sample", str(run), "--n", "2", "--steps", "2", "--out"]
+    evaluate = ["eval", str(run), "--n", "2", "--steps", "2", "--features", "classifier", "--out"]
+    assert f"--out {a_file} is a file, not a folder" in one_error_line(capsys, [*sample, str(a_file)])
+    under = a_file / "sub" / "x"
+    assert f"--out {under} lies under {a_file}, which is a file" in one_error_line(
+        capsys, [*sample, str(under)]
+    )
+    assert f"--out {tmp_path} is a folder; give the name of a file" in one_error_line(
+        capsys, [*evaluate, str(tmp_path)]
+    )
+    err = one_error_line(capsys, [*evaluate, str(a_file / "result.json")])
+    assert "lies under" in err
+    assert "cannot make the folder /proc/nanodiff-out" in one_error_line(
+        capsys, [*sample, "/proc/nanodiff-out"]
+    )
+    assert a_file.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_leaves_the_old_results_whole(run, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "samples"
+    argv = ["sample", str(run), "--n", "1", "--steps", "1", "--out", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full_disk(self, fp, *args, **kwargs):
+        with open(fp, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    err = one_error_line(capsys, argv)
+    assert f"cannot write {out}/" in err and "No space left on device" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no .tmp files, nothing half
+
+
+@pytest.mark.slow
+def test_hostile_images_through_the_command_line(run, corpus, capsys):
+    sample = ["sample", str(run), "--n", "1", "--steps", "1", "--out", str(corpus / "out"), "--init"]
+    assert "bomb.png: Image size" in one_error_line(capsys, [*sample, str(corpus / "bomb.png")])
+    assert "huge.png: it is 9000x9000" in one_error_line(capsys, [*sample, str(corpus / "huge.png")])
+    assert "truncated.jpg" in one_error_line(capsys, [*sample, str(corpus / "truncated.jpg")])
+    black = corpus / "black.png"
+    black.write_bytes(png_bytes((8, 8), "L", 0))
+    inpaint = ["inpaint", str(run), "--image", str(black), "--out", str(corpus / "out"), "--mask"]
+    assert "has no white pixels" in one_error_line(capsys, [*inpaint, str(black)])
+    assert "text.png: cannot identify" in one_error_line(capsys, [*inpaint, str(corpus / "text.png")])
+    assert "folder.png: it is a folder" in one_error_line(capsys, [*inpaint, str(corpus / "folder.png")])

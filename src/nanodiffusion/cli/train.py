@@ -14,6 +14,8 @@ from nanodiffusion.errors import NanodiffError
 from nanodiffusion.io import viz
 from nanodiffusion.io.config import PRESETS, Config, apply_overrides, preset
 
+MAX_BATCH = 65_536  # images per training step; each step draws and holds them all
+
 
 # --- train ---------------------------------------------------------------------------------------
 def add_train(sub) -> None:
@@ -30,8 +32,8 @@ def add_train(sub) -> None:
         "the size; nanodiff upscale; the upscale preset is one)",
     )
     common.add_steps(t, None)
-    t.add_argument("--batch-size", type=common.positive)
-    t.add_argument("--lr", type=float)
+    t.add_argument("--batch-size", type=common.up_to(MAX_BATCH))
+    t.add_argument("--lr", type=common.positive_number)
     common.add_seed(t, None)
     common.add_device(t, None)
     t.add_argument("--class-conditional", action="store_true", help="train with class labels")
@@ -115,13 +117,13 @@ def cmd_train(args) -> int:
 def add_train_autoencoder(sub) -> None:
     a = sub.add_parser("train-autoencoder", help="train the KL autoencoder that latent diffusion runs in")
     a.add_argument("--data", default="shapes", help="shapes (default), a built-in name, a folder or .npz")
-    a.add_argument("--size", type=common.positive, default=None, help="image size (shapes: default 32)")
+    a.add_argument("--size", type=common.up_to(1024), default=None, help="image size (shapes: default 32)")
     common.add_steps(a, 2000)
-    a.add_argument("--batch-size", type=common.positive, default=64)
-    a.add_argument("--lr", type=float, default=1e-3)
-    a.add_argument("--channels", type=common.positive, default=32)
-    a.add_argument("--z-channels", type=common.positive, default=4)
-    a.add_argument("--kl-weight", type=float, default=1e-6)
+    a.add_argument("--batch-size", type=common.up_to(MAX_BATCH), default=64)
+    a.add_argument("--lr", type=common.positive_number, default=1e-3)
+    a.add_argument("--channels", type=common.up_to(1024), default=32)
+    a.add_argument("--z-channels", type=common.up_to(64), default=4)
+    a.add_argument("--kl-weight", type=common.non_negative, default=1e-6)
     common.add_seed(a)
     common.add_device(a)
     common.add_out(a, "output folder (default runs/autoencoder-<data>)")
@@ -207,8 +209,8 @@ def add_train_controlnet(sub) -> None:
     )
     tc.add_argument("run")
     common.add_steps(tc, 1500)
-    tc.add_argument("--batch-size", type=common.positive, default=64)
-    tc.add_argument("--lr", type=float, default=5e-4)
+    tc.add_argument("--batch-size", type=common.up_to(MAX_BATCH), default=64)
+    tc.add_argument("--lr", type=common.positive_number, default=5e-4)
     common.add_seed(tc)
     common.add_device(tc)
     common.add_out(tc, "output folder (default RUN/controlnet)")

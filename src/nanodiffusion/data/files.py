@@ -8,11 +8,13 @@ line and the datasets read user files only through here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import warnings
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,38 @@ def check_memory(nbytes: int, what: str) -> None:
     free = available_memory()
     if free is not None and nbytes > free:
         raise NanodiffError(f"{what} would take {nbytes / 2**30:.1f} GiB; {free / 2**30:.1f} GiB is free")
+
+
+# --- writing --------------------------------------------------------------------------------------
+def make_folder(folder: str | Path) -> Path:
+    """folder, made with its parents if missing; one line when it cannot be (a file in the way,
+    no permission, a read-only disk)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NanodiffError(f"cannot make the folder {folder}: {one_line(e)}") from None
+    return folder
+
+
+def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Write a file completely or not at all: ``write(tmp)`` into a hidden file beside path (with
+    path's suffix, for writers that go by it), then rename it over path. On any failure the
+    temporary file is removed; an OSError (a full disk, no permission) becomes one line that
+    names path."""
+    path = Path(path)
+    make_folder(path.parent)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise NanodiffError(f"cannot write {path}: {one_line(e)}") from None
+        raise
+    return path
 
 
 # --- images ----------------------------------------------------------------------------------------

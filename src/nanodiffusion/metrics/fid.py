@@ -36,6 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nanodiffusion.data.datasets import ImageData, cache_root, load_data
+from nanodiffusion.data.files import write_atomically
 from nanodiffusion.errors import NanodiffError
 
 FEATURES = ("inception", "classifier")
@@ -317,10 +318,7 @@ def real_features(
     if path.is_file():
         return load_file(path)["features"]
     features = extract(net, data.images[:n], device=device, progress=progress, desc=f"{split} features")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"features": features.contiguous()}, tmp)
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: save_file({"features": features.contiguous()}, str(tmp)))
     return features
 
 
