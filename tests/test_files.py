@@ -360,13 +360,21 @@ def test_check_out(tmp_path):
     )
     assert error_of(check_out, tmp_path, True) == f"--out {tmp_path} is a folder; give the name of a file"
     assert error_of(check_out, a_file / "r.json", True).endswith(f"lies under {a_file}, which is a file")
-    assert error_of(check_out, "/proc/nanodiff-out").startswith("cannot make the folder /proc/nanodiff-out: ")
+    message = error_of(check_out, "/proc/nanodiff-out")
+    assert message.startswith("--out /proc/nanodiff-out: cannot write in /proc: ")
     assert check_out(tmp_path / "new" / "r.json", True) == tmp_path / "new" / "r.json"
     assert check_out(a_file, True) == a_file  # a result file is replaced, atomically, at the end
     assert a_file.read_text() == "keep me"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "taken"] and not any(
-        (tmp_path / "new").iterdir()
-    )
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]  # nothing made, no probe left
+
+
+@pytest.mark.parametrize("command", [["train"], ["train-autoencoder", "--data", "digits"], ["demo"]])
+def test_training_out_is_checked_first(command, tmp_path, capsys):
+    a_file = tmp_path / "taken"
+    a_file.write_text("keep me")
+    err = one_error_line(capsys, [*command, "--steps", "1", "--out", str(a_file / "run")])
+    assert f"--out {a_file}/run lies under {a_file}, which is a file" in err
+    assert a_file.read_text() == "keep me"
 
 
 def test_a_failed_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
@@ -418,9 +426,7 @@ def test_out_is_checked_before_drawing(run, tmp_path, capsys, monkeypatch):
     )
     err = one_error_line(capsys, [*evaluate, str(a_file / "result.json")])
     assert "lies under" in err
-    assert "cannot make the folder /proc/nanodiff-out" in one_error_line(
-        capsys, [*sample, "/proc/nanodiff-out"]
-    )
+    assert "cannot write in /proc: " in one_error_line(capsys, [*sample, "/proc/nanodiff-out"])
     assert a_file.read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
@@ -456,3 +462,10 @@ def test_hostile_images_through_the_command_line(run, corpus, capsys):
     assert "has no white pixels" in one_error_line(capsys, [*inpaint, str(black)])
     assert "text.png: cannot identify" in one_error_line(capsys, [*inpaint, str(corpus / "text.png")])
     assert "folder.png: it is a folder" in one_error_line(capsys, [*inpaint, str(corpus / "folder.png")])
+
+
+def test_a_corrupt_shapes_cache_is_one_line(tmp_path):
+    cache = tmp_path / "shapes" / "shapes-test-2000-8.npz"
+    cache.parent.mkdir()
+    cache.write_bytes(b"PK\x03\x04 cut short")
+    assert str(cache) in error_of(load_data, "shapes", "test", 8, None, tmp_path)

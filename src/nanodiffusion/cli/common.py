@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from nanodiffusion.core.samplers import get_sampler
-from nanodiffusion.data.files import make_folder, one_line
+from nanodiffusion.data.files import one_line
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.io import viz
 
@@ -202,8 +202,9 @@ def read_image(path: str, shape: tuple[int, int, int]) -> tuple[torch.Tensor, tu
 
 def check_out(path: str | Path, file: bool = False) -> Path:
     """Where a command's results go (a folder, or with `file` a file), checked before the long
-    work starts: the folder is made if missing and must take a new file. A file where a folder is
-    wanted (or the reverse), a path under a file, or a place that cannot be written is refused."""
+    work starts and without making anything: a file where a folder is wanted (or the reverse), a
+    path under a file, or a place that cannot be written (the nearest existing folder must take a
+    new file) is refused. The writers make the folders when they write."""
     path = Path(path)
     folder = path.parent if file else path
     if file and path.is_dir():
@@ -213,12 +214,12 @@ def check_out(path: str | Path, file: bool = False) -> Path:
         raise NanodiffError(f"--out {path} is a file, not a folder")
     if under is not None:
         raise NanodiffError(f"--out {path} lies under {under}, which is a file")
-    make_folder(folder)
+    nearest = next(p for p in [folder, *folder.parents] if p.exists())
     try:
-        with tempfile.TemporaryFile(dir=folder):
+        with tempfile.TemporaryFile(dir=nearest):
             pass
     except OSError as e:
-        raise NanodiffError(f"cannot write in {folder}: {one_line(e)}") from None
+        raise NanodiffError(f"--out {path}: cannot write in {nearest}: {e.strerror or one_line(e)}") from None
     return path
 
 

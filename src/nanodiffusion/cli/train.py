@@ -101,7 +101,7 @@ def cmd_train(args) -> int:
     else:
         cfg = train_config(args)
         name = args.preset if not args.config else Path(args.config).stem
-        run_dir = Path(args.out) if args.out else common.fresh_dir(Path("runs") / name)
+        run_dir = common.check_out(Path(args.out) if args.out else common.fresh_dir(Path("runs") / name))
         with common.flag_names({"resume()": "--resume"}):
             done = train(cfg, run_dir, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for the run
@@ -161,6 +161,8 @@ def cmd_train_autoencoder(args) -> int:
 
     if args.resume and not args.out:
         raise NanodiffError("--resume needs --out, the autoencoder's folder")
+    if args.out:
+        common.check_out(args.out)
     images = load_data(args.data, "train", args.size).images
     held_out = held_out_images(args.data, images, args.size)
     cfg = AutoencoderConfig(
@@ -222,7 +224,7 @@ def add_train_controlnet(sub) -> None:
 def cmd_train_controlnet(args) -> int:
     from nanodiffusion.training.controlnet import train_controlnet
 
-    out = Path(args.out) if args.out else Path(args.run) / "controlnet"
+    out = common.check_out(Path(args.out) if args.out else Path(args.run) / "controlnet")
     report = train_controlnet(
         args.run,
         out,
@@ -262,7 +264,7 @@ def cmd_demo(args) -> int:
     cfg = apply_overrides(preset("digits"), ["data.class_conditional=true"])
     if args.steps is not None:
         cfg.run.steps = args.steps
-    out = Path(args.out) if args.out else common.fresh_dir(Path("runs") / "demo")
+    out = common.check_out(Path(args.out) if args.out else common.fresh_dir(Path("runs") / "demo"))
     print(
         f"nanodiff demo: training a {cfg.model.channels}-channel class-conditional UNet on the 8x8 "
         f"digits for {cfg.run.steps} steps -> {out}"

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from nanodiffusion.data.files import check_memory, read_array, read_image
+from nanodiffusion.data.files import check_memory, read_array, read_image, write_atomically
 from nanodiffusion.errors import NanodiffError
 
 BUILTINS = ("digits", "mnist", "fashion-mnist", "shapes")
@@ -203,16 +203,15 @@ def _load_shapes(split: str, size: int, cache_dir: str | Path | None) -> tuple[n
     first = 0 if split == "train" else SHAPES_TEST_SEED
     path = cache_root(cache_dir) / "shapes" / f"shapes-{split}-{n}-{size}.npz"
     if path.is_file():
-        with np.load(path) as f:
-            return f["images"], [str(c) for c in f["captions"]]
+        arrays = read_array(path)
+        if {"images", "captions"} - set(arrays):
+            raise NanodiffError(f"{path} is not a shapes cache (it lacks images or captions): delete it")
+        return arrays["images"], [str(c) for c in arrays["captions"]]
     scenes = [
         render_scene(first + i, size) for i in tqdm(range(n), desc=f"rendering shapes {split}", leave=False)
     ]
     images, captions = np.stack([s.image for s in scenes]), [s.caption for s in scenes]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, images=images, captions=np.array(captions))
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: np.savez(tmp, images=images, captions=np.array(captions)))
     return images, captions
 
 
