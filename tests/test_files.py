@@ -469,3 +469,12 @@ def test_a_corrupt_shapes_cache_is_one_line(tmp_path):
     cache.parent.mkdir()
     cache.write_bytes(b"PK\x03\x04 cut short")
     assert str(cache) in error_of(load_data, "shapes", "test", 8, None, tmp_path)
+
+
+def test_sample_refuses_more_than_memory_holds(monkeypatch):
+    from nanodiffusion.data import files
+    from nanodiffusion.inference import sampling
+
+    monkeypatch.setattr(files, "available_memory", lambda: 2**30)
+    message = error_of(sampling.sample, Shrink(), 100_000, (3, 64, 64), "euler", 1)
+    assert message == "100000 samples of shape [3, 64, 64] would take 4.6 GiB; 1.0 GiB is free"

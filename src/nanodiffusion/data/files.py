@@ -57,9 +57,17 @@ def check_file(path: str | Path, what: str) -> Path:
 
 
 def available_memory() -> int | None:
-    """Bytes of memory free now (Linux and macOS), or None where the system does not say."""
+    """Bytes of memory a new allocation can get now: Linux's MemAvailable (free memory plus the
+    page cache it can drop), else the physical memory; None where the system says neither."""
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None
 

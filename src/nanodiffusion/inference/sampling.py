@@ -34,6 +34,7 @@ from torch import nn
 from nanodiffusion.core import editing
 from nanodiffusion.core.guidance import ClassifierFreeGuidance, class_guidance
 from nanodiffusion.core.samplers import CountingDenoiser, get_sampler
+from nanodiffusion.data.files import check_memory
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.nets.controlnet import controlled
 
@@ -179,6 +180,7 @@ def sample(
     ``clamp`` is False. ``spacing`` None takes the schedule's default; ``stats``, if a dict,
     receives "nfe" (network evaluations per batch, counted) and "sigmas"."""
     check_draw(n, batch_size, sampler)
+    check_memory(n * math.prod(shape) * 4, f"{n} samples of shape {list(shape)}")  # all held at the end
     sample_fn = get_sampler(sampler).fn
     if edit is not None:
         edit.check(n, shape)
