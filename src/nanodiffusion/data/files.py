@@ -1,9 +1,11 @@
-"""One reader for each kind of file a user hands to nanodiffusion: images, masks, .npz arrays.
+"""One reader for each kind of file a user hands to nanodiffusion (images, masks, .npz arrays),
+and one way to write results (complete or absent).
 
 Each reader checks what it can before it decodes (an image's declared pixel count, each array's
 declared shape against the file's size and the free memory) and turns every failure, whatever
 the library underneath raises, into one NanodiffError line that names the file. The command
-line and the datasets read user files only through here.
+line and the datasets read images and arrays only through here. It sits in data/, the lowest
+layer that sees files, so that the datasets can use it as well as io/ and the command line.
 """
 
 from __future__ import annotations
