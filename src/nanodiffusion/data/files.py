@@ -144,7 +144,8 @@ def read_mask(path: str | Path) -> Image.Image:
     picture = read_image(path, None)
     if picture.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         raise NanodiffError(
-            f"the mask {path} is a {picture.mode} image (16-bit or float): save it as 8-bit black and white"
+            f"the mask {path} is a 16-bit or float image (mode {picture.mode}): "
+            "save it as 8-bit black and white"
         )
     mask = picture.convert("L")
     if mask.getextrema()[1] < 128:
