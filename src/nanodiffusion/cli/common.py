@@ -5,20 +5,27 @@ helpers that turn flags into library arguments."""
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from nanodiffusion.core.samplers import get_sampler
+from nanodiffusion.data.files import one_line
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.io import viz
 
 DEVICES = ("auto", "cpu", "cuda")
 WEIGHTS = ("ema", "model")
+MAX_SEED = 2**63 - 1
+MAX_SAMPLES = 100_000  # --n: every sample is held in memory at the end (FID's usual count is 50 000)
+MAX_STEPS = 10_000  # sampling steps; far past where any sampler stops improving
+MAX_GUIDANCE = 100.0
 CONDITION_FLAGS = {"class_label": "--class", "guidance": "--guidance"}  # pipelines.conditioning's names
 
 
@@ -39,13 +46,58 @@ def sampler_name(name: str) -> str:
 
 
 def positive(text: str) -> int:
+    """An integer >= 1 with no upper bound (training steps)."""
+    return integer(text, 1)
+
+
+def integer(text: str, low: int, high: int | None = None) -> int:
+    """text as an integer in low..high (no upper bound when high is None)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low or (high is not None and value > high):
+        lower = "positive" if low == 1 else f"at least {low}"
+        upper = f" and at most {high}" if high is not None else ""
+        raise argparse.ArgumentTypeError(f"must be {lower}{upper}, got {value}")
     return value
+
+
+def up_to(high: int, low: int = 1) -> Callable[[str], int]:
+    """An argument type: an integer in low..high (default 1..high)."""
+    return lambda text: integer(text, low, high)
+
+
+def seed(text: str) -> int:
+    """A random seed: an integer from 0 to 2**63 - 1 (torch's generators take at most 64 bits, and
+    some commands use seed + 1, seed + 2, ...)."""
+    return integer(text, 0, MAX_SEED)
+
+
+def number(low: float = -math.inf, high: float = math.inf, above: bool = False) -> Callable[[str], float]:
+    """An argument type: a finite float in [low, high], or in (low, high] when `above`."""
+
+    def check(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if value < low or value > high or (above and value == low):
+            bounds = [f"{'>' if above else '>='} {low:g}"] * (low > -math.inf) + [f"<= {high:g}"] * (
+                high < math.inf
+            )
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(bounds)}, got {text}")
+        return value
+
+    return check
+
+
+finite = number()
+non_negative = number(0)
+positive_number = number(0, above=True)
+guidance = number(0, MAX_GUIDANCE)  # a classifier-free guidance scale, the same for every command
 
 
 # --- flag groups -----------------------------------------------------------------------------------
@@ -54,15 +106,18 @@ def add_device(p: argparse.ArgumentParser, default: str | None = "auto") -> None
 
 
 def add_seed(p: argparse.ArgumentParser, default: int | None = 0) -> None:
-    p.add_argument("--seed", type=int, default=default)
+    p.add_argument("--seed", type=seed, default=default, help="0 to 2**63 - 1")
 
 
-def add_steps(p: argparse.ArgumentParser, default: int | None, help: str | None = None) -> None:
-    p.add_argument("--steps", type=positive, default=default, help=help)
+def add_steps(
+    p: argparse.ArgumentParser, default: int | None, help: str | None = None, high: int | None = None
+) -> None:
+    """--steps: sampling steps (high MAX_STEPS) or, with high None, training steps."""
+    p.add_argument("--steps", type=positive if high is None else up_to(high), default=default, help=help)
 
 
 def add_n(p: argparse.ArgumentParser, default: int | None, help: str | None = None) -> None:
-    p.add_argument("--n", type=positive, default=default, help=help)
+    p.add_argument("--n", type=up_to(MAX_SAMPLES), default=default, help=help)
 
 
 def add_sampler(p: argparse.ArgumentParser, steps: int = 20) -> None:
@@ -73,7 +128,7 @@ def add_sampler(p: argparse.ArgumentParser, steps: int = 20) -> None:
         type=sampler_name,
         help="see docs/samplers.md (default dpm++2m; diffusers' spellings such as dpmpp_2m work too)",
     )
-    add_steps(p, steps)
+    add_steps(p, steps, high=MAX_STEPS)
 
 
 def add_weights(p: argparse.ArgumentParser) -> None:
@@ -97,7 +152,7 @@ def add_img2img(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", metavar="IMAGE", help="img2img (SDEdit): start from this image, noised")
     p.add_argument(
         "--strength",
-        type=float,
+        type=finite,
         help="with --init: how much to change, in (0, 1] (default 0.6; 1 ignores the image)",
     )
 
@@ -143,6 +198,29 @@ def read_image(path: str, shape: tuple[int, int, int]) -> tuple[torch.Tensor, tu
     if picture.size != (w, h):
         print(f"{path} is {picture.size[0]}x{picture.size[1]}; resized to the run's {w}x{h}", file=sys.stderr)
     return viz.load_image(picture, (w, h), channels=c), picture.size
+
+
+def check_out(path: str | Path, file: bool = False) -> Path:
+    """Where a command's results go (a folder, or with `file` a file), checked before the long
+    work starts and without making anything: a file where a folder is wanted (or the reverse), a
+    path under a file, or a place that cannot be written (the nearest existing folder must take a
+    new file) is refused. The writers make the folders when they write."""
+    path = Path(path)
+    folder = path.parent if file else path
+    if file and path.is_dir():
+        raise NanodiffError(f"--out {path} is a folder; give the name of a file")
+    under = next((p for p in [folder, *folder.parents] if p.exists() and not p.is_dir()), None)
+    if under == path:
+        raise NanodiffError(f"--out {path} is a file, not a folder")
+    if under is not None:
+        raise NanodiffError(f"--out {path} lies under {under}, which is a file")
+    nearest = next(p for p in [folder, *folder.parents] if p.exists())
+    try:
+        with tempfile.TemporaryFile(dir=nearest):
+            pass
+    except OSError as e:
+        raise NanodiffError(f"--out {path}: cannot write in {nearest}: {e.strerror or one_line(e)}") from None
+    return path
 
 
 def fresh_dir(path: Path) -> Path:

@@ -41,15 +41,17 @@ def add_inpaint(sub) -> None:
         "plus RePaint's resampling, --resample times the NFE (default); model: a run trained "
         "with --task inpaint (its default)",
     )
-    ip.add_argument("--jump", type=common.positive, default=5, help="RePaint: steps per jump (default 5)")
+    ip.add_argument("--jump", type=common.up_to(1000), default=5, help="RePaint: steps per jump (default 5)")
     ip.add_argument(
-        "--resample", type=common.positive, default=5, help="RePaint: passes per jump (default 5)"
+        "--resample", type=common.up_to(1000), default=5, help="RePaint: passes per jump (default 5)"
     )
     ip.add_argument("--prompt", help="text runs: what to draw (default: the empty prompt, unguided)")
     common.add_negative(ip, "text runs: negative prompt")
     ip.add_argument("--class", dest="class_label", type=int, help="class runs: the class to draw")
     ip.add_argument(
-        "--guidance", type=float, help="classifier-free guidance (default 4 with a prompt or class, else 1)"
+        "--guidance",
+        type=common.guidance,
+        help="classifier-free guidance (default 4 with a prompt or class, else 1)",
     )
     common.add_n(ip, None, "images (default 4; --demo: 6)")
     common.add_drawing(ip, steps=50, out="RUN/inpaint")
@@ -61,9 +63,10 @@ def inpaint_inputs(args, shape: tuple[int, int, int]) -> tuple[torch.Tensor, tor
     from PIL import Image
 
     from nanodiffusion.core.editing import mask_from_image
+    from nanodiffusion.data.files import read_mask
 
     image, size = common.read_image(args.image, shape)
-    mask = viz.open_image(args.mask, "L")
+    mask = read_mask(args.mask)
     if mask.size != size:
         raise NanodiffError(
             f"the mask is {mask.size[0]}x{mask.size[1]} and the image "
@@ -74,7 +77,7 @@ def inpaint_inputs(args, shape: tuple[int, int, int]) -> tuple[torch.Tensor, tor
         mask = mask.resize((w, h), Image.Resampling.NEAREST)
     known = mask_from_image(viz.load_image(mask, channels=1)[0])
     if known.all():
-        raise NanodiffError(f"the mask {args.mask} has no white pixels: nothing to repaint")
+        raise NanodiffError(f"the mask {args.mask} has no white pixels left at the run's size {w}x{h}")
     return image, known
 
 
@@ -86,7 +89,7 @@ def cmd_inpaint(args) -> int:
     if not args.demo and not (args.image and args.mask):
         raise NanodiffError("--image needs --mask (white where to repaint), and --mask needs --image")
     cfg, denoiser, autoencoder, encoder = common.open_run(args)
-    out = Path(args.out) if args.out else Path(args.run) / "inpaint"
+    out = common.check_out(Path(args.out) if args.out else Path(args.run) / "inpaint")
     with common.flag_names(INPAINT_FLAGS):
         if args.demo:
             return inpaint_demo(args, cfg, denoiser, autoencoder, encoder, out)
@@ -122,7 +125,6 @@ def inpaint_file(args, cfg, denoiser, autoencoder, encoder, images, known, out: 
         uncond=uncond,
         seed=args.seed,
     )
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"{Path(args.image).stem}-{method}-seed{args.seed}"
     viz.save_images(result, out, prefix=stem)
     picture = viz.plot_rows([masked(images, known, n)[:1], result], ["input", method], out / f"{stem}.png")
@@ -151,7 +153,6 @@ def inpaint_demo(args, cfg, denoiser, autoencoder, encoder, out: Path) -> int:
         resample=args.resample,
         progress=True,
     )
-    out.mkdir(parents=True, exist_ok=True)
     for method, (seam, hole) in demo.errors.items():
         print(f"{method:8s} RMSE in the 2-pixel band at the seam {seam:.4f}, in the whole hole {hole:.4f}")
     n = len(demo.images)
@@ -184,7 +185,12 @@ def add_upscale(sub) -> None:
         help="upscale --n test images' low-resolution versions "
         "and print PSNR and SSIM against bicubic upsampling",
     )
-    up.add_argument("--aug", type=float, default=0.0, help="noise level added to the input first (default 0)")
+    up.add_argument(
+        "--aug",
+        type=common.non_negative,
+        default=0.0,
+        help="noise level added to the input first (default 0)",
+    )
     common.add_n(up, None, "samples (default 1; --demo: 8)")
     common.add_drawing(up, steps=20, out="RUN/upscaled")
     up.set_defaults(func=cmd_upscale)
@@ -195,14 +201,12 @@ def cmd_upscale(args) -> int:
 
     if args.demo == bool(args.image):
         raise NanodiffError("give --image, or --demo")
-    if args.aug < 0:
-        raise NanodiffError(f"--aug must be >= 0, got {args.aug}")
     cfg, denoiser = load_run(args.run, args.weights, args.device)
     if cfg.data.task != "upscale":
         raise NanodiffError(
             f"{args.run} is not an upscaling run (nanodiff train --preset upscale, or --task upscale)"
         )
-    out = Path(args.out) if args.out else Path(args.run) / "upscaled"
+    out = common.check_out(Path(args.out) if args.out else Path(args.run) / "upscaled")
     options = dict(aug=args.aug, sampler=args.sampler, steps=args.steps, seed=args.seed, progress=True)
     return (upscale_demo if args.demo else upscale_file)(args, cfg, denoiser, out, options)
 
@@ -221,7 +225,6 @@ def upscale_file(args, cfg, denoiser, out: Path, options: dict) -> int:
         )
     small = viz.load_image(picture, channels=c).expand(n, c, low, low)
     images = upscale(cfg, denoiser, small, **options)
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"{Path(args.image).stem}-x{size // low}-seed{args.seed}"
     viz.save_images(images, out, prefix=stem)
     shown = viz.plot_rows([upsample(small, size)[:1], images], ["bicubic", "upscaled"], out / f"{stem}.png")
@@ -234,7 +237,6 @@ def upscale_demo(args, cfg, denoiser, out: Path, options: dict) -> int:
     from nanodiffusion.inference import demos
 
     demo = demos.upscale_demo(cfg, denoiser, args.n or 8, **options)
-    out.mkdir(parents=True, exist_ok=True)
     for name, scores in demo.scores.items():
         structure = f", SSIM {scores['ssim']:.4f}" if "ssim" in scores else ""
         print(f"{name:9s} PSNR {scores['psnr']:.2f} dB{structure}")

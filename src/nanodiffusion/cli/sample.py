@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -27,9 +26,9 @@ def add_solver_options(p: argparse.ArgumentParser) -> None:
         choices=SPACINGS,
         help="noise-level sequence (default: trailing for discrete schedules, karras for edm)",
     )
-    p.add_argument("--eta", type=float, help="stochasticity of ddim (0 to 1) and euler-a")
+    p.add_argument("--eta", type=common.non_negative, help="stochasticity of ddim (0 to 1) and euler-a")
     p.add_argument("--order", type=int, help="unipc's order, 1 to 3 (default 2)")
-    p.add_argument("--churn", type=float, help="S_churn of heun and edm (EDM Algorithm 2)")
+    p.add_argument("--churn", type=common.non_negative, help="S_churn of heun and edm (EDM Algorithm 2)")
 
 
 def sampler_options(args) -> dict:
@@ -61,13 +60,13 @@ def class_labels(cfg, n: int, class_label: int | None, guided: float | None) -> 
 
 # --- sample --------------------------------------------------------------------------------------
 def scales(text: str) -> list[float]:
+    """Guidance scales separated by commas, each checked as every command's --guidance."""
+    if "," not in text:
+        return [common.guidance(text)]
     try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
-    if any(not math.isfinite(w) or w < 0 for w in values):
-        raise argparse.ArgumentTypeError(f"guidance scales must be finite and >= 0, got {text!r}")
-    return values
+        return [common.guidance(w) for w in text.split(",")]
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}: {e}") from None
 
 
 def add_sample(sub) -> None:
@@ -102,7 +101,7 @@ def cmd_sample(args) -> int:
     )
     if init is not None:
         tag = f"img2img-{Path(args.init).stem}-s{strength:g}-{tag}"
-    out = Path(args.out) if args.out else Path(args.run) / "samples" / tag
+    out = common.check_out(Path(args.out) if args.out else Path(args.run) / "samples" / tag)
     rows, stats = [], {}
     for w in ws:
         rows.append(
@@ -124,7 +123,6 @@ def cmd_sample(args) -> int:
                 **options,
             )
         )
-    out.mkdir(parents=True, exist_ok=True)
     what = f"{args.sampler}, {args.steps} steps = {stats['nfe']} NFE, seed {args.seed}"
     if init is not None:
         what = f"img2img from {args.init} at strength {strength:g}, " + what
@@ -144,7 +142,7 @@ def add_eval(sub) -> None:
     e = sub.add_parser("eval", help="FID, KID, precision/recall of a run's samples against the test split")
     e.add_argument("run")
     common.add_n(e, 1000, "generated images (default 1000)")
-    e.add_argument("--n-ref", type=common.positive, help="real test images (default: --n)")
+    e.add_argument("--n-ref", type=common.up_to(common.MAX_SAMPLES), help="real test images (default: --n)")
     e.add_argument(
         "--features",
         default="inception",
@@ -153,14 +151,14 @@ def add_eval(sub) -> None:
     )
     common.add_drawing(e, steps=20, out="RUN/eval/<sampler>-<steps>-n<n>-<features>-...json")
     add_solver_options(e)
-    e.add_argument("--guidance", type=float, default=1.0)
+    e.add_argument("--guidance", type=common.guidance, default=1.0)
     e.add_argument("--batch-size", type=common.positive, default=256)
     e.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args) -> int:
+    from nanodiffusion.data.files import write_atomically
     from nanodiffusion.inference.pipelines import conditioning, draw
-    from nanodiffusion.io.checkpoint import atomic_write
     from nanodiffusion.metrics.fid import format_table
     from nanodiffusion.training.classifier import evaluate_images
 
@@ -168,6 +166,10 @@ def cmd_eval(args) -> int:
     cfg, denoiser, autoencoder, _ = common.open_run(args)
     with common.flag_names(common.CONDITION_FLAGS):
         conditioning(cfg, None, args.n, guidance=args.guidance)  # guidance needs a class run
+    tag = f"{args.sampler}-{args.steps}-n{args.n}-{args.features}-seed{args.seed}" + (
+        f"-w{args.guidance:g}" if args.guidance != 1 else ""
+    )
+    out = common.check_out(Path(args.out) if args.out else Path(args.run) / "eval" / f"{tag}.json", file=True)
     k = cfg.model.num_classes
     labels = torch.arange(args.n) % k if k else None  # every class equally often
     stats: dict = {}
@@ -198,12 +200,7 @@ def cmd_eval(args) -> int:
         seed=args.seed,
         guidance=args.guidance,
     )
-    tag = f"{args.sampler}-{args.steps}-n{args.n}-{args.features}-seed{args.seed}" + (
-        f"-w{args.guidance:g}" if args.guidance != 1 else ""
-    )
-    out = Path(args.out) if args.out else Path(args.run) / "eval" / f"{tag}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+    write_atomically(out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
     print(
         f"{args.sampler}, {args.steps} steps = {stats['nfe']} NFE, seed {args.seed}"
         + (f", guidance {args.guidance:g}" if args.guidance != 1 else "")
@@ -219,7 +216,7 @@ def add_generate(sub) -> None:
     g.add_argument("run")
     g.add_argument("prompt")
     common.add_n(g, 8)
-    g.add_argument("--guidance", type=float, default=4.0)
+    g.add_argument("--guidance", type=common.guidance, default=4.0)
     common.add_negative(g, "negative prompt (default: the empty prompt)")
     common.add_drawing(g, steps=20, out="RUN/generated/<prompt>-seed<seed>")
     common.add_img2img(g)
@@ -232,23 +229,20 @@ def add_generate(sub) -> None:
     g.add_argument(
         "--control-from", metavar="IMAGE", help="like --control, with the Sobel edges of this picture"
     )
-    g.add_argument("--control-scale", type=float, help="the ControlNet's residuals times this (default 1)")
+    g.add_argument(
+        "--control-scale", type=common.finite, help="the ControlNet's residuals times this (default 1)"
+    )
     g.add_argument("--controlnet", help="a ControlNet folder (default RUN/controlnet)")
     g.add_argument(
         "--upscale", metavar="SR_RUN", help="a cascade: upscale the images with this upscaling run"
     )
     g.add_argument(
         "--aug",
-        type=float,
+        type=common.non_negative,
         help="with --upscale: the noise level added to the "
         "base images before upscaling (noise-conditioning augmentation; default 0.1)",
     )
     g.set_defaults(func=cmd_generate)
-
-
-def check_guidance(guidance: float) -> None:
-    if not 0 <= guidance <= 100:
-        raise NanodiffError(f"--guidance must be between 0 and 100, got {guidance}")
 
 
 def control_image(args, shape: tuple[int, int, int]) -> torch.Tensor | None:
@@ -280,7 +274,6 @@ def control_image(args, shape: tuple[int, int, int]) -> torch.Tensor | None:
 def cmd_generate(args) -> int:
     from nanodiffusion.inference.pipelines import TextToImage, image_shape
 
-    check_guidance(args.guidance)
     strength = common.strength(args)
     if args.upscale:
         return generate_cascade(args)
@@ -292,6 +285,7 @@ def cmd_generate(args) -> int:
         pipe = TextToImage.from_pretrained(
             args.run, args.weights, args.device, controlnet=controlnet if wants_control else None
         )
+    generated_dir(args)  # checked before drawing
     shape = image_shape(pipe.cfg, pipe.autoencoder)
     init = None if args.init is None else common.read_image(args.init, shape)[0]
     control = control_image(args, shape)
@@ -330,10 +324,9 @@ def generate_cascade(args) -> int:
     if args.init or args.control or args.control_from:
         raise NanodiffError("--upscale draws a cascade from noise: not with --init or a control")
     aug = 0.1 if args.aug is None else args.aug
-    if aug < 0:
-        raise NanodiffError(f"--aug must be >= 0, got {aug}")
     with common.flag_names({"data.task = 'upscale'": "nanodiff train --task upscale"}):
         pipe = Cascade.from_pretrained(args.run, args.upscale, args.weights, args.device)
+    generated_dir(args)  # checked before drawing
     images = pipe(
         args.n,
         prompt=args.prompt,
@@ -351,9 +344,7 @@ def generate_cascade(args) -> int:
 
 def generated_dir(args) -> Path:
     default = Path(args.run) / "generated" / f"{common.slug(args.prompt)}-seed{args.seed}"
-    out = Path(args.out) if args.out else default
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return common.check_out(Path(args.out) if args.out else default)
 
 
 def save_generated(args, images: torch.Tensor, how: str) -> int:
@@ -374,22 +365,24 @@ def add_eval_prompts(sub) -> None:
     common.add_n(ep, 200, "evaluation prompts (default 200)")
     ep.add_argument(
         "--held-out",
-        type=int,
+        type=common.up_to(common.MAX_SAMPLES, 0),
         default=100,
         help="prompts naming held-out colour-shape pairs (default 100; 0: none)",
     )
-    ep.add_argument("--guidance", type=float, default=4.0)
+    ep.add_argument("--guidance", type=common.guidance, default=4.0)
     common.add_drawing(ep, steps=20, out="RUN/eval-prompts/<sampler>-<steps>-w<g>-n<n>-seed<s>.json")
     ep.set_defaults(func=cmd_eval_prompts)
 
 
 def cmd_eval_prompts(args) -> int:
+    from nanodiffusion.data.files import write_atomically
     from nanodiffusion.data.shapes import evaluate_prompts, format_adherence
     from nanodiffusion.inference.pipelines import TextToImage
-    from nanodiffusion.io.checkpoint import atomic_write
 
-    check_guidance(args.guidance)
     pipe = TextToImage.from_pretrained(args.run, args.weights, args.device)
+    tag = f"{args.sampler}-{args.steps}-w{args.guidance:g}-n{args.n}-seed{args.seed}"
+    out = Path(args.out) if args.out else Path(args.run) / "eval-prompts" / f"{tag}.json"
+    common.check_out(out, file=True)
     drawn = []
 
     def generate(captions: list[str]):
@@ -415,10 +408,7 @@ def cmd_eval_prompts(args) -> int:
         seed=args.seed,
         weights=args.weights,
     )
-    tag = f"{args.sampler}-{args.steps}-w{args.guidance:g}-n{args.n}-seed{args.seed}"
-    out = Path(args.out) if args.out else Path(args.run) / "eval-prompts" / f"{tag}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+    write_atomically(out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
     picture = viz.save_grid(drawn[0][:32], out.with_suffix(".png"), nrow=8)
     print(
         f"prompt adherence ({args.sampler}, {args.steps} steps, guidance {args.guidance:g}, "

@@ -4,7 +4,6 @@ nanodiffusion's samplers."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from nanodiffusion.cli import common
 from nanodiffusion.io import viz
@@ -23,11 +22,13 @@ def add_sd(sub) -> None:
         help="a diffusers Stable Diffusion folder, or a hub id (downloaded where the network allows)",
     )
     common.add_sampler(sd, steps=20)
-    sd.add_argument("--guidance", type=float, default=7.5)
+    sd.add_argument("--guidance", type=common.guidance, default=7.5)
     common.add_negative(sd)
     common.add_seed(sd)
     common.add_n(sd, 1, "images, with seeds seed, seed + 1, ...")
-    sd.add_argument("--size", type=common.positive, help="image side in pixels (default: the checkpoint's)")
+    sd.add_argument(
+        "--size", type=common.up_to(4096), help="image side in pixels (default: the checkpoint's)"
+    )
     common.add_img2img(sd)
     common.add_device(sd)
     sd.add_argument(
@@ -38,15 +39,15 @@ def add_sd(sub) -> None:
 
 
 def cmd_sd(args) -> int:
+    from nanodiffusion.data.files import write_atomically
     from nanodiffusion.inference.stable_diffusion import StableDiffusion
 
     strength = common.strength(args)
+    out = common.check_out(args.out)  # checked before the slow load
     init = viz.open_image(args.init) if args.init else None  # read once, before the slow load; the
     pipe = StableDiffusion.from_pretrained(args.model, args.device, args.dtype)  # pipeline resizes it
     size = args.size or pipe.default_size
     pipe.check_size(size, size)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     for i in range(args.n):  # one image at a time: a progress bar each, seeds seed, seed + 1, ...
         seed = args.seed + i
         print(f"image {i + 1}/{args.n} (seed {seed})", file=sys.stderr)
@@ -63,7 +64,7 @@ def cmd_sd(args) -> int:
             progress=True,
         )[0]
         path = out / f"{common.slug(args.prompt)}-seed{seed}.png"
-        image.save(path)
+        write_atomically(path, image.save)
         print(path)
     return 0
 

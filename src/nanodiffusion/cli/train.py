@@ -14,6 +14,8 @@ from nanodiffusion.errors import NanodiffError
 from nanodiffusion.io import viz
 from nanodiffusion.io.config import PRESETS, Config, apply_overrides, preset
 
+MAX_BATCH = 65_536  # images per training step; each step draws and holds them all
+
 
 # --- train ---------------------------------------------------------------------------------------
 def add_train(sub) -> None:
@@ -30,8 +32,8 @@ def add_train(sub) -> None:
         "the size; nanodiff upscale; the upscale preset is one)",
     )
     common.add_steps(t, None)
-    t.add_argument("--batch-size", type=common.positive)
-    t.add_argument("--lr", type=float)
+    t.add_argument("--batch-size", type=common.up_to(MAX_BATCH))
+    t.add_argument("--lr", type=common.positive_number)
     common.add_seed(t, None)
     common.add_device(t, None)
     t.add_argument("--class-conditional", action="store_true", help="train with class labels")
@@ -99,7 +101,7 @@ def cmd_train(args) -> int:
     else:
         cfg = train_config(args)
         name = args.preset if not args.config else Path(args.config).stem
-        run_dir = Path(args.out) if args.out else common.fresh_dir(Path("runs") / name)
+        run_dir = common.check_out(Path(args.out) if args.out else common.fresh_dir(Path("runs") / name))
         with common.flag_names({"resume()": "--resume"}):
             done = train(cfg, run_dir, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for the run
@@ -115,13 +117,13 @@ def cmd_train(args) -> int:
 def add_train_autoencoder(sub) -> None:
     a = sub.add_parser("train-autoencoder", help="train the KL autoencoder that latent diffusion runs in")
     a.add_argument("--data", default="shapes", help="shapes (default), a built-in name, a folder or .npz")
-    a.add_argument("--size", type=common.positive, default=None, help="image size (shapes: default 32)")
+    a.add_argument("--size", type=common.up_to(1024), default=None, help="image size (shapes: default 32)")
     common.add_steps(a, 2000)
-    a.add_argument("--batch-size", type=common.positive, default=64)
-    a.add_argument("--lr", type=float, default=1e-3)
-    a.add_argument("--channels", type=common.positive, default=32)
-    a.add_argument("--z-channels", type=common.positive, default=4)
-    a.add_argument("--kl-weight", type=float, default=1e-6)
+    a.add_argument("--batch-size", type=common.up_to(MAX_BATCH), default=64)
+    a.add_argument("--lr", type=common.positive_number, default=1e-3)
+    a.add_argument("--channels", type=common.up_to(1024), default=32)
+    a.add_argument("--z-channels", type=common.up_to(64), default=4)
+    a.add_argument("--kl-weight", type=common.non_negative, default=1e-6)
     common.add_seed(a)
     common.add_device(a)
     common.add_out(a, "output folder (default runs/autoencoder-<data>)")
@@ -159,6 +161,8 @@ def cmd_train_autoencoder(args) -> int:
 
     if args.resume and not args.out:
         raise NanodiffError("--resume needs --out, the autoencoder's folder")
+    if args.out:
+        common.check_out(args.out)
     images = load_data(args.data, "train", args.size).images
     held_out = held_out_images(args.data, images, args.size)
     cfg = AutoencoderConfig(
@@ -207,8 +211,8 @@ def add_train_controlnet(sub) -> None:
     )
     tc.add_argument("run")
     common.add_steps(tc, 1500)
-    tc.add_argument("--batch-size", type=common.positive, default=64)
-    tc.add_argument("--lr", type=float, default=5e-4)
+    tc.add_argument("--batch-size", type=common.up_to(MAX_BATCH), default=64)
+    tc.add_argument("--lr", type=common.positive_number, default=5e-4)
     common.add_seed(tc)
     common.add_device(tc)
     common.add_out(tc, "output folder (default RUN/controlnet)")
@@ -220,7 +224,7 @@ def add_train_controlnet(sub) -> None:
 def cmd_train_controlnet(args) -> int:
     from nanodiffusion.training.controlnet import train_controlnet
 
-    out = Path(args.out) if args.out else Path(args.run) / "controlnet"
+    out = common.check_out(Path(args.out) if args.out else Path(args.run) / "controlnet")
     report = train_controlnet(
         args.run,
         out,
@@ -260,7 +264,7 @@ def cmd_demo(args) -> int:
     cfg = apply_overrides(preset("digits"), ["data.class_conditional=true"])
     if args.steps is not None:
         cfg.run.steps = args.steps
-    out = Path(args.out) if args.out else common.fresh_dir(Path("runs") / "demo")
+    out = common.check_out(Path(args.out) if args.out else common.fresh_dir(Path("runs") / "demo"))
     print(
         f"nanodiff demo: training a {cfg.model.channels}-channel class-conditional UNet on the 8x8 "
         f"digits for {cfg.run.steps} steps -> {out}"

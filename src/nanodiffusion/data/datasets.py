@@ -20,7 +20,6 @@ import importlib.metadata
 import os
 import pickle
 import urllib.request
-import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from nanodiffusion.data.files import check_memory, read_array, read_image, write_atomically
 from nanodiffusion.errors import NanodiffError
 
 BUILTINS = ("digits", "mnist", "fashion-mnist", "shapes")
@@ -38,6 +38,7 @@ SHAPES_SCENES = {"train": 20000, "test": 2000}  # test scenes use seeds from SHA
 SHAPES_TEST_SEED = 10**7
 SPLITS = ("train", "test", "all")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MAX_CLASSES = 1000  # labelled sets may have more classes only if they have more images
 
 FASHION_CLASSES = [
     "T-shirt/top",
@@ -202,16 +203,15 @@ def _load_shapes(split: str, size: int, cache_dir: str | Path | None) -> tuple[n
     first = 0 if split == "train" else SHAPES_TEST_SEED
     path = cache_root(cache_dir) / "shapes" / f"shapes-{split}-{n}-{size}.npz"
     if path.is_file():
-        with np.load(path) as f:
-            return f["images"], [str(c) for c in f["captions"]]
+        arrays = read_array(path)
+        if {"images", "captions"} - set(arrays):
+            raise NanodiffError(f"{path} is not a shapes cache (it lacks images or captions): delete it")
+        return arrays["images"], [str(c) for c in arrays["captions"]]
     scenes = [
         render_scene(first + i, size) for i in tqdm(range(n), desc=f"rendering shapes {split}", leave=False)
     ]
     images, captions = np.stack([s.image for s in scenes]), [s.caption for s in scenes]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, images=images, captions=np.array(captions))
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: np.savez(tmp, images=images, captions=np.array(captions)))
     return images, captions
 
 
@@ -231,15 +231,12 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     images: [N, H, W], [N, H, W, C] or [N, C, H, W] with C = 1 or 3; integers 0..255 or
     floats in [0, 1] (anything else is refused rather than guessed at).
     """
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            keys = archive.files
-            if "images" not in keys and len(keys) != 1:
-                raise NanodiffError(f"{path} has no array 'images' (it has {', '.join(keys)})")
-            images = archive["images" if "images" in keys else keys[0]]
-            labels = archive["labels"] if "labels" in keys else None
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise NanodiffError(f"cannot read {path}: {e}") from e
+    arrays = read_array(path)
+    keys = list(arrays)
+    if "images" not in keys and len(keys) != 1:
+        raise NanodiffError(f"{path} has no array 'images' (it has {', '.join(keys)})")
+    images = arrays["images" if "images" in keys else keys[0]]
+    labels = arrays.get("labels")
     return _to_nchw(images, path), labels
 
 
@@ -258,17 +255,15 @@ def _load_folder(
 
     arrays, all_grey = [], True
     for path in paths:
-        try:
-            with Image.open(path) as image:
-                image.load()
-                all_grey &= image.mode in _GREY_MODES
-                # grey -> RGB -> grey is exact (the luma weights sum to 1), so decide channels later
-                image = image.convert("L" if channels == 1 else "RGB")
-                if image_size is not None:
-                    image = ImageOps.fit(image, (image_size, image_size), Image.Resampling.BICUBIC)
-                arrays.append(np.asarray(image))
-        except OSError as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
-            raise NanodiffError(f"cannot read image {path}: {e}") from e
+        image = read_image(path, None)
+        all_grey &= image.mode in _GREY_MODES
+        # grey -> RGB -> grey is exact (the luma weights sum to 1), so decide channels later
+        image = image.convert("L" if channels == 1 else "RGB")
+        if image_size is not None:
+            image = ImageOps.fit(image, (image_size, image_size), Image.Resampling.BICUBIC)
+        arrays.append(np.asarray(image))
+        if len(arrays) == 1:  # as float32 tensors, all of them: refuse before reading the rest
+            check_memory(len(paths) * arrays[0].size * 4, f"the {len(paths)} images of {root}")
     for path, array in zip(paths, arrays, strict=True):
         if array.shape[:2] != arrays[0].shape[:2]:
             (h0, w0), (h, w) = arrays[0].shape[:2], array.shape[:2]
@@ -329,6 +324,8 @@ def _folder_captions(root: Path, paths: list[Path]) -> list[str] | None:
 
 
 def _to_nchw(images: np.ndarray, where: str | Path) -> np.ndarray:
+    if images.ndim in (3, 4) and 0 in images.shape[1:]:
+        raise NanodiffError(f"{where}: images have shape {list(images.shape)}, with no pixels")
     if images.ndim == 3:
         return images[:, None]
     if images.ndim == 4 and images.shape[3] in (1, 3):
@@ -347,6 +344,7 @@ def _to_unit_range(images: np.ndarray, where: str) -> torch.Tensor:
         raise NanodiffError(f"no images found in {where}")
     if images.dtype.kind not in "iuf":
         raise NanodiffError(f"{where}: images have dtype {images.dtype}; expected integer or float")
+    check_memory(images.size * 4, f"{where}: the images as float32")
     peak = 1.0 if images.dtype.kind == "f" else 255.0
     low, high = images.min(), images.max()
     if not (low >= 0 and high <= peak):  # also catches NaN
@@ -382,6 +380,12 @@ def _check_labels(labels: np.ndarray, n: int, where: str) -> torch.Tensor:
     if labels.shape != (n,) or labels.dtype.kind not in "iu" or labels.min() < 0:
         raise NanodiffError(
             f"{where}: labels must be {n} integers >= 0, got {labels.dtype} {list(labels.shape)}"
+        )
+    top = int(labels.max())
+    if top >= max(n, MAX_CLASSES):  # the class embedding has a row for every label up to the largest
+        raise NanodiffError(
+            f"{where}: labels go up to {top} for {n} images; labels are class indices 0..K-1 "
+            f"with K at most {max(n, MAX_CLASSES)}"
         )
     return torch.from_numpy(labels.astype(np.int64))
 

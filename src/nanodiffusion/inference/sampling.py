@@ -17,12 +17,14 @@ guidance, which doubles the batch around them. One name per concept: ``cond`` is
 network is conditioned on through its embedding (class labels or text embeddings), ``init``
 the image to start from, ``known`` the mask (1 = keep), ``image`` an image condition.
 
-All n noise tensors are drawn first from ``torch.Generator().manual_seed(seed)``, so the same
-seed, n and batch_size give the same samples, and the noise does not depend on the batch size.
+The n noise tensors are the rows of one ``torch.randn(n, *shape)`` from
+``torch.Generator().manual_seed(seed)``, drawn a batch at a time (``NoiseRows``), so the same
+seed gives the same samples whatever the batch size, without holding all n noises at once.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +34,7 @@ from torch import nn
 from nanodiffusion.core import editing
 from nanodiffusion.core.guidance import ClassifierFreeGuidance, class_guidance
 from nanodiffusion.core.samplers import CountingDenoiser, get_sampler
+from nanodiffusion.data.files import check_memory
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.nets.controlnet import controlled
 
@@ -177,14 +180,15 @@ def sample(
     ``clamp`` is False. ``spacing`` None takes the schedule's default; ``stats``, if a dict,
     receives "nfe" (network evaluations per batch, counted) and "sigmas"."""
     check_draw(n, batch_size, sampler)
+    check_memory(n * math.prod(shape) * 4, f"{n} samples of shape {list(shape)}")  # all held at the end
     sample_fn = get_sampler(sampler).fn
     if edit is not None:
         edit.check(n, shape)
     schedule = denoiser.schedule
     sigmas = schedule.sampling_sigmas(steps, spacing)
     device = _device(denoiser)
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(n, *shape, generator=generator)  # all drawn first: batching-independent
+    noise = NoiseRows(seed, n, shape)
+    generator = advance(torch.Generator().manual_seed(seed), noise.left)  # the samplers' draws follow
     prior_std = schedule.prior_std(float(sigmas[0]))
     counted, out = CountingDenoiser(denoiser), []
     for start in range(0, n, batch_size):
@@ -193,7 +197,7 @@ def sample(
         for wrap in wrappers:
             counted.denoiser = wrap(counted.denoiser, rows)
         c = None if cond is None else cond[rows].to(device)
-        z = noise[rows].to(device)
+        z = noise.take(min(batch_size, n - start)).to(device)
         options = dict(generator=generator, callback=callback, progress=progress, **sampler_kwargs)
         if edit is None:
             x = sample_fn(counted, z * prior_std, sigmas, c, **options)
@@ -203,6 +207,52 @@ def sample(
     if stats is not None:
         stats.update(nfe=counted.calls // len(out), sigmas=sigmas)
     return torch.cat(out)
+
+
+NOISE_CHUNK = 2**20  # values drawn at a time when a generator is only advanced (a multiple of 16)
+
+
+class NoiseRows:
+    """The rows of ``torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed))``,
+    handed out a few at a time and equal to them bit for bit.
+
+    Torch's CPU normal fill turns uniforms into normals in blocks of 16 values, and redraws the
+    last 16 of a size that is not a multiple of 16; so draws whose sizes are multiples of 16,
+    then one draw of all that is left (at least 16 values, or the whole when n * numel < 16),
+    give the values of the one big draw."""
+
+    def __init__(self, seed: int, n: int, shape: Sequence[int]):
+        self.generator = torch.Generator().manual_seed(seed)
+        self.shape, self.row = tuple(shape), math.prod(shape)
+        self.left = n * self.row  # values not yet drawn
+        self.buffer = torch.empty(0)  # drawn, not yet handed out
+
+    def take(self, rows: int) -> torch.Tensor:
+        """The next `rows` rows, [rows, *shape]."""
+        need = rows * self.row
+        if len(self.buffer) < need:
+            size = next_draw(need - len(self.buffer), self.left)
+            self.left -= size
+            self.buffer = torch.cat([self.buffer, torch.randn(size, generator=self.generator)])
+        rows_out, self.buffer = self.buffer[:need], self.buffer[need:]
+        return rows_out.view(rows, *self.shape)
+
+
+def next_draw(want: int, left: int) -> int:
+    """How many values to draw next to get at least `want` of the `left` still to come while
+    keeping the draws equal to one big one: a multiple of 16, or all that is left when that
+    would leave fewer than 16."""
+    size = -(-max(want, 16) // 16) * 16
+    return left if left - size < 16 else size
+
+
+def advance(generator: torch.Generator, count: int) -> torch.Generator:
+    """generator as after ``torch.randn(count, generator=generator)``, in bounded memory."""
+    while count > 0:
+        size = next_draw(min(count, NOISE_CHUNK), count)
+        torch.randn(size, generator=generator)
+        count -= size
+    return generator
 
 
 def check_draw(n: int, batch_size: int, sampler: str) -> None:

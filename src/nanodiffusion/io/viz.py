@@ -20,22 +20,16 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from nanodiffusion.core.schedules import Schedule
+from nanodiffusion.data.files import read_image, write_atomically
 from nanodiffusion.errors import NanodiffError
 
 PAD = 255  # grid padding: white, in pixel units
 MIN_TILE_PX = 48  # automatic scales make each tile at least this big
 
 
-def _prepare(path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def _save_figure(fig: Figure, path: str | Path) -> Path:
-    path = _prepare(path)
-    fig.savefig(path, dpi=100, bbox_inches="tight")  # "tight" keeps long row labels in
-    return path
+    # "tight" keeps long row labels in
+    return write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100, bbox_inches="tight"))
 
 
 def _check_images(images: torch.Tensor, name: str = "images") -> None:
@@ -98,19 +92,16 @@ def save_grid(
 ) -> Path:
     """Write a batch as one PNG grid; by default scaled so each tile is at least 48 px."""
     _check_images(images)
-    path = _prepare(path)
-    to_pil(images, nrow, scale=_auto_scale(images) if scale is None else scale).save(path)
-    return path
+    grid = to_pil(images, nrow, scale=_auto_scale(images) if scale is None else scale)
+    return write_atomically(path, grid.save)
 
 
 def save_images(images: torch.Tensor, folder: str | Path, prefix: str = "sample") -> list[Path]:
     """Write each image at its own size as ``{prefix}_0000.png``, ``{prefix}_0001.png``, ..."""
     _check_images(images)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"{prefix}_{i:04d}.png" for i in range(images.shape[0])]
+    paths = [Path(folder) / f"{prefix}_{i:04d}.png" for i in range(images.shape[0])]
     for image, path in zip(images, paths, strict=True):
-        to_pil(image[None], padding=0).save(path)
+        write_atomically(path, to_pil(image[None], padding=0).save)
     return paths
 
 
@@ -226,9 +217,10 @@ def save_gif(
     scale = _auto_scale(frames[0]) if scale is None else scale
     images = [to_pil(frame, nrow, scale=scale) for frame in frames]
     durations = [duration_ms] * (len(images) - 1) + [hold_last_ms]
-    path = _prepare(path)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
-    return path
+    return write_atomically(
+        path,
+        lambda tmp: images[0].save(tmp, save_all=True, append_images=images[1:], duration=durations, loop=0),
+    )
 
 
 def _read_metrics(metrics: list[dict] | str | Path) -> list[dict]:
@@ -304,16 +296,10 @@ def plot_rows(rows: list[torch.Tensor], labels: list[str], path: str | Path, pad
 # --- reading images --------------------------------------------------------------------------------
 def open_image(path_or_pil: Any, mode: str = "RGB") -> Image.Image:
     """A PIL image in `mode` (RGB, or L for grey) from a path or a PIL image; an unreadable file
-    is one clear line."""
-    from PIL import UnidentifiedImageError
-
+    is one clear line (data.files.read_image)."""
     if isinstance(path_or_pil, Image.Image):
         return path_or_pil.convert(mode)
-    try:
-        with Image.open(path_or_pil) as image:
-            return image.convert(mode)  # decodes now: a truncated file fails here, not later
-    except (OSError, UnidentifiedImageError) as e:
-        raise NanodiffError(f"cannot read the image {str(path_or_pil)!r}: {e}") from e
+    return read_image(path_or_pil, mode)
 
 
 def load_image(path_or_pil: Any, size: tuple[int, int] | None = None, channels: int = 3) -> torch.Tensor:

@@ -36,6 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nanodiffusion.data.datasets import ImageData, cache_root, load_data
+from nanodiffusion.data.files import one_line, write_atomically
 from nanodiffusion.errors import NanodiffError
 
 FEATURES = ("inception", "classifier")
@@ -306,6 +307,7 @@ def real_features(
 ) -> torch.Tensor:
     """Features of the first n images of a split, computed once and cached per
     (dataset, split, n, image size, feature net)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
 
     data = load_data(dataset, split, image_size=image_size, channels=channels)
@@ -315,12 +317,12 @@ def real_features(
     tag = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in net.name)
     path = cache_root(cache_dir) / "eval" / f"{Path(dataset).name}-{split}-{n}-{h}x{c}-{tag}.safetensors"
     if path.is_file():
-        return load_file(path)["features"]
+        try:
+            return load_file(path)["features"]
+        except (SafetensorError, OSError, KeyError) as e:
+            raise NanodiffError(f"cannot read the cached features {path}: {one_line(e)}; delete it") from None
     features = extract(net, data.images[:n], device=device, progress=progress, desc=f"{split} features")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"features": features.contiguous()}, tmp)
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: save_file({"features": features.contiguous()}, str(tmp)))
     return features
 
 
