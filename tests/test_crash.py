@@ -218,9 +218,12 @@ def test_a_kill_during_a_checkpoint_costs_at_most_one_interval(straight, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_kill_at_every_event_of_every_checkpoint(straight, tmp_path):
-    seen = [_check_killed_at(straight, tmp_path, e["n"]) for e in straight[1]]
-    assert len(seen) == len(straight[1]) >= 40
+def test_a_kill_at_every_event_of_a_checkpoint(straight, tmp_path):
+    """Every event of step 4's save (its files, its rename, the deletion of step 2 that follows);
+    the saves of steps 2 and 6 are made of the same events (all of them: 5 minutes on 2 cores)."""
+    events = [e for e in straight[1] if e["step"] == 4]
+    seen = [_check_killed_at(straight, tmp_path, e["n"]) for e in events]
+    assert len(seen) == len(events) >= 15
 
 
 def test_a_kill_before_the_first_checkpoint_starts_the_run_again(straight, tmp_path):
