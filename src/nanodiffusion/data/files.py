@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from safetensors import SafetensorError
 
 from nanodiffusion.errors import NanodiffError
 
@@ -107,7 +108,7 @@ def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
+        if isinstance(e, (OSError, SafetensorError)):  # safetensors reports a full disk in its own type
             raise NanodiffError(f"cannot write {path}: {one_line(e)}") from None
         raise
     return path

@@ -30,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from nanodiffusion.data.files import one_line, write_atomically
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.io.config import Config
 from nanodiffusion.nets.autoencoder import AE_CONFIG, AE_WEIGHTS, Autoencoder, AutoencoderConfig
@@ -39,16 +40,7 @@ CHECKPOINTS = "checkpoints"  # FOLDER/checkpoints/step-NNNNNNNN/
 _COMPLETE = re.compile(r"step-(\d{8,})")  # a whole checkpoint; hidden .step-*.tmp / .old ones are not
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via `write(tmp)` then rename over `path` (atomic on POSIX and Windows)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _one_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+atomic_write = write_atomically  # its name in 0.1
 
 
 def _fsync(path: Path) -> None:
@@ -66,7 +58,7 @@ def _fsync(path: Path) -> None:
 
 
 def save_config(cfg: Config, run_dir: Path) -> None:
-    atomic_write(Path(run_dir) / CONFIG, cfg.save)
+    write_atomically(Path(run_dir) / CONFIG, cfg.save)
 
 
 def write_weights(module: nn.Module, path: Path, step: int) -> None:
@@ -77,11 +69,11 @@ def write_weights(module: nn.Module, path: Path, step: int) -> None:
 
 
 def save_weights(module: nn.Module, path: Path, step: int) -> None:
-    atomic_write(path, lambda p: write_weights(module, p, step))
+    write_atomically(path, lambda p: write_weights(module, p, step))
 
 
 def save_state(state: dict, path: Path) -> None:
-    atomic_write(path, lambda p: torch.save(state, p))
+    write_atomically(path, lambda p: torch.save(state, p))
 
 
 # --- checkpoints: folders that appear whole ------------------------------------------------------
@@ -153,7 +145,7 @@ def write_checkpoint(
         found = checkpoints(folder)
         kept = f"the checkpoint of step {found[-1][0]} is intact" if found else "no earlier checkpoint"
         raise NanodiffError(
-            f"could not write the checkpoint of step {step} in {root} ({_one_line(e)}); {kept}"
+            f"could not write the checkpoint of step {step} in {root} ({one_line(e)}); {kept}"
         ) from None
     _keep_newest(folder, keep)
     return final
@@ -187,7 +179,7 @@ def weights_step(path: Path) -> int:
         with safe_open(str(path), "pt") as f:
             step = (f.metadata() or {}).get("step", "-1")
     except (SafetensorError, OSError, ValueError) as e:
-        raise NanodiffError(f"corrupt checkpoint file {path}: {_one_line(e)}") from None
+        raise NanodiffError(f"corrupt checkpoint file {path}: {one_line(e)}") from None
     try:
         return int(step)
     except ValueError:
@@ -202,7 +194,7 @@ def load_weights(module: nn.Module, path: Path) -> None:
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise NanodiffError(f"corrupt checkpoint file {path}: {_one_line(e)}") from None
+        raise NanodiffError(f"corrupt checkpoint file {path}: {one_line(e)}") from None
     own = module.state_dict()
     missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     shapes = [k for k in own if k in tensors and own[k].shape != tensors[k].shape]
@@ -246,7 +238,9 @@ def save_autoencoder(ae: Autoencoder, folder, step: int = 0) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(ae, folder / AE_WEIGHTS, step)
-    atomic_write(folder / AE_CONFIG, lambda p: p.write_text(json.dumps(ae.cfg.to_dict(), indent=2) + "\n"))
+    write_atomically(
+        folder / AE_CONFIG, lambda p: p.write_text(json.dumps(ae.cfg.to_dict(), indent=2) + "\n")
+    )
 
 
 def load_autoencoder(folder, device: str | torch.device = "cpu") -> Autoencoder:

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nanodiffusion.data.files import write_atomically
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.io.checkpoint import atomic_write, save_autoencoder
+from nanodiffusion.io.checkpoint import save_autoencoder
 from nanodiffusion.io.config import EMAConfig, OptimConfig
 from nanodiffusion.metrics.image import psnr
 from nanodiffusion.nets.autoencoder import (
@@ -187,5 +188,5 @@ def train_autoencoder_folder(
     save_autoencoder(ae, folder, report["steps"])
     recon = ae.decode_images(ae.encode_images(held_out[:16]))
     plot_rows([held_out[:16], recon], ["held-out images", "reconstructions"], folder / "reconstructions.png")
-    atomic_write(folder / "report.json", lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
+    write_atomically(folder / "report.json", lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
     return report

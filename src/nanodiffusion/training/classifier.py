@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanodiffusion.data.datasets import ImageData
-from nanodiffusion.io.checkpoint import atomic_write
+from nanodiffusion.data.files import write_atomically
 from nanodiffusion.io.config import OptimConfig
 from nanodiffusion.metrics import fid
 from nanodiffusion.metrics.fid import ClassifierFeatures, SmallClassifier, classifier_input
@@ -82,7 +82,7 @@ def classifier_features(
     if not path.is_file():
         net = train_classifier(train, steps, progress=progress)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda p: save_file(net.state_dict(), str(p)))
+        write_atomically(path, lambda p: save_file(net.state_dict(), str(p)))
     return fid.cached_classifier_features(dataset, image_size, channels, cache_dir, steps)
 
 

@@ -35,12 +35,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from nanodiffusion.data.files import write_atomically
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.io.checkpoint import (
     EMA,
     MODEL,
     STATE,
-    atomic_write,
     clean_checkpoints,
     latest_checkpoint,
     load_state,
@@ -244,7 +244,7 @@ class Loop:
             raise NanodiffError(f"{metrics} is damaged: delete it to resume without its log") from None
         if self.dist.main and len(self.records) < len(lines):
             kept = "".join(json.dumps(r) + "\n" for r in self.records)
-            atomic_write(metrics, lambda p: p.write_text(kept))
+            write_atomically(metrics, lambda p: p.write_text(kept))
 
     def _checked_state(self, path: Path) -> dict:
         """The training state at path, with every entry load() needs of the right kind."""
