@@ -95,7 +95,8 @@ BAD = [
     (["data.channels=2"], "data.channels must be 1 (grey), 3 (RGB) or null (the data's own), got 2"),
     (["data.p_uncond=5"], "data.p_uncond must be a number in [0, 1], got 5"),
     (["data.p_uncond=-0.1"], "data.p_uncond must be a number in [0, 1], got -0.1"),
-    (["data.max_tokens=0"], "data.max_tokens must be an integer >= 1, got 0"),
+    (["data.max_tokens=0"], "data.max_tokens must be an integer in [1, 512], got 0"),
+    (["data.max_tokens=1000"], "data.max_tokens must be an integer in [1, 512], got 1000"),
     (["data.autoencoder_steps=0"], "data.autoencoder_steps must be an integer >= 1, got 0"),
     (["data.autoencoder_channels=12"], "data.autoencoder_channels must be a positive multiple of 8, got 12"),
     (["data.autoencoder_batch_size=-1"], "data.autoencoder_batch_size must be an integer >= 1, got -1"),
@@ -131,6 +132,12 @@ BAD = [
     ),
     (["schedule.sigma_min=0"], "schedule.sigma_min must be a finite number > 0, got 0"),
     (["schedule.sigma_max=0.001"], "schedule.sigma_max must be above schedule.sigma_min (0.002), got 0.001"),
+    (["schedule.sigma_max=1e30"], "schedule.sigma_max must be a number in (0, 1e+19), got 1e+30"),
+    (
+        ["loss.sigma_sampling=lognormal", "loss.p_mean=40"],
+        "loss.p_mean + 6 loss.p_std must be below 43.7 (ln of the sigma whose square overflows float32), "
+        "got 47.2",
+    ),
     (["schedule.rho=NaN"], "schedule.rho must be a finite number > 0, got nan"),
     (["diffusion.sigma_data=0"], "diffusion.sigma_data must be a finite number > 0, got 0"),
     (
@@ -236,6 +243,11 @@ def test_training_counts_its_batch_and_the_optimiser_state():
     assert error_of(lambda: validate(grid, training=True)) == (
         "run.sample_n = 1000000000 would need about 768 GB for the sample grid of 8x8 images; "
         "this machine has 24 GB"
+    )
+    autoencoder = apply_overrides(preset("text"), ["data.autoencoder_batch_size=100000"])
+    assert error_of(lambda: validate(autoencoder, prepared=False, training=True)) == (
+        "data.autoencoder_batch_size = 100000 would need about 170 GB for the autoencoder's training on "
+        "32x32 images (data.autoencoder_channels = 16); this machine has 24 GB"
     )
     big_data = ["data.autoencoder=", "data.image_size=100000"]
     assert error_of(apply_overrides, preset("text"), big_data).startswith(

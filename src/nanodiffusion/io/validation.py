@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 MAX_T = 100_000  # discrete schedules build their table with a Python loop of T steps
 MAX_SEED = 2**32 - 1
+MAX_TOKENS = 512  # MiniLM's (and BERT's) position embeddings
+MAX_SIGMA = 1e19  # sigma^2 overflows float32 (3.4e38) beyond this
 SAMPLE_BATCH = 256  # sample_images' default batch: the grids draw at most this many images at once
 
 
@@ -81,7 +83,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.image_size": _int(1, none=True),
     "data.channels": ((lambda v: v in (None, 1, 3)), "1 (grey), 3 (RGB) or null (the data's own)"),
     "data.p_uncond": UNIT,
-    "data.max_tokens": POSITIVE,
+    "data.max_tokens": _int(1, MAX_TOKENS),
     "data.autoencoder_steps": POSITIVE,
     "data.autoencoder_channels": MULTIPLE_OF_8,
     "data.autoencoder_batch_size": POSITIVE,
@@ -106,7 +108,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "schedule.sigmoid_end": _real(),
     "schedule.sigmoid_tau": POSITIVE_REAL,
     "schedule.sigma_min": POSITIVE_REAL,
-    "schedule.sigma_max": POSITIVE_REAL,
+    "schedule.sigma_max": _real(0, MAX_SIGMA, lo_open=True, hi_open=True),
     "schedule.rho": POSITIVE_REAL,
     "diffusion.sigma_data": POSITIVE_REAL,
     "loss.min_snr_gamma": POSITIVE_REAL,
@@ -228,6 +230,12 @@ def _check_between_fields(cfg: Config) -> None:
     if s.sigma_min >= s.sigma_max:
         raise NanodiffError(
             f"schedule.sigma_max must be above schedule.sigma_min ({s.sigma_min:g}), got {s.sigma_max:g}"
+        )
+    loss = cfg.loss
+    if loss.sigma_sampling == "lognormal" and loss.p_mean + 6 * loss.p_std >= math.log(MAX_SIGMA):
+        raise NanodiffError(
+            f"loss.p_mean + 6 loss.p_std must be below {math.log(MAX_SIGMA):.1f} (ln of the sigma whose "
+            f"square overflows float32), got {loss.p_mean + 6 * loss.p_std:g}"
         )
     if s.kind != "edm" and cfg.run.sample_steps > s.T:  # the grids pick that many trained steps
         raise NanodiffError(
@@ -362,6 +370,14 @@ def activation_bytes(m: UNetConfig, size: int, batch: int) -> dict[str, int]:
     }
 
 
+def autoencoder_bytes(channels: int, size: int, batch: int) -> int:
+    """A rough estimate of the float32 activations of training nets.autoencoder's default shape
+    (widths channels x [1, 2, 2] at sides size, size / 2, size / 4, a block a level) on `batch`
+    images: about 16 tensors of each level's width, encoder and decoder together, so
+    16 x (1 + 2 / 4 + 2 / 16) = 26 of the first level's size."""
+    return 4 * batch * 26 * channels * size * size
+
+
 def _gb(n: int) -> str:
     if n >= 10**24:  # a number of digits no one reads (nor a float holds)
         return f"more than 10^{len(str(n // 10**9)) - 1} GB"
@@ -408,6 +424,16 @@ def check_memory(cfg: Config, *, prepared: bool = True, training: bool = False) 
                 f"run.sample_n = {cfg.run.sample_n} would need about {_gb(grid)} for the sample grid "
                 f"of {size}x{size} images; {have}"
             )
+        d = cfg.data
+        if d.autoencoder == "train":  # trained first, on pixels at data.image_size
+            side = d.image_size or m.image_size
+            ae = autoencoder_bytes(d.autoencoder_channels, side, d.autoencoder_batch_size)
+            if ae > memory:
+                raise NanodiffError(
+                    f"data.autoencoder_batch_size = {d.autoencoder_batch_size} would need about {_gb(ae)} "
+                    f"for the autoencoder's training on {side}x{side} images "
+                    f"(data.autoencoder_channels = {d.autoencoder_channels}); {have}"
+                )
         o = cfg.optim
         batch, what = o.batch_size // o.grad_accum, "the activations of one training batch"
         batch_key = "optim.batch_size / optim.grad_accum"
