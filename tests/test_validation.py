@@ -10,7 +10,7 @@ import pytest
 from nanodiffusion.cli import main
 from nanodiffusion.io import validation
 from nanodiffusion.io.config import PRESETS, Config, apply_overrides, preset, validate
-from nanodiffusion.nets.unet import UNet
+from nanodiffusion.nets.unet import UNet, UNetConfig
 from one_line import error_of
 
 GB = 10**9
@@ -269,10 +269,34 @@ def test_every_preset_validates_for_training(name):
     assert validate(cfg, training=True) is cfg
 
 
-@pytest.mark.parametrize("name", PRESETS)
-def test_the_parameter_count_is_exact(name):
-    """The memory estimate's parameters are UNet's own, in closed form."""
-    m = preset(name).model
+UNETS = [preset(name).model for name in PRESETS] + [
+    UNetConfig(
+        channels=16,
+        channel_mults=[1, 2, 3],
+        blocks_per_level=3,
+        attn_resolutions=[14, 7],
+        head_dim=16,
+        num_classes=10,
+        cond_channels=2,
+        image_size=28,
+    ),
+    UNetConfig(
+        in_channels=3,
+        out_channels=6,
+        channels=32,
+        channel_mults=[1, 2],
+        attn_resolutions=[8, 4],
+        head_dim=16,
+        context_dim=12,
+        image_size=8,
+    ),
+]
+
+
+@pytest.mark.parametrize("m", UNETS)
+def test_the_parameter_count_is_exact(m):
+    """The memory estimate's parameters are UNet's own, in closed form (classes, a text UNet's
+    transformer blocks, an image condition's channels included)."""
     assert validation.unet_parameters(m)["total"] == sum(p.numel() for p in UNet(m).parameters())
 
 

@@ -296,22 +296,17 @@ def unet_parameters(m: UNetConfig) -> dict[str, int]:
     ch, emb, ctx, B = m.channels, 4 * m.channels, m.context_dim, m.blocks_per_level
     widths, sizes = [ch * k for k in m.channel_mults], feature_sizes(m)
 
-    def res(cin: int, cout: int) -> int:  # two GroupNorms, two 3x3 convs, the embedding's scale/shift
-        return (
-            2 * cin
-            + 9 * cin * cout
-            + cout
-            + 2 * emb * cout
-            + 2 * cout
-            + 2 * cout
-            + 9 * cout * cout
-            + cout
-            + (cin * cout + cout if cin != cout else 0)
-        )
+    def res(cin: int, cout: int) -> int:  # ResBlock: two GroupNorms, two 3x3 convs, the scale/shift
+        norms, convs = 2 * cin + 2 * cout, 9 * cin * cout + cout + 9 * cout * cout + cout
+        return norms + convs + 2 * emb * cout + 2 * cout + (cin * cout + cout if cin != cout else 0)
 
-    def attn(c: int) -> int:  # self-attention; a text UNet's transformer block adds cross-attention and FF
-        n = 2 * c + 4 * c * c + 4 * c
-        return n + (2 * c + 2 * c * c + 2 * c + 2 * ctx * c + 2 * c + 2 * c + 8 * c * c + 5 * c if ctx else 0)
+    def attn(c: int) -> int:  # Attention (norm, qkv, proj), or a TransformerBlock of a text UNet
+        self_attention = 2 * c + 3 * c * c + 3 * c + c * c + c
+        if not ctx:
+            return self_attention
+        cross = 2 * c + c * c + c + 2 * ctx * c + 2 * c + c * c + c  # norm, q, kv from the tokens, proj
+        feed_forward = 2 * c + 4 * c * c + 4 * c + 4 * c * c + c
+        return self_attention + cross + feed_forward
 
     text = (ctx * emb + emb) if ctx else 0
     total = ch * emb + emb + emb * emb + emb + 9 * (m.in_channels + m.cond_channels) * ch + ch
