@@ -8,6 +8,7 @@ import re
 import pytest
 
 from nanodiffusion.cli import main
+from nanodiffusion.core.samplers import SAMPLERS
 from nanodiffusion.io import validation
 from nanodiffusion.io.config import PRESETS, Config, apply_overrides, preset, validate
 from nanodiffusion.nets.unet import UNet, UNetConfig
@@ -111,11 +112,11 @@ BAD = [
         "not both",
     ),
     # schedule, diffusion, loss
-    (["schedule.T=0"], "schedule.T must be an integer >= 1, got 0"),
+    (["schedule.T=0"], "schedule.T must be an integer in [1, 100000], got 0"),
     (["schedule.T=1000000000"], "schedule.T must be an integer in [1, 100000], got 1000000000"),
     (
         ["schedule.kind=karras"],
-        "unknown schedule 'karras'; choose one of linear, scaled_linear, cosine, sigmoid, edm",
+        "schedule.kind must be one of 'linear', 'scaled_linear', 'cosine', 'sigmoid', 'edm', got 'karras'",
     ),
     (["schedule.beta_start=0"], "schedule.beta_start must be a number in (0, 1), got 0"),
     (["schedule.beta_end=1.5"], "schedule.beta_end must be a number in (0, 1), got 1.5"),
@@ -143,6 +144,11 @@ BAD = [
     (
         ["diffusion.parameterization=score"],
         "diffusion.parameterization must be one of 'eps', 'v', 'x0', 'edm', got 'score'",
+    ),
+    (["loss.weighting=snr"], "loss.weighting must be one of 'uniform', 'min-snr', 'edm', got 'snr'"),
+    (
+        ["loss.sigma_sampling=gaussian"],
+        "loss.sigma_sampling must be one of 'uniform-t', 'lognormal', got 'gaussian'",
     ),
     (["loss.p_std=0"], "loss.p_std must be a finite number > 0, got 0"),
     (["loss.p_mean=-Infinity"], "loss.p_mean must be a finite number, got -inf"),
@@ -177,6 +183,7 @@ BAD = [
     (["run.sample_steps=0"], "run.sample_steps must be an integer >= 1, got 0"),
     (["run.sample_steps=2000"], "run.sample_steps must be at most schedule.T (1000), got 2000"),
     (["run.sample_guidance=NaN"], "run.sample_guidance must be a finite number >= 0, got nan"),
+    (["run.sampler=nope"], "run.sampler must be one of " + ", ".join(map(repr, SAMPLERS)) + ", got 'nope'"),
     (["run.device=tpu"], "run.device must be auto, cpu or cuda, got 'tpu'"),
 ]
 

@@ -17,7 +17,7 @@ from typing import Any
 from nanodiffusion.core.losses import LossConfig
 from nanodiffusion.core.schedules import Schedule
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.io.validation import check_type, validate
+from nanodiffusion.io.validation import check_value, validate
 from nanodiffusion.nets.unet import UNetConfig
 
 try:
@@ -134,8 +134,8 @@ class Config:
             if bad:
                 raise NanodiffError(f"unknown config key(s) in [{f.name}]: {', '.join(sorted(bad))}")
             defaults = section_cls()
-            for key, value in values.items():
-                check_type(f"{f.name}.{key}", value, getattr(defaults, key))
+            for key, value in values.items():  # before the section's own checks, so the message names the key
+                check_value(f"{f.name}.{key}", value, getattr(defaults, key))
             kwargs[f.name] = section_cls(**values)
         # the model's size, channels and classes may still be the data's to decide (train fills them in)
         return validate(cls(**kwargs), prepared=False)

@@ -92,7 +92,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.residual_scale": NON_NEGATIVE_REAL,
     "data.crop": NON_NEGATIVE,
     "model.in_channels": POSITIVE,
-    "model.out_channels": POSITIVE,
+    "model.out_channels": _int(1, none=True),  # null: in_channels
     "model.blocks_per_level": POSITIVE,
     "model.attn_resolutions": _ints(1),
     "model.dropout": _real(0, 1, hi_open=True),
@@ -119,7 +119,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.beta1": _real(0, 1, hi_open=True),  # AdamW refuses 1
     "optim.beta2": _real(0, 1, hi_open=True),
     "optim.warmup_steps": NON_NEGATIVE,
-    "optim.decay": _one_of("cosine", "constant"),
+    "optim.decay": ((lambda v: v in ("cosine", "constant")), "cosine or constant"),
     "optim.min_lr_ratio": UNIT,
     "optim.grad_clip": NON_NEGATIVE_REAL,  # 0: no clipping
     "optim.batch_size": POSITIVE,
@@ -134,7 +134,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "run.sample_n": POSITIVE,
     "run.sample_guidance": NON_NEGATIVE_REAL,
     "run.sample_steps": POSITIVE,
-    "run.device": _one_of("auto", "cpu", "cuda"),
+    "run.device": ((lambda v: v in ("auto", "cpu", "cuda")), "auto, cpu or cuda"),
 }
 
 
@@ -172,6 +172,14 @@ def check_type(key: str, value: Any, default: Any) -> None:
         )
 
 
+def check_value(key: str, value: Any, default: Any) -> None:
+    """One field's type and range (`key` is section.key; `default` its default value)."""
+    check_type(key, value, default)
+    rule = RULES.get(key) or _enums().get(key)
+    if rule and not rule[0](value):
+        raise NanodiffError(f"{key} must be {rule[1]}, got {value!r}")
+
+
 def _fields(cfg: Config):
     """(section.key, value, default) of every field of cfg."""
     import dataclasses
@@ -190,11 +198,8 @@ def validate(cfg: Config, *, prepared: bool = True, training: bool = False) -> C
     prepared=False skips the rules on what the data decides (the model's image size, channels and
     classes, filled in when training starts): a config from a file or from overrides; training=True
     adds the memory of training (gradients, EMA, AdamW's moments, one batch's activations)."""
-    rules = {**RULES, **_enums()}
     for key, value, default in _fields(cfg):
-        check_type(key, value, default)
-        if key in rules and not rules[key][0](value):
-            raise NanodiffError(f"{key} must be {rules[key][1]}, got {value!r}")
+        check_value(key, value, default)
     _check_between_fields(cfg)
     check_memory(cfg, prepared=prepared, training=training)
     if prepared:
