@@ -131,7 +131,7 @@ class Schedule:
         if self.kind not in KINDS:
             raise NanodiffError(f"unknown schedule {self.kind!r}; choose one of {', '.join(KINDS)}")
         if self.T < 1:
-            raise NanodiffError(f"schedule T must be positive, got {self.T}")
+            raise NanodiffError(f"schedule.T must be an integer >= 1, got {self.T}")
 
     @property
     def discrete(self) -> bool:

@@ -9,13 +9,14 @@ import torch
 from nanodiffusion.core.denoisers import Denoiser
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.io.checkpoint import EMA, MODEL, checkpoint_file, load_config, load_weights
-from nanodiffusion.io.config import Config
+from nanodiffusion.io.config import Config, validate
 from nanodiffusion.io.device import pick_device
 from nanodiffusion.nets.unet import UNet
 
 
 def build_denoiser(cfg: Config, net: torch.nn.Module | None = None) -> Denoiser:
-    """The config's denoiser around `net` (default: a new UNet from cfg.model)."""
+    """The config's denoiser around `net` (default: a new UNet from cfg.model), once cfg is valid."""
+    validate(cfg)
     return Denoiser(
         UNet(cfg.model) if net is None else net,
         cfg.schedule,

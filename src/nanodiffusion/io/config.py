@@ -17,6 +17,7 @@ from typing import Any
 from nanodiffusion.core.losses import LossConfig
 from nanodiffusion.core.schedules import Schedule
 from nanodiffusion.errors import NanodiffError
+from nanodiffusion.io.validation import check_value, validate
 from nanodiffusion.nets.unet import UNetConfig
 
 try:
@@ -103,8 +104,6 @@ class RunConfig:
             raise NanodiffError(f"run.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise NanodiffError(f"run.device must be auto, cpu or cuda, got {self.device!r}")
-        if min(self.sample_steps, self.sample_n, self.log_every) < 1:
-            raise NanodiffError("run.sample_steps, run.sample_n and run.log_every must be positive")
 
 
 @dataclass
@@ -136,10 +135,11 @@ class Config:
             if bad:
                 raise NanodiffError(f"unknown config key(s) in [{f.name}]: {', '.join(sorted(bad))}")
             defaults = section_cls()
-            for key, value in values.items():
-                _check_type(f"{f.name}.{key}", value, getattr(defaults, key))
+            for key, value in values.items():  # before the section's own checks, so the message names the key
+                check_value(f"{f.name}.{key}", value, getattr(defaults, key))
             kwargs[f.name] = section_cls(**values)
-        return cls(**kwargs)
+        # the model's size, channels and classes may still be the data's to decide (train fills them in)
+        return validate(cls(**kwargs), prepared=False)
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -160,22 +160,6 @@ class Config:
             return cls.from_dict(d)
         except TypeError as e:
             raise NanodiffError(f"invalid config {path}: {e}") from None
-
-
-def _check_type(key: str, value: Any, default: Any) -> None:
-    """A value must have its default's type (an int may stand for a float; None means any)."""
-    if default is None or value is None:
-        return
-    expected = float if isinstance(default, float) else type(default)
-    ok = isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool)
-    ok = ok or (expected is float and isinstance(value, int) and not isinstance(value, bool))
-    if isinstance(default, list) and ok:
-        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    if not ok:
-        raise NanodiffError(
-            f"config value {key} = {value!r} should be of type "
-            f"{'list of int' if expected is list else expected.__name__}"
-        )
 
 
 def _model(channels, mults, attn, size, blocks=2, dropout=0.1, in_channels=1) -> UNetConfig:

@@ -21,6 +21,8 @@ from torch import nn
 
 from nanodiffusion.errors import NanodiffError
 
+MAX_LEVELS = 16  # 15 halvings: a 32768-pixel image down to 1
+
 
 @dataclass
 class UNetConfig:
@@ -41,13 +43,28 @@ class UNetConfig:
     def __post_init__(self):
         if self.out_channels is None:
             self.out_channels = self.in_channels
-        if self.channels % 8 or any(m < 1 for m in self.channel_mults):
-            raise NanodiffError("UNet channels must be a multiple of 8 and multipliers positive")
-        if self.num_classes and self.context_dim:
-            raise NanodiffError("a UNet is class-conditional or text-conditional, not both")
+        self.check()
+
+    def check(self) -> None:
+        """The rules UNet's layers need, one line each (io.validation.validate checks the rest)."""
+        if not (self.channels > 0 and self.channels % 8 == 0):
+            raise NanodiffError(f"model.channels must be a positive multiple of 8, got {self.channels!r}")
+        if not 0 < len(self.channel_mults) <= MAX_LEVELS or any(m < 1 for m in self.channel_mults):
+            raise NanodiffError(
+                f"model.channel_mults must be 1 to {MAX_LEVELS} integers >= 1, got {self.channel_mults!r}"
+            )
+        if self.head_dim < 1:
+            raise NanodiffError(f"model.head_dim must be an integer >= 1, got {self.head_dim!r}")
         widths = [self.channels * m for m in self.channel_mults]
         if any(w % self.head_dim and w > self.head_dim for w in widths):
-            raise NanodiffError(f"head_dim {self.head_dim} must divide every level's width {widths}")
+            raise NanodiffError(
+                f"model.head_dim must divide every level's width {widths} (or exceed it), got {self.head_dim}"
+            )
+        if self.num_classes and self.context_dim:
+            raise NanodiffError(
+                f"model.num_classes ({self.num_classes}) and model.context_dim ({self.context_dim}): "
+                "a UNet is class-conditional or text-conditional, not both"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)

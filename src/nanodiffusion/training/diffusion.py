@@ -22,7 +22,7 @@ from nanodiffusion.data.datasets import ImageData, held_out_images, load_data
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.inference.pipelines import build_denoiser, draw
 from nanodiffusion.io.checkpoint import latest_checkpoint, load_config, save_config
-from nanodiffusion.io.config import Config
+from nanodiffusion.io.config import Config, validate
 from nanodiffusion.nets.autoencoder import AE_CONFIG, AutoencoderConfig
 from nanodiffusion.tasks import get_task
 from nanodiffusion.training.autoencoder import AE_CHECKPOINT, train_autoencoder_folder
@@ -96,6 +96,7 @@ def batch_indices(
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True):
         self.run_dir = Path(run_dir)
+        validate(cfg, prepared=resume, training=True)  # before the data loads at data.image_size
         self.dist, self.device = setup_distributed(cfg.run.device)
         self.progress = progress and self.dist.main
         self.data = load_data(cfg.data.name, "train", cfg.data.image_size, cfg.data.channels)
@@ -119,7 +120,7 @@ class Trainer:
         if cfg.data.autoencoder:  # train on the scaled posterior means, encoded once
             self.data.images = self._encode(cfg.data.autoencoder, self.data.images)
         text_dim = 0 if self.prompts is None else self.prompts.shape[-1] - 1
-        self.cfg = cfg if resume else prepare_config(cfg, self.data, text_dim)
+        self.cfg = cfg if resume else validate(prepare_config(cfg, self.data, text_dim), training=True)
         o = self.cfg.optim
         if o.batch_size % (o.grad_accum * self.dist.world):
             raise NanodiffError(
