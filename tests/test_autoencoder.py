@@ -92,7 +92,10 @@ def _train(folder, steps=3, **options):
 def _checkpoint(folder):
     from safetensors.torch import load_file
 
-    return {name: load_file(str(folder / "checkpoint" / f"{name}.safetensors")) for name in ("model", "ema")}
+    from nanodiffusion.io.checkpoint import checkpoint_file
+
+    files = {name: checkpoint_file(folder / "checkpoint", f"{name}.safetensors") for name in ("model", "ema")}
+    return {name: load_file(str(path)) for name, path in files.items()}
 
 
 @pytest.fixture(scope="module")

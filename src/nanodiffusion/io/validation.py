@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 from nanodiffusion.errors import NanodiffError
 
 if TYPE_CHECKING:
-    from nanodiffusion.io.config import Config
     from nanodiffusion.nets.unet import UNetConfig
+
+Config = Any  # io.config's Config, not imported: io.config imports this module to check its values
 
 MAX_T = 100_000  # discrete schedules build their table with a Python loop of T steps
 MAX_SEED = 2**32 - 1
@@ -139,13 +140,17 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+# data.task -> the task: nanodiffusion.tasks fills this registry (tasks sit above io, so the
+# registry lives here, where configs are checked, and tasks/ registers into it)
+TASKS: dict[str, Any] = {}
+
+
 def _enums() -> dict[str, tuple[Callable[[Any], bool], str]]:
-    """The enums whose choices live in their modules (imported here: tasks import the config)."""
+    """The enums whose choices live in their modules (imported here, when first needed)."""
     from nanodiffusion.core.denoisers import PARAMETERIZATIONS
     from nanodiffusion.core.losses import SIGMA_SAMPLINGS, WEIGHTINGS
     from nanodiffusion.core.samplers import SAMPLERS
     from nanodiffusion.core.schedules import KINDS
-    from nanodiffusion.tasks import TASKS
 
     return {
         "data.task": _one_of(*TASKS),

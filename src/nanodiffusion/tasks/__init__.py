@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.io.config import register_preset
+from nanodiffusion.io.validation import TASKS  # data.task -> the task; held where configs are checked
 from nanodiffusion.tasks.base import Sampling, Task
 from nanodiffusion.tasks.generate import Generate
 from nanodiffusion.tasks.inpaint import Inpaint
 from nanodiffusion.tasks.upscale import Upscale
-
-TASKS: dict[str, Task] = {}  # data.task -> the task
 
 
 def register(task: Task) -> Task:
