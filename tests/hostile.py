@@ -622,9 +622,15 @@ FAST_COMMANDS = {
 }
 FAST_INPUTS = {
     "image": {"bomb 40000x40000 png", "truncated png"},
-    "array": {"npz labels 2^40", "npz pickled object"},
-    "run": {"model truncated", "config not JSON", "state pickle that runs code", "state a list"},
+    "array": {"npz pickled object"},
+    "run": {"config not JSON"},
     "toml": set(),
+}
+FAST_PAIRS = {
+    ("npz labels 2^40", "train --data X.npz --class-conditional"),
+    ("state pickle that runs code", "train --resume"),
+    ("state a list", "train --resume"),
+    ("model truncated", "train --resume"),
 }
 SLOW_TOMLS = {name for name in TOMLS if name.startswith("toml") and "=" in name} - {
     "toml optim.lr=nan",
@@ -636,6 +642,7 @@ SLOW_TOMLS = {name for name in TOMLS if name.startswith("toml") and "=" in name}
 
 def _tiered(case: Case) -> Case:
     fast = case.input in FAST_INPUTS[case.kind] or case.command in FAST_COMMANDS[case.kind]
+    fast = fast or (case.input, case.command) in FAST_PAIRS
     case.slow = not fast or case.input in SLOW_TOMLS
     return case
 
