@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -62,6 +63,7 @@ TINY_TRAIN = [
     "optim.warmup_steps=1",
 ]
 DRAW = ["--n", "1", "--steps", "1"]
+AUTOENCODER = ["--steps", "1", "--batch-size", "2", "--channels", "8", "--quiet"]
 
 
 # --- images ------------------------------------------------------------------------------------------
@@ -447,205 +449,77 @@ def _image_folder(tmp: Path, image: Path) -> Path:
     return folder
 
 
-IMAGE_COMMANDS: dict[str, Callable[[Runs, Path, Path], list[str]]] = {
-    "sample --init": lambda r, t, img: [
-        "sample",
-        str(r.digits),
-        "--init",
-        str(img),
-        *DRAW,
-        "--out",
-        str(t / "out"),
-    ],
-    "inpaint --image": lambda r, t, img: [
-        "inpaint",
-        str(r.digits),
-        "--image",
-        str(img),
-        "--mask",
-        str(good_png(t / "mask.png", white=True)),
-        "--method",
-        "replace",
-        *DRAW,
-        "--out",
-        str(t / "out"),
-    ],  # fmt: skip
-    "inpaint --mask": lambda r, t, img: [
-        "inpaint",
-        str(r.digits),
-        "--image",
-        str(good_png(t / "image.png")),
-        "--mask",
-        str(img),
-        "--method",
-        "replace",
-        *DRAW,
-        "--out",
-        str(t / "out"),
-    ],  # fmt: skip
-    "upscale --image": lambda r, t, img: [
-        "upscale",
-        str(r.upscale),
-        "--image",
-        str(img),
-        *DRAW,
-        "--out",
-        str(t / "out"),
-    ],
-    "train --data FOLDER": lambda r, t, img: [
-        "train",
-        "--data",
-        str(_image_folder(t, img)),
-        *TINY_TRAIN,
-        "--out",
-        str(t / "out"),
-    ],
-    "generate --init (a text run)": lambda r, t, img: [
-        "generate",
-        str(r.text),
-        "a red circle",
-        "--init",
-        str(img),
-        *DRAW,
-        "--out",
-        str(t / "out"),
-    ],  # fmt: skip
-    "train-autoencoder --data FOLDER": lambda r, t, img: [
-        "train-autoencoder",
-        "--data",
-        str(_image_folder(t, img)),
-        "--steps",
-        "1",
-        "--batch-size",
-        "2",
-        "--channels",
-        "8",
-        "--quiet",
-        "--out",
-        str(t / "out"),
-    ],  # fmt: skip
+# Each command is a template: {input} is the hostile file (or the damaged run), {out} the case's output
+# folder, {digits} {upscale} {text} the tiny runs, {folder} a training folder holding two good images
+# and the input, {picture} a good 8x8 picture, {mask} an all-white 8x8 mask, {prompt} "a red circle";
+# {tiny}, {draw} and {ae} stand for the words of TINY_TRAIN, DRAW and AUTOENCODER.
+IMAGE_COMMANDS = {
+    "sample --init": "sample {digits} --init {input} {draw} --out {out}",
+    "inpaint --image": "inpaint {digits} --image {input} --mask {mask} --method replace {draw} --out {out}",
+    "inpaint --mask": "inpaint {digits} --image {picture} --mask {input} --method replace {draw} --out {out}",
+    "upscale --image": "upscale {upscale} --image {input} {draw} --out {out}",
+    "train --data FOLDER": "train --data {folder} {tiny} --out {out}",
+    "generate --init (a text run)": "generate {text} {prompt} --init {input} {draw} --out {out}",
+    "train-autoencoder --data FOLDER": "train-autoencoder --data {folder} {ae} --out {out}",
 }
-
-ARRAY_COMMANDS: dict[str, Callable[[Runs, Path, Path], list[str]]] = {
-    "train --data X.npz": lambda r, t, f: ["train", "--data", str(f), *TINY_TRAIN, "--out", str(t / "out")],
-    "train --data X.npz --class-conditional": lambda r, t, f: [
-        "train",
-        "--data",
-        str(f),
-        "--class-conditional",
-        *TINY_TRAIN,
-        "--out",
-        str(t / "out"),
-    ],  # fmt: skip
-    "train --set data.name=X.npz": lambda r, t, f: [
-        "train",
-        "--set",
-        f"data.name={f}",
-        *TINY_TRAIN,
-        "--out",
-        str(t / "out"),
-    ],  # fmt: skip
-    "train-autoencoder --data X.npz": lambda r, t, f: [
-        "train-autoencoder",
-        "--data",
-        str(f),
-        "--steps",
-        "1",
-        "--batch-size",
-        "2",
-        "--channels",
-        "8",
-        "--quiet",
-        "--out",
-        str(t / "out"),
-    ],  # fmt: skip
+ARRAY_COMMANDS = {
+    "train --data X.npz": "train --data {input} {tiny} --out {out}",
+    "train --data X.npz --class-conditional": "train --data {input} --class-conditional {tiny} --out {out}",
+    "train --set data.name=X.npz": "train --set data.name={input} {tiny} --out {out}",
+    "train-autoencoder --data X.npz": "train-autoencoder --data {input} {ae} --out {out}",
 }
-
-# run commands: (argv of the run folder and the case's tmp, whether the run folder is its output)
-RUN_COMMANDS: dict[str, tuple[Callable[[Path, Path], list[str]], bool]] = {
-    "info": (lambda run, t: ["info", str(run)], False),
-    "sample": (lambda run, t: ["sample", str(run), *DRAW, "--out", str(t / "out")], False),
-    "eval --features classifier": (
-        lambda run, t: [
-            "eval",
-            str(run),
-            "--n",
-            "5",
-            "--steps",
-            "1",
-            "--features",
-            "classifier",
-            "--out",
-            str(t / "out" / "eval.json"),
-        ],
-        False,
-    ),  # fmt: skip
-    "generate": (
-        lambda run, t: ["generate", str(run), "a red circle", *DRAW, "--out", str(t / "out")],
-        False,
-    ),
-    "inpaint --demo": (
-        lambda run, t: ["inpaint", str(run), "--demo", "--method", "replace", *DRAW, "--out", str(t / "out")],
-        False,
-    ),
-    "train --resume": (lambda run, t: ["train", "--resume", str(run), "--steps", "4", "--quiet"], True),
-    "train-controlnet": (
-        lambda run, t: [
-            "train-controlnet",
-            str(run),
-            "--steps",
-            "1",
-            "--batch-size",
-            "2",
-            "--quiet",
-            "--out",
-            str(t / "out"),
-        ],
-        False,
-    ),  # fmt: skip
+RUN_COMMANDS = {
+    "info": "info {input}",
+    "sample": "sample {input} {draw} --out {out}",
+    "eval --features classifier": "eval {input} --n 5 --steps 1 --features classifier --out {out}/eval.json",
+    "generate": "generate {input} {prompt} {draw} --out {out}",
+    "inpaint --demo": "inpaint {input} --demo --method replace {draw} --out {out}",
+    "train --resume": "train --resume {input} --steps 4 --quiet",  # the run folder is its output
+    "train-controlnet": "train-controlnet {input} --steps 1 --batch-size 2 --quiet --out {out}",
 }
 STATE_COMMANDS = ("info", "sample", "train --resume")  # the commands that look at state.pt (or list it)
+TOML_COMMANDS = {"train --config": "train --config {input} --quiet --out {out}"}
 
 
-def _image_case(name: str, command: str) -> Case:
+def expand(template: str, values: dict[str, Callable[[], str]]) -> list[str]:
+    """The argv of a template: each word with its {names} filled in (a value is computed only when
+    a template names it); {tiny}, {draw} and {ae} stand for several words."""
+    words = {"{tiny}": TINY_TRAIN, "{draw}": DRAW, "{ae}": AUTOENCODER}
+    argv: list[str] = []
+    for word in template.split():
+        if word in words:
+            argv += words[word]
+        else:
+            argv.append(re.sub(r"\{(\w+)\}", lambda m: str(values[m.group(1)]()), word))
+    return argv
+
+
+def _case(kind: str, name: str, command: str, template: str) -> Case:
     def build(runs: Runs, tmp: Path):
         (tmp / "in").mkdir()
-        image = IMAGES[name](tmp / "in")
-        return IMAGE_COMMANDS[command](runs, tmp, image), [tmp, runs.root], [tmp / "out"]
+        writes = [tmp / "out"]
+        if kind == "run":
+            target = tmp / "run"
+            shutil.copytree(runs.digits, target)
+            RUN_DAMAGE[name](target)
+            if command == "train --resume":
+                writes.append(target)
+        else:
+            target = {"image": IMAGES, "array": ARRAYS, "toml": TOMLS}[kind][name](tmp / "in")
+        values = {
+            "input": lambda: target,
+            "out": lambda: tmp / "out",
+            "digits": lambda: runs.digits,
+            "upscale": lambda: runs.upscale,
+            "text": lambda: runs.text,
+            "folder": lambda: _image_folder(tmp, target),
+            "picture": lambda: good_png(tmp / "picture.png"),
+            "mask": lambda: good_png(tmp / "mask.png", white=True),
+            "prompt": lambda: "a red circle",
+        }
+        return expand(template, values), [tmp, runs.root], writes
 
-    return Case("image", name, command, build)
-
-
-def _array_case(name: str, command: str) -> Case:
-    def build(runs: Runs, tmp: Path):
-        (tmp / "in").mkdir()
-        return ARRAY_COMMANDS[command](runs, tmp, ARRAYS[name](tmp / "in")), [tmp, runs.root], [tmp / "out"]
-
-    return Case("array", name, command, build)
-
-
-def _run_case(name: str, command: str) -> Case:
-    def build(runs: Runs, tmp: Path):
-        run = tmp / "run"
-        shutil.copytree(runs.digits, run)
-        RUN_DAMAGE[name](run)
-        argv, run_is_output = RUN_COMMANDS[command]
-        return argv(run, tmp), [tmp, runs.root], [tmp / "out", *([run] if run_is_output else [])]
-
-    return Case("run", name, command, build)
-
-
-def _toml_case(name: str) -> Case:
-    def build(runs: Runs, tmp: Path):
-        (tmp / "in").mkdir()
-        config = TOMLS[name](tmp / "in")
-        return (
-            ["train", "--config", str(config), "--quiet", "--out", str(tmp / "out")],
-            [tmp, runs.root],
-            [tmp / "out"],
-        )
-
-    return Case("toml", name, "train --config", build)
+    return Case(kind, name, command, build)
 
 
 # The fast tier (a few seconds per kind): every input through its kind's first command(s), and the
@@ -686,15 +560,15 @@ def _tiered(case: Case) -> Case:
 CASES: list[Case] = [
     _tiered(case)
     for case in [
-        *(_image_case(i, c) for i in IMAGES for c in IMAGE_COMMANDS),
-        *(_array_case(a, c) for a in ARRAYS for c in ARRAY_COMMANDS),
+        *(_case("image", i, c, t) for i in IMAGES for c, t in IMAGE_COMMANDS.items()),
+        *(_case("array", a, c, t) for a in ARRAYS for c, t in ARRAY_COMMANDS.items()),
         *(
-            _run_case(d, c)
+            _case("run", d, c, t)
             for d in RUN_DAMAGE
-            for c in RUN_COMMANDS
+            for c, t in RUN_COMMANDS.items()
             if d not in STATE_ONLY or c in STATE_COMMANDS
         ),
-        *(_toml_case(t) for t in TOMLS),
+        *(_case("toml", name, c, t) for name in TOMLS for c, t in TOML_COMMANDS.items()),
     ]
 ]
 
