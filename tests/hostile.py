@@ -695,7 +695,8 @@ def run_cli(argv: list[str], guarded: list[Path], writes: list[Path] = ()) -> Ou
     after = tree_digest(guarded)
     writes = list(writes)
     changed = [p for p, h in before.items() if after.get(p) != h and not (rc == 0 and _under(p, writes))]
-    stray = [p for p in after if p not in before and not _under(p, writes)]
+    parents = {str(parent) for w in writes for parent in Path(w).parents}  # made to hold an output
+    stray = [p for p in after if p not in before and not _under(p, writes) and p not in parents]
     marker = any(Path(p).name == MARKER for p in after)
     return Outcome(
         argv,
