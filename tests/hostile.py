@@ -412,6 +412,17 @@ class Runs:
             )
         return run
 
+    @property
+    def sd(self) -> Path:
+        """A Stable Diffusion-shaped diffusers folder with random weights at toy size (16x16
+        images; bench/_sd_fixture.py), written on first use."""
+        folder = self.root / "sd"
+        if not (folder / "model_index.json").is_file():
+            from _sd_fixture import random_pipeline
+
+            random_pipeline("tiny").save_pretrained(folder, safe_serialization=True)
+        return folder
+
 
 def make_runs(root: Path) -> Runs:
     from tiny_runs import train_tiny
@@ -450,9 +461,10 @@ def _image_folder(tmp: Path, image: Path) -> Path:
 
 
 # Each command is a template: {input} is the hostile file (or the damaged run), {out} the case's output
-# folder, {digits} {upscale} {text} the tiny runs, {folder} a training folder holding two good images
-# and the input, {picture} a good 8x8 picture, {mask} an all-white 8x8 mask, {prompt} "a red circle";
-# {tiny}, {draw} and {ae} stand for the words of TINY_TRAIN, DRAW and AUTOENCODER.
+# folder, {digits} {upscale} {text} the tiny runs, {sd} a toy Stable Diffusion folder, {folder} a
+# training folder holding two good images and the input, {picture} a good 8x8 picture, {mask} an
+# all-white 8x8 mask, {prompt} "a red circle"; {tiny}, {draw} and {ae} stand for the words of
+# TINY_TRAIN, DRAW and AUTOENCODER.
 IMAGE_COMMANDS = {
     "sample --init": "sample {digits} --init {input} {draw} --out {out}",
     "inpaint --image": "inpaint {digits} --image {input} --mask {mask} --method replace {draw} --out {out}",
@@ -461,6 +473,7 @@ IMAGE_COMMANDS = {
     "train --data FOLDER": "train --data {folder} {tiny} --out {out}",
     "generate --init (a text run)": "generate {text} {prompt} --init {input} {draw} --out {out}",
     "train-autoencoder --data FOLDER": "train-autoencoder --data {folder} {ae} --out {out}",
+    "sd --init (a toy checkpoint)": "sd {prompt} --model {sd} --init {input} {draw} --device cpu --out {out}",
 }
 ARRAY_COMMANDS = {
     "train --data X.npz": "train --data {input} {tiny} --out {out}",
@@ -512,6 +525,7 @@ def _case(kind: str, name: str, command: str, template: str) -> Case:
             "digits": lambda: runs.digits,
             "upscale": lambda: runs.upscale,
             "text": lambda: runs.text,
+            "sd": lambda: runs.sd,
             "folder": lambda: _image_folder(tmp, target),
             "picture": lambda: good_png(tmp / "picture.png"),
             "mask": lambda: good_png(tmp / "mask.png", white=True),
@@ -550,9 +564,13 @@ SLOW_TOMLS = {name for name in TOMLS if name.startswith("toml") and "=" in name}
 }
 
 
+SLOW_WORDS = ("text run", "toy checkpoint")  # commands whose model takes long to make
+
+
 def _tiered(case: Case) -> Case:
     fast = case.input in FAST_INPUTS[case.kind] or case.command in FAST_COMMANDS[case.kind]
-    fast = (fast or (case.input, case.command) in FAST_PAIRS) and "text run" not in case.command
+    fast = fast or (case.input, case.command) in FAST_PAIRS
+    fast = fast and not any(word in case.command for word in SLOW_WORDS)
     case.slow = not fast or case.input in SLOW_TOMLS
     return case
 
