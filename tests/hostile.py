@@ -228,30 +228,37 @@ ARRAYS: dict[str, Callable[[Path], Path]] = {
 
 
 # --- damaged run folders -------------------------------------------------------------------------
+def _at(run: Path, name: str) -> Path:
+    """A run's file: config.json at its top, the weights and state.pt in its newest checkpoint."""
+    from nanodiffusion.io.checkpoint import CONFIG, checkpoint_file
+
+    return run / name if name == CONFIG else checkpoint_file(run, name)
+
+
 def _truncate(name: str) -> Callable[[Path], None]:
     def damage(run: Path) -> None:
-        data = (run / name).read_bytes()
-        (run / name).write_bytes(data[: len(data) // 2])
+        data = _at(run, name).read_bytes()
+        _at(run, name).write_bytes(data[: len(data) // 2])
 
     return damage
 
 
 def _write(name: str, data: bytes) -> Callable[[Path], None]:
-    return lambda run: (run / name).write_bytes(data)
+    return lambda run: _at(run, name).write_bytes(data)
 
 
 def _random(name: str) -> Callable[[Path], None]:
     def damage(run: Path) -> None:
-        size = (run / name).stat().st_size
-        (run / name).write_bytes(np.random.default_rng(3).integers(0, 256, size, dtype=np.uint8).tobytes())
+        size = _at(run, name).stat().st_size
+        _at(run, name).write_bytes(np.random.default_rng(3).integers(0, 256, size, dtype=np.uint8).tobytes())
 
     return damage
 
 
 def _huge_header(name: str) -> Callable[[Path], None]:
     def damage(run: Path) -> None:
-        data = (run / name).read_bytes()
-        (run / name).write_bytes(struct.pack("<Q", 2**62) + data[8:])
+        data = _at(run, name).read_bytes()
+        _at(run, name).write_bytes(struct.pack("<Q", 2**62) + data[8:])
 
     return damage
 
@@ -260,11 +267,11 @@ def _step_abc(run: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     for name in ("model.safetensors", "ema.safetensors"):
-        save_file(load_file(str(run / name)), str(run / name), metadata={"step": "abc"})
+        save_file(load_file(str(_at(run, name))), str(_at(run, name)), metadata={"step": "abc"})
 
 
 def _delete(name: str) -> Callable[[Path], None]:
-    return lambda run: (run / name).unlink()
+    return lambda run: _at(run, name).unlink()
 
 
 def _config(section: str, key: str, value) -> Callable[[Path], None]:
@@ -290,7 +297,7 @@ def _state(value: Callable[[Path], object]) -> Callable[[Path], None]:
     def damage(run: Path) -> None:
         import torch
 
-        torch.save(value(run), run / "state.pt")
+        torch.save(value(run), _at(run, "state.pt"))
 
     return damage
 

@@ -163,8 +163,9 @@ def _enums() -> dict[str, tuple[Callable[[Any], bool], str]]:
 
 
 def check_type(key: str, value: Any, default: Any) -> None:
-    """A value must have its default's type (an int may stand for a float; None means any)."""
-    if default is None or value is None:
+    """A value must have its default's type (an int may stand for a float); a key whose default
+    is None (the data's own) takes None or any value, no other key takes None."""
+    if default is None:
         return
     expected = float if isinstance(default, float) else type(default)
     ok = isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool)
