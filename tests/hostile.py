@@ -10,7 +10,7 @@ named x.png, ...), arrays (.npz files with an enormous header, a pickled object 
 write a marker file, empty or NaN images, labels far out of range, ...), damaged copies of a tiny
 run folder (weights, config.json, state.pt) and TOML configs with bad values; each is run through
 every command that reads its kind of file. `CASES` is the table of (input, command) pairs;
-tests/test_hostile.py asserts the rule on each, bench/hostile.py writes them as a markdown table.
+tests/test_hostile.py asserts the rule on each, bench/hostile_inputs.py writes them as a markdown table.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Every hostile input of tests/hostile.py through every command that reads it, as a markdown
 table (input, command, exit code, what the user sees, whether the rule held, seconds) in
-docs/_hostile_table.md, to be merged into docs/reliability.md.
+docs/hostile-inputs.md, which docs/reliability.md links to.
 
-    PYTHONPATH=src python bench/hostile.py            # the whole matrix (minutes on 2 cores)
-    PYTHONPATH=src python bench/hostile.py --fast     # only the cases of the fast test tier
-    PYTHONPATH=src python bench/hostile.py --kind run --out /tmp/table.md
+    python bench/hostile_inputs.py            # the whole matrix (minutes on 2 cores)
+    python bench/hostile_inputs.py --fast     # only the cases of the fast test tier
+    python bench/hostile_inputs.py --kind run --out /tmp/table.md
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the corpus and the rule live with the
 
 import hostile  # noqa: E402
 
-DOC = ROOT / "docs" / "_hostile_table.md"
+DOC = ROOT / "docs" / "hostile-inputs.md"
 
 
 def _cell(text: str, limit: int = 160) -> str:
@@ -32,7 +32,13 @@ def _cell(text: str, limit: int = 160) -> str:
 def table(rows: list[tuple[hostile.Case, hostile.Outcome, float]]) -> str:
     held = sum(not outcome.problems() for _, outcome, _ in rows)
     lines = [
-        "<!-- written by bench/hostile.py; do not edit by hand -->",
+        "<!-- written by bench/hostile_inputs.py; do not edit by hand -->",
+        "# Hostile inputs and what nanodiff says",
+        "",
+        "Every input of the corpus in `tests/hostile.py` (made by the tests themselves), through every "
+        "command that reads that kind of file; see [reliability.md](reliability.md). "
+        "The command: `python bench/hostile_inputs.py`.",
+        "",
         f"{held} of {len(rows)} hostile cases keep the rule (exit 0, or exit 2 with one "
         "`nanodiff: error:` line; no traceback; no file that existed before changed).",
         "",
