@@ -115,7 +115,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "loss.min_snr_gamma": POSITIVE_REAL,
     "loss.p_mean": _real(),
     "loss.p_std": POSITIVE_REAL,
-    "optim.lr": POSITIVE_REAL,
+    "optim.lr": _real(0, 10, lo_open=True),  # AdamW moves each weight by about lr a step: above 10 is a typo
     "optim.weight_decay": NON_NEGATIVE_REAL,
     "optim.beta1": _real(0, 1, hi_open=True),  # AdamW refuses 1
     "optim.beta2": _real(0, 1, hi_open=True),
