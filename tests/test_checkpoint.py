@@ -151,7 +151,7 @@ def test_damaged_or_unsafe_state_is_one_line(tmp_path):
 
 
 def test_config_round_trips_through_the_run_folder(tmp_path):
-    cfg = apply_overrides(preset("text"), ["run.steps=5", "model.channels=16"])
+    cfg = apply_overrides(preset("digits"), ["run.steps=5", "model.channels=16"])
     save_config(cfg, tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["config.json"]
     assert load_config(tmp_path) == cfg

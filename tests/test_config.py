@@ -132,11 +132,12 @@ def test_a_partial_toml_file_keeps_the_defaults(tmp_path):
         ),
         ("[data]\nclass_conditional = 1\n", "config value data.class_conditional = 1 should be of type bool"),
         ('[run]\nsampler = "nope"\n', "run.sampler must be one of "),
+        ("model = 5\n", "config section [model] is a table of keys, not a int"),
     ],
 )
 def test_bad_files_are_refused_in_one_line(tmp_path, text, message):
     (tmp_path / "bad.toml").write_text(text)
-    assert error_of(Config.load, tmp_path / "bad.toml").startswith(message)
+    assert error_of(Config.load, tmp_path / "bad.toml").startswith(f"{tmp_path / 'bad.toml'}: {message}")
 
 
 def test_unreadable_files_are_named(tmp_path):
@@ -144,10 +145,16 @@ def test_unreadable_files_are_named(tmp_path):
     for name, text, start in [
         ("broken.toml", "[model\nchannels = 8", "cannot parse config"),
         ("broken.json", '{"model": ', "cannot parse config"),
-        ("flat.toml", "model = 5\n", "invalid config"),
     ]:
         (tmp_path / name).write_text(text)
         assert error_of(Config.load, tmp_path / name).startswith(f"{start} {tmp_path / name}: ")
+    (tmp_path / "a-list.json").write_text("[1, 2]")
+    assert error_of(Config.load, tmp_path / "a-list.json") == (
+        f"{tmp_path / 'a-list.json'}: a config is a table of sections (model, ...), not a list"
+    )
+    (tmp_path / "folder.toml").mkdir()
+    message = error_of(Config.load, tmp_path / "folder.toml")
+    assert message == f"cannot read config {tmp_path / 'folder.toml'}: Is a directory"
 
 
 # --- overrides ------------------------------------------------------------------------------------

@@ -347,7 +347,7 @@ def test_info_on_a_run_folder_with_a_bad_config_exits_2_with_one_line(
     d[section][key] = value
     (tmp_path / "config.json").write_text(json.dumps(d))
     assert main(["info", str(tmp_path)]) == 2
-    assert capsys.readouterr().err == f"nanodiff: error: {message}\n"
+    assert capsys.readouterr().err == f"nanodiff: error: {tmp_path / 'config.json'}: {message}\n"
 
 
 def test_an_old_run_folder_without_the_newer_keys_still_loads(tmp_path):

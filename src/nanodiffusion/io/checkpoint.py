@@ -32,7 +32,7 @@ from torch import nn
 
 from nanodiffusion.data.files import one_line, write_atomically
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.io.config import Config
+from nanodiffusion.io.config import Config, validate
 from nanodiffusion.nets.autoencoder import AE_CONFIG, AE_WEIGHTS, Autoencoder, AutoencoderConfig
 
 MODEL, EMA, STATE, CONFIG = "model.safetensors", "ema.safetensors", "state.pt", "config.json"
@@ -167,7 +167,11 @@ def load_config(run_dir: Path) -> Config:
         raise NanodiffError(f"run folder not found: {run_dir}")
     if not (run_dir / CONFIG).is_file():
         raise NanodiffError(f"{run_dir} is not a run folder: it has no {CONFIG}")
-    return Config.load(run_dir / CONFIG)
+    cfg = Config.load(run_dir / CONFIG)
+    try:  # a run's config is complete (training filled in the data's size, channels and classes)
+        return validate(cfg)
+    except NanodiffError as e:
+        raise NanodiffError(f"{run_dir / CONFIG}: {e}") from None
 
 
 def weights_step(path: Path) -> int:

@@ -122,6 +122,8 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
+        if not isinstance(d, dict):
+            raise NanodiffError(f"a config is a table of sections (model, ...), not a {type(d).__name__}")
         sections = {f.name: f.type for f in dataclasses.fields(cls)}
         unknown = set(d) - set(sections)
         if unknown:
@@ -130,6 +132,9 @@ class Config:
         for f in dataclasses.fields(cls):
             section_cls = type(getattr(cls(), f.name))
             values = d.get(f.name, {})
+            if not isinstance(values, dict):
+                kind = type(values).__name__
+                raise NanodiffError(f"config section [{f.name}] is a table of keys, not a {kind}")
             names = {g.name for g in dataclasses.fields(section_cls)}
             bad = set(values) - names
             if bad:
@@ -154,10 +159,14 @@ class Config:
                 d = json.loads(path.read_text())
         except FileNotFoundError:
             raise NanodiffError(f"config file not found: {path}") from None
+        except OSError as e:  # a folder, no permission
+            raise NanodiffError(f"cannot read config {path}: {e.strerror or e}") from None
         except (ValueError, tomllib.TOMLDecodeError) as e:
             raise NanodiffError(f"cannot parse config {path}: {e}") from None
         try:
             return cls.from_dict(d)
+        except NanodiffError as e:  # name the file: a run folder's config.json, or a --config file
+            raise NanodiffError(f"{path}: {e}") from None
         except TypeError as e:
             raise NanodiffError(f"invalid config {path}: {e}") from None
 
