@@ -22,6 +22,29 @@ sys.path.insert(0, str(ROOT / "tests"))  # the corpus and the rule live with the
 import hostile  # noqa: E402
 
 DOC = ROOT / "docs" / "hostile-inputs.md"
+RELIABILITY = ROOT / "docs" / "reliability.md"  # its summary table, between the two markers, is ours
+BEGIN, END = "<!-- summary: written by bench/hostile_inputs.py -->", "<!-- end of summary -->"
+SUMMARY = [  # one row of reliability.md's summary per input: the first command that refuses it
+    "bomb 40000x40000 png",
+    "truncated jpeg",
+    "text named .png",
+    "folder named x.png",
+    "npz header 10^6x1000x1000",
+    "npz pickled object",
+    "npz images [4,0,0]",
+    "npz NaN images",
+    "npz labels 2^40",
+    "model header 2^62",
+    "weights step 'abc'",
+    "config a list",
+    "config model.head_dim=0",
+    "config model.num_classes=1000000000",
+    "config model.image_size=100000",
+    "config data.p_uncond=5",
+    "toml optim.lr=1e+308",
+    "state pickle that runs code",
+    "state a list",
+]
 
 
 def _cell(text: str, limit: int = 160) -> str:
@@ -56,6 +79,18 @@ def table(rows: list[tuple[hostile.Case, hostile.Outcome, float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary(rows: list[tuple[hostile.Case, hostile.Outcome, float]]) -> str:
+    """reliability.md's short table: for each input of SUMMARY, its first refusal."""
+    lines = [BEGIN, "| input | command | message (exit 2) |", "| --- | --- | --- |"]
+    for name in SUMMARY:
+        found = next(((c, o) for c, o, _ in rows if c.input == name and o.rc == 2), None)
+        if found is not None:
+            case, outcome = found
+            message = outcome.message.removeprefix("nanodiff: error: ")
+            lines.append(f"| {_cell(name)} | `{case.command}` | {_cell(message, 220)} |")
+    return "\n".join([*lines, END])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fast", action="store_true", help="only the fast test tier's cases")
@@ -83,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
             print(progress, file=sys.__stderr__, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table(rows))
+    if args.out == DOC and not args.fast and not args.kind and RELIABILITY.is_file():
+        text = RELIABILITY.read_text()
+        start, end = text.find(BEGIN), text.find(END)
+        if start >= 0 and end > start:
+            RELIABILITY.write_text(text[:start] + summary(rows) + text[end + len(END) :])
     broken = sum(bool(o.problems()) for _, o, _ in rows)
     print(f"{len(rows) - broken} of {len(rows)} cases keep the rule; table: {args.out}")
     return 0
