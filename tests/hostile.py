@@ -34,34 +34,17 @@ from pathlib import Path
 
 import numpy as np
 
+from tiny_runs import TINY
+
 MARKER = "PWNED"  # the file a malicious pickle would create if it ever ran
 MEMORY_CAP = 6 << 30  # bytes of address space a case may add: a huge allocation fails instead of swapping
 TIME_CAP_S = 60  # a case that runs longer than this is stopped and counts as a failure
 
-# the tiny model every training case trains (1 step, 8 channels)
-TINY_TRAIN = [
-    "--steps",
-    "1",
-    "--batch-size",
-    "2",
-    "--quiet",
-    "--set",
-    "model.channels=8",
-    "--set",
-    "model.blocks_per_level=1",
-    "--set",
-    "model.attn_resolutions=[]",
-    "--set",
-    "run.sample_every=0",
-    "--set",
-    "run.checkpoint_every=0",
-    "--set",
-    "run.sample_n=1",
-    "--set",
-    "run.sample_steps=1",
-    "--set",
-    "optim.warmup_steps=1",
-]
+# the tiny model every training case trains: tiny_runs' model, 1 step of a batch of 2 (flags win
+# over --set)
+TINY_TRAIN = ["--steps", "1", "--batch-size", "2", "--quiet"]
+for _override in [*TINY, "run.sample_n=1", "run.sample_steps=1", "optim.warmup_steps=1"]:
+    TINY_TRAIN += ["--set", _override]
 DRAW = ["--n", "1", "--steps", "1"]
 AUTOENCODER = ["--steps", "1", "--batch-size", "2", "--channels", "8", "--quiet"]
 

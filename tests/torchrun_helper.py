@@ -52,5 +52,5 @@ def assert_same_steps(
         for k in a:
             if biases or a[k].ndim > 1:
                 assert torch.allclose(a[k], b[k], atol=atol, rtol=0), (name, k, (a[k] - b[k]).abs().max())
-    trained = load_file(str(two / files[0]))
+    trained = load_file(str(_file(two, files[0])))
     assert max((trained[k] - v).abs().max().item() for k, v in init.items()) > 10 * atol
