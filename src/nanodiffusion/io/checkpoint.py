@@ -144,8 +144,12 @@ def write_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         found = checkpoints(folder)
         kept = f"the checkpoint of step {found[-1][0]} is intact" if found else "no earlier checkpoint"
+        try:  # torch.save words a full disk as an "unexpected pos": say how much room there is
+            free = f"; {shutil.disk_usage(root).free / 2**20:.1f} MB free there"
+        except OSError:
+            free = ""
         raise NanodiffError(
-            f"could not write the checkpoint of step {step} in {root} ({one_line(e)}); {kept}"
+            f"could not write the checkpoint of step {step} in {root} ({one_line(e)}{free}); {kept}"
         ) from None
     _keep_newest(folder, keep)
     return final
