@@ -17,11 +17,11 @@ def _case(seed=0):
 def _true_target(name, x0, eps, sigma):
     s = sigma[:, None, None, None]
     a, b = (1 + s**2).rsqrt(), s * (1 + s**2).rsqrt()  # sqrt(alpha_bar), sqrt(1 - alpha_bar)
-    return {"eps": eps, "x0": x0, "v": a * eps - b * x0}[name]
+    return {"eps": eps, "x0": x0, "v": a * eps - b * x0, "flow": eps - x0}[name]  # flow: the velocity
 
 
-@pytest.mark.parametrize("source", ["eps", "v", "x0"])
-@pytest.mark.parametrize("target", ["eps", "v", "x0"])
+@pytest.mark.parametrize("source", ["eps", "v", "x0", "flow"])
+@pytest.mark.parametrize("target", ["eps", "v", "x0", "flow"])
 def test_target_conversions_are_exact(source, target):
     x0, eps, sigma, x = _case()
     got = convert(_true_target(source, x0, eps, sigma), x, sigma, source, target)

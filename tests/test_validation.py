@@ -116,7 +116,8 @@ BAD = [
     (["schedule.T=1000000000"], "schedule.T must be an integer in [1, 100000], got 1000000000"),
     (
         ["schedule.kind=karras"],
-        "schedule.kind must be one of 'linear', 'scaled_linear', 'cosine', 'sigmoid', 'edm', got 'karras'",
+        "schedule.kind must be one of 'linear', 'scaled_linear', 'cosine', 'sigmoid', 'edm', 'flow', "
+        "got 'karras'",
     ),
     (["schedule.beta_start=0"], "schedule.beta_start must be a number in (0, 1), got 0"),
     (["schedule.beta_end=1.5"], "schedule.beta_end must be a number in (0, 1), got 1.5"),
@@ -143,7 +144,7 @@ BAD = [
     (["diffusion.sigma_data=0"], "diffusion.sigma_data must be a finite number > 0, got 0"),
     (
         ["diffusion.parameterization=score"],
-        "diffusion.parameterization must be one of 'eps', 'v', 'x0', 'edm', got 'score'",
+        "diffusion.parameterization must be one of 'eps', 'v', 'x0', 'edm', 'flow', got 'score'",
     ),
     (["loss.weighting=snr"], "loss.weighting must be one of 'uniform', 'min-snr', 'edm', got 'snr'"),
     (

@@ -1,6 +1,6 @@
 """Parameterisations: turn a raw network F into the denoiser D(x, sigma, cond) -> x0_hat.
 
-All four are one formula with different coefficients (Karras et al. 2022, eq. 7):
+All five are one formula with different coefficients (Karras et al. 2022, eq. 7):
 
     D(x, sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma))
 
@@ -14,6 +14,10 @@ then F_target = (x0 - c_skip x) / c_out, which is eps, v or x0 respectively.
     v       1/(1+s^2)              -sigma/sqrt(1+s^2)             1/sqrt(1+s^2)
     x0      0                      1                              1/sqrt(1+s^2)
     edm     sd^2/(s^2+sd^2)        s sd/sqrt(s^2+sd^2)            1/sqrt(s^2+sd^2)
+    flow    1/(1+s)                -s/(1+s)                       1/(1+s)
+
+flow is rectified flow (Lipman et al. 2023; Liu et al. 2023): with t = s/(1+s) the network sees
+x_t = c_in x = (1-t) x0 + t eps and predicts the velocity v = eps - x0, and x0 = x_t - t v.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from torch import nn
 from nanodiffusion.core.schedules import Schedule, interpolate_t
 from nanodiffusion.errors import NanodiffError
 
-PARAMETERIZATIONS = ("eps", "v", "x0", "edm")
+PARAMETERIZATIONS = ("eps", "v", "x0", "edm", "flow")
 
 
 def expand_sigma(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -49,6 +53,8 @@ def coefficients(parameterization: str, sigma: torch.Tensor, sigma_data: float =
     if parameterization == "edm":
         sd2 = sigma_data**2
         return sd2 / (s2 + sd2), sigma * sigma_data * (s2 + sd2).rsqrt(), (s2 + sd2).rsqrt()
+    if parameterization == "flow":
+        return 1 / (1 + sigma), -sigma / (1 + sigma), 1 / (1 + sigma)
     raise NanodiffError(
         f"unknown parameterization {parameterization!r}; choose one of {', '.join(PARAMETERIZATIONS)}"
     )
@@ -74,8 +80,9 @@ class Denoiser(nn.Module):
     """D(x, sigma, cond) -> x0_hat around a raw network ``net(x_in, c_noise, cond)``.
 
     c_noise is the trained step index t (fractional between table entries) for discrete
-    schedules, and 250 ln(sigma) for the continuous EDM schedule: EDM's ln(sigma) / 4,
-    scaled by 1000 into the range the sinusoidal embedding resolves.
+    schedules, 250 ln(sigma) for the continuous EDM schedule (EDM's ln(sigma) / 4, scaled by
+    1000 into the range the sinusoidal embedding resolves), and 1000 t = 1000 sigma / (1 + sigma)
+    for the flow schedule (SD3's timestep).
     """
 
     def __init__(
@@ -95,6 +102,8 @@ class Denoiser(nn.Module):
             self.register_buffer("log_sigmas", schedule.sigmas().log().float(), persistent=False)
 
     def c_noise(self, sigma: torch.Tensor) -> torch.Tensor:
+        if self.schedule.kind == "flow":
+            return 1000 * sigma / (1 + sigma)
         if not self.schedule.discrete:
             return 250 * sigma.clamp(min=1e-12).log()
         return interpolate_t(self.log_sigmas, sigma)

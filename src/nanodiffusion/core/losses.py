@@ -50,7 +50,7 @@ def sample_sigmas(
     if schedule.discrete:
         t = torch.randint(0, schedule.T, (n,), generator=generator)
         return schedule.sigmas()[t].float()
-    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    u = torch.rand(n, generator=generator, dtype=torch.float64).clamp(min=1e-6)  # sigma > 0: c_out > 0
     return (1 / schedule.alpha_bar_at(u) - 1).sqrt().float()
 
 

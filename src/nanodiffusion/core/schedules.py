@@ -8,6 +8,12 @@ Every schedule here is described in two equivalent ways:
 with ``sigma = sqrt((1 - alpha_bar) / alpha_bar)``. The engine works in the sigma form;
 the discrete schedules (linear, cosine, sigmoid) keep their table of T trained noise
 levels so that sampling happens exactly at the steps a model was trained on.
+
+The flow (rectified-flow) path of Lipman et al. 2023 and Liu et al. 2023,
+``x_t = (1 - t) x0 + t eps`` for t in [0, 1], is the same family in the sigma form:
+``x_t / (1 - t) = x0 + sigma eps`` with ``sigma = t / (1 - t)`` (and ``t = sigma / (1 + sigma)``).
+Its resolution shift t' = shift t / (1 + (shift - 1) t) (Esser et al. 2024, SD3) is, in sigma,
+just ``sigma' = shift * sigma``.
 """
 
 from __future__ import annotations
@@ -21,9 +27,20 @@ import torch
 
 from nanodiffusion.errors import NanodiffError
 
-KINDS = ("linear", "scaled_linear", "cosine", "sigmoid", "edm")
+KINDS = ("linear", "scaled_linear", "cosine", "sigmoid", "edm", "flow")
+CONTINUOUS = ("edm", "flow")  # no table of trained steps
 TIME_SPACINGS = ("leading", "trailing", "linspace")  # subsets of a discrete model's trained steps
-SPACINGS = TIME_SPACINGS + ("karras", "exponential")
+SPACINGS = TIME_SPACINGS + ("karras", "exponential", "flow")  # flow: uniform in t, then shifted
+
+
+def flow_t(sigma):
+    """The flow time t = sigma / (1 + sigma) of a noise level (inf -> 1)."""
+    return sigma / (1 + sigma)
+
+
+def flow_sigma(t):
+    """The noise level sigma = t / (1 - t) of a flow time t in [0, 1)."""
+    return t / (1 - t)
 
 
 def sigma_from_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
@@ -113,7 +130,9 @@ def _betas_table(s: Schedule) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Schedule:
-    """A noise schedule. Discrete kinds hold T trained levels; ``edm`` is continuous in sigma."""
+    """A noise schedule. Discrete kinds hold T trained levels; ``edm`` and ``flow`` are
+    continuous in sigma (flow: between 0 and sigma_max, t = sigma_max / (1 + sigma_max) at the
+    noisiest, scaled by ``shift``)."""
 
     kind: str = "linear"
     T: int = 1000
@@ -126,6 +145,7 @@ class Schedule:
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0
+    shift: float = 1.0  # flow: sigma' = shift sigma, SD3's resolution shift (3.0 at 1024 px)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -135,12 +155,12 @@ class Schedule:
 
     @property
     def discrete(self) -> bool:
-        return self.kind != "edm"
+        return self.kind not in CONTINUOUS
 
     @property
     def vp(self) -> bool:
-        """Whether the model sees variance-preserving inputs (all but EDM's VE form)."""
-        return self.kind != "edm"
+        """Whether the model sees variance-preserving inputs (all but EDM's VE form and flow)."""
+        return self.kind not in CONTINUOUS
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,7 +168,7 @@ class Schedule:
     # --- the discrete table -------------------------------------------------------
     def betas(self) -> torch.Tensor:
         if not self.discrete:
-            raise NanodiffError("the edm schedule is continuous and has no betas")
+            raise NanodiffError(f"the {self.kind} schedule is continuous and has no betas")
         return _betas_table(self).clone()  # a copy: callers may modify it
 
     def alpha_bar(self) -> torch.Tensor:
@@ -165,6 +185,8 @@ class Schedule:
         u = u.to(torch.float64).clamp(0, 1)
         if self.discrete:
             return self.alpha_bar()[(u * (self.T - 1)).round().long()]
+        if self.kind == "flow":  # uniform in t up to the noisiest level (sigma_max after the shift)
+            return alpha_bar_from_sigma(self.shift * flow_sigma(u * flow_t(self.sigma_max / self.shift)))
         inv_min, inv_max = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
         return alpha_bar_from_sigma((inv_min + u * (inv_max - inv_min)) ** self.rho)
 
@@ -182,12 +204,14 @@ class Schedule:
     # --- sampling -------------------------------------------------------------------
     def prior_std(self, sigma: float) -> float:
         """Std of x at the first sampling level in sigma form: VP models start from N(0, I) in x_t."""
+        if self.kind == "flow":  # x_t = (1 - t) x0 + t eps is pure noise at t = 1: x = (1 + sigma) eps
+            return 1 + sigma
         return math.sqrt(1 + sigma**2) if self.vp else sigma
 
     def timesteps(self, steps: int, spacing: str = "leading") -> torch.Tensor:
         """Decreasing trained step indices for a `steps`-step sampler (spacings as in diffusers)."""
         if not self.discrete:
-            raise NanodiffError("the edm schedule is continuous; use sampling_sigmas")
+            raise NanodiffError(f"the {self.kind} schedule is continuous; use sampling_sigmas")
         if steps < 1:
             raise NanodiffError(f"steps must be positive, got {steps}")
         if steps > self.T:
@@ -205,7 +229,7 @@ class Schedule:
     def default_spacing(self) -> str:
         """trailing for discrete models (always starts at the noisiest trained level; Lin et al.
         2024 show leading's late start hurts), Karras for EDM."""
-        return "trailing" if self.discrete else "karras"
+        return "trailing" if self.discrete else "flow" if self.kind == "flow" else "karras"
 
     def sampling_sigmas(self, steps: int, spacing: str | None = None) -> torch.Tensor:
         """steps + 1 strictly decreasing noise levels ending exactly at 0 (float64).
@@ -222,8 +246,8 @@ class Schedule:
         if spacing in TIME_SPACINGS:
             if not self.discrete:
                 raise NanodiffError(
-                    f"spacing {spacing!r} picks trained steps, and the edm schedule "
-                    "is continuous; use karras or exponential"
+                    f"spacing {spacing!r} picks trained steps, and the {self.kind} schedule "
+                    "is continuous; use karras, exponential or flow"
                 )
             sig = self.sigmas()[self.timesteps(steps, spacing)]
             return torch.cat([sig, sig.new_zeros(1)])
@@ -232,6 +256,9 @@ class Schedule:
             lo, hi = float(table[0]), float(table[-1])
         else:
             lo, hi = self.sigma_min, self.sigma_max
+        if spacing == "flow":  # t uniform from the noisiest level to 0, then shifted (diffusers' flow Euler)
+            t = torch.linspace(flow_t(hi / self.shift), 0, steps + 1, dtype=torch.float64)
+            return self.shift * flow_sigma(t)
         if steps == 1:
             return torch.tensor([hi, 0.0], dtype=torch.float64)
         if spacing == "karras":

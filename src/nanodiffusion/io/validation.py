@@ -111,6 +111,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "schedule.sigma_min": POSITIVE_REAL,
     "schedule.sigma_max": _real(0, MAX_SIGMA, lo_open=True, hi_open=True),
     "schedule.rho": POSITIVE_REAL,
+    "schedule.shift": _real(0, 100, lo_open=True),  # flow's resolution shift (SD3: 3)
     "diffusion.sigma_data": POSITIVE_REAL,
     "loss.min_snr_gamma": POSITIVE_REAL,
     "loss.p_mean": _real(),
@@ -249,7 +250,7 @@ def _check_between_fields(cfg: Config) -> None:
             f"loss.p_mean + 6 loss.p_std must be below {math.log(MAX_SIGMA):.1f} (ln of the sigma whose "
             f"square overflows float32), got {loss.p_mean + 6 * loss.p_std:g}"
         )
-    if s.kind != "edm" and cfg.run.sample_steps > s.T:  # the grids pick that many trained steps
+    if s.discrete and cfg.run.sample_steps > s.T:  # the grids pick that many trained steps
         raise NanodiffError(
             f"run.sample_steps must be at most schedule.T ({s.T}), got {cfg.run.sample_steps}"
         )
