@@ -1,0 +1,194 @@
+"""The DiT backbone (Peebles & Xie 2023): patches, position code, adaLN-Zero, conditioning, training."""
+
+import math
+
+import pytest
+import torch
+
+from _common import forward_flops  # bench/_common.py, on the path through conftest.py
+from nanodiffusion.core.denoisers import Denoiser
+from nanodiffusion.core.losses import LossConfig, diffusion_loss, sample_sigmas
+from nanodiffusion.core.schedules import Schedule
+from nanodiffusion.errors import NanodiffError
+from nanodiffusion.nets.dit import DiT, DiTConfig, patchify, sincos_position_code, unpatchify
+from one_line import error_of
+
+D, L = 12, 6  # prompt token width and length
+
+
+def _perturbed(net: DiT) -> DiT:
+    """The net with its zero-initialised layers drawn at random: at zero they hide every condition."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(0, 0.1)
+    return net.eval()
+
+
+def _prompt(batch: int, real: int, seed: int) -> torch.Tensor:
+    """A text condition: random tokens, the first `real` of L marked real, the rest padding."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(batch, L, D, generator=g)
+    mask = (torch.arange(L) < real).float().expand(batch, L)
+    return torch.cat([tokens, mask[..., None]], -1)
+
+
+@pytest.mark.parametrize(
+    ("shape", "patch"),
+    [((2, 3, 8, 12), (2, 4)), ((2, 3, 12), (3,)), ((2, 2, 4, 6, 8), (2, 3, 2)), ((1, 1, 5, 5), (5, 5))],
+)
+def test_unpatchify_inverts_patchify_exactly(shape, patch):
+    x = torch.randn(shape)
+    grid = tuple(s // p for s, p in zip(shape[2:], patch, strict=True))
+    tokens = patchify(x, patch)
+    assert tokens.shape == (shape[0], math.prod(grid), math.prod(patch) * shape[1])
+    assert torch.equal(unpatchify(tokens, patch, grid), x)
+
+
+def test_a_token_holds_its_patch_in_row_major_order():
+    x = torch.arange(2 * 4 * 6).float().reshape(1, 2, 4, 6)  # C=2, H=4, W=6, patch 2x3: a 2x2 grid
+    tokens = patchify(x, (2, 3))
+    # token 1 is grid row 0, column 1: rows 0-1, columns 3-5; values ordered (row, column, channel)
+    assert torch.equal(tokens[0, 1], x[0, :, 0:2, 3:6].permute(1, 2, 0).reshape(-1))
+
+
+def test_sincos_position_code_matches_a_hand_computed_value():
+    code = sincos_position_code((2, 3), 8)  # 6 tokens; 4 channels per axis: frequencies 1 and 1/100
+    assert code.shape == (6, 8)
+    row, col = 1, 2  # token 5 in row-major order
+    expected = [math.cos(row), math.cos(row / 100), math.sin(row), math.sin(row / 100)]
+    expected += [math.cos(col), math.cos(col / 100), math.sin(col), math.sin(col / 100)]
+    assert torch.allclose(code[5], torch.tensor(expected), atol=1e-7)
+    assert torch.equal(code[0], torch.tensor([1.0, 1, 0, 0, 1, 1, 0, 0]))  # index 0 on both axes
+
+
+@pytest.mark.parametrize("kind", ["unconditional", "class", "text"])
+def test_every_block_starts_as_the_identity_and_the_output_at_zero(kind):
+    torch.manual_seed(0)
+    extra = {"class": {"num_classes": 10}, "text": {"context_dim": D}}.get(kind, {})
+    net = DiT(DiTConfig(in_channels=3, image_size=8, width=64, depth=3, pos="learned", **extra)).eval()
+    x, c_noise = torch.randn(2, 3, 8, 8), torch.tensor([3.0, 700.0])
+    cond = {"class": torch.tensor([1, 10]), "text": _prompt(2, 3, 0)}.get(kind)
+    seen = []
+    hooks = [b.register_forward_hook(lambda m, i, o: seen.append((i[0], o))) for b in net.blocks]
+    with torch.no_grad():
+        out = net(x, c_noise, cond)
+    for h in hooks:
+        h.remove()
+    assert len(seen) == 3 and all(torch.equal(block_in, block_out) for block_in, block_out in seen)
+    assert seen[0][0].abs().max() > 0  # the tokens themselves are not zero
+    assert out.shape == x.shape and torch.equal(out, torch.zeros_like(x))
+
+
+def test_the_class_label_and_the_no_class_index_change_the_output():
+    torch.manual_seed(0)
+    net = _perturbed(DiT(DiTConfig(image_size=8, width=32, depth=2, num_classes=10)))
+    x, c_noise = torch.randn(1, 1, 8, 8).expand(3, 1, 8, 8), torch.full((3,), 100.0)
+    with torch.no_grad():
+        out = net(x, c_noise, torch.tensor([3, 7, 10]))
+        unconditional = net(x, c_noise)
+    assert (out[0] - out[1]).abs().min() > 0 and (out[0] - out[1]).abs().max() > 1e-2
+    assert (out[0] - out[2]).abs().max() > 1e-2
+    assert torch.equal(unconditional[0], out[2])  # cond None is the "no class" index
+
+
+def test_the_prompt_changes_the_output_and_padding_does_not():
+    torch.manual_seed(0)
+    net = _perturbed(DiT(DiTConfig(in_channels=3, image_size=8, width=32, depth=2, context_dim=D)))
+    x, c_noise = torch.randn(2, 3, 8, 8), torch.tensor([10.0, 500.0])
+    a, b = _prompt(2, 3, 0), _prompt(2, 3, 1)
+    padded = a.clone()
+    padded[:, 3:, :-1] = torch.randn(2, L - 3, D)  # other values under the padding only
+    with torch.no_grad():
+        out_a, out_b, out_padded = net(x, c_noise, a), net(x, c_noise, b), net(x, c_noise, padded)
+    assert (out_a - out_b).abs().max() > 1e-2
+    assert torch.allclose(out_a, out_padded, atol=1e-6)
+
+
+def test_flops_match_torch_flop_counter():
+    torch.manual_seed(0)
+    for cfg, cond in [
+        (
+            DiTConfig(in_channels=3, image_size=[8, 12], patch_size=[2, 4], width=64, depth=2, mlp_ratio=2.5),
+            None,
+        ),
+        (DiTConfig(image_size=8, width=32, depth=1, context_dim=D), _prompt(1, 4, 0)),
+    ]:
+        net = DiT(cfg)
+        counted = forward_flops(
+            lambda net=net, cond=cond: net(
+                torch.randn(1, net.cfg.in_channels, *net.cfg.sizes), torch.ones(1), cond
+            )
+        )
+        assert net.flops(context_tokens=L if cfg.context_dim else 0) == counted
+
+
+def test_a_tiny_dit_learns_to_denoise_digits():
+    """100 steps of the eps loss (Ho et al. 2020) on 8x8 digits lower the loss on a fixed batch at
+    least 4x (about 6.5x seen): from 1, the zero network's, where every block is the identity."""
+    from nanodiffusion.data.datasets import load_data
+
+    torch.manual_seed(0)
+    images = load_data("digits").images  # [1437, 1, 8, 8] in [-1, 1]
+    net = DiT(DiTConfig(image_size=8, patch_size=2, width=32, depth=2))
+    denoiser, loss_cfg = Denoiser(net, Schedule(), "eps"), LossConfig()
+    g = torch.Generator().manual_seed(0)
+    fixed = (
+        images[:256],
+        sample_sigmas(denoiser.schedule, 256, loss_cfg, g),
+        torch.randn(256, 1, 8, 8, generator=g),
+    )
+
+    def held_loss() -> float:
+        with torch.no_grad():
+            return diffusion_loss(denoiser, *fixed, loss_cfg).item()
+
+    before = held_loss()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    for _ in range(100):
+        x0 = images[torch.randint(0, len(images), (32,), generator=g)]
+        sigma = sample_sigmas(denoiser.schedule, 32, loss_cfg, g)
+        loss = diffusion_loss(denoiser, x0, sigma, torch.randn(x0.shape, generator=g), loss_cfg)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = held_loss()
+    assert before == pytest.approx(1.0, abs=0.1) and after < before / 4, (before, after)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"width": 0}, "model.width must be an integer >= 1, got 0"),
+        ({"depth": -1}, "model.depth must be an integer >= 1, got -1"),
+        ({"in_channels": 0}, "model.in_channels must be an integer >= 1"),
+        ({"image_size": 10, "patch_size": 4}, "model.image_size 10 must be divisible by model.patch_size 4"),
+        (
+            {"image_size": [8, 8], "patch_size": [2, 2, 2]},
+            "model.patch_size [2, 2, 2] must have one entry per axis",
+        ),
+        ({"image_size": [8, 8, 8, 8]}, "model.image_size must be an integer >= 1 or a list of 1 to 3"),
+        ({"patch_size": 0}, "model.patch_size must be an integer >= 1"),
+        ({"width": 96, "head_dim": 64}, "model.head_dim (64) must divide model.width (96)"),
+        ({"mlp_ratio": 0}, "model.mlp_ratio must be positive, got 0"),
+        ({"num_classes": -2}, "model.num_classes must be an integer >= 0, got -2"),
+        ({"num_classes": 10, "context_dim": 8}, "a DiT is class-conditional or text-conditional, not both"),
+        ({"pos": "rope"}, "model.pos must be one of sincos, learned, got 'rope'"),
+        ({"image_size": [6, 6, 6], "width": 64}, "model.width (64) must be divisible by 6 for a sincos"),
+        ({"dropout": 1.0}, "model.dropout must be in [0, 1), got 1.0"),
+    ],
+)
+def test_config_check_messages(overrides, message):
+    assert message in error_of(lambda: DiTConfig(**overrides))
+
+
+def test_forward_errors():
+    torch.manual_seed(0)
+    net = DiT(DiTConfig(image_size=8, width=32, depth=1, context_dim=D))
+    x, c = torch.randn(1, 1, 8, 8), torch.tensor([0.5])
+    assert "needs a prompt" in error_of(net, x, c)
+    assert "expects 12" in error_of(net, x, c, torch.ones(1, L, 8))
+    assert "spatial size [8, 8] (model.image_size), got [8, 6]" in error_of(net, x[..., :6], c)
+    with pytest.raises(NanodiffError):
+        DiTConfig(head_dim=0)
