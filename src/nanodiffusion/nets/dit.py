@@ -314,8 +314,8 @@ class DiT(nn.Module):
         return unpatchify(self.final(h, c), self.cfg.patch, self.cfg.grid)
 
     def flops(self, context_tokens: int = 0) -> int:
-        """Forward FLOPs per sample of the matrix products (2 per multiply-add), the count of
-        torch.utils.flop_counter; context_tokens: the prompt's length L for a text DiT."""
+        """Forward FLOPs per sample: 2 per multiply-add of every matrix product, attention's included
+        (bench/_common.forward_flops counts the same); context_tokens: a text DiT's prompt length L."""
         cfg, D = self.cfg, self.cfg.width
         N, L, hidden = math.prod(cfg.grid), context_tokens, round(cfg.mlp_ratio * D)
         total = 2 * N * math.prod(cfg.patch) * cfg.in_channels * D  # patch embedding
