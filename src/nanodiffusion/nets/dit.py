@@ -120,9 +120,8 @@ def patchify(x: torch.Tensor, patch: tuple[int, ...]) -> torch.Tensor:
     B, C, *sizes = x.shape
     n = len(patch)
     grid = [s // p for s, p in zip(sizes, patch, strict=True)]
-    x = x.reshape(
-        B, C, *[d for g, p in zip(grid, patch, strict=True) for d in (g, p)]
-    )  # [B, C, g_1, p_1, .., g_n, p_n]
+    split = [d for g, p in zip(grid, patch, strict=True) for d in (g, p)]
+    x = x.reshape(B, C, *split)  # [B, C, g_1, p_1, .., g_n, p_n]
     x = x.permute(0, *range(2, 2 + 2 * n, 2), *range(3, 3 + 2 * n, 2), 1)  # [B, g.., p.., C]
     return x.reshape(B, math.prod(grid), math.prod(patch) * C)
 
@@ -148,10 +147,9 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return torch.addcmul(shift[:, None], x, 1 + scale[:, None])
 
 
-def _zero(layer: nn.Linear) -> nn.Linear:
+def _zero(layer: nn.Linear) -> None:
     nn.init.zeros_(layer.weight)
     nn.init.zeros_(layer.bias)
-    return layer
 
 
 class SelfAttention(nn.Module):
@@ -239,9 +237,8 @@ class DiT(nn.Module):
         super().__init__()
         self.cfg = cfg
         width, tokens = cfg.width, math.prod(cfg.grid)
-        self.embed_patches = nn.Linear(
-            math.prod(cfg.patch) * cfg.in_channels, width
-        )  # = conv, kernel = stride = patch
+        # a linear map of each patch's values: a convolution with kernel = stride = patch, on any grid
+        self.embed_patches = nn.Linear(math.prod(cfg.patch) * cfg.in_channels, width)
         if cfg.pos == "sincos":
             self.register_buffer("pos_code", sincos_position_code(cfg.grid, width)[None], persistent=False)
         else:
