@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from _common import forward_flops  # bench/_common.py, on the path through conftest.py
-from nanodiffusion.core.denoisers import Denoiser
+from nanodiffusion.core.denoisers import Denoiser, ImageConditioned
 from nanodiffusion.core.losses import LossConfig, diffusion_loss, sample_sigmas
 from nanodiffusion.core.schedules import Schedule
-from nanodiffusion.errors import NanodiffError
 from nanodiffusion.nets.dit import DiT, DiTConfig, patchify, sincos_position_code, unpatchify
 from one_line import error_of
 
@@ -106,16 +105,26 @@ def test_the_prompt_changes_the_output_and_padding_does_not():
     assert torch.allclose(out_a, out_padded, atol=1e-6)
 
 
+def test_an_image_condition_changes_the_output():
+    torch.manual_seed(0)
+    net = _perturbed(DiT(DiTConfig(in_channels=1, cond_channels=2, image_size=8, width=32, depth=2)))
+    x, c_noise, image = torch.randn(2, 1, 8, 8), torch.tensor([10.0, 500.0]), torch.randn(1, 2, 8, 8)
+    with torch.no_grad():
+        out = ImageConditioned(net, image)(x, c_noise)
+        other = ImageConditioned(net, image.flip(-1))(x, c_noise)
+        direct = net(torch.cat([x, image.expand(2, 2, 8, 8)], 1), c_noise)
+    assert out.shape == x.shape and torch.equal(out, direct)
+    assert (out - other).abs().max() > 1e-2
+
+
 @pytest.mark.parametrize(
     ("shape", "extra"),
     [
         ((3, 8, 12), {"patch_size": [2, 4], "mlp_ratio": 2.5}),
         ((1, 8, 8), {"context_dim": D}),
         ((2, 16), {"patch_size": 4}),  # 1-D: audio-like [B, C, T]
-        (
-            (1, 4, 8, 8),
-            {"patch_size": [2, 4, 4], "width": 48, "head_dim": 48},
-        ),  # 3-D: video-like [B, C, F, H, W]
+        ((1, 4, 8, 8), {"patch_size": [2, 4, 4], "width": 48, "head_dim": 48}),  # 3-D: video [B, C, F, H, W]
+        ((3, 8, 8), {"cond_channels": 2}),  # x and a 2-channel image condition: 5 channels in, 3 out
     ],
 )
 def test_flops_match_torch_flop_counter_on_1d_2d_and_3d_inputs(shape, extra):
@@ -125,9 +134,10 @@ def test_flops_match_torch_flop_counter_on_1d_2d_and_3d_inputs(shape, extra):
     )
     net = DiT(cfg)
     x, cond = torch.randn(1, *shape), _prompt(1, 4, 0) if cfg.context_dim else None
-    counted = forward_flops(lambda: net(x, torch.ones(1), cond))
+    net_input = torch.cat([x, torch.randn(1, cfg.cond_channels, *shape[1:])], 1)
+    counted = forward_flops(lambda: net(net_input, torch.ones(1), cond))
     assert net.flops(context_tokens=L if cfg.context_dim else 0) == counted
-    assert net(x, torch.ones(1), cond).shape == x.shape
+    assert net(net_input, torch.ones(1), cond).shape == x.shape
 
 
 def test_a_tiny_dit_learns_to_denoise_digits():
@@ -168,6 +178,7 @@ def test_a_tiny_dit_learns_to_denoise_digits():
     [
         ({"width": 0}, "model.width must be an integer >= 1, got 0"),
         ({"depth": -1}, "model.depth must be an integer >= 1, got -1"),
+        ({"head_dim": 0}, "model.head_dim must be an integer >= 1, got 0"),
         ({"in_channels": 0}, "model.in_channels must be an integer >= 1"),
         ({"image_size": 10, "patch_size": 4}, "model.image_size 10 must be divisible by model.patch_size 4"),
         (
@@ -179,6 +190,7 @@ def test_a_tiny_dit_learns_to_denoise_digits():
         ({"width": 96, "head_dim": 64}, "model.head_dim (64) must divide model.width (96)"),
         ({"mlp_ratio": 0}, "model.mlp_ratio must be positive, got 0"),
         ({"num_classes": -2}, "model.num_classes must be an integer >= 0, got -2"),
+        ({"cond_channels": -1}, "model.cond_channels must be an integer >= 0, got -1"),
         ({"num_classes": 10, "context_dim": 8}, "a DiT is class-conditional or text-conditional, not both"),
         ({"pos": "rope"}, "model.pos must be one of sincos, learned, got 'rope'"),
         ({"image_size": [6, 6, 6], "width": 64}, "model.width (64) must be divisible by 6 for a sincos"),
@@ -195,6 +207,7 @@ def test_forward_errors():
     x, c = torch.randn(1, 1, 8, 8), torch.tensor([0.5])
     assert "needs a prompt" in error_of(net, x, c)
     assert "expects 12" in error_of(net, x, c, torch.ones(1, L, 8))
-    assert "spatial size [8, 8] (model.image_size), got [8, 6]" in error_of(net, x[..., :6], c)
-    with pytest.raises(NanodiffError):
-        DiTConfig(head_dim=0)
+    assert "takes inputs [batch, 1, 8, 8] (model.in_channels + model.cond_channels" in error_of(
+        net, x[..., :6], c
+    )
+    assert "got [1, 2, 8, 8]" in error_of(net, x.expand(1, 2, 8, 8), c)

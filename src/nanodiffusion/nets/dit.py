@@ -43,6 +43,7 @@ class DiTConfig:
     context_dim: int = 0  # > 0: text-conditional, cross-attending to tokens of this width
     pos: str = "sincos"  # "sincos" (fixed) or "learned" position code
     dropout: float = 0.0
+    cond_channels: int = 0  # > 0: an image condition concatenated to the input (denoisers.ImageConditioned)
 
     def __post_init__(self):
         if self.out_channels is None:
@@ -92,7 +93,7 @@ class DiTConfig:
             raise NanodiffError(f"model.head_dim ({self.head_dim}) must divide model.width ({self.width})")
         if not self.mlp_ratio > 0 or round(self.mlp_ratio * self.width) < 1:
             raise NanodiffError(f"model.mlp_ratio must be positive, got {self.mlp_ratio!r}")
-        for key in ("num_classes", "context_dim"):
+        for key in ("num_classes", "context_dim", "cond_channels"):
             if not (isinstance(getattr(self, key), int) and getattr(self, key) >= 0):
                 raise NanodiffError(f"model.{key} must be an integer >= 0, got {getattr(self, key)!r}")
         if self.num_classes and self.context_dim:
@@ -238,7 +239,7 @@ class DiT(nn.Module):
         self.cfg = cfg
         width, tokens = cfg.width, math.prod(cfg.grid)
         # a linear map of each patch's values: a convolution with kernel = stride = patch, on any grid
-        self.embed_patches = nn.Linear(math.prod(cfg.patch) * cfg.in_channels, width)
+        self.embed_patches = nn.Linear(math.prod(cfg.patch) * (cfg.in_channels + cfg.cond_channels), width)
         if cfg.pos == "sincos":
             self.register_buffer("pos_code", sincos_position_code(cfg.grid, width)[None], persistent=False)
         else:
@@ -299,10 +300,11 @@ class DiT(nn.Module):
     ) -> torch.Tensor:
         """cond: class labels [B] (class-conditional; None = "no class"), or a text condition
         [B, L, D + 1] (text-conditional; see unet.split_context), or None (unconditional)."""
-        if tuple(x.shape[2:]) != self.cfg.sizes:
+        channels = self.cfg.in_channels + self.cfg.cond_channels
+        if tuple(x.shape[1:]) != (channels, *self.cfg.sizes):
             raise NanodiffError(
-                f"the DiT takes inputs of spatial size {list(self.cfg.sizes)} (model.image_size), "
-                f"got {list(x.shape[2:])}"
+                f"the DiT takes inputs [batch, {channels}, {', '.join(map(str, self.cfg.sizes))}] "
+                f"(model.in_channels + model.cond_channels, model.image_size), got {list(x.shape)}"
             )
         c, context = self.embed(x, c_noise, cond)
         h = self.embed_patches(patchify(x, self.cfg.patch)) + self.pos_code  # [B, N, width]
@@ -315,7 +317,7 @@ class DiT(nn.Module):
         (bench/_common.forward_flops counts the same); context_tokens: a text DiT's prompt length L."""
         cfg, D = self.cfg, self.cfg.width
         N, L, hidden = math.prod(cfg.grid), context_tokens, round(cfg.mlp_ratio * D)
-        total = 2 * N * math.prod(cfg.patch) * cfg.in_channels * D  # patch embedding
+        total = 2 * N * math.prod(cfg.patch) * (cfg.in_channels + cfg.cond_channels) * D  # patch embedding
         total += 2 * (FREQ_DIM * D + D * D)  # noise-level MLP
         block = 2 * D * 6 * D + 2 * N * D * 4 * D + 2 * N * N * 2 * D + 2 * N * D * hidden * 2
         if cfg.context_dim:
