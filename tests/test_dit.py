@@ -7,6 +7,7 @@ import torch
 
 from _common import forward_flops  # bench/_common.py, on the path through conftest.py
 from nanodiffusion.core.denoisers import Denoiser, ImageConditioned
+from nanodiffusion.core.guidance import ClassifierFreeGuidance
 from nanodiffusion.core.losses import LossConfig, diffusion_loss, sample_sigmas
 from nanodiffusion.core.schedules import Schedule
 from nanodiffusion.nets.dit import DiT, DiTConfig, patchify, sincos_position_code, unpatchify
@@ -90,6 +91,19 @@ def test_the_class_label_and_the_no_class_index_change_the_output():
     assert (out[0] - out[1]).abs().max() > 1e-2
     assert (out[0] - out[2]).abs().max() > 1e-2
     assert torch.equal(unconditional[0], out[2])  # cond None is the "no class" index
+
+
+def test_classifier_free_guidance_batches_the_no_class_index():
+    """Guidance runs [cond, uncond] as one batch through the DiT: D_u + w (D_c - D_u)."""
+    torch.manual_seed(0)
+    net = _perturbed(DiT(DiTConfig(image_size=8, width=32, depth=2, num_classes=10)))
+    denoiser = Denoiser(net, Schedule(kind="edm"), "edm")
+    x, sigma, labels = torch.randn(2, 1, 8, 8), torch.tensor([0.5, 2.0]), torch.tensor([3, 7])
+    with torch.no_grad():
+        guided = ClassifierFreeGuidance(denoiser, 2.5, torch.tensor(10))(x, sigma, labels)
+        d_c, d_u = denoiser(x, sigma, labels), denoiser(x, sigma)
+    assert (d_c - d_u).abs().max() > 1e-3
+    assert torch.allclose(guided, d_u + 2.5 * (d_c - d_u), atol=1e-5)
 
 
 def test_the_prompt_changes_the_output_and_padding_does_not():
