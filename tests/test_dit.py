@@ -208,12 +208,14 @@ def test_a_tiny_dit_learns_to_denoise_digits():
         ({"patch_size": 0}, "model.patch_size must be an integer >= 1"),
         ({"width": 96, "head_dim": 64}, "model.head_dim (64) must divide model.width (96)"),
         ({"mlp_ratio": 0}, "model.mlp_ratio must be positive, got 0"),
+        ({"mlp_ratio": "4"}, "model.mlp_ratio must be positive, got '4'"),
         ({"num_classes": -2}, "model.num_classes must be an integer >= 0, got -2"),
         ({"cond_channels": -1}, "model.cond_channels must be an integer >= 0, got -1"),
         ({"num_classes": 10, "context_dim": 8}, "a DiT is class-conditional or text-conditional, not both"),
         ({"pos": "rope"}, "model.pos must be one of sincos, learned, got 'rope'"),
         ({"image_size": [6, 6, 6], "width": 64}, "model.width (64) must be divisible by 6 for a sincos"),
         ({"dropout": 1.0}, "model.dropout must be in [0, 1), got 1.0"),
+        ({"dropout": None}, "model.dropout must be in [0, 1), got None"),
     ],
 )
 def test_config_check_messages(overrides, message):

@@ -7,7 +7,8 @@ linear layer turns each token back into a patch. Every block is conditioned by a
 each residual branch, are regressed from the conditioning embedding (noise level + class label,
 or + pooled prompt); the regressing layers start at zero, so every block starts as the identity
 and the network's output starts at zero. A text-conditional DiT (context_dim > 0) adds
-cross-attention to the prompt's tokens after self-attention (the paper's cross-attention block).
+cross-attention to the prompt's tokens after self-attention (the paper's cross-attention variant),
+its output layer zero-initialised so that the block still starts as the identity.
 
 Patches and position codes work on a grid of 1, 2 or 3 axes, so audio [B, C, T] and video
 [B, C, F, H, W] need nothing but a different ``image_size`` and ``patch_size``.
@@ -91,7 +92,7 @@ class DiTConfig:
             )
         if self.width % self.head_dim:
             raise NanodiffError(f"model.head_dim ({self.head_dim}) must divide model.width ({self.width})")
-        if not self.mlp_ratio > 0 or round(self.mlp_ratio * self.width) < 1:
+        if not isinstance(self.mlp_ratio, (int, float)) or not round(self.mlp_ratio * self.width) >= 1:
             raise NanodiffError(f"model.mlp_ratio must be positive, got {self.mlp_ratio!r}")
         for key in ("num_classes", "context_dim", "cond_channels"):
             if not (isinstance(getattr(self, key), int) and getattr(self, key) >= 0):
@@ -108,7 +109,7 @@ class DiTConfig:
                 f"model.width ({self.width}) must be divisible by {2 * len(self.sizes)} for a sincos "
                 f"position code over {len(self.sizes)} axes (a sine and a cosine per axis)"
             )
-        if not 0 <= self.dropout < 1:
+        if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise NanodiffError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
 
     def to_dict(self) -> dict:
