@@ -154,18 +154,23 @@ def test_flops_match_torch_flop_counter_on_1d_2d_and_3d_inputs(shape, extra):
     assert net(net_input, torch.ones(1), cond).shape == x.shape
 
 
-def test_a_tiny_dit_learns_to_denoise_digits():
-    """100 steps of the eps loss (Ho et al. 2020) on 8x8 digits lower the loss on a fixed batch at
-    least 4x (about 6.5x seen): from 1, the zero network's, where every block is the identity."""
-    from nanodiffusion.data.datasets import load_data
+def _blobs(n: int, g: torch.Generator) -> torch.Tensor:
+    """n 8x8 images in [-1, 1]: one Gaussian bump each, its centre uniform in [1.5, 6.5]^2."""
+    centre = 1.5 + 5 * torch.rand(n, 2, 1, 1, generator=g)
+    row, col = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    return (2 * torch.exp(-((row - centre[:, 0]) ** 2 + (col - centre[:, 1]) ** 2) / 3) - 1)[:, None]
 
+
+def test_a_tiny_dit_learns_to_denoise_blobs():
+    """100 steps of EDM's loss (Karras et al. 2022, eq. 8) lower the loss on a fixed batch of blobs at
+    least 2.5x (3.6x seen), from the zero network's, where every block is the identity."""
     torch.manual_seed(0)
-    images = load_data("digits").images  # [1437, 1, 8, 8] in [-1, 1]
     net = DiT(DiTConfig(image_size=8, patch_size=2, width=32, depth=2))
-    denoiser, loss_cfg = Denoiser(net, Schedule(), "eps"), LossConfig()
+    denoiser = Denoiser(net, Schedule(kind="edm"), "edm", sigma_data=0.5)
+    loss_cfg = LossConfig(sigma_sampling="lognormal", weighting="edm")
     g = torch.Generator().manual_seed(0)
     fixed = (
-        images[:256],
+        _blobs(256, g),
         sample_sigmas(denoiser.schedule, 256, loss_cfg, g),
         torch.randn(256, 1, 8, 8, generator=g),
     )
@@ -180,7 +185,7 @@ def test_a_tiny_dit_learns_to_denoise_digits():
     torch.set_num_threads(1)  # steps this small run faster on one thread, and far faster on a busy machine
     try:
         for _ in range(100):
-            x0 = images[torch.randint(0, len(images), (32,), generator=g)]
+            x0 = _blobs(32, g)
             sigma = sample_sigmas(denoiser.schedule, 32, loss_cfg, g)
             loss = diffusion_loss(denoiser, x0, sigma, torch.randn(x0.shape, generator=g), loss_cfg)
             optimizer.zero_grad()
@@ -189,7 +194,7 @@ def test_a_tiny_dit_learns_to_denoise_digits():
     finally:
         torch.set_num_threads(threads)
     after = held_loss()
-    assert before == pytest.approx(1.0, abs=0.1) and after < before / 4, (before, after)
+    assert after < before / 2.5, (before, after)
 
 
 @pytest.mark.parametrize(
