@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.nets.unet import split_context, timestep_embedding
+from nanodiffusion.nets.unet import add_condition, timestep_embedding
 
 POSITION_CODES = ("sincos", "learned")
 FREQ_DIM = 256  # width of the noise level's sinusoidal code before its MLP (paper, Sec. 3.2)
@@ -275,26 +275,7 @@ class DiT(nn.Module):
         """(the conditioning embedding [B, width] of the noise level and class or pooled prompt,
         the text context (tokens, mask) or None)."""
         c = self.noise_mlp(timestep_embedding(c_noise.reshape(-1).expand(x.shape[0]), FREQ_DIM).to(x.dtype))
-        context = None
-        if self.class_emb is not None:
-            if cond is None:  # unconditional: the reserved "no class" index
-                cond = torch.full((x.shape[0],), self.cfg.num_classes, device=x.device)
-            c = c + self.class_emb(cond)
-        elif self.text_emb is not None:
-            if cond is None:
-                raise NanodiffError(
-                    "a text-conditional DiT needs a prompt (the empty prompt is its unconditional input)"
-                )
-            tokens, mask = split_context(cond.to(x.dtype))
-            if tokens.shape[-1] != self.cfg.context_dim:
-                raise NanodiffError(
-                    f"text tokens are {tokens.shape[-1]} wide, the DiT expects {self.cfg.context_dim}"
-                )
-            weights = mask.to(x.dtype)[..., None]
-            pooled = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1)  # the mean real token
-            c = c + self.text_emb(pooled)
-            context = (tokens, mask)
-        return c, context
+        return add_condition(self, c, x, cond, "DiT")
 
     def forward(
         self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None

@@ -183,6 +183,32 @@ class TransformerBlock(nn.Module):
         return self.ff(self.cross_attn(self.self_attn(x), *context))
 
 
+def add_condition(net: nn.Module, emb: torch.Tensor, x: torch.Tensor, cond: torch.Tensor | None, what: str):
+    """emb plus the condition's embedding, and the text context (tokens, mask) or None, for a
+    network with cfg.num_classes, cfg.context_dim, class_emb and text_emb (the UNet, the DiT).
+
+    A class model takes labels (None: the reserved "no class" index num_classes); a text model
+    takes split_context's tokens and mask, and adds the embedding of the mean real token."""
+    if net.class_emb is not None:
+        if cond is None:  # unconditional: the reserved "no class" index
+            cond = torch.full((x.shape[0],), net.cfg.num_classes, device=x.device)
+        return emb + net.class_emb(cond), None
+    if net.text_emb is None:
+        return emb, None
+    if cond is None:
+        raise NanodiffError(
+            f"a text-conditional {what} needs a prompt (the empty prompt is its unconditional input)"
+        )
+    tokens, mask = split_context(cond.to(x.dtype))
+    if tokens.shape[-1] != net.cfg.context_dim:
+        raise NanodiffError(
+            f"text tokens are {tokens.shape[-1]} wide, the {what} expects {net.cfg.context_dim}"
+        )
+    weights = mask.to(x.dtype)[..., None]
+    pooled = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1)  # the mean real token
+    return emb + net.text_emb(pooled), (tokens, mask)
+
+
 class UNet(nn.Module):
     """net(x, c_noise, class_labels) -> output of x's shape."""
 
@@ -268,26 +294,7 @@ class UNet(nn.Module):
         """(the embedding [B, 4 ch] of the noise level and class or pooled prompt, the text
         context (tokens, mask) or None)."""
         emb = self.emb_mlp(timestep_embedding(c_noise.reshape(-1).expand(x.shape[0]), self.cfg.channels))
-        context = None
-        if self.class_emb is not None:
-            if cond is None:  # unconditional: the reserved "no class" index
-                cond = torch.full((x.shape[0],), self.cfg.num_classes, device=x.device)
-            emb = emb + self.class_emb(cond)
-        elif self.text_emb is not None:
-            if cond is None:
-                raise NanodiffError(
-                    "a text-conditional UNet needs a prompt (the empty prompt is its unconditional input)"
-                )
-            tokens, mask = split_context(cond.to(x.dtype))
-            if tokens.shape[-1] != self.cfg.context_dim:
-                raise NanodiffError(
-                    f"text tokens are {tokens.shape[-1]} wide, the UNet expects {self.cfg.context_dim}"
-                )
-            weights = mask.to(x.dtype)[..., None]
-            pooled = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1)  # the mean real token
-            emb = emb + self.text_emb(pooled)
-            context = (tokens, mask)
-        return emb, context
+        return add_condition(self, emb, x, cond, "UNet")
 
     def encode(self, x: torch.Tensor, emb: torch.Tensor, context, hint: torch.Tensor | None = None):
         """The encoder and middle block on a padded x: (h, the activations the skips carry).
