@@ -294,9 +294,29 @@ def _bench_mixture(dim: int, n: int, seed: int, names, budgets, sizes: dict, bar
 
 
 # --- command line ---------------------------------------------------------------------------------
+def _count(low: int, high: int):
+    """An argparse type: a whole number in [low, high]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
+        return value
+
+    return parse
+
+
 def _list(kind):
+    """An argparse type: a non-empty comma-separated list of `kind`."""
+
     def parse(text: str):
-        return [kind(v) for v in text.split(",") if v]
+        values = [kind(v) for v in text.split(",") if v]
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        return values
 
     return parse
 
@@ -310,20 +330,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--nfe",
-        type=_list(int),
+        type=_list(_count(1, 10_000)),
         default=list(DEFAULT_NFES),
         help="comma-separated NFE budgets (default: %(default)s)",
     )
     parser.add_argument(
         "--dims",
-        type=_list(int),
+        type=_list(_count(1, 4096)),
         default=[2, 64],
         help="mixture dimensions: 2 is the ring, others a random mixture (default: 2,64)",
     )
     parser.add_argument(
-        "--n", type=int, default=None, help=f"samples per run (default: {FULL['n']}, quick {QUICK['n']})"
+        "--n",
+        type=_count(1, 1_000_000),
+        default=None,
+        help=f"samples per run (default: {FULL['n']}, quick {QUICK['n']})",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_count(0, 2**63 - 1), default=0)
     parser.add_argument("--quick", action="store_true", help="a small, fast run (2-D, NFE 5 and 10)")
     return parser
 
