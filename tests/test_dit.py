@@ -12,8 +12,8 @@ from nanodiffusion.core.losses import LossConfig, diffusion_loss, sample_sigmas
 from nanodiffusion.core.schedules import Schedule
 from nanodiffusion.nets.dit import DiT, DiTConfig, patchify, sincos_position_code, unpatchify
 from one_line import error_of
-
-D, L = 12, 6  # prompt token width and length
+from prompts import D, L
+from prompts import prompt as _prompt
 
 
 def _perturbed(net: DiT) -> DiT:
@@ -24,14 +24,6 @@ def _perturbed(net: DiT) -> DiT:
             if not p.any():
                 p.normal_(0, 0.1)
     return net.eval()
-
-
-def _prompt(batch: int, real: int, seed: int) -> torch.Tensor:
-    """A text condition: random tokens, the first `real` of L marked real, the rest padding."""
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randn(batch, L, D, generator=g)
-    mask = (torch.arange(L) < real).float().expand(batch, L)
-    return torch.cat([tokens, mask[..., None]], -1)
 
 
 @pytest.mark.parametrize(

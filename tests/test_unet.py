@@ -9,8 +9,8 @@ from nanodiffusion.errors import NanodiffError
 from nanodiffusion.inference.pipelines import build_denoiser
 from nanodiffusion.io.config import Config
 from nanodiffusion.nets.unet import UNet, UNetConfig, split_context
-
-D, L = 12, 6
+from prompts import D, L
+from prompts import prompt as _prompt
 
 
 def _text_unet() -> UNet:
@@ -33,14 +33,6 @@ def _text_unet() -> UNet:
             if not p.any():
                 p.normal_(0, 0.05)
     return net.eval()
-
-
-def _prompt(batch: int, real: int, seed: int) -> torch.Tensor:
-    """A text condition: random tokens, the first `real` of L marked real, the rest padding."""
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randn(batch, L, D, generator=g)
-    mask = (torch.arange(L) < real).float().expand(batch, L)
-    return torch.cat([tokens, mask[..., None]], -1)
 
 
 def test_the_prompt_changes_the_output_and_padding_does_not():
