@@ -20,7 +20,7 @@ GB = 10**9
 @pytest.fixture(autouse=True)
 def a_24_gb_machine(monkeypatch):
     """The memory refusals' numbers do not depend on the machine the tests run on."""
-    monkeypatch.setattr(validation, "machine_memory", lambda: 24 * GB)
+    monkeypatch.setattr(validation, "physical_memory", lambda: 24 * GB)
 
 
 def digits_with(*overrides: str) -> Config:
@@ -265,7 +265,7 @@ def test_training_counts_its_batch_and_the_optimiser_state():
 
 
 def test_no_memory_figure_no_memory_refusal(monkeypatch):
-    monkeypatch.setattr(validation, "machine_memory", lambda: None)
+    monkeypatch.setattr(validation, "physical_memory", lambda: None)
     assert digits_with("model.image_size=100000", "model.attn_resolutions=[]").model.image_size == 100000
 
 

@@ -59,6 +59,14 @@ def check_file(path: str | Path, what: str) -> Path:
     return path
 
 
+def physical_memory() -> int | None:
+    """The machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def available_memory() -> int | None:
     """Bytes of memory a new allocation can get now: Linux's MemAvailable (free memory plus the
     page cache it can drop), else the physical memory; None where the system says neither."""
@@ -69,10 +77,7 @@ def available_memory() -> int | None:
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
+    return physical_memory()
 
 
 def check_memory(nbytes: int, what: str) -> None:

@@ -11,10 +11,10 @@ again on the config the data completed).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from nanodiffusion.data.files import physical_memory
 from nanodiffusion.errors import NanodiffError
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ def validate(cfg: Config, *, prepared: bool = True, training: bool = False) -> C
     for key, value, default in _fields(cfg):
         check_value(key, value, default)
     _check_between_fields(cfg)
-    check_memory(cfg, prepared=prepared, training=training)
+    check_model_memory(cfg, prepared=prepared, training=training)
     if prepared:
         _check_what_the_data_decides(cfg)
     return cfg
@@ -295,14 +295,6 @@ def _check_what_the_data_decides(cfg: Config) -> None:
 
 
 # --- memory ---------------------------------------------------------------------------------------
-def machine_memory() -> int | None:
-    """The machine's physical memory in bytes (None where the OS does not say)."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def unet_parameters(m: UNetConfig) -> dict[str, int]:
     """The number of parameters of UNet(m), exactly, in closed form (huge configs cost nothing):
     {"class embedding": ..., "text": ... (the prompt's projections), "total": ...}."""
@@ -392,12 +384,12 @@ def _gb(n: int) -> str:
     return f"{n // 10**9:,} GB" if n >= 10 * 10**9 else f"{n / 1e9:.1f} GB"
 
 
-def check_memory(cfg: Config, *, prepared: bool = True, training: bool = False) -> None:
+def check_model_memory(cfg: Config, *, prepared: bool = True, training: bool = False) -> None:
     """Refuse a config whose model (and, training, its optimiser state and one batch's activations)
     needs more than the machine's physical memory, naming the key that makes it large and the
     number. Rough on purpose: it catches the orders of magnitude that crash (the presets need
     well under 1 GB); on a GPU the limit is its own memory, which this does not see."""
-    memory = machine_memory()
+    memory = physical_memory()
     if not memory:
         return
     m, have = cfg.model, f"this machine has {_gb(memory)}"
