@@ -125,11 +125,12 @@ def in_child(work, kill_at: int | None = None, log: Path | None = None, fsize: i
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
-def _train(run: Path):
+def _train(run: Path, stop_after: int | None = None):
     def work() -> int:
         from nanodiffusion.training.diffusion import train
 
-        return 0 if train(apply_overrides(preset("digits"), CRASH), run, progress=False) else 3
+        cfg = apply_overrides(preset("digits"), CRASH)
+        return 0 if train(cfg, run, progress=False, stop_after=stop_after) else 3
 
     return work
 
@@ -234,7 +235,7 @@ def test_a_kill_before_the_first_checkpoint_starts_the_run_again(straight, tmp_p
 def test_a_full_disk_leaves_the_previous_checkpoint_and_says_so_in_one_line(straight, tmp_path):
     ref, _ = straight
     run = tmp_path / "full"
-    assert in_child(_train_two_steps(run)) == 0
+    assert in_child(_train(run, stop_after=2)) == 0
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     limit = checkpoint_file(run, "model.safetensors").stat().st_size // 2
     err = tmp_path / "stderr.txt"
@@ -261,12 +262,3 @@ def test_a_full_disk_leaves_the_previous_checkpoint_and_says_so_in_one_line(stra
     assert in_child(_resume(run)) == 0  # with room again, the run goes on as if nothing happened
     a, b = _weights(ref), _weights(run)
     assert all(torch.equal(a[f][key], b[f][key]) for f in a for key in a[f])
-
-
-def _train_two_steps(run: Path):
-    def work() -> int:
-        from nanodiffusion.training.diffusion import train
-
-        return 0 if train(apply_overrides(preset("digits"), CRASH), run, progress=False, stop_after=2) else 3
-
-    return work

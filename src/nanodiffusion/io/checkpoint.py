@@ -226,7 +226,7 @@ def load_weights(module: nn.Module, path: Path) -> None:
 
 
 def load_state(path: Path) -> dict:
-    """A training state written by save_state: a dict; never unpickles code (weights_only)."""
+    """A training state (a dict, as the loop and save_state write it); never unpickles code (weights_only)."""
     path = Path(path)
     if not path.is_file():
         raise NanodiffError(f"missing training state: {path} (was this run saved by train()?)")
