@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from nanodiffusion.cli import common
@@ -27,6 +28,20 @@ def add_info(sub) -> None:
     i.set_defaults(func=cmd_info)
 
 
+def describe_model(m, params: int) -> str:
+    """One line: the network's kind, size and shape."""
+    if m.kind == "dit":
+        return (
+            f"DiT {params / 1e6:.2f}M params, width {m.width}, depth {m.depth}, patch {m.patch_size}, "
+            f"{m.width // m.head_dim} heads, {math.prod(m.grid)} tokens, {m.pos} positions"
+        )
+    return (
+        f"UNet {params / 1e6:.2f}M params, channels {m.channels} x {m.channel_mults},"
+        f" attention at {m.attn_resolutions or 'no'} resolutions"
+        + (" and in the middle" if m.mid_attention else "")
+    )
+
+
 def cmd_info(args) -> int:
     from nanodiffusion.inference.pipelines import build_denoiser
 
@@ -36,15 +51,13 @@ def cmd_info(args) -> int:
     where = latest_checkpoint(run)
     step = weights_step(where / MODEL) if where is not None and (where / MODEL).is_file() else 0
     m, s = cfg.model, cfg.schedule
+    sides = "x".join(map(str, [m.image_size] * 2 if isinstance(m.image_size, int) else m.image_size))
     print(f"run          {run}")
     print(
-        f"data         {cfg.data.name}  {m.in_channels}x{m.image_size}x{m.image_size}"
+        f"data         {cfg.data.name}  {m.in_channels}x{sides}"
         + (f"  {m.num_classes} classes" if m.num_classes else "")
     )
-    print(
-        f"model        UNet {params / 1e6:.2f}M params, channels {m.channels} x {m.channel_mults},"
-        f" attention at {m.attn_resolutions or 'no'} resolutions and in the middle"
-    )
+    print(f"model        {describe_model(m, params)}")
     print(
         f"diffusion    {cfg.diffusion.parameterization} prediction, {s.kind} schedule"
         + (f", T={s.T}" if s.discrete else "")

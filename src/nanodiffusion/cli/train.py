@@ -31,6 +31,12 @@ def add_train(sub) -> None:
         "inpaint --method model); upscale: super-resolution from data.low_res (default half "
         "the size; nanodiff upscale; the upscale preset is one)",
     )
+    t.add_argument(
+        "--model",
+        choices=["unet", "dit"],
+        help="the network (model.kind): the preset's UNet, or a DiT (a transformer on patches, "
+        "Peebles & Xie 2023) with the DiT defaults; tune it with --set model.width=... model.depth=...",
+    )
     common.add_steps(t, None)
     t.add_argument("--batch-size", type=common.up_to(MAX_BATCH))
     t.add_argument("--lr", type=common.positive_number)
@@ -54,6 +60,7 @@ def train_config(args) -> Config:
     cfg = Config.load(Path(args.config)) if args.config else preset(args.preset)
     overrides = list(args.set or [])
     for flag, key in [
+        ("model", "model.kind"),
         ("data", "data.name"),
         ("steps", "run.steps"),
         ("batch_size", "optim.batch_size"),
@@ -87,6 +94,7 @@ def cmd_train(args) -> int:
                 ("--out", args.out),
                 ("--class-conditional", args.class_conditional),
                 ("--task", args.task),
+                ("--model", args.model),
             ]
             if value
         ]

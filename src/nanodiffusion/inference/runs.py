@@ -11,14 +11,15 @@ from nanodiffusion.errors import NanodiffError
 from nanodiffusion.io.checkpoint import EMA, MODEL, checkpoint_file, load_config, load_weights
 from nanodiffusion.io.config import Config, validate
 from nanodiffusion.io.device import pick_device
-from nanodiffusion.nets.unet import UNet
+from nanodiffusion.nets import build_net
 
 
 def build_denoiser(cfg: Config, net: torch.nn.Module | None = None) -> Denoiser:
-    """The config's denoiser around `net` (default: a new UNet from cfg.model), once cfg is valid."""
+    """The config's denoiser around `net` (default: a new network of cfg.model's kind, a UNet or
+    a DiT), once cfg is valid."""
     validate(cfg)
     return Denoiser(
-        UNet(cfg.model) if net is None else net,
+        build_net(cfg.model) if net is None else net,
         cfg.schedule,
         cfg.diffusion.parameterization,
         cfg.diffusion.sigma_data,

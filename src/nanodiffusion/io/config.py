@@ -18,6 +18,8 @@ from nanodiffusion.core.losses import LossConfig
 from nanodiffusion.core.schedules import Schedule
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.io.validation import check_value, validate
+from nanodiffusion.nets import model_config_class
+from nanodiffusion.nets.dit import DiTConfig
 from nanodiffusion.nets.unet import UNetConfig
 
 try:
@@ -109,7 +111,7 @@ class RunConfig:
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
-    model: UNetConfig = field(default_factory=UNetConfig)
+    model: UNetConfig | DiTConfig = field(default_factory=UNetConfig)  # model.kind picks the class
     schedule: Schedule = field(default_factory=Schedule)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -135,6 +137,8 @@ class Config:
             if not isinstance(values, dict):
                 kind = type(values).__name__
                 raise NanodiffError(f"config section [{f.name}] is a table of keys, not a {kind}")
+            if f.name == "model":  # a UNet unless model.kind says otherwise (0.1's configs have no kind)
+                section_cls = model_config_class(values.get("kind", "unet"))
             names = {g.name for g in dataclasses.fields(section_cls)}
             bad = set(values) - names
             if bad:
@@ -279,9 +283,23 @@ def _parse_value(text: str) -> Any:
         return text  # a bare string
 
 
+def switch_model(d: dict, kind: Any) -> None:
+    """Make the model section of the config dict `d` a `kind` network's: that network's defaults,
+    with the keys both networks share (channels in and out, image size, classes, text width,
+    head width, dropout, ...) kept from the old section."""
+    new = dataclasses.asdict(model_config_class(kind)())
+    d["model"] = {k: d["model"].get(k, v) if k != "kind" else kind for k, v in new.items()}
+
+
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply `section.key=value` overrides (values parsed as JSON, else kept as strings)."""
+    """Apply `section.key=value` overrides (values parsed as JSON, else kept as strings).
+
+    ``model.kind=dit`` (or ``unet``) is applied first, whatever its place, so that the other
+    ``model.*`` overrides find the new network's keys."""
     d = cfg.to_dict()
+    kinds = [item.partition("=")[2] for item in overrides if item.partition("=")[0] == "model.kind"]
+    if kinds and _parse_value(kinds[-1]) != d["model"].get("kind"):
+        switch_model(d, _parse_value(kinds[-1]))
     for item in overrides:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")

@@ -18,6 +18,7 @@ from nanodiffusion.data.files import physical_memory
 from nanodiffusion.errors import NanodiffError
 
 if TYPE_CHECKING:
+    from nanodiffusion.nets.dit import DiTConfig
     from nanodiffusion.nets.unet import UNetConfig
 
 Config = Any  # io.config's Config, not imported: io.config imports this module to check its values
@@ -74,6 +75,15 @@ def _ints(lo: int) -> tuple[Callable[[Any], bool], str]:
     ), f"a list of integers >= {lo}"
 
 
+def _sizes(note: str = "") -> tuple[Callable[[Any], bool], str]:
+    def ok(v: Any) -> bool:
+        values = v if isinstance(v, list) else [v]
+        return 1 <= len(values) <= 3 and all(_is_int(x) and x >= 1 for x in values)
+
+    return ok, "an integer >= 1 or a list of 1 to 3 of them" + (f" {note}" if note else "")
+
+
+SIZE_KEYS = ("model.image_size", "model.patch_size")  # an int, or (a DiT's) a list of one per axis
 POSITIVE, NON_NEGATIVE = _int(1), _int(0)
 UNIT = _real(0, 1)  # a probability or a ratio
 POSITIVE_REAL, NON_NEGATIVE_REAL = _real(0, lo_open=True), _real(0)
@@ -98,7 +108,13 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.attn_resolutions": _ints(1),
     "model.dropout": _real(0, 1, hi_open=True),
     "model.num_classes": NON_NEGATIVE,
-    "model.image_size": POSITIVE,
+    "model.image_size": _sizes("(a UNet's: an integer)"),  # a DiT's: the size of each of 1 to 3 axes
+    "model.patch_size": _sizes(),
+    "model.width": POSITIVE,
+    "model.depth": POSITIVE,
+    "model.mlp_ratio": _real(0, 64, lo_open=True),
+    "model.pos": ((lambda v: v in ("sincos", "learned")), "sincos or learned"),
+    "model.kind": ((lambda v: v in ("unet", "dit")), "unet or dit"),
     "model.context_dim": NON_NEGATIVE,
     "model.cond_channels": NON_NEGATIVE,
     "schedule.T": _int(1, MAX_T),
@@ -170,8 +186,8 @@ def check_type(key: str, value: Any, default: Any) -> None:
         return
     expected = float if isinstance(default, float) else type(default)
     ok = isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool)
-    ok = ok or (expected is float and _is_int(value))
-    if isinstance(default, list) and ok:
+    ok = ok or (expected is float and _is_int(value)) or (key in SIZE_KEYS and isinstance(value, list))
+    if isinstance(value, list) and ok:
         ok = all(_is_int(v) for v in value)
     if not ok:
         raise NanodiffError(
@@ -265,6 +281,25 @@ def feature_sizes(m: UNetConfig) -> list[int]:
 
 def _check_what_the_data_decides(cfg: Config) -> None:
     m, d = cfg.model, cfg.data
+    if m.kind == "unet":
+        _check_unet_levels(m)
+    if d.class_conditional and not m.num_classes:
+        raise NanodiffError("model.num_classes must be positive when data.class_conditional = true, got 0")
+    if d.text_encoder and not m.context_dim:
+        raise NanodiffError(
+            f"model.context_dim must be positive when data.text_encoder = {d.text_encoder!r}, got 0"
+        )
+    if d.task == "upscale":
+        size = m.image_size if isinstance(m.image_size, int) else 0
+        low = d.low_res or size // 2
+        if not (0 < low < size and size % low == 0):
+            raise NanodiffError(
+                f"data.low_res must divide model.image_size ({m.image_size}) and be smaller "
+                f"(0: half of it), got {d.low_res}"
+            )
+
+
+def _check_unet_levels(m: UNetConfig) -> None:
     levels = len(m.channel_mults)
     if 2 ** (levels - 1) > m.image_size:
         most = m.image_size.bit_length()
@@ -279,19 +314,6 @@ def _check_what_the_data_decides(cfg: Config) -> None:
             f"model.attn_resolutions must be feature-map sizes of this UNet ({', '.join(map(str, sizes))} "
             f"for model.image_size = {m.image_size}), got {m.attn_resolutions}"
         )
-    if d.class_conditional and not m.num_classes:
-        raise NanodiffError("model.num_classes must be positive when data.class_conditional = true, got 0")
-    if d.text_encoder and not m.context_dim:
-        raise NanodiffError(
-            f"model.context_dim must be positive when data.text_encoder = {d.text_encoder!r}, got 0"
-        )
-    if d.task == "upscale":
-        low = d.low_res or m.image_size // 2
-        if not (0 < low < m.image_size and m.image_size % low == 0):
-            raise NanodiffError(
-                f"data.low_res must divide model.image_size ({m.image_size}) and be smaller "
-                f"(0: half of it), got {d.low_res}"
-            )
 
 
 # --- memory ---------------------------------------------------------------------------------------
@@ -370,6 +392,41 @@ def activation_bytes(m: UNetConfig, size: int, batch: int) -> dict[str, int]:
     }
 
 
+def dit_parameters(m: DiTConfig) -> dict[str, int]:
+    """The number of parameters of DiT(m), exactly, in closed form: the same keys as unet_parameters."""
+    D, ctx, hidden = m.width, m.context_dim, round(m.mlp_ratio * m.width)
+    patch = math.prod(m.patch)
+    linear = lambda cin, cout: cin * cout + cout  # noqa: E731
+    block = linear(D, 3 * D) + linear(D, D) + linear(D, hidden) + linear(hidden, D) + linear(D, 6 * D)
+    cross = linear(D, D) + linear(ctx, 2 * D) + linear(D, D) if ctx else 0
+    total = linear(patch * (m.in_channels + m.cond_channels), D) + linear(256, D) + linear(D, D)
+    total += math.prod(m.grid) * D if m.pos == "learned" else 0
+    total += m.depth * (block + cross) + linear(D, 2 * D) + linear(D, patch * m.out_channels)
+    classes = (m.num_classes + 1) * D if m.num_classes else 0
+    text = linear(ctx, D) + m.depth * linear(ctx, 2 * D) if ctx else 0
+    return {
+        "class embedding": classes,
+        "text": text,
+        "total": total + classes + (linear(ctx, D) if ctx else 0),
+    }
+
+
+def dit_activation_bytes(m: DiTConfig, size: int | list[int], batch: int) -> dict[str, int]:
+    """A rough estimate of the float32 activations a DiT keeps for the backward pass, in
+    activation_bytes' form: per block and token about 12 tensors of the width and 2 of the MLP's,
+    and each head's [N, N] attention weights twice (CPU attention materialises them)."""
+    sizes = [size] * len(m.patch) if isinstance(size, int) else size
+    tokens = math.prod(-(-s // p) for s, p in zip(sizes, m.patch, strict=False))
+    heads, hidden = max(1, m.width // m.head_dim), round(m.mlp_ratio * m.width)
+    floats = m.depth * tokens * (12 * m.width + 2 * hidden + (6 * m.width if m.context_dim else 0))
+    maps = m.depth * 2 * heads * tokens * tokens
+    return {
+        "total": 4 * batch * (floats + maps),
+        "attention maps": 4 * batch * maps,
+        "middle attention map": 0,
+    }
+
+
 def autoencoder_bytes(channels: int, size: int, batch: int) -> int:
     """A rough estimate of the float32 activations of training nets.autoencoder's default shape
     (widths channels x [1, 2, 2] at sides size, size / 2, size / 4, a block a level) on `batch`
@@ -393,7 +450,8 @@ def check_model_memory(cfg: Config, *, prepared: bool = True, training: bool = F
     if not memory:
         return
     m, have = cfg.model, f"this machine has {_gb(memory)}"
-    params = unet_parameters(m)
+    dit = m.kind == "dit"
+    params = dit_parameters(m) if dit else unet_parameters(m)
     if 4 * params["class embedding"] > memory:
         raise NanodiffError(
             f"model.num_classes = {m.num_classes} would need about {_gb(4 * params['class embedding'])} "
@@ -407,9 +465,14 @@ def check_model_memory(cfg: Config, *, prepared: bool = True, training: bool = F
     copies = 5 if training else 1  # weights, and for training gradients, EMA and AdamW's two moments
     weights = 4 * copies * params["total"]
     if weights > memory:
+        size_keys = (
+            f"model.width = {m.width} (with model.depth = {m.depth}, model.mlp_ratio = {m.mlp_ratio:g})"
+            if dit
+            else f"model.channels = {m.channels} (with model.channel_mults = {m.channel_mults}, "
+            f"model.blocks_per_level = {m.blocks_per_level})"
+        )
         raise NanodiffError(
-            f"model.channels = {m.channels} (with model.channel_mults = {m.channel_mults}, "
-            f"model.blocks_per_level = {m.blocks_per_level}) would need about {_gb(weights)} for the "
+            f"{size_keys} would need about {_gb(weights)} for the "
             f"{params['total']:,} parameters{' with gradients, EMA and AdamW state' if training else ''}; "
             f"{have}"
         )
@@ -417,12 +480,13 @@ def check_model_memory(cfg: Config, *, prepared: bool = True, training: bool = F
     key, size = "model.image_size", m.image_size
     if not prepared and cfg.data.image_size and not cfg.data.autoencoder:
         key, size = "data.image_size", cfg.data.image_size
+    sides = [size, size] if isinstance(size, int) else size  # a DiT's may have 1 to 3 axes
     if training:  # the grids hold run.sample_n images, their noise and a copy
-        grid = weights + 3 * 4 * cfg.run.sample_n * m.in_channels * size * size
+        grid = weights + 3 * 4 * cfg.run.sample_n * m.in_channels * math.prod(sides)
         if grid > memory:
             raise NanodiffError(
                 f"run.sample_n = {cfg.run.sample_n} would need about {_gb(grid)} for the sample grid "
-                f"of {size}x{size} images; {have}"
+                f"of {'x'.join(map(str, sides))} images; {have}"
             )
         d = cfg.data
         if d.autoencoder == "train":  # trained first, on pixels at data.image_size
@@ -441,12 +505,14 @@ def check_model_memory(cfg: Config, *, prepared: bool = True, training: bool = F
             batch, what, batch_key = min(cfg.run.sample_n, SAMPLE_BATCH), "the sample grid", "run.sample_n"
     else:
         batch, what, batch_key = 1, "the activations of one image", ""
-    acts = activation_bytes(m, size, batch)
+    acts = dit_activation_bytes(m, size, batch) if dit else activation_bytes(m, size, batch)
     need = weights + acts["total"]
     if need > memory:
         # blame attention where the rest would fit, else the size (attention grows as its square)
         maps, middle = acts["attention maps"], acts["middle attention map"]
-        if need - maps - middle <= memory:
+        if dit:
+            key, value = ("model.patch_size", m.patch_size) if need - maps <= memory else (key, size)
+        elif need - maps - middle <= memory:
             key, value = (
                 ("model.attn_resolutions", m.attn_resolutions)
                 if maps >= middle

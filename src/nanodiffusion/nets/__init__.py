@@ -1,0 +1,21 @@
+"""The networks. ``config.model.kind`` picks one: its config class and its nn.Module."""
+
+from __future__ import annotations
+
+from nanodiffusion.errors import NanodiffError
+from nanodiffusion.nets.dit import DiT, DiTConfig
+from nanodiffusion.nets.unet import UNet, UNetConfig
+
+MODELS = {"unet": (UNetConfig, UNet), "dit": (DiTConfig, DiT)}  # model.kind -> (config, network)
+
+
+def model_config_class(kind: object) -> type:
+    """The config class of model.kind = `kind`, or one line naming the choices."""
+    if kind not in MODELS:
+        raise NanodiffError(f"model.kind must be one of {', '.join(map(repr, MODELS))}, got {kind!r}")
+    return MODELS[kind][0]
+
+
+def build_net(model_cfg) -> UNet | DiT:
+    """A new network (random weights) of the model section `model_cfg`."""
+    return MODELS[model_cfg.kind][1](model_cfg)

@@ -63,11 +63,22 @@ def _zero_conv(ch: int) -> nn.Conv2d:
     return conv
 
 
+def check_base(base: nn.Module) -> None:
+    """One line for a base network a ControlNet cannot copy."""
+    if not isinstance(base, UNet):
+        kind = getattr(getattr(base, "cfg", None), "kind", type(base).__name__)
+        raise NanodiffError(
+            f"ControlNet works on UNet runs only; this run's model.kind is {kind!r} (a DiT's "
+            "ControlNet, as in PixArt-delta, copies its first blocks: not built here)"
+        )
+
+
 class ControlNet(nn.Module):
     """The trainable copy: controlnet(x, c_noise, cond, control) -> (skip residuals, middle residual)."""
 
     def __init__(self, base: UNet, control_channels: int = 1, factor: int = 1):
         super().__init__()
+        check_base(base)
         if base.cfg.cond_channels:
             raise NanodiffError("a ControlNet needs a base UNet without an image condition")
         self.copy = copy.deepcopy(base)  # the decoder goes: only the encoder and middle are used

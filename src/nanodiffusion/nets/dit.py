@@ -45,6 +45,7 @@ class DiTConfig:
     pos: str = "sincos"  # "sincos" (fixed) or "learned" position code
     dropout: float = 0.0
     cond_channels: int = 0  # > 0: an image condition concatenated to the input (denoisers.ImageConditioned)
+    kind: str = "dit"  # config.model.kind (nets.MODELS)
 
     def __post_init__(self):
         if self.out_channels is None:
@@ -69,6 +70,8 @@ class DiTConfig:
 
     def check(self) -> None:
         """The rules DiT's layers need, one line each."""
+        if self.kind != "dit":
+            raise NanodiffError(f"a DiT's model.kind is 'dit', got {self.kind!r}")
         for key in ("in_channels", "out_channels", "width", "depth", "head_dim"):
             value = getattr(self, key)
             if not (isinstance(value, int) and value >= 1):

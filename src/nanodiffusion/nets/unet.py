@@ -39,6 +39,7 @@ class UNetConfig:
     context_dim: int = 0  # > 0: text-conditional, cross-attending to tokens of this width
     cond_channels: int = 0  # > 0: an image condition concatenated to the input (denoisers.ImageConditioned)
     mid_attention: bool = True  # False: a purely convolutional UNet (with no attn_resolutions) of any size
+    kind: str = "unet"  # config.model.kind (nets.MODELS): "dit" is nets.dit.DiTConfig
 
     def __post_init__(self):
         if self.out_channels is None:
@@ -47,6 +48,10 @@ class UNetConfig:
 
     def check(self) -> None:
         """The rules UNet's layers need, one line each (io.validation.validate checks the rest)."""
+        if self.kind != "unet":
+            raise NanodiffError(f"a UNet's model.kind is 'unet', got {self.kind!r}")
+        if not (isinstance(self.image_size, int) and self.image_size >= 1):
+            raise NanodiffError(f"a UNet's model.image_size must be an integer >= 1, got {self.image_size!r}")
         if not (self.channels > 0 and self.channels % 8 == 0):
             raise NanodiffError(f"model.channels must be a positive multiple of 8, got {self.channels!r}")
         if not 0 < len(self.channel_mults) <= MAX_LEVELS or any(m < 1 for m in self.channel_mults):

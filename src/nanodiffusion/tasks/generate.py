@@ -16,6 +16,10 @@ from nanodiffusion.tasks.base import Sampling
 def check_crop(cfg, size: int) -> None:
     """One line for a data.crop that the network cannot train on (0: no crops)."""
     crop, m = cfg.data.crop, cfg.model
+    if crop and m.kind != "unet":  # a DiT's position code and token count are fixed by its size
+        raise NanodiffError(f"data.crop trains a convolutional UNet; model.kind = {m.kind!r} cannot")
+    if not crop:
+        return
     stride = 2 ** (len(m.channel_mults) - 1)
     if crop and not (0 < crop <= size and crop % stride == 0):
         raise NanodiffError(f"data.crop must be a multiple of {stride} up to {size}, got {crop}")

@@ -25,6 +25,7 @@ from nanodiffusion.metrics.image import EDGE_THRESHOLD, sobel_edges
 from nanodiffusion.nets.controlnet import (
     CONTROL_JSON,
     ControlNet,
+    check_base,
     control_factor,
     controlled,
     save_controlnet,
@@ -79,6 +80,7 @@ def train_controlnet(
         raise NanodiffError(f"batch_size {batch_size} must divide by the number of processes ({dist.world})")
     cfg, denoiser, autoencoder, encoder = load_parts(run, "ema", str(dev))
     base = denoiser.net.requires_grad_(False).eval()
+    check_base(base)  # before the data is loaded
     data = load_data(cfg.data.name, "train", cfg.data.image_size, cfg.data.channels)
     controls = sobel_edges(data.images)
     show = progress and dist.main
