@@ -7,7 +7,8 @@ describes one way of sampling and is ignored here, since nanodiffusion's sampler
 own. diffusers feeds the UNet the VP input x_t and an integer step t; ``Denoiser`` does the
 same for a discrete schedule (c_in x = x_t, c_noise = the fractional step t), so every
 sampler in ``samplers.SAMPLERS`` runs on the result. Only local folders are loaded: nothing
-is downloaded at run time. See docs/diffusers.md.
+is downloaded at run time. See docs/diffusers.md. A ``DiTPipeline`` folder is handed to
+``diffusers_dit``.
 """
 
 from __future__ import annotations
@@ -138,12 +139,16 @@ def _as_config(scheduler_or_config: Any) -> Mapping:
     return config
 
 
-def schedule_from_diffusers(scheduler_or_config: Any) -> tuple[Schedule, str]:
+def schedule_from_diffusers(
+    scheduler_or_config: Any, *, allow_learned_variance: bool = False
+) -> tuple[Schedule, str]:
     """(Schedule, parameterization) equal to a diffusers scheduler's training noise levels.
 
     Missing fields take DDPMScheduler's defaults. diffusers' linear betas run from beta_start to
     beta_end at any T, while ``Schedule(kind="linear")`` rescales them by 1000 / T (Ho et al.'s
     values are for T = 1000), so the ends are scaled by T / 1000 here to give the same table.
+    ``allow_learned_variance`` accepts variance_type learned / learned_range, for a network
+    wrapper that keeps only the eps half of such an output (``diffusers_dit.DiffusersDiT``).
     """
     config = _as_config(scheduler_or_config)
     name = config.get("_class_name")
@@ -153,6 +158,8 @@ def schedule_from_diffusers(scheduler_or_config: Any) -> tuple[Schedule, str]:
             "over discrete VP betas (DDPM, DDIM, DPM-Solver, Euler, ...) are supported"
         )
     for key, (refused, why) in REFUSED_OPTIONS.items():
+        if key == "variance_type" and allow_learned_variance:
+            continue
         if refused(config.get(key)):
             raise NanodiffError(f"unsupported diffusers scheduler option {key}={_short(config[key])}: {why}")
     prediction = config.get("prediction_type", "epsilon")
@@ -209,8 +216,9 @@ def _find(folder: Path) -> tuple[Path, Path]:
         unet_dir, scheduler = folder, folder / "scheduler_config.json"
     else:
         raise NanodiffError(
-            f"{folder} holds no diffusers UNet: expected unet/config.json "
-            "(a saved DDPMPipeline) or config.json with the UNet weights"
+            f"{folder} holds no diffusers UNet or DiT: expected unet/config.json (a saved "
+            "DDPMPipeline), transformer/config.json (a saved DiTPipeline) or config.json with "
+            "the UNet weights"
         )
     name = json.loads((unet_dir / "config.json").read_text()).get("_class_name")
     if name != "UNet2DModel":
@@ -223,13 +231,8 @@ def _find(folder: Path) -> tuple[Path, Path]:
     return unet_dir, scheduler
 
 
-def load_diffusers(path: str | Path, device: str = "auto") -> Denoiser:
-    """The denoiser (eval mode, on `device`) of a local diffusers UNet2DModel folder.
-
-    `path` is a folder written by ``DDPMPipeline(unet, scheduler).save_pretrained(path)``, or one
-    holding a UNet2DModel's config.json and weights with a scheduler_config.json beside them.
-    Hub ids are refused: nothing is downloaded at run time.
-    """
+def local_folder(path: str | Path) -> Path:
+    """`path` as a folder that exists; a hub id gets a hint, since nothing is downloaded."""
     folder = Path(path)
     if not folder.is_dir():
         hint = (
@@ -239,6 +242,23 @@ def load_diffusers(path: str | Path, device: str = "auto") -> Denoiser:
             else ""
         )
         raise NanodiffError(f"no diffusers model folder {str(path)!r}{hint}")
+    return folder
+
+
+def load_diffusers(path: str | Path, device: str = "auto") -> Denoiser:
+    """The denoiser (eval mode, on `device`) of a local diffusers UNet2DModel or DiT folder.
+
+    `path` is a folder written by ``DDPMPipeline(unet, scheduler).save_pretrained(path)``, or one
+    holding a UNet2DModel's config.json and weights with a scheduler_config.json beside them, or
+    one written by ``DiTPipeline.save_pretrained`` (a latent denoiser: the autoencoder is not
+    loaded; ``diffusers_dit.DiffusersDiTPipeline`` decodes images). Hub ids are refused: nothing
+    is downloaded at run time.
+    """
+    folder = local_folder(path)
+    if (folder / "transformer").is_dir():
+        from nanodiffusion.inference.diffusers_dit import load_dit
+
+        return load_dit(folder, device)
     unet_dir, scheduler = _find(folder)
     try:
         low_mem = importlib.util.find_spec("accelerate") is not None  # else diffusers warns on every load
