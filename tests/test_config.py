@@ -16,6 +16,7 @@ DATA = {
     "mnist": "mnist",
     "fashion-mnist": "fashion-mnist",
     "text": "shapes",
+    "cifar10": "cifar10",
     "upscale": "shapes",
 }
 
@@ -44,7 +45,7 @@ def toml_text(d: dict) -> str:
 
 
 def test_every_preset_is_listed():
-    assert tuple(PRESETS) == ("digits", "mnist", "fashion-mnist", "text", "upscale")
+    assert tuple(PRESETS) == ("digits", "mnist", "fashion-mnist", "text", "cifar10", "upscale")
     assert set(DATA) == set(PRESETS)
 
 
@@ -86,7 +87,7 @@ def test_presets_are_fresh_objects():
 
 def test_unknown_preset_is_one_line():
     assert error_of(preset, "cifar") == (
-        "unknown preset 'cifar'; choose one of digits, mnist, fashion-mnist, text, upscale"
+        "unknown preset 'cifar'; choose one of digits, mnist, fashion-mnist, text, cifar10, upscale"
     )
 
 

@@ -22,7 +22,9 @@ def add_train(sub) -> None:
     t = sub.add_parser("train", help="train a model (a preset or a TOML config, flags override)")
     t.add_argument("--preset", default="digits", choices=PRESETS)
     t.add_argument("--config", help="a TOML (or JSON) config file instead of a preset")
-    t.add_argument("--data", help="digits, mnist, fashion-mnist, shapes, an image folder or a .npz file")
+    t.add_argument(
+        "--data", help="digits, mnist, fashion-mnist, cifar10, shapes, an image folder or a .npz file"
+    )
     t.add_argument(
         "--task",
         choices=["inpaint", "upscale"],

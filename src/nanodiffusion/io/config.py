@@ -30,7 +30,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | mnist | fashion-mnist | a folder of images | a .npz file
+    name: str = "digits"  # digits | mnist | fashion-mnist | cifar10 | shapes | an image folder | a .npz file
     image_size: int | None = None  # None: the data's own size
     channels: int | None = None  # None: the data's own (1 grey, 3 RGB)
     class_conditional: bool = False
