@@ -206,9 +206,9 @@ def report(s: Settings, results: Results) -> str:
     lines = [
         "## UNet or DiT, EDM or flow matching, at an equal CPU budget on Fashion-MNIST",
         "",
-        f"Four trainings of {s.budget_cpu_s / 60:g} CPU-minutes each (process time over all threads: "
-        f"{s.budget_cpu_s / 120:g} minutes of 2 cores), sampled from their EMA weights with DPM-Solver++(2M) "
-        f"and scored with FID at N = {s.n} ({s.features} features) against the test split.",
+        f"Four trainings of {s.budget_cpu_s / 120:g} minutes of 2 cores each ({s.budget_cpu_s / 60:g} "
+        "CPU-minutes of process time over both threads), sampled from their EMA weights with "
+        f"DPM-Solver++(2M) and scored with FID at N = {s.n} ({s.features} features) against the test split.",
         "",
         f"- Machine: {machine()}. Other work shared the CPU during parts of this run, which is why "
         "the budget "
@@ -241,7 +241,7 @@ def report(s: Settings, results: Results) -> str:
         "| --- | " + " | ".join("---:" for _ in cols) + " | ---: |",
     ]
     for v in VARIANTS:
-        kid = met.get(f"{v.name}/{SAMPLER}-20", {}).get("kid")
+        kid = met.get(f"{v.name}/{SAMPLER}-20", {}).get("kid_mean")
         cells = [_fmt(fid(v, n)) if (n != s.ref_steps or v.flow) else "" for n in cols]
         lines.append(
             f"| {v.label} | " + " | ".join(cells) + f" | {_fmt(None if kid is None else 1000 * kid)} |"
