@@ -110,6 +110,7 @@ def test_embeddings_equal_diffusers_encode_prompt(loaded):
 
 
 @pytest.mark.parametrize("guidance", [1.0, 4.5])
+@pytest.mark.slow  # 2-8 s each on 2 busy cores
 def test_flow_euler_matches_diffusers_pipeline(loaded, sd3_folder, guidance):
     ours, theirs = loaded
     latents = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(3))

@@ -16,7 +16,8 @@ networks run in float16 on a GPU (bfloat16 on request) and float32 on the CPU.
 
 Where a result differs from diffusers' ``StableDiffusionPipeline`` by design, docs/stable-diffusion.md
 names the difference (initial noise scale of the Euler schedulers, DDIM's ``set_alpha_to_one``,
-``steps_offset``, the meaning of strength 1 in img2img).
+``steps_offset``, the meaning of strength 1 in img2img). SD3-class folders (rectified flow, a joint
+transformer, three text encoders) load through the same ``from_pretrained`` into ``sd3.StableDiffusion3``.
 """
 
 from __future__ import annotations
@@ -299,7 +300,7 @@ class StableDiffusion:
     ):
         """n images per prompt.
 
-        The generator seeded with `seed` draws the initial noise [B, 4, h, w] first (unless
+        The generator seeded with `seed` draws the initial noise [B, C, h, w] first (unless
         `latents` gives it) and then any noise the sampler adds, in diffusers' order, so a
         stochastic sampler's images match diffusers' from the same seed. `init_image` (a PIL
         image, a path, or [B, 3, H, W] in [-1, 1]) with strength s in (0, 1] is img2img: the
