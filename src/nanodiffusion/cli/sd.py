@@ -1,5 +1,5 @@
-"""`nanodiff sd`: a Stable Diffusion 1.x/2.x checkpoint (a diffusers folder) drawn with
-nanodiffusion's samplers."""
+"""`nanodiff sd`: a Stable Diffusion 1.x/2.x or SD3-class checkpoint (a diffusers folder) drawn
+with nanodiffusion's samplers."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from nanodiffusion.io import viz
 def add_sd(sub) -> None:
     sd = sub.add_parser(
         "sd",
-        help="draw with a Stable Diffusion 1.x/2.x checkpoint (diffusers folder) "
+        help="draw with a Stable Diffusion 1.x/2.x or SD3-class checkpoint (diffusers folder) "
         "and nanodiffusion's samplers",
     )
     sd.add_argument("prompt")
     sd.add_argument(
         "--model",
         required=True,
-        help="a diffusers Stable Diffusion folder, or a hub id (downloaded where the network allows)",
+        help="a diffusers Stable Diffusion 1.x/2.x or SD3 folder, or a hub id (downloaded where "
+        "the network allows)",
     )
     common.add_sampler(sd, steps=20)
     sd.add_argument("--guidance", type=common.guidance, default=7.5)

@@ -16,7 +16,8 @@ networks run in float16 on a GPU (bfloat16 on request) and float32 on the CPU.
 
 Where a result differs from diffusers' ``StableDiffusionPipeline`` by design, docs/stable-diffusion.md
 names the difference (initial noise scale of the Euler schedulers, DDIM's ``set_alpha_to_one``,
-``steps_offset``, the meaning of strength 1 in img2img).
+``steps_offset``, the meaning of strength 1 in img2img). SD3-class folders (rectified flow, a joint
+transformer, three text encoders) load through the same ``from_pretrained`` into ``sd3.StableDiffusion3``.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ def resolve(path: str | Path) -> Path:
             "*/*.txt",
             "*/model.safetensors",
             "*/diffusion_pytorch_model.safetensors",
+            "*/*-of-*.safetensors",  # SD3's T5 and large transformers come in shards
+            "*/spiece.model",  # T5's tokenizer
         ]
         return Path(snapshot_download(str(path), allow_patterns=patterns))
     except Exception as e:  # offline, unknown id, gated model: one line, the cause kept
@@ -153,16 +156,12 @@ class StableDiffusion:
     ):
         from nanodiffusion.data.text import TextEncoder
         from nanodiffusion.inference.diffusers_models import schedule_from_diffusers
-        from nanodiffusion.io.device import pick_device
 
-        device = pick_device(str(device)) if isinstance(device, str) else device
-        dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-        if device.type == "cpu" and dtype == torch.float16:
-            raise NanodiffError("float16 is for GPUs; on the CPU use fp32 (or bf16)")
         schedule, parameterization = schedule_from_diffusers(scheduler_config)
-        self.device, self.dtype = device, dtype
+        self._init_autoencoder(vae, device, dtype)
+        device, dtype = self.device, self.dtype
         self.unet = _to(unet, device, dtype)
-        self.vae = _to(vae, device, dtype)
+        self.latent_channels = int(unet.config.in_channels)
         self.denoiser = Denoiser(ConditionalUNet(self.unet), schedule, parameterization).to(device)
         self.encoder = TextEncoder(
             tokenizer,
@@ -171,12 +170,27 @@ class StableDiffusion:
             "CLIP",
             keep_padding=True,
         )
-        self.scaling_factor = float(vae.config.scaling_factor)
-        self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         # the UNet halves the latent once per down block but the last
-        self.unet_factor = 2 ** (len(unet.config.down_block_types) - 1)
+        self.net_factor, self.net_factor_name = 2 ** (len(unet.config.down_block_types) - 1), "the UNet's"
         size = unet.config.sample_size
         self.default_size = (size if isinstance(size, int) else size[0]) * self.vae_factor
+
+    def _init_autoencoder(
+        self, vae: nn.Module, device: str | torch.device, dtype: torch.dtype | None
+    ) -> None:
+        """The device and dtype (float16 on a GPU, float32 on the CPU by default) and the
+        autoencoder with its latent scale and shift (SD3's; 0 for 1.x / 2.x) and pixel factor."""
+        from nanodiffusion.io.device import pick_device
+
+        device = pick_device(str(device)) if isinstance(device, str) else device
+        dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+        if device.type == "cpu" and dtype == torch.float16:
+            raise NanodiffError("float16 is for GPUs; on the CPU use fp32 (or bf16)")
+        self.device, self.dtype = device, dtype
+        self.vae = _to(vae, device, dtype)
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
+        self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     # --- loading ------------------------------------------------------------------------------
     @classmethod
@@ -188,7 +202,11 @@ class StableDiffusion:
         diffusers, transformers = _require()
         if dtype is not None and dtype not in DTYPES:
             raise NanodiffError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        from nanodiffusion.inference import sd3
+
         folder = resolve(path)
+        if sd3.is_sd3_folder(folder):
+            return sd3.StableDiffusion3.load(folder, device, DTYPES[dtype] if dtype else None)
         check_folder(folder)
         index = json.loads((folder / "model_index.json").read_text())
         unet_class = json.loads((folder / "unet" / "config.json").read_text()).get("_class_name")
@@ -220,7 +238,12 @@ class StableDiffusion:
 
     @classmethod
     def from_diffusers(cls, pipe, device: str = "auto", dtype: torch.dtype | None = None) -> StableDiffusion:
-        """The networks of an in-memory diffusers StableDiffusionPipeline (shared, not copied)."""
+        """The networks of an in-memory diffusers StableDiffusionPipeline (shared, not copied);
+        a StableDiffusion3Pipeline gives a ``sd3.StableDiffusion3``."""
+        if hasattr(pipe, "transformer"):
+            from nanodiffusion.inference.sd3 import StableDiffusion3
+
+            return StableDiffusion3.from_diffusers(pipe, device, dtype)
         return cls(
             pipe.unet, pipe.vae, pipe.tokenizer, pipe.text_encoder, dict(pipe.scheduler.config), device, dtype
         )
@@ -232,25 +255,26 @@ class StableDiffusion:
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, H, W] in [-1, 1] -> scaled latents (the posterior mean), float32."""
+        """Images [B, 3, H, W] in [-1, 1] -> latents (the posterior mean, shifted and scaled), float32."""
         self.check_size(images.shape[-2], images.shape[-1])
         mean = self.vae.encode(images.to(self.device, self.dtype)).latent_dist.mean
-        return mean.float() * self.scaling_factor
+        return (mean.float() - self.shift_factor) * self.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> images in [-1, 1] on the CPU, float32."""
-        images = self.vae.decode((latents / self.scaling_factor).to(self.device, self.dtype)).sample
+        """Latents -> images in [-1, 1] on the CPU, float32 (the autoencoder sees z / scale + shift)."""
+        z = latents / self.scaling_factor + self.shift_factor
+        images = self.vae.decode(z.to(self.device, self.dtype)).sample
         return images.float().clamp(-1, 1).cpu()
 
     def check_size(self, height: int, width: int) -> None:
-        f = self.vae_factor * self.unet_factor
+        f = self.vae_factor * self.net_factor
         for name, v in (("height", height), ("width", width)):
             if v < f or v % f:
                 raise NanodiffError(
                     f"{name} {v} does not fit this checkpoint: image sides must be multiples "
-                    f"of {f} (the autoencoder's factor {self.vae_factor} x the UNet's "
-                    f"{self.unet_factor})"
+                    f"of {f} (the autoencoder's factor {self.vae_factor} x {self.net_factor_name} "
+                    f"{self.net_factor})"
                 )
 
     # --- sampling -----------------------------------------------------------------------------
@@ -276,7 +300,7 @@ class StableDiffusion:
     ):
         """n images per prompt.
 
-        The generator seeded with `seed` draws the initial noise [B, 4, h, w] first (unless
+        The generator seeded with `seed` draws the initial noise [B, C, h, w] first (unless
         `latents` gives it) and then any noise the sampler adds, in diffusers' order, so a
         stochastic sampler's images match diffusers' from the same seed. `init_image` (a PIL
         image, a path, or [B, 3, H, W] in [-1, 1]) with strength s in (0, 1] is img2img: the
@@ -295,7 +319,7 @@ class StableDiffusion:
         self.check_size(height, width)
         sigmas = self.denoiser.schedule.sampling_sigmas(steps, spacing)
         cond = self.encode_prompt([p for p in prompts for _ in range(n)])
-        shape = (len(cond), self.unet.config.in_channels, height // self.vae_factor, width // self.vae_factor)
+        shape = (len(cond), self.latent_channels, height // self.vae_factor, width // self.vae_factor)
         init = None
         if init_image is not None and strength < 1:
             init = self._init_latents(init_image, height, width, len(cond))
