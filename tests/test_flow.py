@@ -152,3 +152,32 @@ def test_every_sampler_runs_on_a_flow_model():
         )
         assert out.shape == noise.shape and torch.isfinite(out).all(), name
         assert math.isfinite(out.abs().max().item())
+
+
+def test_mode_sampling_has_sd3s_density():
+    """SD3's mode sampling (eq. 20): t = f_mode(u), u uniform. Its density is 1 / f_mode'(f^-1(t));
+    with s = 0 it is uniform t, and the median of t is f_mode(1/2) = 1/2 for any s (symmetric)."""
+    flow = Schedule(kind="flow", sigma_max=1e9)  # t_max = 1 - 1e-9: the ramp is all of [0, 1]
+    gen = torch.Generator().manual_seed(0)
+    t0 = flow_t(sample_sigmas(flow, 40000, LossConfig(sigma_sampling="mode", mode_scale=0.0), gen).double())
+    assert abs(t0.mean().item() - 0.5) < 0.01 and abs(t0.var().item() - 1 / 12) < 0.004
+    s = 1.29
+    t = flow_t(sample_sigmas(flow, 40000, LossConfig(sigma_sampling="mode", mode_scale=s), gen).double())
+    # P(t <= f_mode(u)) = 1 - u, f_mode decreasing: compare the empirical CDF at f_mode(u) to 1 - u
+    u = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)
+    f = 1 - u - s * (torch.cos(math.pi / 2 * u) ** 2 - 1 + u)
+    cdf = (t[None, :] <= f[:, None]).double().mean(1)
+    assert torch.allclose(cdf, 1 - u, atol=0.01)
+    assert (t.sub(0.5).abs() < 0.1).double().mean() > 1.5 * 0.2  # mid t favoured over uniform
+
+
+def test_mode_sampling_needs_a_flow_schedule():
+    from nanodiffusion.errors import NanodiffError
+    from nanodiffusion.io.config import apply_overrides, preset
+
+    with pytest.raises(NanodiffError, match="sigma_sampling = 'mode'.*schedule.kind = 'flow'"):
+        apply_overrides(preset("digits"), ["loss.sigma_sampling=mode"])
+    with pytest.raises(NanodiffError, match="loss.mode_scale must be a number in"):
+        apply_overrides(
+            preset("digits"), ["schedule.kind=flow", "loss.sigma_sampling=mode", "loss.mode_scale=3"]
+        )

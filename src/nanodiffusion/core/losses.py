@@ -8,26 +8,31 @@ loss, ``|| eps - eps_theta(sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, t) 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from nanodiffusion.core.denoisers import Denoiser, coefficients, expand_sigma
-from nanodiffusion.core.schedules import Schedule
+from nanodiffusion.core.schedules import Schedule, flow_sigma, flow_t
 from nanodiffusion.errors import NanodiffError
 
-SIGMA_SAMPLINGS = ("uniform-t", "lognormal")
+SIGMA_SAMPLINGS = ("uniform-t", "lognormal", "mode")
+MODE_SCALE_MAX = 2 / (math.pi - 2)  # f_mode is monotone for -1 <= s <= 2 / (pi - 2) (Esser et al. 2024)
 WEIGHTINGS = ("uniform", "min-snr", "edm")
 
 
 @dataclass
 class LossConfig:
-    sigma_sampling: str = "uniform-t"  # uniform over the T trained steps, or EDM's lognormal
+    # uniform over the T trained steps, EDM's lognormal (for flow: SD3's logit-normal, ln sigma = logit t),
+    # or SD3's mode sampling of t (flow schedules)
+    sigma_sampling: str = "uniform-t"
     weighting: str = "uniform"  # plain MSE on the network's target
     min_snr_gamma: float = 5.0  # Hang et al. 2023
     p_mean: float = -1.2  # EDM lognormal: ln(sigma) ~ N(p_mean, p_std^2)
     p_std: float = 1.2
+    mode_scale: float = 1.29  # "mode" (flow schedules): SD3's s; 0 is uniform t, > 0 favours mid t
 
     def __post_init__(self):
         if self.sigma_sampling not in SIGMA_SAMPLINGS:
@@ -47,6 +52,13 @@ def sample_sigmas(
     if cfg.sigma_sampling == "lognormal":
         z = torch.randn(n, generator=generator, dtype=torch.float64)
         return (cfg.p_mean + cfg.p_std * z).exp().float()
+    if cfg.sigma_sampling == "mode":  # Esser et al. 2024, eq. 20: t = 1 - u - s (cos^2(pi u / 2) - 1 + u)
+        if schedule.kind != "flow":
+            raise NanodiffError("loss.sigma_sampling = 'mode' needs schedule.kind = 'flow'")
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        t = 1 - u - cfg.mode_scale * (torch.cos(math.pi / 2 * u) ** 2 - 1 + u)
+        t = (t * flow_t(schedule.sigma_max / schedule.shift)).clamp(min=1e-6)  # up to the noisiest level
+        return (schedule.shift * flow_sigma(t)).float()
     if schedule.discrete:
         t = torch.randint(0, schedule.T, (n,), generator=generator)
         return schedule.sigmas()[t].float()

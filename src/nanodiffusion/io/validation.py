@@ -132,6 +132,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "loss.min_snr_gamma": POSITIVE_REAL,
     "loss.p_mean": _real(),
     "loss.p_std": POSITIVE_REAL,
+    "loss.mode_scale": _real(-1, 2 / (math.pi - 2)),  # f_mode is monotone in this range (SD3, eq. 20)
     "optim.lr": _real(0, 10, lo_open=True),  # AdamW moves each weight by about lr a step: above 10 is a typo
     "optim.weight_decay": NON_NEGATIVE_REAL,
     "optim.beta1": _real(0, 1, hi_open=True),  # AdamW refuses 1
@@ -261,6 +262,11 @@ def _check_between_fields(cfg: Config) -> None:
             f"schedule.sigma_max must be above schedule.sigma_min ({s.sigma_min:g}), got {s.sigma_max:g}"
         )
     loss = cfg.loss
+    if loss.sigma_sampling == "mode" and s.kind != "flow":
+        raise NanodiffError(
+            "loss.sigma_sampling = 'mode' samples flow times t: it needs schedule.kind = 'flow', "
+            f"got {s.kind!r}"
+        )
     if loss.sigma_sampling == "lognormal" and loss.p_mean + 6 * loss.p_std >= math.log(MAX_SIGMA):
         raise NanodiffError(
             f"loss.p_mean + 6 loss.p_std must be below {math.log(MAX_SIGMA):.1f} (ln of the sigma whose "
