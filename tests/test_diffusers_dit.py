@@ -12,12 +12,12 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 from nanodiffusion.core.denoisers import Denoiser  # noqa: E402
-from nanodiffusion.inference.diffusers_dit import (  # noqa: E402
+from nanodiffusion.inference.diffusers_models import (  # noqa: E402
     DiffusersDiT,
     DiffusersDiTPipeline,
     dit_denoiser,
+    load_diffusers,  # noqa: E402
 )
-from nanodiffusion.inference.diffusers_models import load_diffusers  # noqa: E402
 from nanodiffusion.inference.sampling import sample_images  # noqa: E402
 from one_line import error_of  # noqa: E402
 

@@ -19,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 from _sd3_fixture import POOLED_DIM, random_sd3_pipeline  # noqa: E402  (bench/_sd3_fixture.py)
 from nanodiffusion.core.schedules import flow_t  # noqa: E402
 from nanodiffusion.errors import NanodiffError  # noqa: E402
-from nanodiffusion.inference import sd3  # noqa: E402
+from nanodiffusion.inference import stable_diffusion as sd3  # noqa: E402
 from nanodiffusion.inference.stable_diffusion import StableDiffusion  # noqa: E402
 
 PROMPT, NEGATIVE = "a red cat on a blue mat", "blurry"
