@@ -29,3 +29,15 @@ def tiny_config():
             "run.sample_steps=5",
         ],
     )
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """One intra-op thread for a module of small networks (they gain nothing from threads, and
+    spinning threads slow 10x beside other jobs); the default is restored after the module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -25,13 +25,7 @@ ID2LABEL = {"0": "tench, Tinca tinca", "1": "goldfish, Carassius auratus", "2": 
 LABELS = [1, 7, 999]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Networks this small gain nothing from threads, and spinning threads slow 10x beside other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _transformer(num_classes, out_channels=8, seed=0):

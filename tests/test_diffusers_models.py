@@ -17,13 +17,7 @@ from nanodiffusion.inference.pipelines import sample_images
 diffusers = pytest.importorskip("diffusers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """8x8 convolutions gain nothing from threads, and spinning threads slow 10x beside other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _unet(seed=0, out_channels=1, **kw):

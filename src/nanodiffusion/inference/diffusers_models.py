@@ -98,6 +98,19 @@ def frozen(module: nn.Module, device: torch.device, dtype: torch.dtype | None) -
     return module.to(device).eval().requires_grad_(False)
 
 
+def latents_to_output(x: torch.Tensor, output: str, decode: Callable) -> Any:
+    """A pipeline's result: the latents (on the CPU), the decoded images [B, C, H, W] in [-1, 1],
+    or PIL images, as `output` is "latent", "tensor" or "pil"."""
+    if output == "latent":
+        return x.cpu()
+    images = decode(x)
+    if output == "tensor":
+        return images
+    from nanodiffusion.io.viz import to_pil
+
+    return [to_pil(img[None], padding=0) for img in images]
+
+
 class DiffusersUNet(nn.Module):
     """A diffusers ``UNet2DModel`` as a raw network ``net(x_in, c_noise, cond)``.
 
@@ -575,11 +588,4 @@ class DiffusersDiTPipeline:
             progress=progress,
             **sampler_kwargs,
         )
-        if output == "latent":
-            return x.cpu()
-        images = self.decode(x)
-        if output == "tensor":
-            return images
-        from nanodiffusion.io.viz import to_pil
-
-        return [to_pil(img[None], padding=0) for img in images]
+        return latents_to_output(x, output, self.decode)

@@ -39,7 +39,12 @@ from nanodiffusion.core.guidance import ClassifierFreeGuidance
 from nanodiffusion.core.samplers import get_sampler
 from nanodiffusion.core.schedules import Schedule, flow_sigma
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.inference.diffusers_models import DTYPES, frozen, schedule_from_diffusers
+from nanodiffusion.inference.diffusers_models import (
+    DTYPES,
+    frozen,
+    latents_to_output,
+    schedule_from_diffusers,
+)
 from nanodiffusion.io.viz import load_image
 
 INSTALL = "pip install 'nanodiffusion[sd]'  (diffusers and transformers)"
@@ -337,14 +342,7 @@ class StableDiffusion:
             progress=progress,
             **sampler_kwargs,
         )
-        if output == "latent":
-            return x.cpu()
-        images = self.decode(x)
-        if output == "tensor":
-            return images
-        from nanodiffusion.io.viz import to_pil
-
-        return [to_pil(img[None], padding=0) for img in images]
+        return latents_to_output(x, output, self.decode)
 
     def _init_latents(self, image: Any, height: int, width: int, batch: int) -> torch.Tensor:
         """The init image's scaled latents, repeated to the batch."""

@@ -175,9 +175,10 @@ class Config:
             raise NanodiffError(f"invalid config {path}: {e}") from None
 
 
-def _model(channels, mults, attn, size, blocks=2, dropout=0.1, in_channels=1) -> UNetConfig:
+def _model(channels, mults, attn, size, blocks=2, dropout=0.1, in_channels=1, head_dim=32) -> UNetConfig:
     return UNetConfig(
         in_channels=in_channels,
+        head_dim=head_dim,
         channels=channels,
         channel_mults=mults,
         blocks_per_level=blocks,
@@ -288,16 +289,7 @@ def _cifar10() -> Config:
     512 epochs) take an estimated 3-6 hours under bf16 autocast; not measured. Days on a CPU."""
     return Config(
         data=DataConfig(name="cifar10"),
-        model=UNetConfig(
-            in_channels=3,
-            channels=128,
-            channel_mults=[1, 2, 2, 2],
-            blocks_per_level=2,
-            attn_resolutions=[16],
-            head_dim=64,
-            dropout=0.1,
-            image_size=32,
-        ),
+        model=_model(128, [1, 2, 2, 2], [16], 32, dropout=0.1, in_channels=3, head_dim=64),
         schedule=Schedule(kind="edm"),
         diffusion=DiffusionConfig(parameterization="edm"),
         loss=LossConfig(sigma_sampling="lognormal", weighting="edm"),
