@@ -216,38 +216,47 @@ def test_a_flow_dit_run_samples_with_every_kind_of_sampler(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_text_conditional_dit_run_generates(tmp_path, monkeypatch, capsys):
-    """Cross-attention to MiniLM's tokens: a shapes DiT trains, its prompt changes the prediction,
-    and `nanodiff generate` draws it."""
+def test_a_latent_text_conditional_dit_run_generates(tmp_path, monkeypatch):
+    """A DiT in an autoencoder's latent space, cross-attending to MiniLM's tokens: the shapes run
+    trains, its prompt changes the prediction, and `nanodiff generate` draws decoded images."""
+    from PIL import Image
+
     from nanodiffusion.cli import main
+    from nanodiffusion.data.shapes import render_dataset
     from nanodiffusion.data.text import load_text_encoder
     from nanodiffusion.inference.pipelines import load_run
+    from nanodiffusion.io.checkpoint import save_autoencoder
+    from nanodiffusion.nets.autoencoder import AutoencoderConfig
+    from nanodiffusion.training.autoencoder import train_autoencoder
     from nanodiffusion.training.diffusion import train
     from test_train import _text_config
 
-    cfg = apply_overrides(_text_config(tmp_path, monkeypatch), [*TINY_DIT, "model.patch_size=4"])
+    images = torch.from_numpy(render_dataset(48, size=16)[0]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    ae, _ = train_autoencoder(
+        images, AutoencoderConfig(channels=8, channel_mults=[1, 2]), steps=3, batch_size=8, progress=False
+    )
+    save_autoencoder(ae, tmp_path / "ae")
+    cfg = apply_overrides(
+        _text_config(tmp_path, monkeypatch), [*TINY_DIT, f"data.autoencoder={tmp_path / 'ae'}"]
+    )
     assert train(cfg, tmp_path / "run", progress=False)
-    _, denoiser = load_run(tmp_path / "run", "model", "cpu")
-    assert denoiser.net.cfg.context_dim == 384
+    saved, denoiser = load_run(tmp_path / "run", "model", "cpu")
+    assert (saved.model.in_channels, saved.model.image_size, saved.model.context_dim) == (4, 8, 384)
     prompts = load_text_encoder("minilm", 12)(["a red circle", "two blue squares"])
     with torch.no_grad():
-        out = denoiser(torch.randn(1, 3, 16, 16).expand(2, -1, -1, -1), torch.tensor([1.0, 1.0]), prompts)
+        out = denoiser(torch.randn(1, 4, 8, 8).expand(2, -1, -1, -1), torch.tensor([1.0, 1.0]), prompts)
     assert (out[0] - out[1]).abs().max() > 1e-5
     drawn = tmp_path / "drawn"
-    assert (
-        main(
-            [
-                "generate",
-                str(tmp_path / "run"),
-                "a red circle",
-                "--n",
-                "2",
-                "--steps",
-                "2",
-                "--out",
-                str(drawn),
-            ]
-        )
-        == 0
-    )
-    assert (drawn / "grid.png").is_file()
+    argv = [
+        "generate",
+        str(tmp_path / "run"),
+        "a red circle",
+        "--n",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        str(drawn),
+    ]
+    assert main(argv) == 0
+    assert Image.open(drawn / "grid.png").mode == "RGB"  # decoded to pixels
