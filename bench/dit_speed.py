@@ -8,7 +8,7 @@ dropped 10% of the time, backward, gradient norm clipped to 1.0 and an AdamW ste
 models alternate step by step, in a rotating order, so that the noise of a shared machine falls
 on all of them. Peak memory comes from a fresh process per model.
 
-    python bench/dit_speed.py          # about 5 minutes; rewrites its part of docs/benchmarks.md
+    python bench/dit_speed.py          # 11 minutes on 2 busy cores; rewrites its part of docs/benchmarks.md
     python bench/dit_speed.py --quick  # a smoke test; writes a file only when given --out
 """
 
@@ -279,7 +279,7 @@ every diffusers block computes the noise level's and the label's embedding again
 
 {chr(10).join(rows)}
 
-Reproduce with `python bench/dit_speed.py` (about 5 minutes on 2 quiet cores).
+Reproduce with `python bench/dit_speed.py` (11 minutes on 2 cores busy with other jobs, less on quiet ones).
 """
 
 
