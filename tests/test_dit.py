@@ -10,7 +10,7 @@ from nanodiffusion.core.denoisers import Denoiser, ImageConditioned
 from nanodiffusion.core.guidance import ClassifierFreeGuidance
 from nanodiffusion.core.losses import LossConfig, diffusion_loss, sample_sigmas
 from nanodiffusion.core.schedules import Schedule
-from nanodiffusion.nets.dit import DiT, DiTConfig, patchify, sincos_position_code, unpatchify
+from nanodiffusion.nets.dit import FREQ_DIM, DiT, DiTConfig, patchify, sincos_position_code, unpatchify
 from one_line import error_of
 from prompts import D, L
 from prompts import prompt as _prompt
@@ -144,6 +144,26 @@ def test_flops_match_torch_flop_counter_on_1d_2d_and_3d_inputs(shape, extra):
     counted = forward_flops(lambda: net(net_input, torch.ones(1), cond))
     assert net.flops(context_tokens=L if cfg.context_dim else 0) == counted
     assert net(net_input, torch.ones(1), cond).shape == x.shape
+
+
+@pytest.mark.parametrize("name", ["latents", "pixels"])
+def test_the_speed_benchmark_compares_equal_dits_but_for_diffusers_per_block_embedding(name):
+    """bench/dit_speed.py's two models do the same work, except that every diffusers block computes
+    the noise level's and the label's embedding again (stored depth times, run depth + 1 times)."""
+    pytest.importorskip("diffusers")
+    import dit_speed
+
+    shape = dit_speed.SHAPES[name]
+    ours, theirs = dit_speed.nanodiffusion_trainer(shape), dit_speed.diffusers_trainer(shape)
+    embedding_flops = 2 * (FREQ_DIM * shape.width + shape.width**2)  # the noise level's MLP
+    extra_flops = forward_flops(theirs.forward_one) - forward_flops(ours.forward_one)
+    assert extra_flops == shape.depth * embedding_flops
+
+    def count(*modules: torch.nn.Module) -> int:
+        return sum(p.numel() for module in modules for p in module.parameters())
+
+    extra_params = count(theirs.net) - count(ours.net)
+    assert extra_params == (shape.depth - 1) * count(ours.net.noise_mlp, ours.net.class_emb)
 
 
 def _blobs(n: int, g: torch.Generator) -> torch.Tensor:

@@ -168,7 +168,9 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads)
+        # views [B, heads, N, d]: unbinding the axis of 3 lets backward stack their gradients in qkv's layout
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
         h = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(h.transpose(1, 2).reshape(B, N, D))
 
@@ -215,10 +217,10 @@ class DiTBlock(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor, context=None) -> torch.Tensor:
         """x [B, N, D] tokens, c [B, D] the conditioning embedding, context (tokens, mask) or None."""
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.modulation(c).chunk(6, dim=1)
-        x = x + gate_a[:, None] * self.attn(modulate(self.norm1(x), shift_a, scale_a))
+        x = torch.addcmul(x, gate_a[:, None], self.attn(modulate(self.norm1(x), shift_a, scale_a)))
         if self.cross is not None:
             x = x + self.cross(x, *context)
-        return x + gate_m[:, None] * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+        return torch.addcmul(x, gate_m[:, None], self.mlp(modulate(self.norm2(x), shift_m, scale_m)))
 
 
 class FinalLayer(nn.Module):
