@@ -15,6 +15,8 @@ DATA = {
     "digits": "digits",
     "mnist": "mnist",
     "fashion-mnist": "fashion-mnist",
+    "mnist-flow": "mnist",
+    "fashion-mnist-flow": "fashion-mnist",
     "text": "shapes",
     "cifar10": "cifar10",
     "upscale": "shapes",
@@ -45,7 +47,16 @@ def toml_text(d: dict) -> str:
 
 
 def test_every_preset_is_listed():
-    assert tuple(PRESETS) == ("digits", "mnist", "fashion-mnist", "text", "cifar10", "upscale")
+    assert tuple(PRESETS) == (
+        "digits",
+        "mnist",
+        "fashion-mnist",
+        "mnist-flow",
+        "fashion-mnist-flow",
+        "text",
+        "cifar10",
+        "upscale",
+    )
     assert set(DATA) == set(PRESETS)
 
 
@@ -87,7 +98,8 @@ def test_presets_are_fresh_objects():
 
 def test_unknown_preset_is_one_line():
     assert error_of(preset, "cifar") == (
-        "unknown preset 'cifar'; choose one of digits, mnist, fashion-mnist, text, cifar10, upscale"
+        "unknown preset 'cifar'; choose one of digits, mnist, fashion-mnist, mnist-flow, fashion-mnist-flow, "
+        "text, cifar10, upscale"
     )
 
 

@@ -181,3 +181,14 @@ def test_mode_sampling_needs_a_flow_schedule():
         apply_overrides(
             preset("digits"), ["schedule.kind=flow", "loss.sigma_sampling=mode", "loss.mode_scale=3"]
         )
+
+
+def test_the_flow_presets_are_what_bench_backbones_measured():
+    """fashion-mnist-flow is the fashion-mnist preset with bench/backbones.py's flow overrides,
+    the recipe its table measured, and nothing else."""
+    from backbones import FLOW
+    from nanodiffusion.io.config import apply_overrides, preset
+
+    assert preset("fashion-mnist-flow") == apply_overrides(preset("fashion-mnist"), FLOW)
+    mnist = preset("mnist-flow")
+    assert mnist.data.name == "mnist" and mnist.schedule == preset("fashion-mnist-flow").schedule
