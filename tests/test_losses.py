@@ -174,7 +174,7 @@ def test_lognormal_sigmas_are_exp_of_a_normal_and_have_its_statistics():
         (
             "sigma_sampling",
             "gaussian",
-            "unknown sigma sampling 'gaussian'; choose one of uniform-t, lognormal",
+            "unknown sigma sampling 'gaussian'; choose one of uniform-t, lognormal, mode",
         ),
         ("weighting", "snr", "unknown weighting 'snr'; choose one of uniform, min-snr, edm"),
     ],

@@ -48,7 +48,10 @@ BAD = [
     ),
     (["model.blocks_per_level=-1"], "model.blocks_per_level must be an integer >= 1, got -1"),
     (["model.blocks_per_level=0"], "model.blocks_per_level must be an integer >= 1, got 0"),
-    (["model.image_size=0"], "model.image_size must be an integer >= 1, got 0"),
+    (
+        ["model.image_size=0"],
+        "model.image_size must be an integer >= 1 or a list of 1 to 3 of them (a UNet's: an integer), got 0",
+    ),
     (["model.in_channels=0"], "model.in_channels must be an integer >= 1, got 0"),
     (['model.out_channels="3"'], "config value model.out_channels = '3' should be of type int"),
     (["model.num_classes=-1"], "model.num_classes must be an integer >= 0, got -1"),
@@ -149,7 +152,7 @@ BAD = [
     (["loss.weighting=snr"], "loss.weighting must be one of 'uniform', 'min-snr', 'edm', got 'snr'"),
     (
         ["loss.sigma_sampling=gaussian"],
-        "loss.sigma_sampling must be one of 'uniform-t', 'lognormal', got 'gaussian'",
+        "loss.sigma_sampling must be one of 'uniform-t', 'lognormal', 'mode', got 'gaussian'",
     ),
     (["loss.p_std=0"], "loss.p_std must be a finite number > 0, got 0"),
     (["loss.p_mean=-Infinity"], "loss.p_mean must be a finite number, got -inf"),
