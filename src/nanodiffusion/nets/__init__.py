@@ -11,7 +11,7 @@ MODELS = {"unet": (UNetConfig, UNet), "dit": (DiTConfig, DiT)}  # model.kind -> 
 
 def model_config_class(kind: object) -> type:
     """The config class of model.kind = `kind`, or one line naming the choices."""
-    if kind not in MODELS:
+    if not isinstance(kind, str) or kind not in MODELS:
         raise NanodiffError(f"model.kind must be one of {', '.join(map(repr, MODELS))}, got {kind!r}")
     return MODELS[kind][0]
 
