@@ -3,7 +3,7 @@
 (a) no import cycle between modules (function-level and TYPE_CHECKING imports count: each is a
     dependency of one module on another);
 (b) core/ imports nothing of the package outside core/ and errors.py;
-(c) the layers core < nets < data < io < metrics < tasks < inference < training < cli: a module
+(c) the layers core < nets < data < io < metrics < tasks < inference < training < app < cli: a module
     imports only its own layer and lower ones (errors.py from anywhere; nanodiffusion/__init__.py,
     the compatibility aliases for the old paths, is exempt), and no module imports an old path;
 (d) nothing imports another module's private name;
@@ -22,7 +22,7 @@ import pytest
 
 PACKAGE = "nanodiffusion"
 SRC = Path(__file__).resolve().parent.parent / "src" / PACKAGE
-LAYERS = ("core", "nets", "data", "io", "metrics", "tasks", "inference", "training", "cli")
+LAYERS = ("core", "nets", "data", "io", "metrics", "tasks", "inference", "training", "app", "cli")
 ERRORS = f"{PACKAGE}.errors"
 
 

@@ -11,6 +11,7 @@ The package is layered (docs/architecture.md); each layer imports only those bef
     tasks      one module per task behind one protocol, and their registry
     inference  the sampling core and the pipelines on top
     training   one loop, and the trainers that call it with their step
+    app        the local web app (`nanodiff app`): a plain page and a small API over the library
     cli        the `nanodiff` command line, one module per command group
 """
 

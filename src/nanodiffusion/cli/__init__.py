@@ -5,6 +5,7 @@
     edit.py    inpaint, upscale
     info.py    info, schedules, forward, bench-samplers
     sd.py      sd
+    app.py     app (the web app, nanodiffusion.app)
     common.py  the one-line error parser, argument types, the flag groups every command shares
 
 Each module's ``add_commands(sub)`` adds its commands' parsers, each beside its command; a
@@ -16,10 +17,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nanodiffusion.cli import common, edit, info, sample, sd, train
+from nanodiffusion.cli import app, common, edit, info, sample, sd, train
 from nanodiffusion.errors import NanodiffError
 
-GROUPS = (train, sample, edit, info, sd)
+GROUPS = (train, sample, edit, info, sd, app)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -126,22 +127,31 @@ def read_image(path: str | Path, mode: str | None = "RGB") -> Image.Image:
     Refused with one line: a missing, empty or unreadable file, a truncated one, a folder, and a
     picture of more than MAX_PIXELS pixels (checked from the header, before decoding)."""
     path = check_file(path, "image")
+    return decode_image(path, str(path), mode)
+
+
+def decode_image(
+    source: Path | BinaryIO, name: str, mode: str | None = "RGB", max_pixels: int = MAX_PIXELS
+) -> Image.Image:
+    """An image file or in-memory file (an upload), decoded in `mode`, with read_image's guards:
+    one line naming `name` for anything that is not a whole picture of at most `max_pixels`
+    (counted from the header, before decoding: decompression bombs are refused unread)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 w, h = image.size
-                if w * h > MAX_PIXELS:
+                if w * h > max_pixels:
                     raise NanodiffError(
-                        f"cannot read the image {path}: it is {w}x{h} = {w * h} pixels, "
-                        f"more than the {MAX_PIXELS} allowed"
+                        f"cannot read the image {name}: it is {w}x{h} = {w * h} pixels, "
+                        f"more than the {max_pixels} allowed"
                     )
                 if w * h == 0:
-                    raise NanodiffError(f"cannot read the image {path}: it is {w}x{h} pixels")
+                    raise NanodiffError(f"cannot read the image {name}: it is {w}x{h} pixels")
                 image.load()  # decode now: a truncated file fails here, inside the guard
                 return image.convert(mode) if mode else image.copy()
     except _IMAGE_ERRORS as e:
-        raise NanodiffError(f"cannot read the image {path}: {one_line(e)}") from None
+        raise NanodiffError(f"cannot read the image {name}: {one_line(e)}") from None
 
 
 def read_mask(path: str | Path) -> Image.Image:
