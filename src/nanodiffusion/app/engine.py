@@ -367,19 +367,50 @@ class Reporter:
         self.check()
 
 
-def _image_input(entry: Model, upload, what: str, size: tuple[int, int], channels: int) -> torch.Tensor:
-    picture = decode_upload(upload, what, "RGB" if channels == 3 else "L")
-    return load_image(picture, size, channels)
+def prepare(entry: Model, s: Settings, uploads: dict) -> dict:
+    """The uploads a mode needs, decoded and checked (before the job waits in line, so a bad one
+    is refused at once): tensors at the model's size, keyed as ``generate`` takes them."""
+    needs = {
+        "img2img": ("image",),
+        "inpaint": ("image", "mask"),
+        "control": ("control",),
+        "upscale": ("image",),
+    }
+    what = {"image": "an image", "mask": "a mask (white where to repaint)", "control": "an edge drawing"}
+    for key in needs.get(s.mode, ()):
+        if key not in uploads:
+            raise NanodiffError(f"{s.mode} needs {what[key]}")
+    extra = sorted(set(uploads) - set(needs.get(s.mode, ())))
+    if extra:
+        raise NanodiffError(f"the mode {s.mode} takes no {extra[0]}")
+    if entry.kind == "sd":  # the pipeline resizes its init image itself
+        return {"init_image": decode_upload(uploads["image"], "image", "RGB")} if "image" in uploads else {}
+    c = entry.info["channels"]
+    w, h = entry.info["size"]
+    mode = "RGB" if c == 3 else "L"
+    inputs: dict = {}
+    if s.mode == "upscale":
+        low = entry.info["low_size"]
+        inputs["low_res"] = load_image(decode_upload(uploads["image"], "image", mode), (low, low), c)
+    elif s.mode in ("img2img", "inpaint"):
+        picture = decode_upload(uploads["image"], "image", mode)
+        inputs["init_image"] = load_image(picture, (w, h), c)
+        if s.mode == "inpaint":
+            inputs["known"] = _mask_input(uploads["mask"], picture.size, (w, h))
+    elif s.mode == "control":
+        edges = load_image(decode_upload(uploads["control"], "edge drawing", "L"), (w, h), 1)
+        inputs["control"] = (edges > 0).float()
+    return inputs
 
 
-def _mask_input(upload, image_upload_size: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+def _mask_input(upload, image_size: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
     from nanodiffusion.core.editing import mask_from_image
 
     mask = decode_upload(upload, "mask", "L")
-    if mask.size != image_upload_size:
+    if mask.size != image_size:
         raise NanodiffError(
             f"the mask is {mask.size[0]}x{mask.size[1]} and the image "
-            f"{image_upload_size[0]}x{image_upload_size[1]}; they must be the same size"
+            f"{image_size[0]}x{image_size[1]}; they must be the same size"
         )
     if mask.getextrema()[1] < 128:
         raise NanodiffError("the mask has no white pixels: nothing to repaint")
@@ -389,96 +420,54 @@ def _mask_input(upload, image_upload_size: tuple[int, int], size: tuple[int, int
     return known
 
 
-def generate(entry: Model, s: Settings, uploads: dict, reporter: Reporter) -> torch.Tensor:
-    """The images [n, C, H, W] in [-1, 1] of settings `s` (and their uploads), with the library's
-    own calls, so that they equal ``nanodiff sample`` / ``TextToImage`` for the same settings."""
+def generate(entry: Model, s: Settings, inputs: dict, reporter: Reporter) -> torch.Tensor:
+    """The images [n, C, H, W] in [-1, 1] of settings `s` (and the prepared ``inputs``), with the
+    library's own calls, so that they equal ``nanodiff sample`` / ``TextToImage`` for the same
+    settings."""
+    reporter.steps = s.steps
     if entry.kind == "sd":
-        return _generate_sd(entry, s, uploads, reporter)
-    from nanodiffusion.inference.pipelines import conditioning, draw, image_shape
+        (pipe,) = entry.parts()
+        reporter.decode = pipe.decode  # previews decode x_t and x0_hat
+        init = inputs.get("init_image")
+        return pipe(
+            s.prompt,
+            negative_prompt=s.negative_prompt,
+            n=s.n,
+            steps=s.steps,
+            guidance=7.5 if s.guidance is None else s.guidance,
+            sampler=s.sampler,
+            seed=s.seed,
+            init_image=init,
+            strength=s.strength if init is not None else 1.0,
+            output="tensor",
+            callback=reporter,
+        )
+    from nanodiffusion.inference.pipelines import conditioning, draw
     from nanodiffusion.inference.sampling import Control
 
     cfg, denoiser, autoencoder, encoder, controlnet = entry.parts()
-    c, h, w = image_shape(cfg, autoencoder)
-    reporter.steps = s.steps
     reporter.decode = autoencoder.decode_images if autoencoder is not None else None
-    options: dict = {}
+    options = dict(sampler=s.sampler, steps=s.steps, seed=s.seed, callback=reporter)
     if s.mode == "upscale":
-        if "image" not in uploads:
-            raise NanodiffError("upscaling needs an image")
-        low = entry.info["low_size"]
-        low_res = _image_input(entry, uploads["image"], "image", (low, low), c).expand(s.n, -1, -1, -1)
-        return draw(
-            cfg,
-            denoiser,
-            s.n,
-            low_res=low_res,
-            aug=s.aug,
-            sampler=s.sampler,
-            steps=s.steps,
-            seed=s.seed,
-            callback=reporter,
-        )
+        low_res = inputs["low_res"].expand(s.n, -1, -1, -1)
+        return draw(cfg, denoiser, s.n, low_res=low_res, aug=s.aug, **options)
     cond, w_scale, uncond = conditioning(
         cfg, encoder, s.n, s.prompt or None, s.negative_prompt, s.class_label, s.guidance
     )
     if s.mode in ("img2img", "inpaint"):
-        if "image" not in uploads:
-            raise NanodiffError(f"{s.mode} needs an image")
-        picture = decode_upload(uploads["image"], "image", "RGB" if c == 3 else "L")
-        options["init_image"] = load_image(picture, (w, h), c)
+        options["init_image"] = inputs["init_image"]
         if s.mode == "img2img":
             options["strength"] = s.strength
         else:
-            if "mask" not in uploads:
-                raise NanodiffError("inpainting needs a mask (white where to repaint)")
-            options["known"] = _mask_input(uploads["mask"], picture.size, (w, h))
-            options["inpaint"] = s.method
+            options.update(known=inputs["known"], inpaint=s.method)
     if s.mode == "control":
-        if "control" not in uploads:
-            raise NanodiffError("ControlNet needs an edge drawing")
-        edges = (load_image(decode_upload(uploads["control"], "edge drawing", "L"), (w, h), 1) > 0).float()
-        options["wrappers"] = [Control(controlnet, edges, s.control_scale)]
+        options["wrappers"] = [Control(controlnet, inputs["control"], s.control_scale)]
     return draw(
-        cfg,
-        denoiser,
-        s.n,
-        autoencoder=autoencoder,
-        cond=cond,
-        guidance=w_scale,
-        uncond=uncond,
-        sampler=s.sampler,
-        steps=s.steps,
-        seed=s.seed,
-        callback=reporter,
-        **options,
+        cfg, denoiser, s.n, autoencoder=autoencoder, cond=cond, guidance=w_scale, uncond=uncond, **options
     )
 
 
-def _generate_sd(entry: Model, s: Settings, uploads: dict, reporter: Reporter) -> torch.Tensor:
-    (pipe,) = entry.parts()
-    reporter.steps = s.steps
-    reporter.decode = pipe.decode  # previews decode x_t and x0_hat
-    init = None
-    if s.mode == "img2img":
-        if "image" not in uploads:
-            raise NanodiffError("img2img needs an image")
-        init = decode_upload(uploads["image"], "image", "RGB")
-    return pipe(
-        s.prompt,
-        negative_prompt=s.negative_prompt,
-        n=s.n,
-        steps=s.steps,
-        guidance=7.5 if s.guidance is None else s.guidance,
-        sampler=s.sampler,
-        seed=s.seed,
-        init_image=init,
-        strength=s.strength if init is not None else 1.0,
-        output="tensor",
-        callback=reporter,
-    )
-
-
-def compare(entry: Model, s: Settings, uploads: dict, reporter: Reporter, emit) -> list[torch.Tensor]:
+def compare(entry: Model, s: Settings, inputs: dict, reporter: Reporter, emit) -> list[torch.Tensor]:
     """Samplers side by side from the same seed at the same number of network evaluations
     (s.steps is the NFE; each sampler gets the steps that spend it)."""
     rows = []
@@ -487,7 +476,7 @@ def compare(entry: Model, s: Settings, uploads: dict, reporter: Reporter, emit) 
         steps = max(1, info.steps_for_nfe(s.steps))
         one = Settings(**{**s.to_dict(), "sampler": name, "steps": steps})
         reporter.label = f"{name}, {steps} steps"
-        rows.append(generate(entry, one, uploads, reporter))
+        rows.append(generate(entry, one, inputs, reporter))
         emit(
             {
                 "type": "row",
@@ -498,7 +487,7 @@ def compare(entry: Model, s: Settings, uploads: dict, reporter: Reporter, emit) 
     return rows
 
 
-def sweep(entry: Model, s: Settings, uploads: dict, reporter: Reporter, emit) -> list[torch.Tensor]:
+def sweep(entry: Model, s: Settings, inputs: dict, reporter: Reporter, emit) -> list[torch.Tensor]:
     """The same seed under guidance scales SWEEP."""
     if entry.info["conditioning"] == "none":
         raise NanodiffError(f"the model {entry.name} is unconditional: there is no guidance to sweep")
@@ -506,7 +495,7 @@ def sweep(entry: Model, s: Settings, uploads: dict, reporter: Reporter, emit) ->
     for scale in SWEEP:
         one = Settings(**{**s.to_dict(), "guidance": scale})
         reporter.label = f"guidance {scale:g}"
-        rows.append(generate(entry, one, uploads, reporter))
+        rows.append(generate(entry, one, inputs, reporter))
         emit(
             {
                 "type": "row",
@@ -556,7 +545,7 @@ def forward(entry: Model, upload, u: float, seed: int) -> dict:
 
     cfg, _, autoencoder, _, _ = entry.parts()
     c, h, w = image_shape(cfg, autoencoder)
-    x0 = _image_input(entry, upload, "image", (w, h), c)
+    x0 = load_image(decode_upload(upload, "image", "RGB" if c == 3 else "L"), (w, h), c)
     z0 = autoencoder.encode_images(x0) if autoencoder is not None else x0
     alpha_bar = float(_alpha_bar(cfg.schedule, u))
     eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed))

@@ -101,6 +101,7 @@ def create_app(models: dict[str, engine.Model], running: int = 1, waiting: int =
                 raise NanodiffError(f"view must be single, compare or sweep, got {str(view)[:40]!r}")
             uploads = {k: body.pop(k) for k in engine.UPLOADS if isinstance(body, dict) and body.get(k)}
             settings = engine.parse_settings(body, models)
+            inputs = await asyncio.to_thread(engine.prepare, models[settings.model], settings, uploads)
         except NanodiffError as e:
             return error(str(e))
         except ClientDisconnect:
@@ -111,7 +112,7 @@ def create_app(models: dict[str, engine.Model], running: int = 1, waiting: int =
             reporter = engine.Reporter(job.emit, job.cancelled, settings.steps)
             t0 = time.perf_counter()
             if view == "single":
-                images = engine.generate(entry, settings, uploads, reporter)
+                images = engine.generate(entry, settings, inputs, reporter)
                 job.emit(
                     {
                         "type": "done",
@@ -122,7 +123,7 @@ def create_app(models: dict[str, engine.Model], running: int = 1, waiting: int =
                 )
             else:
                 run = engine.compare if view == "compare" else engine.sweep
-                run(entry, settings, uploads, reporter, job.emit)
+                run(entry, settings, inputs, reporter, job.emit)
                 job.emit(
                     {
                         "type": "done",

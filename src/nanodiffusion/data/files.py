@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from safetensors import SafetensorError
 
 from nanodiffusion.errors import NanodiffError
@@ -151,6 +151,8 @@ def decode_image(
                 image.load()  # decode now: a truncated file fails here, inside the guard
                 return image.convert(mode) if mode else image.copy()
     except _IMAGE_ERRORS as e:
+        if isinstance(e, UnidentifiedImageError) and not isinstance(source, Path):  # its words name an object
+            raise NanodiffError(f"cannot read the image {name}: not a picture in a format Pillow reads") from None
         raise NanodiffError(f"cannot read the image {name}: {one_line(e)}") from None
 
 
