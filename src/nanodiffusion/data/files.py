@@ -152,7 +152,7 @@ def decode_image(
                 return image.convert(mode) if mode else image.copy()
     except _IMAGE_ERRORS as e:
         if isinstance(e, UnidentifiedImageError) and not isinstance(source, Path):  # its words name an object
-            raise NanodiffError(f"cannot read the image {name}: not a picture in a format Pillow reads") from None
+            raise NanodiffError(f"cannot read the image {name}: not a picture Pillow reads") from None
         raise NanodiffError(f"cannot read the image {name}: {one_line(e)}") from None
 
 
