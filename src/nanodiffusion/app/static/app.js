@@ -29,6 +29,7 @@ async function init() {
   $("mode").addEventListener("change", modeChanged);
   setupPainting();
   setupDrop();
+  $("restore-file").addEventListener("change", () => $("restore-file").files[0] && restoreFrom($("restore-file").files[0]));
   modelChanged();
 }
 
