@@ -41,6 +41,7 @@ MODES = ("generate", "img2img", "inpaint", "control", "upscale")
 METHODS = ("replace", "repaint", "model")
 COMPARE = ("euler", "heun", "dpm++2m", "unipc", "ddim")  # samplers side by side (deterministic ones)
 SWEEP = (1.0, 2.0, 4.0, 7.5)  # guidance scales of a sweep
+SD_GUIDANCE = 7.5  # Stable Diffusion's usual scale, when a request gives none
 
 
 class Cancelled(Exception):
@@ -63,7 +64,7 @@ class Settings:
     class_label: int | None = None
     sampler: str = "dpm++2m"
     steps: int = 20
-    guidance: float | None = None  # None: the model's default (4 with a prompt or class, else 1)
+    guidance: float | None = None  # None: the model's default (parse_settings writes it out)
     seed: int = 0
     n: int = 4
     strength: float = 0.6  # img2img
@@ -167,6 +168,8 @@ def parse_settings(body: dict, models: dict[str, Model]) -> Settings:
         aug=number_setting(body, "aug", 0.0, 1.0, 0.1),
     )
     entry.check(s)
+    if s.guidance is None:  # written out, so that the PNG's settings name the scale that drew it
+        s.guidance = entry.default_guidance(s)
     return s
 
 
@@ -332,6 +335,13 @@ class Model:
                     self._parts = (cfg, denoiser, autoencoder, encoder, controlnet)
             return self._parts
 
+    def default_guidance(self, s: Settings) -> float:
+        """The guidance scale the library draws `s` with when none is given: 7.5 for Stable
+        Diffusion; for a run, pipelines.conditioning's 4 with a prompt or class, else 1."""
+        if self.kind == "sd":
+            return SD_GUIDANCE
+        return 4.0 if s.prompt or s.class_label is not None else 1.0
+
     def check(self, s: Settings) -> None:
         """One line for settings this model cannot draw."""
         task, cond = self.info["task"], self.info["conditioning"]
@@ -459,7 +469,7 @@ def generate(entry: Model, s: Settings, inputs: dict, reporter: Reporter) -> tor
             negative_prompt=s.negative_prompt,
             n=s.n,
             steps=s.steps,
-            guidance=7.5 if s.guidance is None else s.guidance,
+            guidance=entry.default_guidance(s) if s.guidance is None else s.guidance,
             sampler=s.sampler,
             seed=s.seed,
             init_image=init,
