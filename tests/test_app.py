@@ -488,7 +488,7 @@ HOSTILE = [
         GUIDANCE.format("Infinity"),
     ),
     Hostile("seed -1", JOBS, job(seed=-1), 400, SEED.format(-1)),
-    Hostile("seed 2**63", JOBS, job(seed=2**63), 400, SEED.format(2**63)),
+    Hostile("seed 2^63", JOBS, job(seed=2**63), 400, SEED.format(2**63)),
     Hostile(
         "seed of 5000 digits",
         JOBS,
@@ -499,7 +499,9 @@ HOSTILE = [
     Hostile(
         "prompt of 301 characters", JOBS, job(prompt="a" * 301), 400, "prompt is 301 characters; at most 300"
     ),
-    Hostile("prompt a number", JOBS, job(negative_prompt=7), 400, "negative_prompt must be text, got int"),
+    Hostile(
+        "negative prompt a number", JOBS, job(negative_prompt=7), 400, "negative_prompt must be text, got int"
+    ),
     Hostile(
         "prompt to a class model",
         JOBS,
