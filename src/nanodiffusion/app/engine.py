@@ -41,10 +41,15 @@ MODES = ("generate", "img2img", "inpaint", "control", "upscale")
 METHODS = ("replace", "repaint", "model")
 COMPARE = ("euler", "heun", "dpm++2m", "unipc", "ddim")  # samplers side by side (deterministic ones)
 SWEEP = (1.0, 2.0, 4.0, 7.5)  # guidance scales of a sweep
+SD_GUIDANCE = 7.5  # Stable Diffusion's usual scale, when a request gives none
 
 
 class Cancelled(Exception):
     """Raised inside a sampler's step callback when the job's client cancelled or left."""
+
+
+class TooLarge(NanodiffError):
+    """A request or an upload past its size limit (HTTP 413, not 400)."""
 
 
 # --- settings ------------------------------------------------------------------------------------
@@ -59,7 +64,7 @@ class Settings:
     class_label: int | None = None
     sampler: str = "dpm++2m"
     steps: int = 20
-    guidance: float | None = None  # None: the model's default (4 with a prompt or class, else 1)
+    guidance: float | None = None  # None: the model's default (parse_settings writes it out)
     seed: int = 0
     n: int = 4
     strength: float = 0.6  # img2img
@@ -81,18 +86,31 @@ class Settings:
         )
 
 
+def shown(value) -> str:
+    """A request's value for a message: as JSON writes it (true, "abc", NaN), cut to 40 characters."""
+    return json.dumps(value, default=repr)[:40]
+
+
+def model_of(body: dict, models: dict[str, Model]) -> Model:
+    """The model a request names, among the server's own (a name, never a path), or one line."""
+    name = body.get("model")
+    if not isinstance(name, str) or name not in models:
+        raise NanodiffError(f"model must be one of {', '.join(models)}, got {shown(name)}")
+    return models[name]
+
+
 def integer_setting(body: dict, key: str, low: int, high: int, default) -> int | None:
     value = body.get(key, default)
     if value is None or value == "":
         return default
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise NanodiffError(f"{key} must be an integer from {low} to {high}, got {value!r}")
+        raise NanodiffError(f"{key} must be an integer from {low} to {high}, got {shown(value)}")
     try:
         number = int(value) if not isinstance(value, float) or value.is_integer() else None
     except ValueError:
         number = None
     if number is None or not low <= number <= high:
-        raise NanodiffError(f"{key} must be an integer from {low} to {high}, got {str(value)[:40]!r}")
+        raise NanodiffError(f"{key} must be an integer from {low} to {high}, got {shown(value)}")
     return number
 
 
@@ -105,7 +123,7 @@ def number_setting(body: dict, key: str, low: float, high: float, default) -> fl
     except (TypeError, ValueError):
         number = math.nan
     if not low <= number <= high:  # NaN fails too
-        raise NanodiffError(f"{key} must be a number from {low:g} to {high:g}, got {str(value)[:40]!r}")
+        raise NanodiffError(f"{key} must be a number from {low:g} to {high:g}, got {shown(value)}")
     return number
 
 
@@ -121,7 +139,7 @@ def _text(body: dict, key: str, limit: int = MAX_PROMPT) -> str:
 def _choice(body: dict, key: str, choices, default: str) -> str:
     value = body.get(key) or default
     if not isinstance(value, str) or value not in choices:
-        raise NanodiffError(f"{key} must be one of {', '.join(choices)}, got {str(value)[:40]!r}")
+        raise NanodiffError(f"{key} must be one of {', '.join(choices)}, got {shown(value)}")
     return value
 
 
@@ -131,13 +149,10 @@ def parse_settings(body: dict, models: dict[str, Model]) -> Settings:
         raise NanodiffError("the request must be a JSON object of settings")
     unknown = sorted(set(body) - {f.name for f in fields(Settings)} - set(UPLOADS))
     if unknown:
-        raise NanodiffError(f"unknown setting {unknown[0][:40]!r}")
-    model = body.get("model")
-    if not isinstance(model, str) or model not in models:  # only the server's own models: no paths
-        raise NanodiffError(f"model must be one of {', '.join(models)}, got {str(model)[:60]!r}")
-    entry = models[model]
+        raise NanodiffError(f"unknown setting {shown(unknown[0])}")
+    entry = model_of(body, models)
     s = Settings(
-        model=model,
+        model=entry.name,
         mode=_choice(body, "mode", MODES, "generate"),
         prompt=_text(body, "prompt"),
         negative_prompt=_text(body, "negative_prompt"),
@@ -153,6 +168,8 @@ def parse_settings(body: dict, models: dict[str, Model]) -> Settings:
         aug=number_setting(body, "aug", 0.0, 1.0, 0.1),
     )
     entry.check(s)
+    if s.guidance is None:  # written out, so that the PNG's settings name the scale that drew it
+        s.guidance = entry.default_guidance(s)
     return s
 
 
@@ -160,19 +177,24 @@ def parse_settings(body: dict, models: dict[str, Model]) -> Settings:
 UPLOADS = ("image", "mask", "control")  # data URLs a request may carry beside its settings
 
 
-def decode_upload(data_url, what: str, mode: str) -> Image.Image:
-    """A ``data:image/...;base64,...`` upload as a PIL image, or one line saying why not."""
+def upload_bytes(data_url, what: str) -> bytes:
+    """The bytes of a ``data:image/...;base64,...`` upload, or one line saying why not."""
     if not isinstance(data_url, str) or not data_url.startswith("data:"):
-        raise NanodiffError(f"the {what} must be an image sent as a data: URL")
+        raise NanodiffError(f"the {what} must be sent as a data: URL (data:image/png;base64,...)")
     head, comma, payload = data_url.partition(",")
     if not comma or ";base64" not in head:
         raise NanodiffError(f"the {what} must be a base64 data: URL")
     if len(payload) > MAX_UPLOAD_BYTES * 4 // 3 + 4:
-        raise NanodiffError(f"the {what} is larger than the {MAX_UPLOAD_BYTES // 2**20} MB allowed")
+        raise TooLarge(f"the {what} is larger than the {MAX_UPLOAD_BYTES // 2**20} MB allowed")
     try:
-        raw = base64.b64decode(payload, validate=True)
+        return base64.b64decode(payload, validate=True)
     except ValueError:
         raise NanodiffError(f"the {what} is not valid base64") from None
+
+
+def decode_upload(data_url, what: str, mode: str | None) -> Image.Image:
+    """A data: URL upload as a PIL image in `mode`, or one line saying why not."""
+    raw = upload_bytes(data_url, what)
     return decode_image(io.BytesIO(raw), f"upload ({what})", mode, MAX_UPLOAD_PIXELS)
 
 
@@ -193,10 +215,16 @@ def png_bytes(image: Image.Image, settings: Settings | None = None, index: int =
     return buffer.getvalue()
 
 
-def read_settings(data_url_or_bytes) -> dict:
-    """The settings a nanodiffusion PNG carries (its "nanodiffusion" text chunk), or one line."""
-    raw = data_url_or_bytes
-    image = decode_upload(raw, "PNG", None) if isinstance(raw, str) else decode_image(io.BytesIO(raw), "PNG")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def read_settings(upload) -> dict:
+    """The settings a nanodiffusion PNG (a data: URL, or bytes) carries in its "nanodiffusion"
+    text chunk, or one line."""
+    raw = upload if isinstance(upload, bytes) else upload_bytes(upload, "PNG")
+    if not raw.startswith(PNG_SIGNATURE):
+        raise NanodiffError("settings travel in a PNG's text chunks, and this file is not a PNG")
+    image = decode_image(io.BytesIO(raw), "upload (PNG)", None, MAX_UPLOAD_PIXELS)
     text = getattr(image, "text", {}) or image.info
     if "nanodiffusion" not in text:
         raise NanodiffError("this PNG carries no nanodiffusion settings (no 'nanodiffusion' text chunk)")
@@ -306,6 +334,13 @@ class Model:
                         controlnet = load_controlnet(self.controlnet, denoiser.net)[0]
                     self._parts = (cfg, denoiser, autoencoder, encoder, controlnet)
             return self._parts
+
+    def default_guidance(self, s: Settings) -> float:
+        """The guidance scale the library draws `s` with when none is given: 7.5 for Stable
+        Diffusion; for a run, pipelines.conditioning's 4 with a prompt or class, else 1."""
+        if self.kind == "sd":
+            return SD_GUIDANCE
+        return 4.0 if s.prompt or s.class_label is not None else 1.0
 
     def check(self, s: Settings) -> None:
         """One line for settings this model cannot draw."""
@@ -434,7 +469,7 @@ def generate(entry: Model, s: Settings, inputs: dict, reporter: Reporter) -> tor
             negative_prompt=s.negative_prompt,
             n=s.n,
             steps=s.steps,
-            guidance=7.5 if s.guidance is None else s.guidance,
+            guidance=entry.default_guidance(s) if s.guidance is None else s.guidance,
             sampler=s.sampler,
             seed=s.seed,
             init_image=init,

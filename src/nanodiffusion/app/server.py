@@ -11,8 +11,8 @@ fetched from outside the machine) and a small JSON API over ``engine`` and ``job
     GET  /api/schedule          alpha_bar and log SNR over time, for the plots
     POST /api/settings          the settings a dropped PNG carries
 
-A bad request gets HTTP 400 and {"error": one line}; no path from a client reaches the file
-system (a model is chosen by name among the server's own).
+A bad request gets HTTP 400 (413 past a size limit) and {"error": one line}; no path from a
+client reaches the file system (a model is chosen by name among the server's own).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from importlib import resources
 
@@ -46,20 +47,27 @@ def error(message: str, status: int = 400, headers: dict | None = None) -> JSONR
     return JSONResponse({"error": message}, status, headers=headers)
 
 
+def refused(e: NanodiffError) -> JSONResponse:
+    """A bad request's one line: 413 for one past a size limit, else 400."""
+    return error(str(e), 413 if isinstance(e, engine.TooLarge) else 400)
+
+
 async def read_json(request: Request):
     """The request's JSON body, at most MAX_BODY bytes, or NanodiffError."""
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-        raise NanodiffError(f"the request is larger than the {MAX_BODY // 2**20} MB allowed")
+        raise engine.TooLarge(f"the request is larger than the {MAX_BODY // 2**20} MB allowed")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_BODY:
-            raise NanodiffError(f"the request is larger than the {MAX_BODY // 2**20} MB allowed")
-    try:
-        return json.loads(body)
+            raise engine.TooLarge(f"the request is larger than the {MAX_BODY // 2**20} MB allowed")
+    try:  # an integer of thousands of digits reads as infinity, and is refused by its bounds
+        return json.loads(body, parse_int=lambda digits: int(digits) if len(digits) < 100 else math.inf)
     except ValueError:
         raise NanodiffError("the request body is not JSON") from None
+    except RecursionError:
+        raise NanodiffError("the request body is JSON nested too deeply") from None
 
 
 def create_app(models: dict[str, engine.Model], running: int = 1, waiting: int = 4) -> Starlette:
@@ -98,12 +106,12 @@ def create_app(models: dict[str, engine.Model], running: int = 1, waiting: int =
             body = await read_json(request)
             view = body.pop("view", "single") if isinstance(body, dict) else "single"
             if view not in ("single", "compare", "sweep"):
-                raise NanodiffError(f"view must be single, compare or sweep, got {str(view)[:40]!r}")
+                raise NanodiffError(f"view must be single, compare or sweep, got {engine.shown(view)}")
             uploads = {k: body.pop(k) for k in engine.UPLOADS if isinstance(body, dict) and body.get(k)}
             settings = engine.parse_settings(body, models)
             inputs = await asyncio.to_thread(engine.prepare, models[settings.model], settings, uploads)
         except NanodiffError as e:
-            return error(str(e))
+            return refused(e)
         except ClientDisconnect:
             return Response(status_code=499)
         entry = models[settings.model]
@@ -175,22 +183,22 @@ def create_app(models: dict[str, engine.Model], running: int = 1, waiting: int =
             body = await read_json(request)
             if not isinstance(body, dict):
                 raise NanodiffError("the request must be a JSON object")
-            entry = _model(body, models)
+            entry = engine.model_of(body, models)
             u = engine.number_setting(body, "u", 0.0, 1.0, 0.5)
             seed = engine.integer_setting(body, "seed", 0, engine.MAX_SEED, 0)
             if not body.get("image"):
                 raise NanodiffError("the forward process needs an image (generate one, or upload one)")
             result = await asyncio.to_thread(engine.forward, entry, body["image"], u, seed)
         except NanodiffError as e:
-            return error(str(e))
+            return refused(e)
         return JSONResponse(result)
 
     async def schedule(request: Request) -> Response:
         try:
-            entry = _model(dict(request.query_params), models)
+            entry = engine.model_of(dict(request.query_params), models)
             return JSONResponse(await asyncio.to_thread(engine.schedule_curves, entry))
         except NanodiffError as e:
-            return error(str(e))
+            return refused(e)
 
     async def settings_of(request: Request) -> Response:
         try:
@@ -199,7 +207,7 @@ def create_app(models: dict[str, engine.Model], running: int = 1, waiting: int =
                 raise NanodiffError('send {"image": a PNG data: URL}')
             return JSONResponse(engine.read_settings(body["image"]))
         except NanodiffError as e:
-            return error(str(e))
+            return refused(e)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -221,13 +229,6 @@ def create_app(models: dict[str, engine.Model], running: int = 1, waiting: int =
     )
     app.state.queue = queue
     return app
-
-
-def _model(body: dict, models: dict[str, engine.Model]) -> engine.Model:
-    name = body.get("model")
-    if not isinstance(name, str) or name not in models:
-        raise NanodiffError(f"model must be one of {', '.join(models)}, got {str(name)[:60]!r}")
-    return models[name]
 
 
 def line(event: dict) -> bytes:
