@@ -190,8 +190,8 @@ function addResult(url, s, index) {
 }
 
 async function cancel() {
+  status("cancelling...");  // before the request: the stream's "cancelled" may arrive before its answer
   if (state.job) await fetch(`/api/jobs/${state.job}/cancel`, { method: "POST" });
-  status("cancelling...");
 }
 
 // --- editing --------------------------------------------------------------------------------------
