@@ -1,0 +1,376 @@
+"""The web app end to end in a real browser: Debian's chromium (/usr/bin/chromium) driven by
+Playwright's Python package (no browser download), against the app served by uvicorn on a free
+loopback port. One browser and one server per module; each test opens a fresh page.
+
+Screenshots go to each test's tmp_path; with NANODIFF_SCREENSHOTS set they also go to
+docs/images/ (app-generate.png, app-inpaint.png, app-explore.png) for docs/app.md, made with
+
+    NANODIFF_SCREENSHOTS=1 NANODIFF_APP_RUN=runs/pretrained/digits pytest tests/test_app_browser.py
+"""
+
+import base64
+import io
+import json
+import os
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nanodiffusion.app import engine
+from nanodiffusion.core.editing import mask_from_image
+from nanodiffusion.core.samplers import get_sampler
+from nanodiffusion.inference.pipelines import conditioning, draw, load_parts
+from nanodiffusion.io.viz import load_image, to_uint8
+
+uvicorn = pytest.importorskip("uvicorn")
+sync_api = pytest.importorskip("playwright.sync_api")
+create_app = pytest.importorskip("nanodiffusion.app.server").create_app  # starlette: the app extra
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-default-apps",
+    "--disable-quic",
+]
+# Whether a canvas (its id the argument) shows something other than one flat colour.
+PAINTED = """(id) => {
+  const c = document.getElementById(id), data = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  return data.some((v, i) => v !== data[i % 4]);
+}"""
+DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
+TIMEOUT = 60_000  # ms: a busy 2-core machine
+
+pytestmark = [
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="the browser tests drive Debian's chromium: apt-get install chromium",
+    ),
+    pytest.mark.usefixtures("one_thread_module"),
+]
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory) -> Path:
+    """NANODIFF_APP_RUN if set (a run folder: the docs' screenshots use a trained digits run),
+    else the shipped class-conditional digits model; before it ships, a tiny class-conditional
+    digits run trained here in seconds (the tests compare with the library, not with digits)."""
+    if os.environ.get("NANODIFF_APP_RUN"):
+        return Path(os.environ["NANODIFF_APP_RUN"])
+    try:
+        from nanodiffusion.io.pretrained import shipped_folder
+
+        folder = shipped_folder("digits")
+        if (folder / "config.json").is_file():
+            return folder
+    except ImportError:
+        pass
+    from tiny_runs import train_tiny
+
+    return train_tiny(tmp_path_factory.mktemp("app-browser") / "digits", "data.class_conditional=true")
+
+
+@pytest.fixture(scope="module")
+def server(digits_run):
+    """The app over the digits model, served by uvicorn in a thread: (origin, app)."""
+    app = create_app({"digits": engine.Model.open("digits", str(digits_run))})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", app
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class Page:
+    """A fresh page on the app, recording every request it makes and every error it reports."""
+
+    def __init__(self, browser, origin: str, out: Path):
+        self.origin, self.out = origin, out
+        self.context = browser.new_context(viewport={"width": 1180, "height": 760})
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(TIMEOUT)
+        self.requests: list[str] = []
+        self.job_bodies: list[dict] = []  # the JSON of each POST /api/jobs
+        self.errors: list[str] = []
+        self.page.on("request", self._request)
+        self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+        self.page.on(
+            "console", lambda m: m.type == "error" and self.errors.append(f"console error: {m.text}")
+        )
+        # Anything for another host is refused, so a stray CDN or analytics call fails here too.
+        self.page.route(
+            "**/*",
+            lambda route: route.continue_() if route.request.url.startswith(origin + "/") else route.abort(),
+        )
+        self.page.goto(origin + "/")
+        self.loaded()
+
+    def loaded(self) -> None:
+        """Wait until the page has asked the server for its models."""
+        self.until("() => document.querySelectorAll('#model option').length > 0")
+
+    def until(self, predicate: str, arg=None) -> None:
+        """Wait until the JavaScript function `predicate` returns true (a function, not an
+        expression: Playwright evaluates expressions with eval, which the page's CSP refuses)."""
+        try:
+            self.page.wait_for_function(predicate, arg=arg)
+        except sync_api.TimeoutError:
+            status = self.page.text_content("#status")
+            raise AssertionError(f"timed out: {predicate}; the status says {status!r}") from None
+
+    def _request(self, request) -> None:
+        self.requests.append(request.url)
+        if request.url == self.origin + "/api/jobs":
+            self.job_bodies.append(json.loads(request.post_data))
+
+    def steps(self) -> int:
+        """Step events received so far (body[data-steps])."""
+        return int(self.page.evaluate("Number(document.body.dataset.steps || 0)"))
+
+    def set_settings(self, **fields) -> None:
+        """Fill the form: sampler and class are selects, the rest inputs."""
+        for key, value in fields.items():
+            if key in ("sampler", "class"):
+                self.page.select_option(f"#{key}", str(value))
+            else:
+                self.page.fill(f"#{key}", str(value))
+
+    def run(self, button: str = "#generate", done: str = "done in") -> None:
+        """Press `button` and wait until the job's status says `done`."""
+        self.page.click(button)
+        self.until(
+            "(text) => document.getElementById('status').textContent.includes(text) && "
+            "!document.getElementById('generate').disabled",
+            done,
+        )
+
+    def results(self) -> list[str]:
+        """The result images' src (PNG data URLs), in order."""
+        return self.page.eval_on_selector_all("#results img.result", "els => els.map(e => e.src)")
+
+    def shot(self, name: str) -> None:
+        """A screenshot into the test's folder, and into docs/images/ when NANODIFF_SCREENSHOTS is set."""
+        self.page.screenshot(path=str(self.out / name), full_page=True)
+        if os.environ.get("NANODIFF_SCREENSHOTS"):
+            self.page.screenshot(path=str(DOCS_IMAGES / name), full_page=True)
+
+
+@pytest.fixture
+def app_page(browser, server, tmp_path):
+    origin, _ = server
+    view = Page(browser, origin, tmp_path)
+    yield view
+    view.context.close()
+    assert not view.errors, view.errors
+
+
+def png_bytes(data_url: str) -> bytes:
+    head, _, payload = data_url.partition(",")
+    assert head == "data:image/png;base64", head[:40]
+    return base64.b64decode(payload)
+
+
+def pixels(data_url_or_bytes) -> np.ndarray:
+    """A PNG's pixels as uint8 [H, W] (grey) or [H, W, C]."""
+    raw = png_bytes(data_url_or_bytes) if isinstance(data_url_or_bytes, str) else data_url_or_bytes
+    return np.array(Image.open(io.BytesIO(raw)))
+
+
+@pytest.fixture(scope="module")
+def library(digits_run):
+    """The library's own images for the digits model, for settings given as keywords."""
+    cfg, denoiser, autoencoder, encoder = load_parts(str(digits_run), device="cpu")
+
+    def images(n: int, class_label: int | None, sampler: str, steps: int, seed: int) -> np.ndarray:
+        cond, w, uncond = conditioning(cfg, encoder, n, None, "", class_label, None)
+        x = draw(
+            cfg,
+            denoiser,
+            n,
+            autoencoder=autoencoder,
+            cond=cond,
+            guidance=w,
+            uncond=uncond,
+            sampler=sampler,
+            steps=steps,
+            seed=seed,
+        )
+        return to_uint8(x)[..., 0]  # [n, H, W]: the digits are grey
+
+    images.cfg = cfg
+    return images
+
+
+# --- tests ---------------------------------------------------------------------------------------
+def test_page_asks_nothing_outside_the_server(app_page):
+    page = app_page
+    page.run()  # a job too: its requests and previews stay on the server as well
+    page.shot("loaded.png")
+    assert any(url.endswith("/static/app.js") for url in page.requests)
+    assert any(url.endswith("/api/jobs") for url in page.requests)
+    outside = [url for url in page.requests if not url.startswith(page.origin + "/")]
+    assert not outside, outside
+    assert not page.errors, page.errors
+
+
+def test_generate_streams_previews_before_the_result(app_page):
+    page = app_page
+    # The order in which the first preview and the first result appear, as the page saw it.
+    page.page.evaluate(
+        """() => {
+          window.order = [];
+          new MutationObserver(() => window.order.push("preview"))
+            .observe(document.getElementById("preview-x"), { attributes: true, attributeFilter: ["src"] });
+          const added = (records) => records.some((r) => r.addedNodes.length);
+          new MutationObserver((records) => added(records) && window.order.push("result"))
+            .observe(document.getElementById("results"), { childList: true });
+        }"""
+    )
+    page.set_settings(**{"class": 3, "steps": 12, "n": 4})
+    page.run()
+    order = page.page.evaluate("window.order")
+    assert order[0] == "preview" and "result" in order, order
+    assert order.count("preview") >= 2 and order.index("result") > order.index("preview")
+    assert page.steps() == 12  # one step event per sampler step (dpm++2m: one per step)
+    assert page.page.get_attribute("#preview-x0", "src").startswith("data:image/png;base64,")
+    assert page.page.evaluate("document.getElementById('progress').value") == 1
+    assert len(page.results()) == 4
+    page.shot("app-generate.png")
+
+
+def test_result_equals_the_library_image(app_page, library):
+    page = app_page
+    page.set_settings(**{"class": 5, "sampler": "euler", "steps": 8, "seed": 11, "n": 3})
+    page.run()
+    shown = np.stack([pixels(url) for url in page.results()])
+    expected = library(3, 5, "euler", 8, 11)
+    assert shown.dtype == np.uint8 and shown.shape == expected.shape  # the model's own size
+    np.testing.assert_array_equal(shown, expected)
+
+
+def test_inpaint_keeps_the_unmasked_pixels(app_page):
+    page = app_page
+    page.set_settings(**{"class": 2, "steps": 10, "seed": 4, "n": 1})
+    page.run()
+    (original,) = page.results()
+    page.page.click("#tabs button[data-tab=edit]")
+    assert page.page.text_content("#generate") == "Run the edit"
+    page.page.select_option("#mode", "inpaint")
+    page.page.click("#use-last")
+    canvas = page.page.locator("#edit-canvas")
+    page.until(PAINTED, "edit-canvas")  # the edit image is drawn onto the canvas
+    page.page.locator("#brush").fill("8")  # a radius of 8/64 of the width: one pixel of 8
+    box = canvas.bounding_box()
+    # A stroke across the upper middle: a third of the way down, from a quarter to three quarters.
+    y = box["y"] + box["height"] * 0.35
+    page.page.mouse.move(box["x"] + box["width"] * 0.25, y)
+    page.page.mouse.down()
+    page.page.mouse.move(box["x"] + box["width"] * 0.75, y, steps=12)
+    page.page.mouse.up()
+    page.shot("painted.png")
+    page.run()
+    (edited,) = page.results()
+    body = page.job_bodies[-1]
+    assert body["mode"] == "inpaint" and body["method"] == "replace"
+    # The mask the page sent, read as the server reads it: 1 = keep.
+    known = mask_from_image(load_image(Image.open(io.BytesIO(png_bytes(body["mask"]))), channels=1)[0])[0, 0]
+    keep = known.bool().numpy()
+    assert 0 < (~keep).sum() < keep.size / 2, (~keep).sum()  # the stroke, and only the stroke
+    before, after = pixels(original), pixels(edited)
+    np.testing.assert_array_equal(after[keep], before[keep])
+    assert (after[~keep] != before[~keep]).any()
+    page.shot("app-inpaint.png")
+
+
+def test_restored_png_draws_its_image_again(app_page, tmp_path):
+    page = app_page
+    chosen = {"class": 7, "sampler": "heun", "steps": 6, "seed": 123, "n": 2, "guidance": 2.5}
+    page.set_settings(**chosen)
+    page.run()
+    saved = tmp_path / "restore-me.png"
+    saved.write_bytes(png_bytes(page.results()[1]))
+    page.page.reload()  # fresh state: the default settings again
+    page.loaded()
+    assert page.page.input_value("#seed") == "0"
+    page.page.set_input_files("#restore-file", str(saved))
+    page.until("() => document.getElementById('status').textContent.includes('restored')")
+    restored = {key: page.page.input_value(f"#{key}") for key in chosen}
+    assert restored == {key: str(value) for key, value in chosen.items()}
+    page.run()
+    np.testing.assert_array_equal(pixels(page.results()[1]), pixels(saved.read_bytes()))
+
+
+def test_cancel_stops_the_job(app_page, server):
+    page = app_page
+    _, app = server
+    page.set_settings(steps=200, n=16)
+
+    def answer_late(route):  # the stream's "cancelled" comes first; the late answer must not undo it
+        answer = route.fetch()
+        time.sleep(0.5)
+        route.fulfill(response=answer)
+
+    page.page.route("**/api/jobs/*/cancel", answer_late)
+    page.page.click("#generate")
+    page.until("() => Number(document.body.dataset.steps || 0) >= 1")
+    with page.page.expect_response("**/cancel"):
+        page.page.click("#cancel")
+    page.until("() => !document.getElementById('generate').disabled")
+    page.page.wait_for_timeout(100)
+    assert page.page.text_content("#status") == "cancelled"
+    assert page.steps() < 100, page.steps()  # it stopped within a step or a few of the click
+    assert page.results() == []
+    deadline = time.monotonic() + 10
+    while app.state.queue.jobs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not app.state.queue.jobs
+
+
+def test_explore_forward_process_and_samplers_side_by_side(app_page, library):
+    page = app_page
+    page.set_settings(**{"class": 8, "steps": 6, "n": 1})
+    page.run()
+    page.page.click("#tabs button[data-tab=explore]")
+    slider = page.page.locator("#forward-u")
+    slider.evaluate("(el) => { el.value = '0.3'; el.dispatchEvent(new Event('input')); }")
+    page.until("() => document.getElementById('forward-out').value.startsWith('t 0.30')")
+    text = page.page.evaluate("document.getElementById('forward-out').value")
+    alpha_bar = float(re.search(r"alpha_bar ([0-9.]+)", text).group(1))
+    expected = float(library.cfg.schedule.alpha_bar_at(torch.tensor([0.3]))[0])
+    assert alpha_bar == pytest.approx(expected, abs=1e-4), text
+    assert pixels(page.page.get_attribute("#forward-image", "src")).shape == (8, 8)
+    page.until(PAINTED, "schedule-plot")  # the alpha_bar and log SNR curves
+    page.page.fill("#nfe", "6")
+    page.run("#compare")
+    labels = page.page.eval_on_selector_all("#rows .row span", "els => els.map(e => e.textContent)")
+    assert labels == [f"{name}, {get_sampler(name).steps_for_nfe(6)} steps" for name in engine.COMPARE]
+    assert page.page.locator("#rows .row img").count() == 5
+    page.shot("app-explore.png")
