@@ -286,12 +286,12 @@ function plotSchedule() {
   ctx.fillStyle = "#667085"; ctx.fillText("t = 0", pad - 10, H - 6); ctx.fillText("t = 1", W - pad - 10, H - 6);
 }
 
-let forwardBusy = false;
+let forwardBusy = false, forwardAgain = false;  // one request at a time; the slider's latest t is never dropped
 async function forwardStep() {
   plotSchedule();
   const image = edit.image ? edit.image.toDataURL("image/png") : state.last;
   if (!image) { $("forward-out").value = "generate an image first"; return; }
-  if (forwardBusy) return;
+  if (forwardBusy) { forwardAgain = true; return; }
   forwardBusy = true;
   try {
     const u = Number($("forward-u").value);
@@ -303,7 +303,10 @@ async function forwardStep() {
     if (!response.ok) { $("forward-out").value = r.error; return; }
     $("forward-image").src = r.image;
     $("forward-out").value = `t ${u.toFixed(2)}: alpha_bar ${r.alpha_bar.toFixed(4)}, SNR ${r.snr.toPrecision(3)}, sigma ${r.sigma.toPrecision(3)}`;
-  } finally { forwardBusy = false; }
+  } finally {
+    forwardBusy = false;
+    if (forwardAgain) { forwardAgain = false; forwardStep(); }
+  }
 }
 
 // --- restoring a PNG's settings ---------------------------------------------------------------------
