@@ -49,6 +49,7 @@ PAINTED = """(id) => {
   const c = document.getElementById(id), data = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
   return data.some((v, i) => v !== data[i % 4]);
 }"""
+DOCS_SCREENSHOTS = ("app-generate.png", "app-inpaint.png", "app-explore.png")
 DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 TIMEOUT = 60_000  # ms: a busy 2-core machine
 
@@ -179,7 +180,7 @@ class Page:
     def shot(self, name: str) -> None:
         """A screenshot into the test's folder, and into docs/images/ when NANODIFF_SCREENSHOTS is set."""
         self.page.screenshot(path=str(self.out / name), full_page=True)
-        if os.environ.get("NANODIFF_SCREENSHOTS"):
+        if os.environ.get("NANODIFF_SCREENSHOTS") and name in DOCS_SCREENSHOTS:
             self.page.screenshot(path=str(DOCS_IMAGES / name), full_page=True)
 
 
@@ -317,13 +318,25 @@ def test_restored_png_draws_its_image_again(app_page, tmp_path):
     page.run()
     saved = tmp_path / "restore-me.png"
     saved.write_bytes(png_bytes(page.results()[1]))
-    page.page.reload()  # fresh state: the default settings again
-    page.loaded()
-    assert page.page.input_value("#seed") == "0"
-    page.page.set_input_files("#restore-file", str(saved))
-    page.until("() => document.getElementById('status').textContent.includes('restored')")
-    restored = {key: page.page.input_value(f"#{key}") for key in chosen}
-    assert restored == {key: str(value) for key, value in chosen.items()}
+    expected = {key: str(value) for key, value in chosen.items()}
+    for how in ("drop", "choose"):
+        page.page.reload()  # fresh state: the default settings again
+        page.loaded()
+        assert page.page.input_value("#seed") == "0"
+        if how == "drop":  # the PNG dropped on the page
+            files = page.page.evaluate_handle(
+                """(bytes) => {
+                  const files = new DataTransfer();
+                  files.items.add(new File([new Uint8Array(bytes)], "restore-me.png", { type: "image/png" }));
+                  return files;
+                }""",
+                list(saved.read_bytes()),
+            )
+            page.page.dispatch_event("main", "drop", {"dataTransfer": files})
+        else:  # the PNG chosen in the file dialog
+            page.page.set_input_files("#restore-file", str(saved))
+        page.until("() => document.getElementById('status').textContent.includes('restored')")
+        assert {key: page.page.input_value(f"#{key}") for key in chosen} == expected, how
     page.run()
     np.testing.assert_array_equal(pixels(page.results()[1]), pixels(saved.read_bytes()))
 
@@ -354,19 +367,31 @@ def test_cancel_stops_the_job(app_page, server):
     assert not app.state.queue.jobs
 
 
-def test_explore_forward_process_and_samplers_side_by_side(app_page, library):
+def test_explore_forward_process_samplers_and_sweep(app_page, library):
     page = app_page
     page.set_settings(**{"class": 8, "steps": 6, "n": 1})
     page.run()
-    page.page.click("#tabs button[data-tab=explore]")
-    slider = page.page.locator("#forward-u")
-    slider.evaluate("(el) => { el.value = '0.3'; el.dispatchEvent(new Event('input')); }")
+    # The tab sends t = 0.5 at once; the slider moves to 0.3 while that request is out, and the
+    # page must still end on 0.3.
+    page.page.evaluate(
+        """() => {
+          document.querySelector("#tabs button[data-tab=explore]").click();
+          const slider = document.getElementById("forward-u");
+          slider.value = "0.3";
+          slider.dispatchEvent(new Event("input"));
+        }"""
+    )
     page.until("() => document.getElementById('forward-out').value.startsWith('t 0.30')")
     text = page.page.evaluate("document.getElementById('forward-out').value")
     alpha_bar = float(re.search(r"alpha_bar ([0-9.]+)", text).group(1))
     expected = float(library.cfg.schedule.alpha_bar_at(torch.tensor([0.3]))[0])
     assert alpha_bar == pytest.approx(expected, abs=1e-4), text
-    assert pixels(page.page.get_attribute("#forward-image", "src")).shape == (8, 8)
+    # x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps of the last output, eps drawn from the seed
+    x0 = load_image(Image.open(io.BytesIO(png_bytes(page.results()[0]))), channels=1)
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    x_t = expected**0.5 * x0 + (1 - expected) ** 0.5 * eps
+    shown = pixels(page.page.get_attribute("#forward-image", "src"))
+    np.testing.assert_array_equal(shown, to_uint8(x_t)[0, ..., 0])
     page.until(PAINTED, "schedule-plot")  # the alpha_bar and log SNR curves
     page.page.fill("#nfe", "6")
     page.run("#compare")
@@ -374,3 +399,6 @@ def test_explore_forward_process_and_samplers_side_by_side(app_page, library):
     assert labels == [f"{name}, {get_sampler(name).steps_for_nfe(6)} steps" for name in engine.COMPARE]
     assert page.page.locator("#rows .row img").count() == 5
     page.shot("app-explore.png")
+    page.run("#sweep")
+    labels = page.page.eval_on_selector_all("#rows .row span", "els => els.map(e => e.textContent)")
+    assert labels == [f"guidance {scale:g}" for scale in engine.SWEEP]
