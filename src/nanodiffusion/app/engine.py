@@ -512,13 +512,7 @@ def compare(entry: Model, s: Settings, inputs: dict, reporter: Reporter, emit) -
         one = Settings(**{**s.to_dict(), "sampler": name, "steps": steps})
         reporter.label = f"{name}, {steps} steps"
         rows.append(generate(entry, one, inputs, reporter))
-        emit(
-            {
-                "type": "row",
-                "label": reporter.label,
-                "images": [data_url(png_bytes(to_pil(rows[-1], padding=0)))],
-            }
-        )
+        emit(row_event(reporter.label, rows[-1]))
     return rows
 
 
@@ -531,14 +525,14 @@ def sweep(entry: Model, s: Settings, inputs: dict, reporter: Reporter, emit) -> 
         one = Settings(**{**s.to_dict(), "guidance": scale})
         reporter.label = f"guidance {scale:g}"
         rows.append(generate(entry, one, inputs, reporter))
-        emit(
-            {
-                "type": "row",
-                "label": reporter.label,
-                "images": [data_url(png_bytes(to_pil(rows[-1], padding=0)))],
-            }
-        )
+        emit(row_event(reporter.label, rows[-1]))
     return rows
+
+
+def row_event(label: str, images: torch.Tensor) -> dict:
+    """One row of a comparison: its n images side by side in one PNG (a strip, not a grid)."""
+    strip = to_pil(images, nrow=images.shape[0])  # one pixel between images
+    return {"type": "row", "label": label, "images": [data_url(png_bytes(strip))]}
 
 
 def finished(images: torch.Tensor, s: Settings) -> list[str]:
