@@ -369,7 +369,7 @@ def test_cancel_stops_the_job(app_page, server):
 
 def test_explore_forward_process_samplers_and_sweep(app_page, library):
     page = app_page
-    page.set_settings(**{"class": 8, "steps": 6, "n": 1})
+    page.set_settings(**{"class": 8, "steps": 10, "n": 4})
     page.run()
     # The tab sends t = 0.5 at once; the slider moves to 0.3 while that request is out, and the
     # page must still end on 0.3.
@@ -387,17 +387,18 @@ def test_explore_forward_process_samplers_and_sweep(app_page, library):
     expected = float(library.cfg.schedule.alpha_bar_at(torch.tensor([0.3]))[0])
     assert alpha_bar == pytest.approx(expected, abs=1e-4), text
     # x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps of the last output, eps drawn from the seed
-    x0 = load_image(Image.open(io.BytesIO(png_bytes(page.results()[0]))), channels=1)
+    x0 = load_image(Image.open(io.BytesIO(png_bytes(page.results()[-1]))), channels=1)
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     x_t = expected**0.5 * x0 + (1 - expected) ** 0.5 * eps
     shown = pixels(page.page.get_attribute("#forward-image", "src"))
     np.testing.assert_array_equal(shown, to_uint8(x_t)[0, ..., 0])
     page.until(PAINTED, "schedule-plot")  # the alpha_bar and log SNR curves
-    page.page.fill("#nfe", "6")
+    page.page.fill("#nfe", "10")
     page.run("#compare")
     labels = page.page.eval_on_selector_all("#rows .row span", "els => els.map(e => e.textContent)")
-    assert labels == [f"{name}, {get_sampler(name).steps_for_nfe(6)} steps" for name in engine.COMPARE]
-    assert page.page.locator("#rows .row img").count() == 5
+    assert labels == [f"{name}, {get_sampler(name).steps_for_nfe(10)} steps" for name in engine.COMPARE]
+    strips = page.page.eval_on_selector_all("#rows .row img", "els => els.map(e => e.src)")
+    assert [pixels(url).shape for url in strips] == [(1 + 8 + 1, 1 + 4 * (8 + 1))] * 5  # 4 side by side
     page.shot("app-explore.png")
     page.run("#sweep")
     labels = page.page.eval_on_selector_all("#rows .row span", "els => els.map(e => e.textContent)")
