@@ -9,6 +9,7 @@ docs/images/ (app-generate.png, app-inpaint.png, app-explore.png) for docs/app.m
 """
 
 import base64
+import functools
 import io
 import json
 import os
@@ -63,6 +64,16 @@ pytestmark = [
 
 
 # --- fixtures ------------------------------------------------------------------------------------
+def shipped(name: str) -> Path | None:
+    """The shipped model `name`'s folder, once the package ships it; else None."""
+    try:
+        from nanodiffusion.io.pretrained import shipped_folder
+    except ImportError:
+        return None
+    folder = shipped_folder(name)
+    return folder if (folder / "config.json").is_file() else None
+
+
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory) -> Path:
     """NANODIFF_APP_RUN if set (a run folder: the docs' screenshots use a trained digits run),
@@ -70,23 +81,31 @@ def digits_run(tmp_path_factory) -> Path:
     digits run trained here in seconds (the tests compare with the library, not with digits)."""
     if os.environ.get("NANODIFF_APP_RUN"):
         return Path(os.environ["NANODIFF_APP_RUN"])
-    try:
-        from nanodiffusion.io.pretrained import shipped_folder
-
-        folder = shipped_folder("digits")
-        if (folder / "config.json").is_file():
-            return folder
-    except ImportError:
-        pass
+    folder = shipped("digits")
+    if folder is not None:
+        return folder
     from tiny_runs import train_tiny
 
     return train_tiny(tmp_path_factory.mktemp("app-browser") / "digits", "data.class_conditional=true")
 
 
 @pytest.fixture(scope="module")
-def server(digits_run):
-    """The app over the digits model, served by uvicorn in a thread: (origin, app)."""
-    app = create_app({"digits": engine.Model.open("digits", str(digits_run))})
+def text_run() -> Path | None:
+    """A latent text-to-image run: NANODIFF_APP_TEXT_RUN if set, else the shipped shapes model,
+    else None (its test skips)."""
+    if os.environ.get("NANODIFF_APP_TEXT_RUN"):
+        return Path(os.environ["NANODIFF_APP_TEXT_RUN"])
+    return shipped("shapes")
+
+
+@pytest.fixture(scope="module")
+def server(digits_run, text_run):
+    """The app over the digits model (the first, so the page's default) and the text run if
+    there is one, served by uvicorn in a thread: (origin, app)."""
+    models = {"digits": engine.Model.open("digits", str(digits_run))}
+    if text_run is not None:
+        models["shapes"] = engine.Model.open("shapes", str(text_run))
+    app = create_app(models)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -205,29 +224,31 @@ def pixels(data_url_or_bytes) -> np.ndarray:
     return np.array(Image.open(io.BytesIO(raw)))
 
 
-@pytest.fixture(scope="module")
-def library(digits_run):
-    """The library's own images for the digits model, for settings given as keywords."""
-    cfg, denoiser, autoencoder, encoder = load_parts(str(digits_run), device="cpu")
+@functools.cache
+def parts(run: Path):
+    """(cfg, denoiser, autoencoder, encoder) of a run, loaded once."""
+    return load_parts(str(run), device="cpu")
 
-    def images(n: int, class_label: int | None, sampler: str, steps: int, seed: int) -> np.ndarray:
-        cond, w, uncond = conditioning(cfg, encoder, n, None, "", class_label, None)
-        x = draw(
-            cfg,
-            denoiser,
-            n,
-            autoencoder=autoencoder,
-            cond=cond,
-            guidance=w,
-            uncond=uncond,
-            sampler=sampler,
-            steps=steps,
-            seed=seed,
-        )
-        return to_uint8(x)[..., 0]  # [n, H, W]: the digits are grey
 
-    images.cfg = cfg
-    return images
+def library_images(run: Path, n: int, sampler: str, steps: int, seed: int, **condition) -> np.ndarray:
+    """The library's own images [n, H, W, C] (uint8) for these settings and a ``prompt`` or
+    ``class_label``: ``pipelines.conditioning`` then ``pipelines.draw``."""
+    cfg, denoiser, autoencoder, encoder = parts(run)
+    prompt, class_label = condition.get("prompt"), condition.get("class_label")
+    cond, w, uncond = conditioning(cfg, encoder, n, prompt, "", class_label, None)
+    x = draw(
+        cfg,
+        denoiser,
+        n,
+        autoencoder=autoencoder,
+        cond=cond,
+        guidance=w,
+        uncond=uncond,
+        sampler=sampler,
+        steps=steps,
+        seed=seed,
+    )
+    return to_uint8(x)
 
 
 # --- tests ---------------------------------------------------------------------------------------
@@ -264,17 +285,34 @@ def test_generate_streams_previews_before_the_result(app_page):
     assert page.page.get_attribute("#preview-x0", "src").startswith("data:image/png;base64,")
     assert page.page.evaluate("document.getElementById('progress').value") == 1
     assert len(page.results()) == 4
-    page.shot("app-generate.png")
+    page.shot("generate.png")
 
 
-def test_result_equals_the_library_image(app_page, library):
+def test_result_equals_the_library_image(app_page, digits_run):
     page = app_page
     page.set_settings(**{"class": 5, "sampler": "euler", "steps": 8, "seed": 11, "n": 3})
     page.run()
     shown = np.stack([pixels(url) for url in page.results()])
-    expected = library(3, 5, "euler", 8, 11)
+    expected = library_images(digits_run, 3, "euler", 8, 11, class_label=5)[..., 0]  # grey
     assert shown.dtype == np.uint8 and shown.shape == expected.shape  # the model's own size
     np.testing.assert_array_equal(shown, expected)
+
+
+@pytest.mark.slow
+def test_prompt_draws_the_library_image(app_page, text_run):
+    if text_run is None:
+        pytest.skip("no text-to-image run: the shipped shapes model, or NANODIFF_APP_TEXT_RUN")
+    page = app_page
+    page.page.select_option("#model", "shapes")
+    assert page.page.is_visible("#prompt") and not page.page.is_visible("#class")
+    prompt = "a red circle left of a blue square"
+    page.page.fill("#prompt", prompt)
+    page.set_settings(steps=20, n=4, seed=2)
+    page.run()
+    assert page.job_bodies[-1]["prompt"] == prompt
+    shown = np.stack([pixels(url) for url in page.results()])
+    np.testing.assert_array_equal(shown, library_images(text_run, 4, "dpm++2m", 20, 2, prompt=prompt))
+    page.shot("app-generate.png")
 
 
 def test_inpaint_keeps_the_unmasked_pixels(app_page):
@@ -371,7 +409,7 @@ def test_cancel_stops_the_job(app_page, server):
     assert not app.state.queue.jobs
 
 
-def test_explore_forward_process_samplers_and_sweep(app_page, library):
+def test_explore_forward_process_samplers_and_sweep(app_page, digits_run):
     page = app_page
     page.set_settings(**{"class": 8, "steps": 10, "n": 4})
     page.run()
@@ -388,7 +426,7 @@ def test_explore_forward_process_samplers_and_sweep(app_page, library):
     page.until("() => document.getElementById('forward-out').value.startsWith('t 0.30')")
     text = page.page.evaluate("document.getElementById('forward-out').value")
     alpha_bar = float(re.search(r"alpha_bar ([0-9.]+)", text).group(1))
-    expected = float(library.cfg.schedule.alpha_bar_at(torch.tensor([0.3]))[0])
+    expected = float(parts(digits_run)[0].schedule.alpha_bar_at(torch.tensor([0.3]))[0])
     assert alpha_bar == pytest.approx(expected, abs=1e-4), text
     # x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps of the last output, eps drawn from the seed
     x0 = load_image(Image.open(io.BytesIO(png_bytes(page.results()[-1]))), channels=1)
