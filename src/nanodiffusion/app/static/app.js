@@ -50,6 +50,7 @@ function modelChanged() {
   if (m.task === "upscale") { $("mode").value = "upscale"; }
   if (m.task === "inpaint") { $("mode").value = "inpaint"; $("method").value = "model"; }
   if (edit.image) setEditImage(edit.source);
+  else { edit.mask = null; if (state.tab === "edit") modeChanged(); }  // a blank canvas at the new size
   if (state.tab === "explore") drawSchedule();
 }
 
@@ -70,6 +71,7 @@ function modeChanged() {
   $("row-method").classList.toggle("hidden", mode !== "inpaint");
   $("row-strength").classList.toggle("hidden", mode !== "img2img");
   if (edit.source) setEditImage(edit.source);
+  else if (mode === "control") { if (!edit.mask) clearMask(); redraw(); }  // edges need no picture
 }
 
 function status(text, isError = false) {
@@ -89,11 +91,15 @@ function settings() {
   if (m.conditioning === "class" && $("class").value !== "") s.class_label = Number($("class").value);
   if (state.tab === "edit") {
     s.mode = $("mode").value;
-    if (!edit.image) throw new Error("choose an image to edit first");
-    s.image = edit.image.toDataURL("image/png");
-    if (s.mode === "inpaint") { s.method = $("method").value; s.mask = edit.mask.toDataURL("image/png"); }
-    if (s.mode === "img2img") s.strength = Number($("strength").value);
-    if (s.mode === "control") { delete s.image; s.control = edit.mask.toDataURL("image/png"); }
+    if (s.mode === "control") {  // the edges drawn on the canvas; no picture
+      if (!edit.mask) throw new Error("draw the edges first");
+      s.control = edit.mask.toDataURL("image/png");
+    } else {
+      if (!edit.image) throw new Error("choose an image to edit first");
+      s.image = edit.image.toDataURL("image/png");
+      if (s.mode === "inpaint") { s.method = $("method").value; s.mask = edit.mask.toDataURL("image/png"); }
+      if (s.mode === "img2img") s.strength = Number($("strength").value);
+    }
   }
   if (m.task === "upscale") s.mode = "upscale";
   return s;
@@ -221,19 +227,20 @@ function loadEditFile() {
   reader.readAsDataURL(file);
 }
 
-function clearMask() {
-  if (!edit.image) return;
+function clearMask() {  // all black: nothing to repaint, no edges; the image's size, or the model's
+  const [w, h] = edit.image ? [edit.image.width, edit.image.height] : editSize();
   edit.mask = document.createElement("canvas");
-  edit.mask.width = edit.image.width; edit.mask.height = edit.image.height;
+  edit.mask.width = w; edit.mask.height = h;
   const ctx = edit.mask.getContext("2d"); ctx.fillStyle = "#000"; ctx.fillRect(0, 0, edit.mask.width, edit.mask.height);
 }
 
 function redraw() {
-  const canvas = $("edit-canvas");
-  if (!edit.image) return;
-  canvas.width = edit.image.width; canvas.height = edit.image.height;
+  const canvas = $("edit-canvas"), control = $("mode").value === "control";
+  const base = control ? edit.mask : edit.image;
+  if (!base) return;
+  canvas.width = base.width; canvas.height = base.height;
   const ctx = canvas.getContext("2d");
-  if ($("mode").value === "control") { ctx.drawImage(edit.mask, 0, 0); return; }  // the edge drawing
+  if (control) { ctx.drawImage(edit.mask, 0, 0); return; }  // the edge drawing
   ctx.drawImage(edit.image, 0, 0);
   if ($("mode").value !== "inpaint") return;
   const tint = document.createElement("canvas"); tint.width = canvas.width; tint.height = canvas.height;
