@@ -9,6 +9,7 @@ docs/images/ (app-generate.png, app-inpaint.png, app-explore.png) for docs/app.m
 """
 
 import base64
+import contextlib
 import functools
 import io
 import json
@@ -98,13 +99,9 @@ def text_run() -> Path | None:
     return shipped("shapes")
 
 
-@pytest.fixture(scope="module")
-def server(digits_run, text_run):
-    """The app over the digits model (the first, so the page's default) and the text run if
-    there is one, served by uvicorn in a thread: (origin, app)."""
-    models = {"digits": engine.Model.open("digits", str(digits_run))}
-    if text_run is not None:
-        models["shapes"] = engine.Model.open("shapes", str(text_run))
+@contextlib.contextmanager
+def serve(models: dict):
+    """The app over `models`, served by uvicorn in a thread on a free loopback port: (origin, app)."""
     app = create_app(models)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -116,9 +113,22 @@ def server(digits_run, text_run):
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(digits_run, text_run):
+    """The app over the digits model (the first, so the page's default) and the text run if
+    there is one: (origin, app)."""
+    models = {"digits": engine.Model.open("digits", str(digits_run))}
+    if text_run is not None:
+        models["shapes"] = engine.Model.open("shapes", str(text_run))
+    with serve(models) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -203,13 +213,21 @@ class Page:
             self.page.screenshot(path=str(DOCS_IMAGES / name), full_page=True)
 
 
+@contextlib.contextmanager
+def open_page(browser, origin: str, out: Path):
+    """A fresh Page; closed after, and then it must have reported no error."""
+    view = Page(browser, origin, out)
+    try:
+        yield view
+    finally:
+        view.context.close()
+    assert not view.errors, view.errors
+
+
 @pytest.fixture
 def app_page(browser, server, tmp_path):
-    origin, _ = server
-    view = Page(browser, origin, tmp_path)
-    yield view
-    view.context.close()
-    assert not view.errors, view.errors
+    with open_page(browser, server[0], tmp_path) as view:
+        yield view
 
 
 def png_bytes(data_url: str) -> bytes:
@@ -347,6 +365,55 @@ def test_inpaint_keeps_the_unmasked_pixels(app_page):
     np.testing.assert_array_equal(after[keep], before[keep])
     assert (after[~keep] != before[~keep]).any()
     page.shot("app-inpaint.png")
+
+
+@pytest.fixture(scope="module")
+def controlled_run(tmp_path_factory):
+    """A tiny class-conditional digits run and a ControlNet trained on it, in seconds: (run, controlnet)."""
+    from nanodiffusion.training.controlnet import train_controlnet
+    from tiny_runs import train_tiny
+
+    tmp = tmp_path_factory.mktemp("app-browser-cn")
+    run = train_tiny(tmp / "run", "data.class_conditional=true")
+    train_controlnet(run, tmp / "cn", steps=3, batch_size=8, progress=False)
+    return run, tmp / "cn"
+
+
+@pytest.mark.slow  # a run and a ControlNet to train, and a server of their own
+def test_controlnet_follows_edges_drawn_on_a_blank_canvas(browser, controlled_run, tmp_path):
+    from nanodiffusion.inference.sampling import Control
+    from nanodiffusion.nets.controlnet import load_controlnet
+
+    run, cn = controlled_run
+    models = {"digits-cn": engine.Model.open("digits-cn", str(run), controlnet=str(cn))}
+    with serve(models) as (origin, _), open_page(browser, origin, tmp_path) as page:
+        page.page.click("#tabs button[data-tab=edit]")
+        page.page.select_option("#mode", "control")  # no image chosen: the edges need none
+        page.until(  # the canvas is drawn: opaque black (the page's placeholder is transparent)
+            "() => document.getElementById('edit-canvas').getContext('2d')"
+            ".getImageData(0, 0, 1, 1).data[3] === 255"
+        )
+        box = page.page.locator("#edit-canvas").bounding_box()
+        x = box["x"] + box["width"] * 2.5 / 8  # down the middle of column 2
+        page.page.mouse.move(x, box["y"] + 2)
+        page.page.mouse.down()
+        page.page.mouse.move(x, box["y"] + box["height"] - 2, steps=12)
+        page.page.mouse.up()
+        page.set_settings(**{"class": 4, "steps": 5, "n": 2})
+        page.run()
+        body = page.job_bodies[-1]
+        assert body["mode"] == "control" and "image" not in body
+        drawn = load_image(Image.open(io.BytesIO(png_bytes(body["control"]))), (8, 8), 1)
+        control = (drawn > 0).float()  # the edge map, as the server reads the drawing
+        assert control[0, 0, :, 2].all() and control.sum() < 8 * 3  # the line, and little else
+        cfg, denoiser, _, encoder = parts(run)
+        cond, w, uncond = conditioning(cfg, encoder, 2, None, "", 4, None)
+        want = draw(
+            cfg, denoiser, 2, cond=cond, guidance=w, uncond=uncond, sampler="dpm++2m", steps=5, seed=0,
+            wrappers=[Control(load_controlnet(cn, denoiser.net)[0], control, 1.0)],
+        )  # fmt: skip
+        shown = np.stack([pixels(url) for url in page.results()])
+        np.testing.assert_array_equal(shown, to_uint8(want)[..., 0])
 
 
 def test_restored_png_draws_its_image_again(app_page, tmp_path):
