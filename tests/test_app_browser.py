@@ -5,7 +5,8 @@ loopback port. One browser and one server per module; each test opens a fresh pa
 Screenshots go to each test's tmp_path; with NANODIFF_SCREENSHOTS set they also go to
 docs/images/ (app-generate.png, app-inpaint.png, app-explore.png) for docs/app.md, made with
 
-    NANODIFF_SCREENSHOTS=1 NANODIFF_APP_RUN=runs/pretrained/digits pytest tests/test_app_browser.py
+    NANODIFF_SCREENSHOTS=1 NANODIFF_APP_RUN=runs/pretrained/digits \
+        NANODIFF_APP_TEXT_RUN=runs/pretrained/shapes pytest tests/test_app_browser.py
 """
 
 import base64
@@ -323,7 +324,7 @@ def test_prompt_draws_the_library_image(app_page, text_run):
     page = app_page
     page.page.select_option("#model", "shapes")
     assert page.page.is_visible("#prompt") and not page.page.is_visible("#class")
-    prompt = "a red circle left of a blue square"
+    prompt = "a red circle above a blue square"
     page.page.fill("#prompt", prompt)
     page.set_settings(steps=20, n=4, seed=2)
     page.run()
