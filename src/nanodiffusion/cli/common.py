@@ -101,6 +101,17 @@ guidance = number(0, MAX_GUIDANCE)  # a classifier-free guidance scale, the same
 
 
 # --- flag groups -----------------------------------------------------------------------------------
+def add_run(p: argparse.ArgumentParser) -> None:
+    """The run a command reads: a run folder, or the name of a model shipped with the package."""
+    from nanodiffusion.io.pretrained import SHIPPED
+
+    p.add_argument(
+        "run",
+        help=f"a run folder, or a shipped model: {', '.join(SHIPPED)} (docs/pretrained.md), whose "
+        "outputs go to ./samples/NAME, ./generated/NAME, ... instead of into the package",
+    )
+
+
 def add_device(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
     p.add_argument("--device", choices=DEVICES, default=default)
 
@@ -188,6 +199,15 @@ def open_run(args):
     if cfg.data.task == "upscale":
         raise NanodiffError("an upscaling run draws from low-resolution images (nanodiff upscale)")
     return cfg, denoiser, autoencoder, encoder
+
+
+def run_output(run: str, kind: str, *parts: str) -> Path:
+    """Where a command writes by default: RUN/kind/... in a run folder; for a shipped model, whose
+    folder is never written into, kind/NAME/... in the current folder."""
+    from nanodiffusion.io.pretrained import shipped_name
+
+    name = shipped_name(run)
+    return Path(kind, name, *parts) if name else Path(run, kind, *parts)
 
 
 def read_image(path: str, shape: tuple[int, int, int]) -> tuple[torch.Tensor, tuple[int, int]]:

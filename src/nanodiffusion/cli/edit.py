@@ -23,7 +23,7 @@ def add_inpaint(sub) -> None:
         help="fill the masked part of an image (white in the mask) with any run "
         "and any sampler; --demo hides part of test images and fills it",
     )
-    ip.add_argument("run")
+    common.add_run(ip)
     ip.add_argument("--image", help="the image to edit (resized to the run's size if it differs)")
     ip.add_argument(
         "--mask", help="white where the image is to be repainted, black where it is kept; the image's size"
@@ -89,7 +89,7 @@ def cmd_inpaint(args) -> int:
     if not args.demo and not (args.image and args.mask):
         raise NanodiffError("--image needs --mask (white where to repaint), and --mask needs --image")
     cfg, denoiser, autoencoder, encoder = common.open_run(args)
-    out = common.check_out(Path(args.out) if args.out else Path(args.run) / "inpaint")
+    out = common.check_out(Path(args.out) if args.out else common.run_output(args.run, "inpaint"))
     with common.flag_names(INPAINT_FLAGS):
         if args.demo:
             return inpaint_demo(args, cfg, denoiser, autoencoder, encoder, out)
@@ -177,7 +177,7 @@ def add_upscale(sub) -> None:
         help="super-resolution with an upscaling run (nanodiff train --preset "
         "upscale): an image of the run's low resolution to its size",
     )
-    up.add_argument("run")
+    common.add_run(up)
     up.add_argument("--image", help="the low-resolution image (the run's low size, e.g. 32x32)")
     up.add_argument(
         "--demo",
@@ -206,7 +206,7 @@ def cmd_upscale(args) -> int:
         raise NanodiffError(
             f"{args.run} is not an upscaling run (nanodiff train --preset upscale, or --task upscale)"
         )
-    out = common.check_out(Path(args.out) if args.out else Path(args.run) / "upscaled")
+    out = common.check_out(Path(args.out) if args.out else common.run_output(args.run, "upscaled"))
     options = dict(aug=args.aug, sampler=args.sampler, steps=args.steps, seed=args.seed, progress=True)
     return (upscale_demo if args.demo else upscale_file)(args, cfg, denoiser, out, options)
 

@@ -18,13 +18,14 @@ from nanodiffusion.io.checkpoint import (
     load_config,
     weights_step,
 )
+from nanodiffusion.io.pretrained import resolve_run
 from nanodiffusion.metrics import sampler_error
 
 
 # --- info ----------------------------------------------------------------------------------------
 def add_info(sub) -> None:
     i = sub.add_parser("info", help="describe a run folder")
-    i.add_argument("run")
+    common.add_run(i)
     i.set_defaults(func=cmd_info)
 
 
@@ -45,11 +46,12 @@ def describe_model(m, params: int) -> str:
 def cmd_info(args) -> int:
     from nanodiffusion.inference.pipelines import build_denoiser
 
-    run = Path(args.run)
+    run = resolve_run(args.run)
     cfg = load_config(run)
     params = sum(p.numel() for p in build_denoiser(cfg).net.parameters())
     where = latest_checkpoint(run)
-    step = weights_step(where / MODEL) if where is not None and (where / MODEL).is_file() else 0
+    saved = [where / f for f in (MODEL, EMA) if where is not None and (where / f).is_file()]
+    step = weights_step(saved[0]) if saved else 0  # a shipped model keeps its EMA weights only
     m, s = cfg.model, cfg.schedule
     sides = "x".join(map(str, [m.image_size] * 2 if isinstance(m.image_size, int) else m.image_size))
     print(f"run          {run}")

@@ -71,7 +71,7 @@ def scales(text: str) -> list[float]:
 
 def add_sample(sub) -> None:
     s = sub.add_parser("sample", help="draw images from a trained run")
-    s.add_argument("run")
+    common.add_run(s)
     common.add_n(s, 64)
     common.add_drawing(s, steps=20, out="RUN/samples/<sampler>-<steps>-seed<seed>")
     add_solver_options(s)
@@ -101,7 +101,7 @@ def cmd_sample(args) -> int:
     )
     if init is not None:
         tag = f"img2img-{Path(args.init).stem}-s{strength:g}-{tag}"
-    out = common.check_out(Path(args.out) if args.out else Path(args.run) / "samples" / tag)
+    out = common.check_out(Path(args.out) if args.out else common.run_output(args.run, "samples", tag))
     rows, stats = [], {}
     for w in ws:
         rows.append(
@@ -140,7 +140,7 @@ def cmd_sample(args) -> int:
 # --- eval ----------------------------------------------------------------------------------------
 def add_eval(sub) -> None:
     e = sub.add_parser("eval", help="FID, KID, precision/recall of a run's samples against the test split")
-    e.add_argument("run")
+    common.add_run(e)
     common.add_n(e, 1000, "generated images (default 1000)")
     e.add_argument("--n-ref", type=common.up_to(common.MAX_SAMPLES), help="real test images (default: --n)")
     e.add_argument(
@@ -169,7 +169,8 @@ def cmd_eval(args) -> int:
     tag = f"{args.sampler}-{args.steps}-n{args.n}-{args.features}-seed{args.seed}" + (
         f"-w{args.guidance:g}" if args.guidance != 1 else ""
     )
-    out = common.check_out(Path(args.out) if args.out else Path(args.run) / "eval" / f"{tag}.json", file=True)
+    default = common.run_output(args.run, "eval", f"{tag}.json")
+    out = common.check_out(Path(args.out) if args.out else default, file=True)
     k = cfg.model.num_classes
     labels = torch.arange(args.n) % k if k else None  # every class equally often
     stats: dict = {}
@@ -213,7 +214,7 @@ def cmd_eval(args) -> int:
 # --- generate ------------------------------------------------------------------------------------
 def add_generate(sub) -> None:
     g = sub.add_parser("generate", help="draw images of a prompt from a text-conditional run")
-    g.add_argument("run")
+    common.add_run(g)
     g.add_argument("prompt")
     common.add_n(g, 8)
     g.add_argument("--guidance", type=common.guidance, default=4.0)
@@ -234,7 +235,9 @@ def add_generate(sub) -> None:
     )
     g.add_argument("--controlnet", help="a ControlNet folder (default RUN/controlnet)")
     g.add_argument(
-        "--upscale", metavar="SR_RUN", help="a cascade: upscale the images with this upscaling run"
+        "--upscale",
+        metavar="SR_RUN",
+        help="a cascade: upscale the images with this upscaling run (or the shipped 'upscale')",
     )
     g.add_argument(
         "--aug",
@@ -279,7 +282,7 @@ def cmd_generate(args) -> int:
         return generate_cascade(args)
     if args.aug is not None:
         raise NanodiffError("--aug needs --upscale")
-    controlnet = args.controlnet or (Path(args.run) / "controlnet")
+    controlnet = args.controlnet or common.run_output(args.run, "controlnet")
     wants_control = bool(args.control or args.control_from)
     with common.flag_names(CONTROLNET_FLAGS):
         pipe = TextToImage.from_pretrained(
@@ -343,7 +346,7 @@ def generate_cascade(args) -> int:
 
 
 def generated_dir(args) -> Path:
-    default = Path(args.run) / "generated" / f"{common.slug(args.prompt)}-seed{args.seed}"
+    default = common.run_output(args.run, "generated", f"{common.slug(args.prompt)}-seed{args.seed}")
     return common.check_out(Path(args.out) if args.out else default)
 
 
@@ -361,7 +364,7 @@ def save_generated(args, images: torch.Tensor, how: str) -> int:
 # --- eval-prompts --------------------------------------------------------------------------------
 def add_eval_prompts(sub) -> None:
     ep = sub.add_parser("eval-prompts", help="prompt adherence of a shapes text-to-image run, judged exactly")
-    ep.add_argument("run")
+    common.add_run(ep)
     common.add_n(ep, 200, "evaluation prompts (default 200)")
     ep.add_argument(
         "--held-out",
@@ -381,7 +384,7 @@ def cmd_eval_prompts(args) -> int:
 
     pipe = TextToImage.from_pretrained(args.run, args.weights, args.device)
     tag = f"{args.sampler}-{args.steps}-w{args.guidance:g}-n{args.n}-seed{args.seed}"
-    out = Path(args.out) if args.out else Path(args.run) / "eval-prompts" / f"{tag}.json"
+    out = Path(args.out) if args.out else common.run_output(args.run, "eval-prompts", f"{tag}.json")
     common.check_out(out, file=True)
     drawn = []
 

@@ -219,7 +219,7 @@ def add_train_controlnet(sub) -> None:
         "train-controlnet",
         help="train a ControlNet on a run's own images and their Sobel edge maps (the run stays frozen)",
     )
-    tc.add_argument("run")
+    common.add_run(tc)
     common.add_steps(tc, 1500)
     tc.add_argument("--batch-size", type=common.up_to(MAX_BATCH), default=64)
     tc.add_argument("--lr", type=common.positive_number, default=5e-4)
@@ -234,7 +234,7 @@ def add_train_controlnet(sub) -> None:
 def cmd_train_controlnet(args) -> int:
     from nanodiffusion.training.controlnet import train_controlnet
 
-    out = common.check_out(Path(args.out) if args.out else Path(args.run) / "controlnet")
+    out = common.check_out(Path(args.out) if args.out else common.run_output(args.run, "controlnet"))
     report = train_controlnet(
         args.run,
         out,

@@ -170,7 +170,7 @@ class TextToImage:
     autoencoder, sampled with classifier-free guidance towards the prompt and away from the
     negative prompt (default "", the unconditional input the model was trained with).
 
-        pipe = TextToImage.from_pretrained("runs/text")
+        pipe = TextToImage.from_pretrained("runs/text")  # or "shapes", the shipped model
         images = pipe("a red circle left of a blue square", steps=20, guidance=4.0, seed=0)
     """
 
@@ -186,7 +186,8 @@ class TextToImage:
         device: str = "auto",
         controlnet: str | Path | None = None,
     ) -> TextToImage:
-        """A run folder; ``controlnet``: a `nanodiff train-controlnet` folder for its UNet."""
+        """A run folder, or a shipped model's name ("shapes"); ``controlnet``: a `nanodiff
+        train-controlnet` folder for its UNet."""
         cfg, denoiser, autoencoder, encoder = load_parts(folder, weights, device)
         if encoder is None:
             raise NanodiffError(f"{folder} is not a text-conditional run (its data.text_encoder is empty)")
@@ -289,7 +290,7 @@ class Cascade:
     unconditional), an upscaling run (data.task "upscale") takes them to its size, its
     low-resolution input noised to the augmentation level ``aug`` first.
 
-        pipe = Cascade.from_pretrained("runs/text32", "runs/upscale")
+        pipe = Cascade.from_pretrained("runs/text32", "runs/upscale")  # or the shipped "shapes", "upscale"
         images = pipe(prompt="a red circle left of a blue square", n=4, aug=0.1)
     """
 
@@ -316,7 +317,8 @@ class Cascade:
         weights: str = "ema",
         device: str = "auto",
     ) -> Cascade:
-        """A base run's folder and a second stage's (a run that takes low-resolution images)."""
+        """A base run's folder and a second stage's (a run that takes low-resolution images), or
+        shipped models' names."""
         return cls(load_parts(base, weights, device), load_run(upscaler, weights, device))  # compat
 
     @torch.no_grad()

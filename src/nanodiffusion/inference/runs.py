@@ -11,6 +11,7 @@ from nanodiffusion.errors import NanodiffError
 from nanodiffusion.io.checkpoint import EMA, MODEL, checkpoint_file, load_config, load_weights
 from nanodiffusion.io.config import Config, validate
 from nanodiffusion.io.device import pick_device
+from nanodiffusion.io.pretrained import resolve_run, shipped_name
 from nanodiffusion.nets import build_net
 
 
@@ -27,10 +28,15 @@ def build_denoiser(cfg: Config, net: torch.nn.Module | None = None) -> Denoiser:
 
 
 def load_run(run_dir: str | Path, weights: str = "ema", device: str = "auto") -> tuple[Config, Denoiser]:
-    """(config, denoiser in eval mode) from a run folder; weights 'ema' or 'model'."""
+    """(config, denoiser in eval mode) from a run folder, or a shipped model's name (an existing
+    folder wins: nanodiffusion.io.pretrained); weights 'ema' or 'model'."""
     if weights not in ("ema", "model"):
         raise NanodiffError(f"weights must be 'ema' or 'model', got {weights!r}")
-    run_dir = Path(run_dir)
+    if weights == "model" and shipped_name(run_dir):
+        raise NanodiffError(
+            f"the shipped model {shipped_name(run_dir)!r} holds only its EMA weights ('ema'), not 'model'"
+        )
+    run_dir = resolve_run(run_dir)
     cfg = load_config(run_dir)
     if cfg.data.autoencoder and (run_dir / "autoencoder").is_dir():  # its own, wherever the run moved
         cfg.data.autoencoder = str(run_dir / "autoencoder")
@@ -40,7 +46,8 @@ def load_run(run_dir: str | Path, weights: str = "ema", device: str = "auto") ->
 
 
 def load_parts(run_dir: str | Path, weights: str = "ema", device: str = "auto"):
-    """(config, denoiser, autoencoder or None, text encoder or None): all a run draws with."""
+    """(config, denoiser, autoencoder or None, text encoder or None): all a run (a folder, or a
+    shipped model's name) draws with."""
     cfg, denoiser = load_run(run_dir, weights, device)
     autoencoder = encoder = None
     if cfg.data.autoencoder:  # load_run points it at the run's own, wherever the run moved
