@@ -239,8 +239,10 @@ def read_settings(upload) -> dict:
 
 # --- models --------------------------------------------------------------------------------------
 def run_folder(source: str) -> Path:
-    """The folder of a run given by path or by a shipped model's name."""
-    return Path(source)
+    """The folder of a run given by path or by a shipped model's name (an existing folder wins)."""
+    from nanodiffusion.io.pretrained import resolve_run
+
+    return resolve_run(source)
 
 
 def class_names(cfg) -> list[str]:

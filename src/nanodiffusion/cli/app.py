@@ -54,11 +54,12 @@ def offered_models(runs: list[str], controlnet: str | None, shipped: bool) -> di
     if controlnet and not runs:
         raise NanodiffError("--controlnet belongs to the first RUN; give the run it was trained on")
     if shipped:
-        from nanodiffusion.io.pretrained import list_pretrained
+        from nanodiffusion.io.pretrained import list_pretrained, shipped_folder
 
         for name, description in list_pretrained().items():
-            if name not in models:
-                models[name] = Model.open(name, name, description=description)
+            folder = shipped_folder(name)  # by its folder: a local folder of the same name is not it
+            if name not in models and (folder / "config.json").is_file():
+                models[name] = Model.open(name, str(folder), description=description)
     if not models:
         raise NanodiffError("no models to offer: give a RUN folder, or leave out --no-shipped")
     return models

@@ -11,7 +11,7 @@ async function init() {
   state.info = info;
   for (const m of info.models) {
     state.models[m.name] = m;
-    $("model").add(new Option(`${m.name} (${m.description || m.conditioning})`, m.name));
+    $("model").add(new Option(`${m.name} (${m.conditioning === "none" ? m.task : m.conditioning})`, m.name));
   }
   for (const s of info.samplers) $("sampler").add(new Option(s, s));
   $("sampler").value = "dpm++2m";
@@ -39,7 +39,7 @@ function modelChanged() {
   const m = current();
   if (!m) return;
   const size = m.size ? `${m.size[0]}x${m.size[1]}` : "its own size";
-  $("model-info").textContent = `${m.conditioning} conditioning, ${size}, ${m.network || m.kind}` +
+  $("model-info").textContent = (m.description ? `${m.description}. ` : "") + `${m.conditioning} conditioning, ${size}, ${m.network || m.kind}` +
     (m.latent ? ", latent" : "") + (m.task !== "generate" ? `, task ${m.task}` : "");
   $("row-prompt").classList.toggle("hidden", m.conditioning !== "text");
   $("row-negative").classList.toggle("hidden", m.conditioning !== "text");
