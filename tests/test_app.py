@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import io
 import json
 import re
@@ -28,6 +27,7 @@ import torch
 from PIL import Image
 from starlette.testclient import TestClient
 
+from app_reference import library_images
 from hostile import png_bytes as header_png
 from nanodiffusion.app import engine, jobs
 from nanodiffusion.app.jobs import JobQueue
@@ -35,8 +35,7 @@ from nanodiffusion.app.server import MAX_BODY, create_app
 from nanodiffusion.cli import main
 from nanodiffusion.core.editing import mask_from_image
 from nanodiffusion.core.samplers import SAMPLERS
-from nanodiffusion.inference.pipelines import conditioning, draw, load_parts
-from nanodiffusion.io.viz import load_image, to_uint8
+from nanodiffusion.io.viz import load_image
 from tiny_runs import train_tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
@@ -65,43 +64,6 @@ def models(digits_run) -> dict[str, engine.Model]:
 def client(models):
     with TestClient(create_app(models, running=1, waiting=4)) as c:
         yield c
-
-
-@functools.cache
-def _parts(folder: str):
-    return load_parts(folder, device="cpu")
-
-
-def library_images(
-    folder,
-    *,
-    n: int,
-    steps: int,
-    seed: int,
-    sampler: str = "dpm++2m",
-    class_label=None,
-    guidance=None,
-    **edit,
-) -> np.ndarray:
-    """The library's own images for these settings (pipelines.conditioning and draw, then
-    viz.to_uint8), as the app's PNGs hold them: [n, H, W] grey or [n, H, W, 3]."""
-    cfg, denoiser, autoencoder, encoder = _parts(str(folder))
-    cond, scale, uncond = conditioning(cfg, encoder, n, None, "", class_label, guidance)
-    images = draw(
-        cfg,
-        denoiser,
-        n,
-        autoencoder=autoencoder,
-        cond=cond,
-        guidance=scale,
-        uncond=uncond,
-        sampler=sampler,
-        steps=steps,
-        seed=seed,
-        **edit,
-    )
-    pixels = to_uint8(images)
-    return pixels[..., 0] if pixels.shape[-1] == 1 else pixels
 
 
 def url_of(png: bytes) -> str:

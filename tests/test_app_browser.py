@@ -11,7 +11,6 @@ docs/images/ (app-generate.png, app-inpaint.png, app-explore.png) for docs/app.m
 
 import base64
 import contextlib
-import functools
 import io
 import json
 import os
@@ -26,10 +25,11 @@ import pytest
 import torch
 from PIL import Image
 
+from app_reference import controlled_run as reference_controlled_run
+from app_reference import library_images, parts
 from nanodiffusion.app import engine
 from nanodiffusion.core.editing import mask_from_image
 from nanodiffusion.core.samplers import get_sampler
-from nanodiffusion.inference.pipelines import conditioning, draw, load_parts
 from nanodiffusion.io.viz import load_image, to_uint8
 
 uvicorn = pytest.importorskip("uvicorn")
@@ -243,33 +243,6 @@ def pixels(data_url_or_bytes) -> np.ndarray:
     return np.array(Image.open(io.BytesIO(raw)))
 
 
-@functools.cache
-def parts(run: Path):
-    """(cfg, denoiser, autoencoder, encoder) of a run, loaded once."""
-    return load_parts(str(run), device="cpu")
-
-
-def library_images(run: Path, n: int, sampler: str, steps: int, seed: int, **condition) -> np.ndarray:
-    """The library's own images [n, H, W, C] (uint8) for these settings and a ``prompt`` or
-    ``class_label``: ``pipelines.conditioning`` then ``pipelines.draw``."""
-    cfg, denoiser, autoencoder, encoder = parts(run)
-    prompt, class_label = condition.get("prompt"), condition.get("class_label")
-    cond, w, uncond = conditioning(cfg, encoder, n, prompt, "", class_label, None)
-    x = draw(
-        cfg,
-        denoiser,
-        n,
-        autoencoder=autoencoder,
-        cond=cond,
-        guidance=w,
-        uncond=uncond,
-        sampler=sampler,
-        steps=steps,
-        seed=seed,
-    )
-    return to_uint8(x)
-
-
 # --- tests ---------------------------------------------------------------------------------------
 def test_page_asks_nothing_outside_the_server(app_page):
     page = app_page
@@ -312,7 +285,7 @@ def test_result_equals_the_library_image(app_page, digits_run):
     page.set_settings(**{"class": 5, "sampler": "euler", "steps": 8, "seed": 11, "n": 3})
     page.run()
     shown = np.stack([pixels(url) for url in page.results()])
-    expected = library_images(digits_run, 3, "euler", 8, 11, class_label=5)[..., 0]  # grey
+    expected = library_images(digits_run, n=3, sampler="euler", steps=8, seed=11, class_label=5)  # grey
     assert shown.dtype == np.uint8 and shown.shape == expected.shape  # the model's own size
     np.testing.assert_array_equal(shown, expected)
 
@@ -330,7 +303,9 @@ def test_prompt_draws_the_library_image(app_page, text_run):
     page.run()
     assert page.job_bodies[-1]["prompt"] == prompt
     shown = np.stack([pixels(url) for url in page.results()])
-    np.testing.assert_array_equal(shown, library_images(text_run, 4, "dpm++2m", 20, 2, prompt=prompt))
+    np.testing.assert_array_equal(
+        shown, library_images(text_run, n=4, sampler="dpm++2m", steps=20, seed=2, prompt=prompt)
+    )
     page.shot("app-generate.png")
 
 
@@ -371,13 +346,7 @@ def test_inpaint_keeps_the_unmasked_pixels(app_page):
 @pytest.fixture(scope="module")
 def controlled_run(tmp_path_factory):
     """A tiny class-conditional digits run and a ControlNet trained on it, in seconds: (run, controlnet)."""
-    from nanodiffusion.training.controlnet import train_controlnet
-    from tiny_runs import train_tiny
-
-    tmp = tmp_path_factory.mktemp("app-browser-cn")
-    run = train_tiny(tmp / "run", "data.class_conditional=true")
-    train_controlnet(run, tmp / "cn", steps=3, batch_size=8, progress=False)
-    return run, tmp / "cn"
+    return reference_controlled_run(tmp_path_factory.mktemp("app-browser-cn"))
 
 
 @pytest.mark.slow  # a run and a ControlNet to train, and a server of their own
@@ -407,14 +376,10 @@ def test_controlnet_follows_edges_drawn_on_a_blank_canvas(browser, controlled_ru
         drawn = load_image(Image.open(io.BytesIO(png_bytes(body["control"]))), (8, 8), 1)
         control = (drawn > 0).float()  # the edge map, as the server reads the drawing
         assert control[0, 0, :, 2].all() and control.sum() < 8 * 3  # the line, and little else
-        cfg, denoiser, _, encoder = parts(run)
-        cond, w, uncond = conditioning(cfg, encoder, 2, None, "", 4, None)
-        want = draw(
-            cfg, denoiser, 2, cond=cond, guidance=w, uncond=uncond, sampler="dpm++2m", steps=5, seed=0,
-            wrappers=[Control(load_controlnet(cn, denoiser.net)[0], control, 1.0)],
-        )  # fmt: skip
-        shown = np.stack([pixels(url) for url in page.results()])
-        np.testing.assert_array_equal(shown, to_uint8(want)[..., 0])
+        net = parts(str(run))[1].net
+        controlnet = Control(load_controlnet(cn, net)[0], control, 1.0)
+        want = library_images(run, n=2, steps=5, seed=0, class_label=4, wrappers=[controlnet])
+        np.testing.assert_array_equal(np.stack([pixels(url) for url in page.results()]), want)
 
 
 def test_restored_png_draws_its_image_again(app_page, tmp_path):

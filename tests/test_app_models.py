@@ -7,9 +7,9 @@ import torch
 
 pytest.importorskip("starlette")
 
+from app_reference import controlled_run as reference_controlled_run  # noqa: E402
 from nanodiffusion.app import engine  # noqa: E402
 from nanodiffusion.errors import NanodiffError  # noqa: E402
-from tiny_runs import train_tiny  # noqa: E402
 
 
 def collect(entry, settings, uploads=None):
@@ -53,12 +53,7 @@ def test_a_stable_diffusion_folder_draws_the_pipelines_image(sd_folder, one_thre
 
 @pytest.fixture(scope="module")
 def controlled_run(tmp_path_factory):
-    from nanodiffusion.training.controlnet import train_controlnet
-
-    tmp = tmp_path_factory.mktemp("app-cn")
-    run = train_tiny(tmp / "run", "data.class_conditional=true")
-    train_controlnet(run, tmp / "cn", steps=3, batch_size=8, progress=False)
-    return run, tmp / "cn"
+    return reference_controlled_run(tmp_path_factory.mktemp("app-cn"))
 
 
 def test_a_controlnet_run_draws_the_librarys_controlled_image(controlled_run, one_thread_module):
