@@ -41,7 +41,7 @@ from nanodiffusion.data.datasets import SHAPES_TEST_SEED, load_data
 from nanodiffusion.data.shapes import evaluate_prompts, render_scene
 from nanodiffusion.inference.demos import upscale, upscale_demo
 from nanodiffusion.inference.pipelines import TextToImage, draw, load_run
-from nanodiffusion.io.pretrained import CARDS, SHIPPED, shipped_folder
+from nanodiffusion.io.pretrained import CARDS, SHIPPED, parameters, shipped_folder
 from nanodiffusion.io.viz import to_uint8
 from nanodiffusion.metrics.image import psnr
 from nanodiffusion.tasks.upscale import downsample, low_size, upsample
@@ -240,12 +240,14 @@ QUALITY = {  # name -> (what the card says, from its numbers)
         f"(bicubic: {q['bicubic_psnr']:.2f} dB, SSIM {q['bicubic_ssim']:.4f})"
     ),
 }
-MEASURED_BY = {
-    "digits": "python bench/pretrained_quality.py digits",
-    "fashion-mnist": "nanodiff eval fashion-mnist --n 1000 (FID); python bench/pretrained_quality.py "
-    "fashion-mnist (all)",
-    "shapes": "nanodiff eval-prompts shapes --n 200 --held-out 100",
-    "upscale": "nanodiff upscale upscale --demo --n 500",
+MEASURED_BY = {  # name -> the commands that give the card's numbers
+    "digits": ["python bench/pretrained_quality.py digits"],
+    "fashion-mnist": [
+        "nanodiff eval fashion-mnist --n 1000",
+        "python bench/pretrained_quality.py fashion-mnist",
+    ],
+    "shapes": ["nanodiff eval-prompts shapes --n 200 --held-out 100"],
+    "upscale": ["nanodiff upscale upscale --demo --n 500"],
 }
 
 
@@ -291,14 +293,19 @@ def card_facts(name: str, card: dict) -> str:
             f", after its autoencoder's {ae['steps']} steps in {minutes(ae['seconds'])} "
             f"(held-out PSNR {ae['psnr']:.1f} dB)"
         )
-    time_line += "; 1 torch thread on a 2-core machine shared with another training"
+    time_line += "; 1 torch thread, beside another training, on a 2-core machine that also ran other work"
+    params = f"{card['parameters'] / 1e6:.2f}M"
+    if "autoencoder" in card:
+        ae_params = parameters(shipped_folder(name) / "autoencoder")
+        unet = card["parameters"] - ae_params
+        params += f" (the UNet {unet / 1e6:.2f}M, its autoencoder {ae_params / 1e6:.2f}M)"
     rows = [
         ("trained by", trained),
         ("training time", time_line),
-        ("parameters", f"{card['parameters'] / 1e6:.2f}M"),
+        ("parameters", params),
         ("size", f"{card['bytes'] / 2**20:.2f} MB ({card['dtype']} safetensors)"),
         ("quality", QUALITY[name](card["quality"]) if "quality" in card else "not measured yet"),
-        ("measured by", f"`{MEASURED_BY[name]}`"),
+        ("measured by", " (FID), ".join(f"`{command}`" for command in MEASURED_BY[name])),
     ]
     return "| | |\n| --- | --- |\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
@@ -310,6 +317,9 @@ def main() -> None:
         "--runs", type=Path, help="measure RUNS/NAME (training runs) instead of the shipped models"
     )
     p.add_argument("--json", type=Path, help="with --runs: where the numbers go")
+    p.add_argument(
+        "--docs-only", action="store_true", help="measure nothing: rewrite the cards from cards.json"
+    )
     args = p.parse_args()
     unknown = sorted(set(args.names) - set(SHIPPED))
     if unknown:
@@ -317,6 +327,11 @@ def main() -> None:
     if args.runs and not args.json:
         p.error("--runs needs --json: the shipped cards hold the shipped weights' numbers only")
     cards = json.loads(CARDS.read_text()) if CARDS.is_file() else {}
+    if args.docs_only:
+        for name in args.names or SHIPPED:
+            write_section(f"pretrained-{name}", card_facts(name, cards[name]), DOC)
+        write_section("pretrained-summary", summary(cards), DOC)
+        return
     measured = {}
     for name in args.names or SHIPPED:
         run = args.runs / name if args.runs else name
