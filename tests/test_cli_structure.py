@@ -35,6 +35,7 @@ COMMANDS = [
     "forward",
     "bench-samplers",
     "sd",
+    "app",
 ]
 
 
