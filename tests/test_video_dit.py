@@ -10,6 +10,7 @@ from nanodiffusion.core.samplers import SAMPLERS
 from nanodiffusion.core.schedules import Schedule
 from nanodiffusion.inference.sampling import sample_images
 from nanodiffusion.io.config import Config
+from nanodiffusion.io.validation import dit_activation_bytes
 from nanodiffusion.nets.dit import DiT, DiTConfig
 from one_line import error_of
 
@@ -160,3 +161,12 @@ def test_prediction_and_interpolation_keep_the_given_frames_exactly(video_denois
         assert torch.equal(out[:, :, frames], video[:, :, frames].expand(2, 1, len(frames), SIDE, SIDE))
         others = [f for f in range(FRAMES) if f not in frames]
         assert (out[:, :, others] - video[:, :, others]).abs().max() > 1e-2
+
+
+def test_the_memory_estimate_counts_factorised_attention_scores():
+    """Per query, 16 + 4 keys (its frame's places, its place's frames) instead of all 64 tokens."""
+    maps = {
+        a: dit_activation_bytes(_video_cfg(a), [FRAMES, SIDE, SIDE], 2)["attention maps"]
+        for a in ("joint", "factorised")
+    }
+    assert maps["factorised"] * 64 == maps["joint"] * (16 + 4)
