@@ -14,8 +14,8 @@ Patches and position codes work on a grid of 1, 2 or 3 axes, so audio [B, C, T] 
 [B, C, F, H, W] need nothing but a different ``image_size`` and ``patch_size``. On a video's
 (frames, height, width) grid, ``attention = "factorised"`` splits each block's self-attention in
 two, over the tokens of one frame and then over the tokens at one place across frames, each with
-its own adaLN-Zero shift, scale and gate (Latte, Ma et al. 2024, Sec. 3.2 variant 3; Ho et al.
-2022, "Video Diffusion Models", Sec. 3): N (S + F) attention scores instead of N^2.
+its own adaLN-Zero shift, scale and gate (the split of Latte, Ma et al. 2024, Sec. 3.2 variant 3,
+and of Ho et al. 2022, "Video Diffusion Models", Sec. 3): N (S + F) attention scores, not N^2.
 """
 
 from __future__ import annotations
@@ -215,7 +215,8 @@ class DiTBlock(nn.Module):
     """x + gate_a attn(adaLN(x)) [+ cross-attn], then x + gate_m MLP(adaLN(x)) (paper, Fig. 3).
     Factorised (a video grid [F, H, W] of patches): the attention step is two, each its own
     adaLN-Zero branch: x + gate_s attn over the S = H W tokens of each frame, then
-    x + gate_t attn over the F tokens at each place (Latte's variant 3)."""
+    x + gate_t attn over the F tokens at each place (Latte's variant 3 split; a zero-initialised
+    gate per branch keeps the block the identity at init)."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
