@@ -130,6 +130,7 @@ def test_an_image_condition_changes_the_output():
         ((1, 8, 8), {"context_dim": D}),
         ((2, 16), {"patch_size": 4}),  # 1-D: audio-like [B, C, T]
         ((1, 4, 8, 8), {"patch_size": [2, 4, 4], "width": 48, "head_dim": 48}),  # 3-D: video [B, C, F, H, W]
+        ((3, 4, 8, 8), {"patch_size": [1, 2, 2], "width": 48, "head_dim": 24, "attention": "factorised"}),
         ((3, 8, 8), {"cond_channels": 2}),  # x and a 2-channel image condition: 5 channels in, 3 out
     ],
 )

@@ -94,6 +94,13 @@ def test_dit_config_refusals_are_one_line(overrides, message):
             "patch_size": [2, 4],
         },
         {"image_size": [4, 8, 8], "patch_size": [1, 2, 2], "width": 96, "out_channels": 2},
+        {
+            "image_size": [4, 8, 8],
+            "patch_size": [2, 2, 2],
+            "width": 96,
+            "attention": "factorised",
+            "context_dim": 8,
+        },
     ],
 )
 def test_dit_parameters_are_counted_exactly(kw):

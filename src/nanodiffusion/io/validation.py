@@ -114,6 +114,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.depth": POSITIVE,
     "model.mlp_ratio": _real(0, 64, lo_open=True),
     "model.pos": ((lambda v: v in ("sincos", "learned")), "sincos or learned"),
+    "model.attention": ((lambda v: v in ("joint", "factorised")), "joint or factorised"),
     "model.kind": ((lambda v: v in ("unet", "dit")), "unet or dit"),
     "model.context_dim": NON_NEGATIVE,
     "model.cond_channels": NON_NEGATIVE,
@@ -404,6 +405,8 @@ def dit_parameters(m: DiTConfig) -> dict[str, int]:
     patch = math.prod(m.patch)
     linear = lambda cin, cout: cin * cout + cout  # noqa: E731
     block = linear(D, 3 * D) + linear(D, D) + linear(D, hidden) + linear(hidden, D) + linear(D, 6 * D)
+    if m.attention == "factorised":  # a temporal attention and its adaLN shift, scale and gate
+        block += linear(D, 3 * D) + linear(D, D) + 3 * D * D + 3 * D
     cross = linear(D, D) + linear(ctx, 2 * D) + linear(D, D) if ctx else 0
     total = linear(patch * (m.in_channels + m.cond_channels), D) + linear(256, D) + linear(D, D)
     total += math.prod(m.grid) * D if m.pos == "learned" else 0
@@ -420,12 +423,17 @@ def dit_parameters(m: DiTConfig) -> dict[str, int]:
 def dit_activation_bytes(m: DiTConfig, size: int | list[int], batch: int) -> dict[str, int]:
     """A rough estimate of the float32 activations a DiT keeps for the backward pass, in
     activation_bytes' form: per block and token about 12 tensors of the width and 2 of the MLP's,
-    and each head's [N, N] attention weights twice (CPU attention materialises them)."""
+    and each head's [N, N] attention weights twice (CPU attention materialises them); factorised
+    attention keeps 6 more of the width and [S, S] per frame and [F, F] per place instead."""
     sizes = [size] * len(m.patch) if isinstance(size, int) else size
     tokens = math.prod(-(-s // p) for s, p in zip(sizes, m.patch, strict=False))
     heads, hidden = max(1, m.width // m.head_dim), round(m.mlp_ratio * m.width)
-    floats = m.depth * tokens * (12 * m.width + 2 * hidden + (6 * m.width if m.context_dim else 0))
-    maps = m.depth * 2 * heads * tokens * tokens
+    factorised = m.attention == "factorised"
+    extra = (6 * m.width if m.context_dim else 0) + (6 * m.width if factorised else 0)
+    floats = m.depth * tokens * (12 * m.width + 2 * hidden + extra)
+    frames = -(-sizes[0] // m.patch[0]) if factorised else 0
+    scores = tokens // frames + frames if factorised else tokens  # keys per query
+    maps = m.depth * 2 * heads * tokens * scores
     return {
         "total": 4 * batch * (floats + maps),
         "attention maps": 4 * batch * maps,

@@ -11,7 +11,11 @@ cross-attention to the prompt's tokens after self-attention (the paper's cross-a
 its output layer zero-initialised so that the block still starts as the identity.
 
 Patches and position codes work on a grid of 1, 2 or 3 axes, so audio [B, C, T] and video
-[B, C, F, H, W] need nothing but a different ``image_size`` and ``patch_size``.
+[B, C, F, H, W] need nothing but a different ``image_size`` and ``patch_size``. On a video's
+(frames, height, width) grid, ``attention = "factorised"`` splits each block's self-attention in
+two, over the tokens of one frame and then over the tokens at one place across frames, each with
+its own adaLN-Zero shift, scale and gate (the split of Latte, Ma et al. 2024, Sec. 3.2 variant 3,
+and of Ho et al. 2022, "Video Diffusion Models", Sec. 3): N (S + F) attention scores, not N^2.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from nanodiffusion.errors import NanodiffError
 from nanodiffusion.nets.unet import add_condition, timestep_embedding
 
 POSITION_CODES = ("sincos", "learned")
+ATTENTIONS = ("joint", "factorised")  # over all tokens; or spatial then temporal (video grids only)
 FREQ_DIM = 256  # width of the noise level's sinusoidal code before its MLP (paper, Sec. 3.2)
 
 
@@ -45,6 +50,7 @@ class DiTConfig:
     pos: str = "sincos"  # "sincos" (fixed) or "learned" position code
     dropout: float = 0.0
     cond_channels: int = 0  # > 0: an image condition concatenated to the input (denoisers.ImageConditioned)
+    attention: str = "joint"  # "joint" over all tokens, or "factorised" (a video grid: space, then time)
     kind: str = "dit"  # config.model.kind (nets.MODELS)
 
     def __post_init__(self):
@@ -111,6 +117,15 @@ class DiTConfig:
             raise NanodiffError(
                 f"model.width ({self.width}) must be divisible by {2 * len(self.sizes)} for a sincos "
                 f"position code over {len(self.sizes)} axes (a sine and a cosine per axis)"
+            )
+        if self.attention not in ATTENTIONS:
+            raise NanodiffError(
+                f"model.attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}"
+            )
+        if self.attention == "factorised" and len(self.sizes) != 3:
+            raise NanodiffError(
+                f"model.attention 'factorised' needs a video's 3 axes (frames, height, width) in "
+                f"model.image_size, got {self.image_size!r}"
             )
         if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise NanodiffError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
@@ -197,13 +212,19 @@ class CrossAttention(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    """x + gate_a attn(adaLN(x)) [+ cross-attn], then x + gate_m MLP(adaLN(x)) (paper, Fig. 3)."""
+    """x + gate_a attn(adaLN(x)) [+ cross-attn], then x + gate_m MLP(adaLN(x)) (paper, Fig. 3).
+    Factorised (a video grid [F, H, W] of patches): the attention step is two, each its own
+    adaLN-Zero branch: x + gate_s attn over the S = H W tokens of each frame, then
+    x + gate_t attn over the F tokens at each place (Latte's variant 3 split; a zero-initialised
+    gate per branch keeps the block the identity at init)."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         width, hidden = cfg.width, round(cfg.mlp_ratio * cfg.width)
+        self.frames = cfg.grid[0] if cfg.attention == "factorised" else 0  # 0: joint attention
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.attn = SelfAttention(width, cfg.head_dim, cfg.dropout)
+        self.temporal = SelfAttention(width, cfg.head_dim, cfg.dropout) if self.frames else None
         self.cross = CrossAttention(width, cfg.context_dim, cfg.head_dim) if cfg.context_dim else None
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.mlp = nn.Sequential(
@@ -212,12 +233,25 @@ class DiTBlock(nn.Module):
             nn.Dropout(cfg.dropout),
             nn.Linear(hidden, width),
         )
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, (9 if self.frames else 6) * width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, context=None) -> torch.Tensor:
         """x [B, N, D] tokens, c [B, D] the conditioning embedding, context (tokens, mask) or None."""
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.modulation(c).chunk(6, dim=1)
-        x = torch.addcmul(x, gate_a[:, None], self.attn(modulate(self.norm1(x), shift_a, scale_a)))
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m, *temporal = self.modulation(c).chunk(
+            9 if self.frames else 6, dim=1
+        )
+        h = modulate(self.norm1(x), shift_a, scale_a)
+        if not self.frames:
+            x = torch.addcmul(x, gate_a[:, None], self.attn(h))
+        else:
+            B, N, D = x.shape
+            T, S = self.frames, N // self.frames  # tokens are frame-major: [B, T frames, S places, D]
+            h = self.attn(h.reshape(B * T, S, D)).reshape(B, N, D)  # within each frame
+            x = torch.addcmul(x, gate_a[:, None], h)
+            shift_t, scale_t, gate_t = temporal
+            h = modulate(self.norm1(x), shift_t, scale_t).reshape(B, T, S, D).transpose(1, 2)
+            h = self.temporal(h.reshape(B * S, T, D)).reshape(B, S, T, D).transpose(1, 2)  # across frames
+            x = torch.addcmul(x, gate_t[:, None], h.reshape(B, N, D))
         if self.cross is not None:
             x = x + self.cross(x, *context)
         return torch.addcmul(x, gate_m[:, None], self.mlp(modulate(self.norm2(x), shift_m, scale_m)))
@@ -306,7 +340,12 @@ class DiT(nn.Module):
         N, L, hidden = math.prod(cfg.grid), context_tokens, round(cfg.mlp_ratio * D)
         total = 2 * N * math.prod(cfg.patch) * (cfg.in_channels + cfg.cond_channels) * D  # patch embedding
         total += 2 * (FREQ_DIM * D + D * D)  # noise-level MLP
-        block = 2 * D * 6 * D + 2 * N * D * 4 * D + 2 * N * N * 2 * D + 2 * N * D * hidden * 2
+        if cfg.attention == "factorised":  # two attentions, over S = N / F tokens and over F tokens
+            frames = cfg.grid[0]
+            attention = 2 * D * 3 * D + 2 * (2 * N * D * 4 * D) + 2 * N * (N // frames + frames) * 2 * D
+        else:
+            attention = 2 * N * D * 4 * D + 2 * N * N * 2 * D
+        block = 2 * D * 6 * D + attention + 2 * N * D * hidden * 2
         if cfg.context_dim:
             total += 2 * cfg.context_dim * D  # the pooled prompt's projection
             block += 2 * N * D * 2 * D + 2 * L * cfg.context_dim * 2 * D + 2 * N * L * 2 * D
