@@ -121,7 +121,7 @@ def judge_video(frames: np.ndarray, spec: dict) -> dict:
 def video_adherence(videos: list[np.ndarray] | np.ndarray, specs: list[dict]) -> dict[str, float]:
     """Over a set of videos [F, H, W, 3], one per caption spec: the fraction that hold each
     verdict of `judge_video` (speed: of those whose caption states one), the mean per_frame
-    adherence, and n."""
+    adherence, the largest jerk_px (max_jerk_px) and n."""
     if len(videos) != len(specs):
         raise NanodiffError(f"{len(videos)} videos for {len(specs)} prompts")
     verdicts = [judge_video(v, s) for v, s in zip(videos, specs, strict=True)]
@@ -131,4 +131,4 @@ def video_adherence(videos: list[np.ndarray] | np.ndarray, specs: list[dict]) ->
         for name in names
         if any(name in v for v in verdicts)
     }
-    return {**result, "n": len(verdicts)}
+    return {**result, "max_jerk_px": max(v["jerk_px"] for v in verdicts), "n": len(verdicts)}
