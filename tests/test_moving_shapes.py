@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from nanodiffusion.data.moving_shapes import (
+    BOUNCE_RANGE,
+    BOUNCE_SPEED,
     DIRECTIONS,
     HELD_OUT_MOTIONS,
     MOTIONS,
@@ -44,7 +46,7 @@ def test_tracks_are_what_the_detector_reads(videos):
 
 
 def test_motion_is_constant_velocity_the_stated_way_inside_the_frame(videos):
-    for video in videos:
+    for video in [v for v in videos if v.spec["kind"] != "bounce"]:
         steps = np.diff(video.tracks, axis=1)  # [objects, F - 1, 2]
         assert np.allclose(steps, steps[:, :1]), video.caption  # no bounce, no change of speed
         assert video.tracks.min() > 0.15 and video.tracks.max() < 0.85  # boxes stay in view
@@ -59,9 +61,20 @@ def test_motion_is_constant_velocity_the_stated_way_inside_the_frame(videos):
             assert np.all(np.sign(np.diff(distance)) == (1 if want["motion"] == "apart" else -1))
 
 
+def test_bounces_reflect_at_the_walls():
+    for seed in range(20):
+        x, y = render_video(seed, kind="bounce").tracks[0].T
+        steps = np.diff(x)
+        assert np.all(y == y[0]) and BOUNCE_RANGE[0] <= x.min() and x.max() <= BOUNCE_RANGE[1]
+        assert np.all(np.abs(steps) <= BOUNCE_SPEED + 1e-12)
+        assert np.isclose(np.abs(steps), BOUNCE_SPEED).sum() >= len(steps) - 2  # all but the steps at a wall
+        turns = np.sum(np.sign(steps[1:]) != np.sign(steps[:-1]))
+        assert 1 <= turns <= 2
+
+
 def test_captions_name_what_the_spec_says(videos):
     phrases = {"left": "left", "right": "right", "up": ("rises", "up"), "down": ("falls", "down", "drops")}
-    phrases |= {"apart": ("apart", "away"), "together": ("together", "towards")}
+    phrases |= {"apart": ("apart", "away"), "together": ("together", "towards"), "bounce": "bounces"}
     for video in videos:
         for want in video.spec["objects"]:
             assert f"{want['colour']} {want['shape']}" in video.caption
@@ -96,7 +109,8 @@ def test_judge_scores_real_videos_high_and_shuffled_or_reversed_low(videos):
     shuffled = video_adherence([f[rng.permutation(len(f))] for f in frames[:20]], specs[:20])
     assert shuffled["motion"] <= 0.1 and shuffled["smooth"] <= 0.2 and shuffled["all"] <= 0.05, shuffled
     assert shuffled["per_frame"] >= 0.99  # every frame is still a good still image
-    backwards = video_adherence([f[::-1] for f in frames[:12]], specs[:12])
+    ahead = [i for i, s in enumerate(specs[:16]) if s["kind"] != "bounce"]  # a bounce backwards still bounces
+    backwards = video_adherence([frames[i][::-1] for i in ahead], [specs[i] for i in ahead])
     assert backwards["motion"] == 0.0 and backwards["identity"] >= 0.95, backwards
 
 

@@ -6,7 +6,7 @@ says what moves and how ("a red circle moves from left to right", "a blue square
 quickly", "a green star and a yellow triangle move apart"); its spec states the same for the
 judge (`metrics.video`), and its tracks hold every object's true centre in every frame.
 
-Two kinds of video:
+Three kinds of video, a third each:
 
 - single: one object (small or large) moves left, right, up or down, slow (0.012 of the side
   per frame) or fast (0.028); the caption says the speed half of the time. The path always fits
@@ -15,6 +15,8 @@ Two kinds of video:
   bottom band (so they never touch), move horizontally in opposite directions at 0.018 of the
   side per frame: apart (the distance between them grows) or together (it shrinks, and they
   never pass each other).
+- bounce: one small object moves horizontally at 0.06 of the side per frame and reflects off
+  the walls (the centre's range is [0.18, 0.82]), so it turns once or twice in 16 frames.
 
 Held out: the colour-shape-motion triples in HELD_OUT_MOTIONS are never rendered by the
 training stream (`render_video(seed)`); `render_video(seed, held_out=True)` puts one of them in
@@ -33,9 +35,12 @@ from nanodiffusion.errors import NanodiffError
 
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  # image y points down
 PAIR_MOTIONS = ("apart", "together")
-MOTIONS = (*DIRECTIONS, *PAIR_MOTIONS)
+MOTIONS = (*DIRECTIONS, *PAIR_MOTIONS, "bounce")
 SPEEDS = {"slow": 0.012, "fast": 0.028}  # fractions of the side per frame (single objects)
 PAIR_SPEED = 0.018
+BOUNCE_SPEED = 0.06
+_MARGIN = 0.03  # gap between an object's box and the frame's edge
+BOUNCE_RANGE = (SIZES["small"] + _MARGIN, 1 - SIZES["small"] - _MARGIN)  # where a bouncing centre turns
 # (colour, shape, motion) triples the training stream never renders
 HELD_OUT_MOTIONS = (
     ("red", "circle", "up"),
@@ -43,10 +48,9 @@ HELD_OUT_MOTIONS = (
     ("yellow", "star", "down"),
     ("green", "triangle", "apart"),
     ("purple", "diamond", "together"),
+    ("orange", "square", "bounce"),
 )
-KINDS = ("single", "pair")
-
-_MARGIN = 0.03  # gap between an object's box and the frame's edge
+KINDS = ("single", "pair", "bounce")
 _PHRASES = {
     "right": ("moves from left to right", "moves right", "moves to the right"),
     "left": ("moves from right to left", "moves left", "moves to the left"),
@@ -54,6 +58,7 @@ _PHRASES = {
     "down": ("falls", "moves down", "drops"),
     "apart": ("move apart", "move away from each other", "drift apart"),
     "together": ("move together", "move towards each other", "come together"),
+    "bounce": ("bounces from side to side", "bounces left and right", "bounces between the walls"),
 }
 _ADVERBS = {"slow": "slowly", "fast": "quickly"}
 
@@ -133,7 +138,26 @@ def _pair(rng: np.random.Generator, frames: int, held_out: bool) -> tuple[np.nda
     return tracks, objs, caption, {"kind": "pair", "objects": wants}
 
 
-_MAKERS = {"single": _single, "pair": _pair}
+def _bounce(rng: np.random.Generator, frames: int, held_out: bool) -> tuple[np.ndarray, list[Obj], str, dict]:
+    colour, shape, motion = _pick(rng, ("bounce",), held_out)
+    lo, hi = BOUNCE_RANGE
+    width = hi - lo
+    # unfolded path from a random start and heading, folded into [lo, 1 - lo] (reflection at the walls)
+    unfolded = rng.uniform(0, 2 * width) + BOUNCE_SPEED * np.arange(frames)
+    folded = np.mod(unfolded, 2 * width)
+    x = lo + np.where(folded <= width, folded, 2 * width - folded)
+    track = np.stack([x, np.full(frames, rng.uniform(lo, 1 - lo))], 1)
+    caption = f"{_a(colour)} {colour} {shape} {_PHRASES[motion][rng.integers(3)]}"
+    want = {"colour": colour, "shape": shape, "motion": motion, "speed": None}
+    return (
+        track[None],
+        [Obj(shape, colour, "small", 0.0, 0.0)],
+        caption,
+        {"kind": "bounce", "objects": [want]},
+    )
+
+
+_MAKERS = {"single": _single, "pair": _pair, "bounce": _bounce}
 
 
 def render_video(
@@ -141,7 +165,7 @@ def render_video(
 ) -> Video:
     """The video of a seed: frames [F, size, size, 3] uint8, caption, spec and true tracks.
 
-    kind: single | pair (None: either, half and half). held_out=True puts one of
+    kind: single | pair | bounce (None: any, a third each). held_out=True puts one of
     HELD_OUT_MOTIONS's colour-shape-motion triples in the video (the training stream never does).
     Laid out in fractions of the side, so one seed at 32 and at 64 pixels is the same video."""
     if size < 16 or frames < 2:

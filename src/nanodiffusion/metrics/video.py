@@ -8,8 +8,10 @@ shape. Four verdicts per video (`judge_video`):
 - motion: its tracked displacement goes the stated way (left/right/up/down along that axis,
   apart/together in the distance between the two) by at least MIN_TRAVEL of the side, and at
   least STEADY of the frame-to-frame steps go that way too (a shuffled video's do about half);
+  a bounce turns once or twice (as 16 frames of the renders do), over at least 0.3 of the side;
 - smooth: the largest frame-to-frame velocity change of any track (`jerk_px`, in pixels) is at
-  most SMOOTH_PX; constant-velocity renders read back at most about 0.3 px (detector noise);
+  most SMOOTH_PX; constant-velocity renders read back at most about 0.3 px (detector noise).
+  A bounce's turns at the walls are the data's own: frames within a step of a wall are left out;
 - per_frame: the fraction of frames in which the still judge's colour check holds for every
   named object (an object of that shape in that colour; `data.shapes.judge`, kind single).
 """
@@ -18,13 +20,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from nanodiffusion.data.moving_shapes import DIRECTIONS, SPEEDS
+from nanodiffusion.data.moving_shapes import BOUNCE_RANGE, BOUNCE_SPEED, DIRECTIONS, SPEEDS
 from nanodiffusion.data.shapes import Detected, detect
 from nanodiffusion.errors import NanodiffError
 
 MIN_TRAVEL = 0.1  # fraction of the side; the slowest render travels 0.18 in 16 frames
 STEADY = 0.8  # share of frame-to-frame steps that must go the stated way
 SMOOTH_PX = 1.0  # largest velocity change, pixels per frame per frame
+STILL = 0.01  # a step shorter than this (fraction of the side) has no direction (detector noise: 0.005)
 MAX_JUMP = 0.25  # a detection further than this (fraction of the side) from a track starts a new one
 
 Track = list[Detected | None]  # one entry per frame
@@ -105,6 +108,17 @@ def judge_video(frames: np.ndarray, spec: dict) -> dict:
     elif motion in ("apart", "together"):
         distance = np.hypot(*(centres[0] - centres[1]).T)
         checks["motion"] = _goes(distance if motion == "apart" else -distance)
+    elif motion == "bounce":
+        x, y = centres[0][~np.isnan(centres[0][:, 0])].T
+        steps = np.diff(x)
+        heading = np.sign(steps[np.abs(steps) > STILL])
+        turns = int(np.sum(heading[1:] != heading[:-1]))
+        drift = np.ptp(y) if len(y) else np.inf
+        checks["motion"] = bool(1 <= turns <= 2 and np.ptp(x) >= 0.3 and drift < MIN_TRAVEL)
+        # the velocity changes at the walls are the data's own: judge the frames a step away from them
+        x = centres[0][:, 0]
+        near_wall = (x < BOUNCE_RANGE[0] + BOUNCE_SPEED) | (x > BOUNCE_RANGE[1] - BOUNCE_SPEED)
+        centres = [np.where(near_wall[:, None], np.nan, centres[0])]
     else:
         raise NanodiffError(f"unknown motion {motion!r}")
 
