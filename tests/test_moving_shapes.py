@@ -13,7 +13,7 @@ from nanodiffusion.data.moving_shapes import (
     render_video,
     render_videos,
 )
-from nanodiffusion.data.shapes import judge
+from nanodiffusion.data.shapes import Obj, draw, judge
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.metrics.video import SMOOTH_PX, judge_video, tracks_of, video_adherence
 
@@ -136,3 +136,20 @@ def test_render_videos_and_errors():
         render_video(0, frames=64, kind="pair")
     with pytest.raises(NanodiffError, match=r"\[F, H, W, 3\]"):
         judge_video(np.zeros((4, 32, 32)), {"objects": []})
+
+
+def test_a_bounce_turns_at_the_walls_not_in_mid_air():
+    red = {"colour": "red", "shape": "circle", "motion": "bounce", "speed": None}
+    spec = {"kind": "bounce", "objects": [red]}
+
+    def video(xs):
+        return np.stack([draw([Obj("circle", "red", "small", x, 0.5)], 32) for x in xs])
+
+    lo, hi = BOUNCE_RANGE
+    at_walls = lo + np.abs(np.mod(np.arange(16) * BOUNCE_SPEED, 2 * (hi - lo)) - (hi - lo))  # a triangle wave
+    assert judge_video(video(at_walls), spec)["all"]
+    mid_air = np.r_[np.linspace(0.2, 0.62, 8), np.linspace(0.56, 0.2, 8)]  # turns at 0.62
+    assert judge_video(mid_air_video := video(mid_air), spec)["motion"]
+    assert not judge_video(mid_air_video, spec)["smooth"]
+    one_way = video(np.linspace(0.2, 0.8, 16))
+    assert not judge_video(one_way, spec)["motion"] and judge_video(one_way, spec)["smooth"]

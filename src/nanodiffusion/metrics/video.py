@@ -76,6 +76,33 @@ def _goes(values: np.ndarray) -> bool:
     return bool(seen[-1] - seen[0] >= MIN_TRAVEL and np.mean(steps > 0) >= STEADY)
 
 
+def _directed(centres: np.ndarray, want: dict) -> dict[str, bool]:
+    """motion (and speed, when stated) of one object's centres [F, 2] that should go left/right/up/down."""
+    along = centres @ np.array(DIRECTIONS[want["motion"]], float)
+    across = centres @ np.array(DIRECTIONS[want["motion"]][::-1], float)
+    seen = np.flatnonzero(~np.isnan(along))
+    if len(seen) < 2:
+        return {"motion": False} | ({"speed": False} if want.get("speed") else {})
+    drift = abs(across[seen[-1]] - across[seen[0]])
+    checks = {"motion": _goes(along) and bool(drift < MIN_TRAVEL)}
+    if want.get("speed"):
+        speed = (along[seen[-1]] - along[seen[0]]) / (seen[-1] - seen[0])
+        checks["speed"] = bool((speed > np.mean(list(SPEEDS.values()))) == (want["speed"] == "fast"))
+    return checks
+
+
+def _bounces(centres: np.ndarray) -> bool:
+    """Whether centres [F, 2] bounce as 16 frames of the renders do: turn once or twice, over at
+    least 0.3 of the side, with little vertical drift."""
+    x, y = centres[~np.isnan(centres[:, 0])].T
+    if len(x) < 2:
+        return False
+    steps = np.diff(x)
+    heading = np.sign(steps[np.abs(steps) > STILL])
+    turns = int(np.sum(heading[1:] != heading[:-1]))
+    return bool(1 <= turns <= 2 and np.ptp(x) >= 0.3 and np.ptp(y) < MIN_TRAVEL)
+
+
 def judge_video(frames: np.ndarray, spec: dict) -> dict:
     """Which of the caption's statements hold in a video [F, H, W, 3] (uint8 or floats in [0, 255]).
 
@@ -94,27 +121,12 @@ def judge_video(frames: np.ndarray, spec: dict) -> dict:
 
     motion = wants[0]["motion"]
     if motion in DIRECTIONS:
-        along = centres[0] @ np.array(DIRECTIONS[motion], float)
-        across = centres[0] @ np.array(DIRECTIONS[motion][::-1], float)
-        seen = ~np.isnan(along)
-        drift = abs(across[seen][-1] - across[seen][0]) if seen.sum() >= 2 else np.inf
-        checks["motion"] = _goes(along) and drift < MIN_TRAVEL
-        if wants[0].get("speed") is not None and seen.sum() >= 2:
-            frames_apart = np.flatnonzero(seen)[-1] - np.flatnonzero(seen)[0]
-            speed = (along[seen][-1] - along[seen][0]) / frames_apart
-            checks["speed"] = bool((speed > np.mean(list(SPEEDS.values()))) == (wants[0]["speed"] == "fast"))
-        elif wants[0].get("speed") is not None:
-            checks["speed"] = False
+        checks |= _directed(centres[0], wants[0])
     elif motion in ("apart", "together"):
         distance = np.hypot(*(centres[0] - centres[1]).T)
         checks["motion"] = _goes(distance if motion == "apart" else -distance)
     elif motion == "bounce":
-        x, y = centres[0][~np.isnan(centres[0][:, 0])].T
-        steps = np.diff(x)
-        heading = np.sign(steps[np.abs(steps) > STILL])
-        turns = int(np.sum(heading[1:] != heading[:-1]))
-        drift = np.ptp(y) if len(y) else np.inf
-        checks["motion"] = bool(1 <= turns <= 2 and np.ptp(x) >= 0.3 and drift < MIN_TRAVEL)
+        checks["motion"] = _bounces(centres[0])
         # the velocity changes at the walls are the data's own: judge the frames a step away from them
         x = centres[0][:, 0]
         near_wall = (x < BOUNCE_RANGE[0] + BOUNCE_SPEED) | (x > BOUNCE_RANGE[1] - BOUNCE_SPEED)
@@ -124,7 +136,7 @@ def judge_video(frames: np.ndarray, spec: dict) -> dict:
 
     jerks = [np.abs(np.diff(c, 2, axis=0)).max(1) for c in centres]  # each [F - 2], NaN where unseen
     jerk = max((float(np.nanmax(j)) for j in jerks if not np.isnan(j).all()), default=np.inf)
-    checks["smooth"] = jerk * size <= SMOOTH_PX
+    checks["smooth"] = bool(jerk * size <= SMOOTH_PX)
     checks["all"] = all(checks.values())
     # the still judge's colour check per frame (kind single: an object of that shape in that colour)
     found = [[d for t in tracks if (d := t[f]) is not None] for f in range(len(frames))]
