@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from _common import forward_flops  # bench/_common.py, on the path through conftest.py
+from live_weights import live
 from nanodiffusion.core.denoisers import Denoiser, ImageConditioned
 from nanodiffusion.core.guidance import ClassifierFreeGuidance
 from nanodiffusion.core.losses import LossConfig, diffusion_loss, sample_sigmas
@@ -14,16 +15,6 @@ from nanodiffusion.nets.dit import FREQ_DIM, DiT, DiTConfig, patchify, sincos_po
 from one_line import error_of
 from prompts import D, L
 from prompts import prompt as _prompt
-
-
-def _perturbed(net: DiT) -> DiT:
-    """The net with its zero-initialised layers drawn at random: at zero they hide every condition."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.normal_(0, 0.1)
-    return net.eval()
 
 
 @pytest.mark.parametrize(
@@ -75,7 +66,7 @@ def test_every_block_starts_as_the_identity_and_the_output_at_zero(kind):
 
 def test_the_class_label_and_the_no_class_index_change_the_output():
     torch.manual_seed(0)
-    net = _perturbed(DiT(DiTConfig(image_size=8, width=32, depth=2, num_classes=10)))
+    net = live(DiT(DiTConfig(image_size=8, width=32, depth=2, num_classes=10)))
     x, c_noise = torch.randn(1, 1, 8, 8).expand(3, 1, 8, 8), torch.full((3,), 100.0)
     with torch.no_grad():
         out = net(x, c_noise, torch.tensor([3, 7, 10]))
@@ -88,7 +79,7 @@ def test_the_class_label_and_the_no_class_index_change_the_output():
 def test_classifier_free_guidance_batches_the_no_class_index():
     """Guidance runs [cond, uncond] as one batch through the DiT: D_u + w (D_c - D_u)."""
     torch.manual_seed(0)
-    net = _perturbed(DiT(DiTConfig(image_size=8, width=32, depth=2, num_classes=10)))
+    net = live(DiT(DiTConfig(image_size=8, width=32, depth=2, num_classes=10)))
     denoiser = Denoiser(net, Schedule(kind="edm"), "edm")
     x, sigma, labels = torch.randn(2, 1, 8, 8), torch.tensor([0.5, 2.0]), torch.tensor([3, 7])
     with torch.no_grad():
@@ -100,7 +91,7 @@ def test_classifier_free_guidance_batches_the_no_class_index():
 
 def test_the_prompt_changes_the_output_and_padding_does_not():
     torch.manual_seed(0)
-    net = _perturbed(DiT(DiTConfig(in_channels=3, image_size=8, width=32, depth=2, context_dim=D)))
+    net = live(DiT(DiTConfig(in_channels=3, image_size=8, width=32, depth=2, context_dim=D)))
     x, c_noise = torch.randn(2, 3, 8, 8), torch.tensor([10.0, 500.0])
     a, b = _prompt(2, 3, 0), _prompt(2, 3, 1)
     padded = a.clone()
@@ -113,7 +104,7 @@ def test_the_prompt_changes_the_output_and_padding_does_not():
 
 def test_an_image_condition_changes_the_output():
     torch.manual_seed(0)
-    net = _perturbed(DiT(DiTConfig(in_channels=1, cond_channels=2, image_size=8, width=32, depth=2)))
+    net = live(DiT(DiTConfig(in_channels=1, cond_channels=2, image_size=8, width=32, depth=2)))
     x, c_noise, image = torch.randn(2, 1, 8, 8), torch.tensor([10.0, 500.0]), torch.randn(1, 2, 8, 8)
     with torch.no_grad():
         out = ImageConditioned(net, image)(x, c_noise)

@@ -4,6 +4,7 @@ Ho et al. 2022), training, and image-to-video, prediction and interpolation as f
 import pytest
 import torch
 
+from live_weights import live
 from nanodiffusion.core.denoisers import Denoiser
 from nanodiffusion.core.losses import LossConfig, diffusion_loss, sample_sigmas
 from nanodiffusion.core.samplers import SAMPLERS
@@ -21,16 +22,6 @@ VIDEO = (1, FRAMES, SIDE, SIDE)  # [C, F, H, W]
 def _video_cfg(attention: str = "factorised", **kw) -> DiTConfig:
     base = {"in_channels": 1, "image_size": [FRAMES, SIDE, SIDE], "patch_size": [1, 2, 2]}
     return DiTConfig(**{**base, "width": 48, "head_dim": 24, "depth": 2, "attention": attention, **kw})
-
-
-def _randomised(net: DiT) -> DiT:
-    """The net with its zero-initialised layers drawn at random, so that every branch is live."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.normal_(0, 0.1)
-    return net.eval()
 
 
 def _moving_squares(n: int, g: torch.Generator) -> torch.Tensor:
@@ -60,7 +51,7 @@ def test_every_block_starts_as_the_identity_and_the_output_at_zero(attention):
     assert len(seen) == 2 and all(torch.equal(block_in, block_out) for block_in, block_out in seen)
     assert seen[0][0].abs().max() > 0
     assert out.shape == x.shape and torch.equal(out, torch.zeros_like(x))
-    randomised = _randomised(net)(x, c_noise)
+    randomised = live(net)(x, c_noise)
     assert randomised.shape == x.shape and randomised.abs().max() > 1e-2
 
 
@@ -87,12 +78,12 @@ def test_factorised_attention_mixes_a_frame_spatially_and_a_place_temporally():
     alone (spatial gate 0) only along the place's column of frames; both, in turn, reach every
     token (two hops: within frame f1, then across frames). Joint attention's one hop reaches all."""
     at, frame, place = (1, 5), torch.arange(FRAMES)[:, None], torch.arange(16)[None]
-    spatial_only = _changed(_randomised(DiT(_video_cfg())).blocks[0], [8], at)
+    spatial_only = _changed(live(DiT(_video_cfg())).blocks[0], [8], at)
     assert torch.equal(spatial_only, (frame == at[0]).expand(FRAMES, 16))
-    temporal_only = _changed(_randomised(DiT(_video_cfg())).blocks[0], [2], at)
+    temporal_only = _changed(live(DiT(_video_cfg())).blocks[0], [2], at)
     assert torch.equal(temporal_only, (place == at[1]).expand(FRAMES, 16))
-    assert _changed(_randomised(DiT(_video_cfg())).blocks[0], [], at).all()
-    assert _changed(_randomised(DiT(_video_cfg("joint"))).blocks[0], [], at).all()
+    assert _changed(live(DiT(_video_cfg())).blocks[0], [], at).all()
+    assert _changed(live(DiT(_video_cfg("joint"))).blocks[0], [], at).all()
 
 
 def test_factorised_attention_needs_a_video_grid_and_old_configs_load_as_joint():
@@ -136,7 +127,7 @@ def _frames_known(frames: list[int]) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def video_denoiser():
-    return Denoiser(_randomised(DiT(_video_cfg())), Schedule(kind="flow"), "flow")
+    return Denoiser(live(DiT(_video_cfg())), Schedule(kind="flow"), "flow")
 
 
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
