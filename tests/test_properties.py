@@ -3,8 +3,10 @@ at random either work or fail with one line, a NanodiffError or `nanodiff: error
 exception, and nothing already on disk changes.
 
 The `ci` profile (the default) runs few examples, derandomized, so the fast suite stays fast and
-reproducible; the slow-marked tests run the same properties under the `thorough` profile, and
-HYPOTHESIS_PROFILE=thorough makes every test here use it.
+reproducible; the slow-marked tests run the same properties under the `thorough` profile (300
+examples, derandomized too: CI must not depend on the draw), and HYPOTHESIS_PROFILE=thorough makes
+every test here use it. HYPOTHESIS_PROFILE=explore runs them all on 300 fresh random examples, to
+look for new failures.
 """
 
 import json
@@ -30,14 +32,17 @@ settings.register_profile(
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-settings.register_profile(
-    "thorough",
-    max_examples=300,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-THOROUGH = settings.get_profile("thorough")
+for name, fixed in (("thorough", True), ("explore", False)):
+    settings.register_profile(
+        name,
+        max_examples=300,
+        deadline=None,
+        derandomize=fixed,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+settings.load_profile(PROFILE)
+THOROUGH = settings.get_profile("explore" if PROFILE == "explore" else "thorough")
 
 
 def one_line_error(call, *args):
@@ -96,8 +101,8 @@ def check_overrides(items: list[str]) -> None:
         return
     from nanodiffusion.inference.runs import build_denoiser
 
-    with hostile.limits():
-        build_denoiser(cfg)  # a config that loads builds its network
+    with hostile.limits():  # a config that loads builds its network, or, when a size the data
+        one_line_error(build_denoiser, cfg)  # decides is still open (classes, text width), says so
 
 
 @given(overrides)
