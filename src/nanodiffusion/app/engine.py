@@ -507,27 +507,28 @@ def generate(entry: Model, s: Settings, inputs: dict, reporter: Reporter) -> tor
 def compare(entry: Model, s: Settings, inputs: dict, reporter: Reporter, emit) -> list[torch.Tensor]:
     """Samplers side by side from the same seed at the same number of network evaluations
     (s.steps is the NFE; each sampler gets the steps that spend it)."""
-    rows = []
+    variants = []
     for name in COMPARE:
-        info = get_sampler(name)
-        steps = max(1, info.steps_for_nfe(s.steps))
-        one = Settings(**{**s.to_dict(), "sampler": name, "steps": steps})
-        reporter.label = f"{name}, {steps} steps"
-        rows.append(generate(entry, one, inputs, reporter))
-        emit(row_event(reporter.label, rows[-1]))
-    return rows
+        steps = max(1, get_sampler(name).steps_for_nfe(s.steps))
+        variants.append((f"{name}, {steps} steps", {"sampler": name, "steps": steps}))
+    return _rows(entry, s, variants, inputs, reporter, emit)
 
 
 def sweep(entry: Model, s: Settings, inputs: dict, reporter: Reporter, emit) -> list[torch.Tensor]:
     """The same seed under guidance scales SWEEP."""
     if entry.info["conditioning"] == "none":
         raise NanodiffError(f"the model {entry.name} is unconditional: there is no guidance to sweep")
+    variants = [(f"guidance {scale:g}", {"guidance": scale}) for scale in SWEEP]
+    return _rows(entry, s, variants, inputs, reporter, emit)
+
+
+def _rows(entry: Model, s: Settings, variants, inputs: dict, reporter: Reporter, emit) -> list[torch.Tensor]:
+    """One row of images per (label, changed settings), each emitted as it is done."""
     rows = []
-    for scale in SWEEP:
-        one = Settings(**{**s.to_dict(), "guidance": scale})
-        reporter.label = f"guidance {scale:g}"
-        rows.append(generate(entry, one, inputs, reporter))
-        emit(row_event(reporter.label, rows[-1]))
+    for label, changes in variants:
+        reporter.label = label
+        rows.append(generate(entry, Settings(**{**s.to_dict(), **changes}), inputs, reporter))
+        emit(row_event(label, rows[-1]))
     return rows
 
 

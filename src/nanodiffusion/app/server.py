@@ -120,26 +120,20 @@ def create_app(models: dict[str, engine.Model], running: int = 1, waiting: int =
             reporter = engine.Reporter(job.emit, job.cancelled, settings.steps)
             t0 = time.perf_counter()
             if view == "single":
-                images = engine.generate(entry, settings, inputs, reporter)
-                job.emit(
-                    {
-                        "type": "done",
-                        "images": engine.finished(images, settings),
-                        "settings": settings.to_dict(),
-                        "seconds": time.perf_counter() - t0,
-                    }
+                images = engine.finished(engine.generate(entry, settings, inputs, reporter), settings)
+            else:  # the rows are emitted as they are done
+                (engine.compare if view == "compare" else engine.sweep)(
+                    entry, settings, inputs, reporter, job.emit
                 )
-            else:
-                run = engine.compare if view == "compare" else engine.sweep
-                run(entry, settings, inputs, reporter, job.emit)
-                job.emit(
-                    {
-                        "type": "done",
-                        "images": [],
-                        "settings": settings.to_dict(),
-                        "seconds": time.perf_counter() - t0,
-                    }
-                )
+                images = []
+            job.emit(
+                {
+                    "type": "done",
+                    "images": images,
+                    "settings": settings.to_dict(),
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
 
         job = queue.submit(work, asyncio.get_running_loop())
         if job is None:
