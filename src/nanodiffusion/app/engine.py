@@ -246,18 +246,12 @@ def run_folder(source: str) -> Path:
 
 
 def class_names(cfg) -> list[str]:
-    k = cfg.model.num_classes
-    if not k:
-        return []
-    if cfg.data.name == "fashion-mnist":
-        from nanodiffusion.data.datasets import FASHION_CLASSES
+    """A class run's class names: its built-in dataset's, else "class k"."""
+    from nanodiffusion.data.datasets import builtin_class_names
 
-        return list(FASHION_CLASSES)
-    return (
-        [str(i) for i in range(k)]
-        if cfg.data.name in ("digits", "mnist")
-        else [f"class {i}" for i in range(k)]
-    )
+    k = cfg.model.num_classes
+    names = builtin_class_names(cfg.data.name)
+    return names if names and len(names) == k else [f"class {i}" for i in range(k)]
 
 
 @dataclass

@@ -123,6 +123,14 @@ class ImageData:
     captions: list[str] | None = None  # one per image: the shapes world, or a folder's sidecars
 
 
+def builtin_class_names(name: str) -> list[str] | None:
+    """The class names of a built-in labelled dataset known without reading it (digits, MNIST,
+    Fashion-MNIST), else None."""
+    if name == "fashion-mnist":
+        return list(FASHION_CLASSES)
+    return [str(d) for d in range(10)] if name in ("digits", "mnist") else None
+
+
 def load_data(
     name: str,
     split: str = "train",
@@ -165,10 +173,10 @@ def load_data(
         return ImageData(x, None, 0, name, captions=captions)
     if name == "digits":
         images, labels = _load_digits(split)
-        class_names = [str(d) for d in range(10)]
+        class_names = builtin_class_names(name)
     elif name in _IDX_MD5:
         images, labels = _load_idx_dataset(name, split, cache_dir)
-        class_names = FASHION_CLASSES if name == "fashion-mnist" else [str(d) for d in range(10)]
+        class_names = builtin_class_names(name)
     elif name == "cifar10":
         images, labels, class_names = _load_cifar10(split, cache_dir)
     else:
