@@ -47,7 +47,9 @@ from nanodiffusion.data.files import (
 )
 from nanodiffusion.errors import NanodiffError
 
-BUILTINS = ("digits", "mnist", "fashion-mnist", "cifar10", "shapes")
+BUILTINS = ("digits", "mnist", "fashion-mnist", "cifar10", "shapes", "video-shapes", "moving-mnist")
+VIDEO_BUILTINS = ("video-shapes", "moving-mnist")  # their images are videos [N, C, F, H, W]
+VIDEO_SHAPES = {"train": 10000, "test": 1000}  # test videos use seeds from SHAPES_TEST_SEED
 SHAPES_SCENES = {"train": 20000, "test": 2000}  # test scenes use seeds from SHAPES_TEST_SEED
 SHAPES_TEST_SEED = 10**7
 SPLITS = ("train", "test", "all")
@@ -115,7 +117,7 @@ _SAFE_PICKLE_GLOBALS = {
 
 @dataclass
 class ImageData:
-    images: torch.Tensor  # [N, C, H, W] float32 in [-1, 1]
+    images: torch.Tensor  # [N, C, H, W] float32 in [-1, 1]; a video dataset's: [N, C, F, H, W]
     labels: torch.Tensor | None  # [N] int64 in 0..num_classes-1, or None
     num_classes: int  # 0 when unlabelled
     name: str
@@ -137,12 +139,16 @@ def load_data(
     image_size: int | None = None,
     channels: int | None = None,
     cache_dir: str | Path | None = None,
+    frames: int | None = None,
 ) -> ImageData:
     """Load a dataset by built-in name or path.
 
     name: "digits" (scikit-learn, 1797 images 8x8), "mnist", "fashion-mnist" (28x28, 60k/10k),
         "cifar10" (32x32 RGB, 50k/10k, 10 classes),
         "shapes" (captioned scenes rendered at image_size, default 32: 20000 train, 2000 test),
+        "video-shapes" (captioned videos of moving shapes, `data.moving_shapes`, 16 frames at 32x32
+        by default: 10000 train, 1000 test), "moving-mnist" (two MNIST digits bouncing,
+        `data.moving_mnist`, 20 frames at 64x64: 10000 train, 1000 test; unlabelled),
         a folder of images (recursive; if every image sits in a sub-folder, the sorted
         sub-folder names are the classes; captions come from ``name.txt`` beside ``name.png`` or
         from ``metadata.jsonl`` rows with ``file_name`` and ``text``) or a ``.npz`` file (see
@@ -153,6 +159,7 @@ def load_data(
     image_size: scale the shorter side to this and centre-crop to a square; None keeps the
         size (a folder's images must then all share one size).
     channels: 1 (grey) or 3 (RGB); None keeps the source's (a folder: 1 if all images are grey).
+    frames: a video dataset's frames (None: its own, 16 or 20); images only take None.
     cache_dir: where MNIST-style IDX files and the CIFAR-10 archive are looked for and
         downloaded to (in a folder named after the dataset); default
         ``$NANODIFF_DATA`` or ``~/.cache/nanodiffusion``.
@@ -164,7 +171,18 @@ def load_data(
     if channels not in (None, 1, 3):
         raise NanodiffError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
 
+    if frames is not None and (name not in VIDEO_BUILTINS or frames < 2):
+        what = (
+            "at least 2" if name in VIDEO_BUILTINS else f"for a video dataset ({', '.join(VIDEO_BUILTINS)})"
+        )
+        raise NanodiffError(f"frames {frames} asked of {name}: frames are {what}")
     class_names, captions = None, None
+    if name in VIDEO_BUILTINS:
+        videos, captions = _load_videos(name, split, image_size, frames, cache_dir)  # [N, F, H, W, C]
+        x = _to_unit_range(videos.transpose(0, 4, 1, 2, 3), name)
+        if channels is not None:
+            x = _set_channels(x, channels)
+        return ImageData(x, None, 0, name, captions=captions)
     if name == "shapes":
         images, captions = _load_shapes(split, image_size or 32, cache_dir)
         x = _to_unit_range(_to_nchw(images, name), name)
@@ -214,11 +232,12 @@ def held_out_images(
     cache_dir: str | Path | None = None,
 ) -> torch.Tensor:
     """The images an autoencoder trained on `train` (dataset `name`'s training images) is scored
-    on: the test split's first n, or for a folder or .npz, which has no test split, the last n
-    training images (which still train it: the score is then on seen images)."""
+    on: the test split's first n (a video dataset's: frames), or for a folder or .npz, which has
+    no test split, the last n training images (which still train it: the score is then on seen
+    images)."""
     if name not in BUILTINS:
         return train[-n:]
-    return load_data(name, "test", image_size, channels, cache_dir).images[:n]
+    return as_frames(load_data(name, "test", image_size, channels, cache_dir).images)[:n]
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -248,6 +267,46 @@ def _load_shapes(split: str, size: int, cache_dir: str | Path | None) -> tuple[n
     images, captions = np.stack([s.image for s in scenes]), [s.caption for s in scenes]
     write_atomically(path, lambda tmp: np.savez(tmp, images=images, captions=np.array(captions)))
     return images, captions
+
+
+def _load_videos(
+    name: str, split: str, size: int | None, frames: int | None, cache_dir: str | Path | None
+) -> tuple[np.ndarray, list[str] | None]:
+    """A video dataset's split as uint8 [N, F, H, W, C] and its captions (None: Moving MNIST)."""
+    if split == "all":
+        a, b = (_load_videos(name, s, size, frames, cache_dir) for s in ("train", "test"))
+        return np.concatenate([a[0], b[0]]), None if a[1] is None else a[1] + b[1]
+    if name == "moving-mnist":
+        from nanodiffusion.data.moving_mnist import load_moving_mnist
+
+        data = load_moving_mnist(split, frames=frames or 20, size=size or 64, cache_dir=cache_dir)
+        return data.videos[..., None], None
+    from nanodiffusion.data.moving_shapes import render_video
+
+    n, frames, size = VIDEO_SHAPES[split], frames or 16, size or 32
+    first = 0 if split == "train" else SHAPES_TEST_SEED
+    path = cache_root(cache_dir) / "video-shapes" / f"video-shapes-{split}-{n}-{frames}-{size}.npz"
+    if path.is_file():
+        arrays = read_array(path)
+        if {"videos", "captions"} - set(arrays):
+            raise NanodiffError(
+                f"{path} is not a video-shapes cache (it lacks videos or captions): delete it"
+            )
+        return arrays["videos"], [str(c) for c in arrays["captions"]]
+    videos = [
+        render_video(first + i, frames, size)
+        for i in tqdm(range(n), desc=f"rendering video-shapes {split}", leave=False)
+    ]
+    array, captions = np.stack([v.frames for v in videos]), [v.caption for v in videos]
+    write_atomically(path, lambda tmp: np.savez(tmp, videos=array, captions=np.array(captions)))
+    return array, captions
+
+
+def as_frames(x: torch.Tensor) -> torch.Tensor:
+    """Videos [N, C, F, H, W] as their frames [N F, C, H, W] (images pass unchanged)."""
+    if x.ndim != 5:
+        return x
+    return x.transpose(1, 2).reshape(-1, x.shape[1], *x.shape[3:])
 
 
 def _load_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -406,8 +465,8 @@ def _set_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     if x.shape[1] == channels:
         return x
     if channels == 3:
-        return x.repeat(1, 3, 1, 1)
-    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # ITU-R 601, as PIL's "L"
+        return x.repeat(1, 3, *[1] * (x.ndim - 2))
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, *[1] * (x.ndim - 2))  # ITU-R 601, as PIL's "L"
     return (x * luma).sum(1, keepdim=True)
 
 

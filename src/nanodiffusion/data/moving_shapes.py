@@ -61,6 +61,16 @@ _PHRASES = {
     "bounce": ("bounces from side to side", "bounces left and right", "bounces between the walls"),
 }
 _ADVERBS = {"slow": "slowly", "fast": "quickly"}
+GRID_PROMPTS = (  # a text-to-video run's sample grids: one of each motion, none held out
+    "a red circle moves from left to right",
+    "a blue square falls",
+    "a green star moves left quickly",
+    "a yellow triangle rises slowly",
+    "a purple diamond bounces from side to side",
+    "an orange circle and a blue star move apart",
+    "a green square and a red triangle move together",
+    "a yellow circle moves up",
+)
 
 
 @dataclass

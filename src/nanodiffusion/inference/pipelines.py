@@ -18,6 +18,7 @@ from nanodiffusion.inference.runs import build_denoiser, image_shape, load_parts
 from nanodiffusion.inference.sampling import Control, sample_images
 from nanodiffusion.io.checkpoint import EMA
 from nanodiffusion.io.config import Config
+from nanodiffusion.nets import sample_shape
 from nanodiffusion.tasks import TASKS, Task, get_task
 
 __all__ = [
@@ -107,24 +108,25 @@ def draw(
     each result onto the images whose area-downsampling is its input
     (nanodiffusion.tasks.upscale.from_samples). Other keywords go to sample_images.
     """
-    m = cfg.model
-    shape = (m.in_channels, m.image_size, m.image_size)
+    shape = sample_shape(cfg.model)
     task = get_task(cfg.data.task)
     plan = task.sampling(cfg, n, seed, **_task_inputs(cfg, task, options))
     init, model_known = init_image, known
     if init_image is not None and autoencoder is not None:  # pixel runs: sample_images checks these
         want = image_shape(cfg, autoencoder)
-        if init_image.ndim != 4 or tuple(init_image.shape[1:]) != want:
+        if init_image.ndim != 1 + len(want) or tuple(init_image.shape[1:]) != want:
             raise NanodiffError(
                 f"init images must be [1 or {n}, {', '.join(map(str, want))}], got {list(init_image.shape)}"
             )
-        if known is not None and (known.ndim != 4 or known.shape[-2:] != init_image.shape[-2:]):
+        if known is not None and (known.ndim != init_image.ndim or known.shape[2:] != init_image.shape[2:]):
             raise NanodiffError(
                 f"the mask is {list(known.shape)}, which does not fit images {list(init_image.shape)}"
             )
         init = autoencoder.encode_images(init_image)
         if known is not None:  # known in latent space only where every pixel of the cell is
-            model_known = -torch.nn.functional.max_pool2d(-known.float(), autoencoder.cfg.factor)
+            f = autoencoder.cfg.factor  # a video's frames are encoded one by one
+            pool = torch.nn.functional.max_pool3d if known.ndim == 5 else torch.nn.functional.max_pool2d
+            model_known = -pool(-known.float(), (1, f, f) if known.ndim == 5 else f)
     samples = sample_images(
         denoiser,
         n,

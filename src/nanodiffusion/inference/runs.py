@@ -12,7 +12,7 @@ from nanodiffusion.io.checkpoint import EMA, MODEL, checkpoint_file, load_config
 from nanodiffusion.io.config import Config, validate
 from nanodiffusion.io.device import pick_device
 from nanodiffusion.io.pretrained import resolve_run, shipped_name
-from nanodiffusion.nets import build_net
+from nanodiffusion.nets import build_net, sample_shape
 
 
 def build_denoiser(cfg: Config, net: torch.nn.Module | None = None) -> Denoiser:
@@ -61,9 +61,11 @@ def load_parts(run_dir: str | Path, weights: str = "ema", device: str = "auto"):
     return cfg, denoiser, autoencoder, encoder
 
 
-def image_shape(cfg: Config, autoencoder=None) -> tuple[int, int, int]:
-    """[C, H, W] of a run's images in pixels (a latent run's after decoding)."""
+def image_shape(cfg: Config, autoencoder=None) -> tuple[int, ...]:
+    """[C, H, W] of a run's images in pixels (a latent run's after decoding; a video run's
+    [C, F, H, W])."""
+    shape = sample_shape(cfg.model)
     if autoencoder is None:
-        m = cfg.model
-        return m.in_channels, m.image_size, m.image_size
-    return autoencoder.cfg.in_channels, cfg.data.image_size, cfg.data.image_size
+        return shape
+    side = cfg.data.image_size
+    return autoencoder.cfg.in_channels, *shape[1:-2], side, side

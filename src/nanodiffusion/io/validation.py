@@ -92,6 +92,7 @@ MULTIPLE_OF_8 = (lambda v: _is_int(v) and v > 0 and v % 8 == 0), "a positive mul
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.name": ((lambda v: bool(v.strip())), "a dataset name, an image folder or a .npz file"),
     "data.image_size": _int(1, none=True),
+    "data.frames": _int(2, none=True),
     "data.channels": ((lambda v: v in (None, 1, 3)), "1 (grey), 3 (RGB) or null (the data's own)"),
     "data.p_uncond": UNIT,
     "data.max_tokens": _int(1, MAX_TOKENS),

@@ -90,10 +90,100 @@ def to_pil(images: torch.Tensor, nrow: int | None = None, padding: int = 1, scal
 def save_grid(
     images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int | None = None
 ) -> Path:
-    """Write a batch as one PNG grid; by default scaled so each tile is at least 48 px."""
+    """Write a batch as one PNG grid; by default scaled so each tile is at least 48 px. Videos
+    [N, C, F, H, W] are drawn as frame strips, a video a row."""
+    if isinstance(images, torch.Tensor) and images.ndim == 5:
+        return save_strip(images, path, scale)
     _check_images(images)
     grid = to_pil(images, nrow, scale=_auto_scale(images) if scale is None else scale)
     return write_atomically(path, grid.save)
+
+
+# --- videos [N, C, F, H, W] in [-1, 1]: frame strips, animated GIFs, MP4 -----------------------
+
+
+def _check_videos(videos: torch.Tensor) -> None:
+    if not isinstance(videos, torch.Tensor) or videos.ndim != 5 or videos.shape[1] not in (1, 3):
+        shape = tuple(videos.shape) if isinstance(videos, torch.Tensor) else type(videos).__name__
+        raise NanodiffError(f"videos must be a [N, C, F, H, W] tensor with C = 1 or 3, got {shape}")
+    if 0 in videos.shape[:3]:
+        raise NanodiffError(f"videos of shape {tuple(videos.shape)} hold no frames; nothing to draw")
+
+
+def save_strip(videos: torch.Tensor, path: str | Path, scale: int | None = None) -> Path:
+    """Write videos as one PNG: each video's frames left to right, a video a row."""
+    _check_videos(videos)
+    frames = videos.transpose(1, 2).flatten(0, 1)  # [N F, C, H, W], video-major
+    grid = to_pil(frames, videos.shape[2], scale=_auto_scale(frames) if scale is None else scale)
+    return write_atomically(path, grid.save)
+
+
+def video_frames(
+    videos: torch.Tensor, nrow: int | None = None, scale: int | None = None
+) -> list[Image.Image]:
+    """Frame f of every video tiled into one image, for each f: an animation of the whole batch."""
+    _check_videos(videos)
+    scale = _auto_scale(videos) if scale is None else scale
+    return [to_pil(videos[:, :, f], nrow, scale=scale) for f in range(videos.shape[2])]
+
+
+def save_video_gif(videos: torch.Tensor, path: str | Path, fps: float = 8, nrow: int | None = None) -> Path:
+    """Write videos as one looping animated GIF (the batch tiled in every frame)."""
+    _check_videos(videos)
+    if not fps > 0:
+        raise NanodiffError(f"fps must be positive, got {fps}")
+    ms = round(1000 / fps)
+    return save_gif(list(videos.unbind(2)), path, duration_ms=ms, nrow=nrow, hold_last_ms=ms)
+
+
+def mp4_encoder() -> str | None:
+    """The ffmpeg binary of PyPI's imageio-ffmpeg (which ships its own), or None without it."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return None
+    try:
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError:
+        return None
+
+
+def save_mp4(videos: torch.Tensor, path: str | Path, fps: float = 8, nrow: int | None = None) -> Path:
+    """Write videos as an H.264 MP4 (yuv420p, so every player shows it) through imageio-ffmpeg's
+    ffmpeg; one line when it is not installed. Frames are padded to even sides."""
+    import subprocess
+
+    ffmpeg = mp4_encoder()
+    if ffmpeg is None:
+        raise NanodiffError("no MP4 encoder: pip install imageio-ffmpeg (it ships ffmpeg), or write a GIF")
+    if not fps > 0:
+        raise NanodiffError(f"fps must be positive, got {fps}")
+    frames = [np.asarray(f.convert("RGB")) for f in video_frames(videos, nrow)]
+    h, w = frames[0].shape[:2]
+    H, W = h + h % 2, w + w % 2
+    raw = b"".join(np.pad(f, ((0, H - h), (0, W - w), (0, 0)), constant_values=PAD).tobytes() for f in frames)
+
+    def encode(tmp: Path) -> None:
+        command = [ffmpeg, "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{W}x{H}"]
+        command += [
+            "-r",
+            str(fps),
+            "-i",
+            "-",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-f",
+            "mp4",
+            str(tmp),
+        ]
+        done = subprocess.run(command, input=raw, capture_output=True)
+        if done.returncode:
+            message = done.stderr.decode(errors="replace").strip().splitlines() or ["no message"]
+            raise NanodiffError(f"ffmpeg could not write {path}: {message[-1]}")
+
+    return write_atomically(path, encode)
 
 
 def save_images(images: torch.Tensor, folder: str | Path, prefix: str = "sample") -> list[Path]:

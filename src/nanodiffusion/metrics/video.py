@@ -146,8 +146,8 @@ def judge_video(frames: np.ndarray, spec: dict) -> dict:
 
 def video_adherence(videos: list[np.ndarray] | np.ndarray, specs: list[dict]) -> dict[str, float]:
     """Over a set of videos [F, H, W, 3], one per caption spec: the fraction that hold each
-    verdict of `judge_video` (speed: of those whose caption states one), the mean per_frame
-    adherence, the largest jerk_px (max_jerk_px) and n."""
+    verdict of `judge_video` (speed: of those whose caption states one), motion_single (motion
+    among single-object captions), the mean per_frame adherence, the largest jerk_px (max_jerk_px) and n."""
     if len(videos) != len(specs):
         raise NanodiffError(f"{len(videos)} videos for {len(specs)} prompts")
     verdicts = [judge_video(v, s) for v, s in zip(videos, specs, strict=True)]
@@ -157,4 +157,7 @@ def video_adherence(videos: list[np.ndarray] | np.ndarray, specs: list[dict]) ->
         for name in names
         if any(name in v for v in verdicts)
     }
+    single = [v["motion"] for v, s in zip(verdicts, specs, strict=True) if s["kind"] == "single"]
+    if single:  # the direction of one object's motion: the aim the video benchmark reports
+        result["motion_single"] = float(np.mean(single))
     return {**result, "max_jerk_px": max(v["jerk_px"] for v in verdicts), "n": len(verdicts)}

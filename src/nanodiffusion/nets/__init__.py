@@ -19,3 +19,9 @@ def model_config_class(kind: object) -> type:
 def build_net(model_cfg) -> UNet | DiT:
     """A new network (random weights) of the model section `model_cfg`."""
     return MODELS[model_cfg.kind][1](model_cfg)
+
+
+def sample_shape(model_cfg) -> tuple[int, ...]:
+    """One sample's shape [C, H, W] (a video DiT's [C, F, H, W]) of the model section `model_cfg`."""
+    size = model_cfg.image_size
+    return (model_cfg.in_channels, *((size, size) if isinstance(size, int) else size))

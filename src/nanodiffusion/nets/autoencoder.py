@@ -123,8 +123,13 @@ class Autoencoder(nn.Module):
 
     @torch.no_grad()
     def encode_images(self, x: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-        """Images in [-1, 1] (any device) -> scaled posterior-mean latents on the CPU, in batches."""
+        """Images in [-1, 1] (any device) -> scaled posterior-mean latents on the CPU, in batches.
+        Videos [N, C, F, H, W] are encoded frame by frame to [N, z, F, h, w]."""
         from tqdm.auto import tqdm
+
+        if x.ndim == 5:
+            frames = self.encode_images(x.transpose(1, 2).flatten(0, 1), batch_size, progress)
+            return frames.unflatten(0, (len(x), -1)).transpose(1, 2)
 
         device = next(self.parameters()).device
         chunks = tqdm(x.split(batch_size), desc="encoding to latents", disable=not progress, leave=False)
@@ -132,7 +137,11 @@ class Autoencoder(nn.Module):
 
     @torch.no_grad()
     def decode_images(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Scaled latents (any device) -> images in [-1, 1] on the CPU, decoded in batches."""
+        """Scaled latents (any device) -> images in [-1, 1] on the CPU, decoded in batches.
+        Video latents [N, z, F, h, w] are decoded frame by frame to [N, C, F, H, W]."""
+        if z.ndim == 5:
+            frames = self.decode_images(z.transpose(1, 2).flatten(0, 1), batch_size)
+            return frames.unflatten(0, (len(z), -1)).transpose(1, 2)
         device = next(self.parameters()).device
         return torch.cat([self.decode(c.to(device)).cpu() for c in z.split(batch_size)]).clamp(-1, 1)
 

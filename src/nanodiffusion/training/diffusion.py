@@ -18,7 +18,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from nanodiffusion.core.losses import diffusion_loss, sample_sigmas
-from nanodiffusion.data.datasets import ImageData, held_out_images, load_data
+from nanodiffusion.data.datasets import ImageData, as_frames, held_out_images, load_data
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.inference.pipelines import build_denoiser, draw
 from nanodiffusion.io.checkpoint import latest_checkpoint, load_config, save_config
@@ -49,12 +49,18 @@ def lr_factor(step: int, cfg: Config) -> float:
 
 
 def prepare_config(cfg: Config, data: ImageData, text_dim: int = 0) -> Config:
-    """Fill in what the data decides: channels, size, number of classes, the text width."""
-    _, c, h, w = data.images.shape
-    if h != w:
-        raise NanodiffError(f"images must be square, got {h}x{w}")
+    """Fill in what the data decides: channels, size (a video's [F, H, W]), number of classes,
+    the text width."""
+    c, *sizes = data.images.shape[1:]
+    if sizes[-1] != sizes[-2]:
+        raise NanodiffError(f"images must be square, got {sizes[-2]}x{sizes[-1]}")
+    if len(sizes) == 3 and cfg.model.kind != "dit":
+        raise NanodiffError(
+            f"{data.name} is video [F, H, W] = {sizes}: train a space-time DiT (model.kind=dit, "
+            f"or --preset video-shapes); a {cfg.model.kind} takes images"
+        )
     cfg.model.in_channels = cfg.model.out_channels = c
-    cfg.model.image_size = h
+    cfg.model.image_size = list(sizes) if len(sizes) == 3 else sizes[0]
     cfg.model.num_classes = 0
     if cfg.data.class_conditional:
         if data.labels is None:
@@ -67,13 +73,28 @@ def prepare_config(cfg: Config, data: ImageData, text_dim: int = 0) -> Config:
     return cfg
 
 
+def per_frame(data: ImageData) -> ImageData:
+    """A video dataset's frames as an image dataset, each frame with its video's label and caption."""
+    if data.images.ndim != 5:
+        raise NanodiffError(f"data.per_frame takes a video dataset, and {data.name} holds images")
+    F = data.images.shape[2]
+    labels = None if data.labels is None else data.labels.repeat_interleave(F)
+    captions = None if data.captions is None else [c for c in data.captions for _ in range(F)]
+    return ImageData(as_frames(data.images), labels, data.num_classes, data.name, data.class_names, captions)
+
+
 def grid_prompts(cfg: Config, captions: list[str]) -> list[str]:
     """The prompts of a text run's sample grids: run.sample_prompts ("|"-separated), else the
-    shapes world's fixed list (shapes.GRID_PROMPTS), else the data's first captions."""
+    shapes world's fixed lists (shapes.GRID_PROMPTS, moving_shapes.GRID_PROMPTS), else the data's
+    first captions."""
     if cfg.run.sample_prompts.strip():
         return [p.strip() for p in cfg.run.sample_prompts.split("|")]
     if cfg.data.name == "shapes":
         from nanodiffusion.data.shapes import GRID_PROMPTS
+
+        return list(GRID_PROMPTS)
+    if cfg.data.name == "video-shapes":
+        from nanodiffusion.data.moving_shapes import GRID_PROMPTS
 
         return list(GRID_PROMPTS)
     return captions[: cfg.run.sample_n]
@@ -99,7 +120,10 @@ class Trainer:
         validate(cfg, prepared=resume, training=True)  # before the data loads at data.image_size
         self.dist, self.device = setup_distributed(cfg.run.device)
         self.progress = progress and self.dist.main
-        self.data = load_data(cfg.data.name, "train", cfg.data.image_size, cfg.data.channels)
+        d = cfg.data
+        self.data = load_data(d.name, "train", d.image_size, d.channels, frames=d.frames)
+        if d.per_frame:  # the frame-by-frame baseline: every frame an image, with its video's caption
+            self.data = per_frame(self.data)
         self.prompts = None  # text: every distinct caption encoded once (row 0 is "")
         if cfg.data.text_encoder:
             from nanodiffusion.data.text import encode_unique, load_text_encoder
@@ -165,12 +189,13 @@ class Trainer:
         folder = self.run_dir / "autoencoder"
         d = cfg.data
         if self.dist.main and not (folder / AE_CONFIG).is_file():
-            held_out = held_out_images(d.name, self.data.images, d.image_size, d.channels)
-            ae_cfg = AutoencoderConfig(in_channels=self.data.images.shape[1], channels=d.autoencoder_channels)
+            frames = as_frames(self.data.images)  # a video's autoencoder is an image one, per frame
+            held_out = held_out_images(d.name, frames, d.image_size, d.channels)
+            ae_cfg = AutoencoderConfig(in_channels=frames.shape[1], channels=d.autoencoder_channels)
             if self.progress:
                 tqdm.write(f"training the autoencoder ({d.autoencoder_steps} steps) into {folder}")
             report = train_autoencoder_folder(
-                self.data.images,
+                frames,
                 held_out,
                 ae_cfg,
                 folder,

@@ -1,0 +1,311 @@
+"""Text-to-video on moving shapes and Moving MNIST after a laptop's CPU budget, judged exactly.
+
+Four trainings through nanodiffusion's Trainer, each a process of one torch thread that stops
+when its process time reaches the budget (the cosine decay planned to end with it):
+
+- factorised: the `video-shapes` preset (space-time DiT, attention within a frame, then across
+  frames);
+- joint: the same DiT with joint attention over all 512 space-time tokens (equal budget);
+- per-frame: the frame-by-frame baseline, an image DiT of the same width and depth on single
+  frames, each with its video's caption (`data.per_frame`), sampled frame by frame with the
+  same prompt and independent noise;
+- moving-mnist: the `moving-mnist` preset.
+
+Then each video-shapes model draws one video for each of N test prompts (the captions of test
+videos never seen in training) and of N held-out colour-shape-motion prompts, and
+image-to-video continues N test videos from their first frame; the judge (metrics.video)
+scores identity, motion, smoothness and per-frame adherence. The Moving MNIST model draws N
+videos, read by the frame classifier (metrics.moving_mnist): identity across frames and
+per-frame FID against the test videos, with the real-vs-real floor. Sampling speed in frames/s.
+
+Everything is kept under the output folder (runs, results/*.json), so `--reuse` continues; the
+section of docs/video.md between its markers is rewritten after every job.
+
+    python bench/video.py                 # 4 trainings of 30 CPU-minutes, two at a time, then the judges
+    python bench/video.py --reuse         # continue
+    python bench/video.py --quick         # a smoke test of every path (docs only with --out)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from _common import write_section
+from nanodiffusion.io.checkpoint import save_config
+from nanodiffusion.io.config import apply_overrides, preset
+from nanodiffusion.io.viz import save_strip, save_video_gif
+from nanodiffusion.training.diffusion import Trainer
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "video.md"
+SECTION = "video"
+IMAGES = DOC.parent / "images"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    preset: str
+    overrides: tuple[str, ...] = ()
+
+
+VARIANTS = (
+    Variant("factorised", "video-shapes"),
+    Variant("joint", "video-shapes", ("model.attention=joint",)),
+    Variant(
+        "per-frame",
+        "video-shapes",
+        (
+            "data.per_frame=true",
+            "model.patch_size=4",
+            "model.attention=joint",
+            "optim.batch_size=64",
+            "run.sample_n=16",
+        ),
+    ),
+    Variant("moving-mnist", "moving-mnist"),
+)
+
+
+@dataclass
+class Settings:
+    out: Path
+    budget_cpu_s: float
+    n: int  # prompts (videos) per judged set
+    steps: int  # sampling steps
+    quick: bool
+
+
+class Store:
+    """One JSON file per result under out/results, so parallel jobs never write one file."""
+
+    def __init__(self, out: Path):
+        self.root = out / "results"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def get(self, key: str) -> dict | None:
+        path = self.root / f"{key}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def put(self, key: str, value: dict) -> None:
+        tmp = self.root / f".{key}.tmp"
+        tmp.write_text(json.dumps(value, indent=1))
+        tmp.replace(self.root / f"{key}.json")
+
+
+def config(v: Variant, s: Settings):
+    cfg = apply_overrides(preset(v.preset), list(v.overrides))
+    cfg.run.device = "cpu"
+    if s.quick:
+        cfg.run.sample_steps = 2
+    return cfg
+
+
+def train(v: Variant, s: Settings, results: Store) -> None:
+    if results.get(f"train-{v.name}") is not None:
+        return
+    run_dir = s.out / v.name
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an interrupted training starts again (its budget is one process's)
+    trainer = Trainer(config(v, s), run_dir, progress=False)
+    params = sum(p.numel() for p in trainer.denoiser.net.parameters())
+    used = wall = 0.0
+    losses: list[float] = []
+    trainer.model.train()
+    while used < s.budget_cpu_s:
+        step = trainer.step  # the cosine decay is planned to end with the budget
+        trainer.cfg.run.steps = 10**6 if step < 10 else max(step + 1, round(step * s.budget_cpu_s / used))
+        c0, w0 = time.process_time(), time.perf_counter()
+        losses.append(trainer.train_step())
+        used += time.process_time() - c0
+        wall += time.perf_counter() - w0
+        if trainer.step % 100 == 0:
+            tail = sum(losses[-50:]) / len(losses[-50:])
+            print(
+                f"  {v.name}: step {trainer.step}, {used:.0f}/{s.budget_cpu_s:.0f} CPU s, loss {tail:.4f}",
+                flush=True,
+            )
+    trainer.cfg.run.steps = trainer.step
+    trainer.save()
+    save_config(trainer.cfg, run_dir)
+    trainer.sample_grid(run_dir / "samples.png")
+    batch = trainer.cfg.optim.batch_size
+    results.put(
+        f"train-{v.name}",
+        {
+            "params": params,
+            "steps": trainer.step,
+            "batch": batch,
+            "cpu_s": used,
+            "wall_s": wall,
+            "samples_per_cpu_s": trainer.step * batch / used,
+            "first_loss": sum(losses[:20]) / len(losses[:20]),
+            "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+        },
+    )
+    print(f"  trained {v.name}: {trainer.step} steps in {used:.0f} CPU s ({wall:.0f} s wall)", flush=True)
+
+
+def jobs(s: Settings) -> list[str]:
+    return [f"train:{v.name}" for v in VARIANTS] + [f"judge:{v.name}" for v in VARIANTS]
+
+
+def run_job(job: str, s: Settings, results: Store) -> None:
+    kind, name = job.split(":")
+    v = next(v for v in VARIANTS if v.name == name)
+    if kind == "train":
+        train(v, s, results)
+    else:
+        judge(v, s, results)
+
+
+def judge(v: Variant, s: Settings, results: Store) -> None:
+    """The judges of one trained model (see the module's docstring)."""
+    from nanodiffusion.training.video_eval import evaluate_video
+
+    if results.get(f"judge-{v.name}") is not None or v.name == "per-frame":
+        return  # the baseline is judged through the run it is the baseline of
+    run_dir = s.out / v.name
+    baseline = s.out / "per-frame" if v.preset == "video-shapes" else None
+    report = evaluate_video(run_dir, n=s.n, steps=s.steps, baseline=baseline, progress=False)
+    samples = report.pop("samples")
+    if not s.quick:  # the docs' pictures: the first prompts' videos, as a strip and a GIF
+        save_strip(samples, IMAGES / f"video-{v.name}.png")
+        save_video_gif(samples, IMAGES / f"video-{v.name}.gif", nrow=4)
+    results.put(f"judge-{v.name}", report)
+
+
+def _f(x, d: int = 3) -> str:
+    return "" if x is None else f"{x:.{d}f}"
+
+
+def report(s: Settings, results: Store) -> str:
+    lines = [
+        "## Benchmark: text-to-video and Moving MNIST after a CPU budget",
+        "",
+        f"`python bench/video.py` ({s.budget_cpu_s / 60:g} CPU-minutes per training, one torch thread "
+        f"each, two at a time; {s.n} prompts per judged set, {s.steps} sampling steps).",
+        "",
+        "| training | params | steps x batch | CPU s | samples / CPU s | loss first 20 -> last 50 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for v in VARIANTS:
+        t = results.get(f"train-{v.name}")
+        if t is None:
+            lines.append(f"| {v.name} | not measured yet | | | | |")
+            continue
+        lines.append(
+            f"| {v.name} | {t['params'] / 1e6:.2f}M | {t['steps']} x {t['batch']} | {t['cpu_s']:.0f} | "
+            f"{t['samples_per_cpu_s']:.1f} | {t['first_loss']:.3f} -> {t['final_loss']:.3f} |"
+        )
+    judged = {v.name: results.get(f"judge-{v.name}") for v in VARIANTS}
+    rows = []
+    for name in ("factorised", "joint"):
+        r = judged.get(name)
+        if r is None:
+            continue
+        for label, key in (
+            ("test prompts", "text"),
+            ("held-out prompts", "held_out"),
+            ("image-to-video", "i2v"),
+        ):
+            m = r.get(key)
+            if m:
+                rows.append(
+                    f"| {name} | {label} | {_f(m['identity'])} | {_f(m['motion'])} | "
+                    f"{_f(m.get('motion_single'))} | {_f(m['smooth'])} | {_f(m['per_frame'])} |"
+                )
+        b = r.get("baseline")
+        if b and name == "factorised":
+            rows.append(
+                f"| per-frame baseline | test prompts | {_f(b['identity'])} | {_f(b['motion'])} | "
+                f"{_f(b['motion_single'])} | {_f(b['smooth'])} | {_f(b['per_frame'])} |"
+            )
+        real = r.get("real")
+        if real and name == "factorised":
+            rows.append(
+                f"| real test videos | | {_f(real['identity'])} | {_f(real['motion'])} | "
+                f"{_f(real['motion_single'])} | {_f(real['smooth'])} | {_f(real['per_frame'])} |"
+            )
+    if rows:
+        lines += [
+            "",
+            "| model | prompts | identity | motion | motion (single objects) | smooth | per-frame |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+            *rows,
+        ]
+    mm = judged.get("moving-mnist")
+    if mm:
+        lines += [
+            "",
+            "| Moving MNIST | identity kept | per-frame FID (classifier features) |",
+            "| --- | ---: | ---: |",
+            f"| samples | {_f(mm['identity'])} | {_f(mm['frame_fid'], 2)} |",
+            f"| real test videos (floor) | {_f(mm['real_identity'])} | {_f(mm['floor_fid'], 2)} |",
+        ]
+    speeds = [(n, r["frames_per_s"]) for n, r in judged.items() if r and "frames_per_s" in r]
+    if speeds:
+        lines += ["", "Sampling: " + ", ".join(f"{n} {fps:.1f} frames/s" for n, fps in speeds) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument(
+        "--out", type=Path, help=f"Markdown file to update (default {DOC}; --quick: only if given)"
+    )
+    p.add_argument("--out-dir", type=Path)
+    p.add_argument("--reuse", action="store_true")
+    p.add_argument("--budget-min", type=float, help="CPU-minutes per training (default 30)")
+    p.add_argument("--n", type=int, help="prompts per judged set (default 100)")
+    p.add_argument("--only", help="comma-separated jobs (train:NAME, judge:NAME) instead of all")
+    p.add_argument("--jobs", type=int, default=2, help="jobs at once, one torch thread each (default 2)")
+    p.add_argument("--job", help=argparse.SUPPRESS)  # a worker: run one job and exit
+    a = p.parse_args()
+    q = a.quick
+    s = Settings(
+        out=a.out_dir or Path("runs/bench-video" + ("-quick" if q else "")),
+        budget_cpu_s=60 * (a.budget_min or (0.2 if q else 30.0)),
+        n=a.n or (4 if q else 100),
+        steps=2 if q else 20,
+        quick=q,
+    )
+    results = Store(s.out)
+    if a.job:  # one thread: CPU time then measures the work, not other processes' contention
+        torch.set_num_threads(1)
+        run_job(a.job, s, results)
+        return
+    doc = a.out or (None if q else DOC)
+    if s.out.exists() and not a.reuse:
+        print(f"starting afresh: removing {s.out} (pass --reuse to continue it instead)")
+        shutil.rmtree(s.out)
+    s.out.mkdir(parents=True, exist_ok=True)
+    passed = [arg for arg in sys.argv[1:] if arg not in ("--reuse",)]
+    passed = [
+        arg for i, arg in enumerate(passed) if arg != "--only" and (i == 0 or passed[i - 1] != "--only")
+    ]
+
+    def work(job: str) -> None:
+        subprocess.run([sys.executable, __file__, *passed, "--reuse", "--job", job], check=True)
+        if doc is not None:
+            write_section(SECTION, report(s, results), doc)
+
+    todo = a.only.split(",") if a.only else jobs(s)
+    with ThreadPoolExecutor(a.jobs) as pool:  # the trainings first: every judge needs its model
+        list(pool.map(work, [j for j in todo if j.startswith("train:")]))
+        list(pool.map(work, [j for j in todo if j.startswith("judge:")]))
+    print(report(s, results))
+
+
+if __name__ == "__main__":
+    main()
