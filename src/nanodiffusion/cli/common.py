@@ -189,16 +189,28 @@ def strength(args) -> float:
     return value if args.init is not None else 1.0
 
 
-def open_run(args):
+def open_run(args, videos: bool = False):
     """(config, denoiser, autoencoder or None, text encoder or None) of the run args.run, with
     --weights on --device; an upscaling run is refused here, where the command that draws it
-    can be named."""
+    can be named, and so is a video run unless the command takes `videos`."""
     from nanodiffusion.inference.pipelines import load_parts
 
     cfg, denoiser, autoencoder, encoder = load_parts(args.run, args.weights, args.device)
     if cfg.data.task == "upscale":
         raise NanodiffError("an upscaling run draws from low-resolution images (nanodiff upscale)")
+    if not videos:
+        refuse_video(cfg, args.run)
     return cfg, denoiser, autoencoder, encoder
+
+
+def refuse_video(cfg, run: str) -> None:
+    """One line for a video run given to a command that takes images."""
+    size = cfg.model.image_size
+    if isinstance(size, list) and len(size) == 3:
+        raise NanodiffError(
+            f"{run} makes videos ({size[0]} frames of {size[1]}x{size[2]}), not images: "
+            "use nanodiff sample / generate (they write videos) or nanodiff eval-video"
+        )
 
 
 def run_output(run: str, kind: str, *parts: str) -> Path:
@@ -210,11 +222,18 @@ def run_output(run: str, kind: str, *parts: str) -> Path:
     return Path(kind, name, *parts) if name else Path(run, kind, *parts)
 
 
-def read_image(path: str, shape: tuple[int, int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
-    """An image file as [1, C, H, W] in [-1, 1], resized to the run's size if it differs, and
-    the file's own (width, height)."""
+def read_image(
+    path: str, shape: tuple[int, int, int], exact: bool = False
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An image file as [1, C, H, W] in [-1, 1], resized to the run's size if it differs (`exact`:
+    refused instead, for a frame that must be kept as it is), and the file's own (width, height)."""
     c, h, w = shape
     picture = viz.open_image(path, "RGB" if c == 3 else "L")
+    if picture.size != (w, h) and exact:
+        raise NanodiffError(
+            f"{path} is {picture.size[0]}x{picture.size[1]}; this run's frames are {w}x{h} (a given "
+            "frame is kept exactly, so it is not resized)"
+        )
     if picture.size != (w, h):
         print(f"{path} is {picture.size[0]}x{picture.size[1]}; resized to the run's {w}x{h}", file=sys.stderr)
     return viz.load_image(picture, (w, h), channels=c), picture.size

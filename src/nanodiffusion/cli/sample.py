@@ -88,10 +88,13 @@ def add_sample(sub) -> None:
 
 def cmd_sample(args) -> int:
     from nanodiffusion.inference.pipelines import draw, image_shape
+    from nanodiffusion.inference.video import run_frames, video_files
 
     options = sampler_options(args)
     strength = common.strength(args)
-    cfg, denoiser, autoencoder, _ = common.open_run(args)
+    cfg, denoiser, autoencoder, _ = common.open_run(args, videos=True)
+    if run_frames(cfg) is not None and (args.init is not None or len(args.guidance or [1.0]) > 1):
+        raise NanodiffError("a video run's samples take neither --init nor several --guidance scales")
     init = None if args.init is None else common.read_image(args.init, image_shape(cfg, autoencoder))[0]
     ws = args.guidance or [1.0]
     guided = next((w for w in ws if w != 1), ws[0]) if ws != [1.0] else None  # a scale to check the run by
@@ -126,7 +129,13 @@ def cmd_sample(args) -> int:
     what = f"{args.sampler}, {args.steps} steps = {stats['nfe']} NFE, seed {args.seed}"
     if init is not None:
         what = f"img2img from {args.init} at strength {strength:g}, " + what
-    if len(ws) == 1:
+    if run_frames(cfg) is not None:
+        files = video_files(rows[0], out)
+        print(
+            f"{args.n} videos ({what}): {files['gif']}, {files['strip']}"
+            + (f", {files['mp4']}" if "mp4" in files else "")
+        )
+    elif len(ws) == 1:
         picture = viz.save_grid(rows[0], out / "grid.png")
         viz.save_images(rows[0], out)
         guidance = f", guidance {ws[0]:g}" if ws[0] != 1 else ""
@@ -235,6 +244,23 @@ def add_generate(sub) -> None:
     )
     g.add_argument("--controlnet", help="a ControlNet folder (default RUN/controlnet)")
     g.add_argument(
+        "--frames",
+        type=common.up_to(256),
+        help="videos of this many frames: a video run's own count (the default), or an image run "
+        "sampled frame by frame with independent noise (the baseline a video model beats)",
+    )
+    g.add_argument(
+        "--first-frame",
+        metavar="IMAGE",
+        help="image-to-video: this picture is frame 0, kept exactly; the rest follows the prompt",
+    )
+    g.add_argument(
+        "--fps",
+        type=common.number(0, 120, above=True),
+        default=8,
+        help="frames per second of the GIF and MP4",
+    )
+    g.add_argument(
         "--upscale",
         metavar="SR_RUN",
         help="a cascade: upscale the images with this upscaling run (or the shipped 'upscale')",
@@ -276,6 +302,7 @@ def control_image(args, shape: tuple[int, int, int]) -> torch.Tensor | None:
 
 def cmd_generate(args) -> int:
     from nanodiffusion.inference.pipelines import TextToImage, image_shape
+    from nanodiffusion.inference.video import run_frames
 
     strength = common.strength(args)
     if args.upscale:
@@ -289,6 +316,8 @@ def cmd_generate(args) -> int:
             args.run, args.weights, args.device, controlnet=controlnet if wants_control else None
         )
     generated_dir(args)  # checked before drawing
+    if args.frames is not None or args.first_frame is not None or run_frames(pipe.cfg) is not None:
+        return generate_video(args, pipe)
     shape = image_shape(pipe.cfg, pipe.autoencoder)
     init = None if args.init is None else common.read_image(args.init, shape)[0]
     control = control_image(args, shape)
@@ -318,6 +347,50 @@ def cmd_generate(args) -> int:
     return save_generated(
         args, images, f", controlled by {controlnet} at scale {scale:g}" if wants_control else ""
     )
+
+
+def generate_video(args, pipe) -> int:
+    """generate on a video run (or --frames on an image run: frame by frame): an animated GIF, an
+    MP4 where imageio-ffmpeg is installed, a frame strip and each video's GIF."""
+    from nanodiffusion.inference.pipelines import conditioning, image_shape
+    from nanodiffusion.inference.video import draw_video, run_frames, video_files
+
+    if args.init or args.control or args.control_from or args.controlnet or args.aug is not None:
+        raise NanodiffError("videos take --first-frame, not --init, --strength, a control or --aug")
+    shape = image_shape(pipe.cfg, pipe.autoencoder)
+    frames = args.frames or run_frames(pipe.cfg)
+    if frames is None:
+        raise NanodiffError(f"{args.run} is an image run: give --frames N to sample it frame by frame")
+    first = None
+    if args.first_frame is not None:
+        first = common.read_image(args.first_frame, (shape[0], shape[-2], shape[-1]), exact=True)[0]
+    cond, guidance, uncond = conditioning(
+        pipe.cfg, pipe.encoder, args.n, args.prompt, args.negative, guidance=args.guidance
+    )
+    videos = draw_video(
+        pipe.cfg,
+        pipe.denoiser,
+        args.n,
+        frames=frames,
+        autoencoder=pipe.autoencoder,
+        cond=cond,
+        guidance=guidance,
+        uncond=uncond,
+        first=first,
+        sampler=args.sampler,
+        steps=args.steps,
+        seed=args.seed,
+        progress=True,
+    )
+    files = video_files(videos, generated_dir(args), args.fps)
+    how = "frame by frame, " if run_frames(pipe.cfg) is None else ""
+    how += f"from {args.first_frame}, " if first is not None else ""
+    print(
+        f"{args.n} videos of {args.prompt!r} ({frames} frames, {how}{args.sampler}, {args.steps} steps, "
+        f"guidance {args.guidance:g}, seed {args.seed}): {files['gif']}, {files['strip']}"
+        + (f", {files['mp4']}" if "mp4" in files else " (no MP4: pip install imageio-ffmpeg)")
+    )
+    return 0
 
 
 def generate_cascade(args) -> int:
@@ -383,6 +456,7 @@ def cmd_eval_prompts(args) -> int:
     from nanodiffusion.inference.pipelines import TextToImage
 
     pipe = TextToImage.from_pretrained(args.run, args.weights, args.device)
+    common.refuse_video(pipe.cfg, args.run)
     tag = f"{args.sampler}-{args.steps}-w{args.guidance:g}-n{args.n}-seed{args.seed}"
     out = Path(args.out) if args.out else common.run_output(args.run, "eval-prompts", f"{tag}.json")
     common.check_out(out, file=True)
@@ -422,6 +496,53 @@ def cmd_eval_prompts(args) -> int:
     return 0
 
 
+# --- eval-video ----------------------------------------------------------------------------------
+def add_eval_video(sub) -> None:
+    ev = sub.add_parser(
+        "eval-video", help="a video run's samples judged exactly: identity, motion, smoothness"
+    )
+    common.add_run(ev)
+    common.add_n(ev, 100, "videos per judged set (default 100)")
+    ev.add_argument(
+        "--held-out",
+        type=common.up_to(common.MAX_SAMPLES, 0),
+        help="held-out colour-shape-motion prompts (default: --n; 0: none)",
+    )
+    ev.add_argument("--guidance", type=common.guidance, help="default: the run's grid guidance, else 4")
+    ev.add_argument(
+        "--baseline", metavar="IMAGE_RUN", help="also judge this image run sampled frame by frame"
+    )
+    common.add_drawing(ev, steps=20, out="RUN/eval-video/<sampler>-<steps>-n<n>-seed<s>.json")
+    ev.set_defaults(func=cmd_eval_video)
+
+
+def cmd_eval_video(args) -> int:
+    from nanodiffusion.data.files import write_atomically
+    from nanodiffusion.training.video_eval import evaluate_video, format_video_table
+
+    tag = f"{args.sampler}-{args.steps}-n{args.n}-seed{args.seed}"
+    out = Path(args.out) if args.out else common.run_output(args.run, "eval-video", f"{tag}.json")
+    common.check_out(out, file=True)
+    result = evaluate_video(
+        args.run,
+        n=args.n,
+        n_held_out=args.held_out,
+        steps=args.steps,
+        sampler=args.sampler,
+        guidance=args.guidance,
+        seed=args.seed,
+        baseline=args.baseline,
+        weights=args.weights,
+        device=args.device,
+    )
+    samples = result.pop("samples")
+    write_atomically(out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+    picture = viz.save_strip(samples, out.with_suffix(".png"))
+    print(format_video_table(result))
+    print(f"written: {out}, {picture} (the first {len(samples)} videos)")
+    return 0
+
+
 def add_commands(sub) -> None:
-    for add in (add_sample, add_eval, add_generate, add_eval_prompts):
+    for add in (add_sample, add_eval, add_generate, add_eval_prompts, add_eval_video):
         add(sub)

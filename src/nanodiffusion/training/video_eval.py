@@ -160,3 +160,33 @@ def _moving_mnist(parts, n: int, kw: dict, progress: bool) -> dict:
         "n": n,
         "samples": videos[:8],
     }
+
+
+def format_video_table(result: dict) -> str:
+    """evaluate_video's result as a plain-text table, one row per judged set."""
+    if "identity" in result:  # Moving MNIST
+        return "\n".join(
+            [
+                f"{'':24s} {'identity':>9s} {'frame FID':>10s}",
+                f"{'samples':24s} {result['identity']:9.3f} {result['frame_fid']:10.2f}",
+                f"{'real test videos':24s} {result['real_identity']:9.3f} {result['floor_fid']:10.2f}",
+                f"{result['n']} videos, {result['frames_per_s']:.1f} frames/s sampled",
+            ]
+        )
+    names = ("identity", "motion", "motion_single", "smooth", "per_frame", "all")
+    heads = ("identity", "motion", "single", "smooth", "per-frame", "all")
+    lines = [f"{'':24s}" + "".join(f"{h:>10s}" for h in heads)]
+    sets = [("text", "test prompts"), ("held_out", "held-out prompts"), ("i2v", "image-to-video")]
+    sets += [("baseline", "frame-by-frame baseline"), ("real", "real test videos")]
+    for key, label in sets:
+        if key in result:
+            row = result[key]
+            lines.append(
+                f"{label:24s}" + "".join(f"{row[k]:10.3f}" if k in row else f"{'':10s}" for k in names)
+            )
+    lines.append(
+        f"guidance {result['guidance']:g}; {result['text']['n']} videos a set; {result['frames_per_s']:.1f} "
+        f"frames/s; image-to-video's frame 0 differs from the given by at most "
+        f"{result['i2v']['first_frame_max_error']:.1e}"
+    )
+    return "\n".join(lines)
