@@ -1,6 +1,13 @@
 """Training of the Moving MNIST judge's frame classifier (metrics.moving_mnist), cached once.
 
-Measured (600 steps of 128 frames, 1 CPU thread, seed 0): see frame_classifier's docstring.
+Measured at the defaults (900 steps of 128 frames, seed 0; 266 s on 1 CPU thread of a busy 2-core
+machine) on the 1000 test videos of load_moving_mnist: per-frame accuracy (both digits right)
+0.917, identity 0.497, consistency 0.929; the same frames shuffled across videos: identity 0.0,
+consistency 0.116. Frame FID of test against train[:1000] (the floor) 5.3; against pixel-shuffled
+test frames 784. Most errors are frames where the digits overlap (on 300 test videos, before the
+second-digit threshold was tuned: accuracy 0.59 when the boxes are within 7 pixels, 0.97 when
+they do not overlap), so identity, which needs all 20 frames
+right, stays near one half.
 """
 
 from __future__ import annotations
@@ -21,11 +28,11 @@ from nanodiffusion.training.loop import Loop
 
 def train_frame_classifier(
     data: MovingMNIST,
-    steps: int = 600,
+    steps: int = 900,
     batch_size: int = 128,
     seed: int = 0,
     progress: bool = True,
-    lr: float = 3e-3,
+    lr: float = 5e-3,
 ) -> FrameClassifier:
     """A FrameClassifier trained by BCE-with-logits on random frames of data against their videos'
     multi-hot digit classes: AdamW (weight decay 1e-4), linear warm-up over 10% of the steps, then
@@ -74,7 +81,8 @@ def classifier_path(cache_dir: str | Path | None = None) -> Path:
 
 def frame_classifier(cache_dir: str | Path | None = None, progress: bool = True) -> FrameClassifier:
     """The Moving MNIST frame classifier: from the cache, else trained on the train split of
-    load_moving_mnist (600 steps) and cached as a state dict."""
+    load_moving_mnist (900 steps) and cached as a state dict. It reads both digits of a test
+    frame right 91.7% of the time (see the module docstring)."""
     path = classifier_path(cache_dir)
     net = FrameClassifier()
     if path.is_file():
