@@ -6,8 +6,7 @@ machine) on the 1000 test videos of load_moving_mnist: per-frame accuracy (both 
 consistency 0.116. Frame FID of test against train[:1000] (the floor) 5.3; against pixel-shuffled
 test frames 784. Most errors are frames where the digits overlap (on 300 test videos, before the
 second-digit threshold was tuned: accuracy 0.59 when the boxes are within 7 pixels, 0.97 when
-they do not overlap), so identity, which needs all 20 frames
-right, stays near one half.
+they do not overlap), so identity, which needs all 20 frames right, stays near one half.
 """
 
 from __future__ import annotations
