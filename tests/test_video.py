@@ -22,6 +22,7 @@ from nanodiffusion.io.config import apply_overrides, preset
 from nanodiffusion.metrics.video import video_adherence
 from nanodiffusion.training.diffusion import Trainer, per_frame, prepare_config
 from one_line import error_of
+from torchrun_helper import assert_same_steps, needs_torchrun, run_one_and_two
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 TINY = [  # a space-time DiT small enough for a step in well under a second
@@ -256,3 +257,52 @@ def test_eval_video_writes_the_table_and_json(video_run, tmp_path, capsys):
     assert result["text"]["n"] == 2 and result["held_out"]["n"] == 1
     printed = capsys.readouterr().out
     assert "test prompts" in printed and "real test videos" in printed and out.with_suffix(".png").is_file()
+
+
+def _video_npz(path, n=8, frames=4, side=16):
+    """A .npz of videos [N, F, H, W, 3]: a bright square moving one pixel right a frame."""
+    rng = np.random.default_rng(0)
+    videos = np.zeros((n, frames, side, side, 3), np.uint8)
+    for i in range(n):
+        top, left = rng.integers(0, side - 4, 2)
+        for f in range(frames):
+            x = min(left + f, side - 4)
+            videos[i, f, top : top + 4, x : x + 4] = (255, 200, 40)
+    np.savez(path, videos=videos)
+    return videos
+
+
+def test_a_npz_of_videos_is_video_data(tmp_path):
+    videos = _video_npz(tmp_path / "v.npz")
+    data = load_data(str(tmp_path / "v.npz"))
+    assert data.images.shape == (8, 3, 4, 16, 16)
+    assert torch.equal(
+        data.images[3, :, 2], torch.from_numpy(videos[3, 2]).permute(2, 0, 1).float() / 127.5 - 1
+    )
+    assert load_data(str(tmp_path / "v.npz"), image_size=8, channels=1).images.shape == (8, 1, 4, 8, 8)
+    np.savez(tmp_path / "bad.npz", videos=np.zeros((2, 4, 8, 8, 5), np.uint8))
+    assert "expected [N, F, H, W, C]" in error_of(load_data, str(tmp_path / "bad.npz"))
+
+
+@needs_torchrun
+@pytest.mark.slow
+def test_two_process_video_training_takes_the_same_steps(tmp_path):
+    """A space-time DiT on video data under torchrun with two processes takes the steps of one."""
+    _video_npz(tmp_path / "v.npz")
+    run_one_and_two(
+        ["train", "--data", str(tmp_path / "v.npz"), "--model", "dit", "--steps", "3", "--batch-size", "4",
+         "--set", "model.width=48", "--set", "model.head_dim=24", "--set", "model.depth=1",
+         "--set", "model.image_size=[4,16,16]", "--set", "model.patch_size=[2,4,4]",
+         "--set", "model.attention=factorised", "--set", "optim.warmup_steps=1",
+         "--set", "run.sample_every=0", "--set", "run.sample_n=2", "--set", "run.sample_steps=2",
+         "--set", "run.checkpoint_every=3", "--quiet"],
+        tmp_path / "one",
+        tmp_path / "two",
+    )  # fmt: skip
+    from nanodiffusion.io.checkpoint import load_config
+
+    cfg = load_config(tmp_path / "one")
+    assert cfg.model.image_size == [4, 16, 16]
+    torch.manual_seed(cfg.run.seed)
+    init = build_denoiser(cfg).net.state_dict()
+    assert_same_steps(tmp_path / "one", tmp_path / "two", ["run/model.safetensors", "run/ema.safetensors"], init, atol=2e-4)

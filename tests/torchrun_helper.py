@@ -31,8 +31,11 @@ def run_one_and_two(args: list[str], one: Path, two: Path) -> None:
 
 
 def _file(folder: Path, name: str) -> Path:
-    """FOLDER/name; for "checkpoint/F", file F of the newest checkpoint in FOLDER/checkpoint."""
+    """FOLDER/name; for "checkpoint/F", file F of the newest checkpoint in FOLDER/checkpoint; for
+    "run/F", of the run FOLDER's newest checkpoint."""
     where, _, file = name.rpartition("/")
+    if where == "run":  # a diffusion run's newest checkpoint (FOLDER/checkpoints/step-*)
+        return checkpoint_file(folder, file)
     return checkpoint_file(folder / where, file) if where == "checkpoint" else folder / name
 
 

@@ -212,7 +212,10 @@ def load_data(
             images, labels = _load_npz(path)
 
     x = _to_unit_range(images, name)
-    if image_size is not None:
+    if image_size is not None and x.ndim == 5:  # a .npz of videos: each frame resized alike
+        n, c, f = x.shape[:3]
+        x = _resize_crop(as_frames(x), image_size).unflatten(0, (n, f)).transpose(1, 2)
+    elif image_size is not None:
         x = _resize_crop(x, image_size)
     if channels is not None:
         x = _set_channels(x, channels)
@@ -320,18 +323,36 @@ def _load_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Array ``images`` (or the file's only array) and optional ``labels`` [N].
+    """Array ``images`` or ``videos`` (or the file's only array) and optional ``labels`` [N].
 
-    images: [N, H, W], [N, H, W, C] or [N, C, H, W] with C = 1 or 3; integers 0..255 or
-    floats in [0, 1] (anything else is refused rather than guessed at).
+    images: [N, H, W], [N, H, W, C] or [N, C, H, W] with C = 1 or 3; videos: [N, F, H, W, C]
+    or [N, C, F, H, W] (then the data is video, [N, C, F, H, W]); integers 0..255 or floats in
+    [0, 1] (anything else is refused rather than guessed at).
     """
     arrays = read_array(path)
     keys = list(arrays)
-    if "images" not in keys and len(keys) != 1:
-        raise NanodiffError(f"{path} has no array 'images' (it has {', '.join(keys)})")
-    images = arrays["images" if "images" in keys else keys[0]]
+    key = next((k for k in ("images", "videos") if k in keys), keys[0] if len(keys) == 1 else None)
+    if key is None:
+        raise NanodiffError(f"{path} has no array 'images' or 'videos' (it has {', '.join(keys)})")
+    images = arrays[key]
     labels = arrays.get("labels")
+    if images.ndim == 5:
+        return _to_ncfhw(images, path), labels
     return _to_nchw(images, path), labels
+
+
+def _to_ncfhw(videos: np.ndarray, where: str | Path) -> np.ndarray:
+    """Videos [N, F, H, W, C] or [N, C, F, H, W] (C = 1 or 3) as [N, C, F, H, W]."""
+    if 0 in videos.shape[1:]:
+        raise NanodiffError(f"{where}: videos have shape {list(videos.shape)}, with no pixels")
+    if videos.shape[-1] in (1, 3):
+        return videos.transpose(0, 4, 1, 2, 3)
+    if videos.shape[1] in (1, 3):
+        return videos
+    raise NanodiffError(
+        f"{where}: videos have shape {list(videos.shape)}; "
+        "expected [N, F, H, W, C] or [N, C, F, H, W] with C = 1 or 3"
+    )
 
 
 def _load_folder(
