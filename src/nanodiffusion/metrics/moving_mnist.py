@@ -22,6 +22,7 @@ from nanodiffusion.errors import NanodiffError
 from nanodiffusion.metrics.fid import fid
 
 SECOND_DIGIT = 0.2  # below this sigmoid probability the second class is not read: one class twice
+KEEP = 0.8  # a video keeps its digits' identity when its most common pair is read in this share of frames
 
 
 class FrameClassifier(nn.Module):
@@ -103,7 +104,10 @@ def read_digits(classifier: nn.Module, videos: np.ndarray) -> np.ndarray:
 
 def judge_moving_mnist(classifier: nn.Module, videos: np.ndarray, labels: np.ndarray | None = None) -> dict:
     """Identity and digit accuracy of videos uint8 [n, F, H, W]. Returns
-    identity: the fraction of videos whose frames all read the same pair of digits;
+    identity: the fraction of videos whose most common pair of digits is read in at least KEEP
+    (80%) of their frames (frames where the two digits overlap are often misread, so on the 1000
+    real test videos every frame agrees in only 0.497 of them, while 0.908 reach KEEP and
+    frame-shuffled videos none); identity_all_frames: the fraction whose frames all agree;
     per_frame_accuracy (with labels [n, 2]): the fraction of frames whose pair equals the labels';
     consistency: the mean over videos of the fraction of frames that read the video's most common
     pair; n; read: the pairs read [n, F, 2]; kept: bool [n], each video's identity kept;
@@ -111,11 +115,12 @@ def judge_moving_mnist(classifier: nn.Module, videos: np.ndarray, labels: np.nda
     correct (with labels): bool [n, F], each frame read right."""
     videos = _check_videos(videos)
     read = read_digits(classifier, videos)
-    kept = (read == read[:, :1]).all(axis=(1, 2))
     codes = read[..., 0] * 10 + read[..., 1]  # one number per pair, 0..99
     agreement = np.array([np.bincount(c, minlength=100).max() for c in codes]) / read.shape[1]
+    kept = agreement >= KEEP
     result = {
         "identity": float(kept.mean()),
+        "identity_all_frames": float((read == read[:, :1]).all(axis=(1, 2)).mean()),
         "consistency": float(agreement.mean()),
         "n": len(videos),
         "read": read,
