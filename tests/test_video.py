@@ -305,4 +305,6 @@ def test_two_process_video_training_takes_the_same_steps(tmp_path):
     assert cfg.model.image_size == [4, 16, 16]
     torch.manual_seed(cfg.run.seed)
     init = build_denoiser(cfg).net.state_dict()
-    assert_same_steps(tmp_path / "one", tmp_path / "two", ["run/model.safetensors", "run/ema.safetensors"], init, atol=2e-4)
+    assert_same_steps(
+        tmp_path / "one", tmp_path / "two", ["run/model.safetensors", "run/ema.safetensors"], init, atol=2e-4
+    )

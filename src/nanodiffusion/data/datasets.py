@@ -279,11 +279,8 @@ def _load_videos(
     if split == "all":
         a, b = (_load_videos(name, s, size, frames, cache_dir) for s in ("train", "test"))
         return np.concatenate([a[0], b[0]]), None if a[1] is None else a[1] + b[1]
-    if name == "moving-mnist":
-        from nanodiffusion.data.moving_mnist import load_moving_mnist
-
-        data = load_moving_mnist(split, frames=frames or 20, size=size or 64, cache_dir=cache_dir)
-        return data.videos[..., None], None
+    if name in VIDEO_LOADERS:
+        return VIDEO_LOADERS[name](split, frames, size, cache_dir)
     from nanodiffusion.data.moving_shapes import render_video
 
     n, frames, size = VIDEO_SHAPES[split], frames or 16, size or 32
@@ -303,6 +300,15 @@ def _load_videos(
     array, captions = np.stack([v.frames for v in videos]), [v.caption for v in videos]
     write_atomically(path, lambda tmp: np.savez(tmp, videos=array, captions=np.array(captions)))
     return array, captions
+
+
+VIDEO_LOADERS: dict[str, Callable] = {}  # data name -> (split, frames, size, cache_dir) -> (videos, captions)
+
+
+def register_video_data(name: str, loader: Callable) -> None:
+    """Add a video data name whose module lies above this one (data.moving_mnist reads MNIST
+    through load_data): loader(split, frames, size, cache_dir) -> (uint8 [N, F, H, W, C], captions)."""
+    VIDEO_LOADERS[name] = loader
 
 
 def as_frames(x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from nanodiffusion.data.datasets import cache_root, load_data, register_video_data
+from nanodiffusion.data.files import read_array, write_atomically
 from nanodiffusion.errors import NanodiffError
 
 DIGIT = 28  # side of an MNIST digit
@@ -96,8 +98,6 @@ def render_moving_mnist(
 
 def mnist_digits(split: str, cache_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """MNIST's digits of a split as uint8 [N, 28, 28] and their classes [N]."""
-    from nanodiffusion.data.datasets import load_data
-
     data = load_data("mnist", split, cache_dir=cache_dir)
     digits = ((data.images[:, 0] + 1) * 127.5).round().clamp(0, 255).numpy().astype(np.uint8)
     return digits, data.labels.numpy()
@@ -114,9 +114,6 @@ def load_moving_mnist(
     """Moving MNIST videos of a split: "train" (10000 by default, from MNIST's train digits,
     seed 0) or "test" (1000, from MNIST's test digits, seed 1). Rendered once and cached as
     <cache root>/moving-mnist/moving-mnist-{split}-{n}-{frames}-{size}.npz."""
-    from nanodiffusion.data.datasets import cache_root
-    from nanodiffusion.data.files import read_array, write_atomically
-
     if split not in SEEDS:
         raise NanodiffError(f"unknown split {split!r}: use train or test")
     n = DEFAULT_N[split] if n is None else n
@@ -134,3 +131,13 @@ def load_moving_mnist(
         lambda tmp: np.savez_compressed(tmp, videos=data.videos, labels=data.labels, tracks=data.tracks),
     )
     return data
+
+
+def _videos(split: str, frames: int | None, size: int | None, cache_dir) -> tuple[np.ndarray, None]:
+    """The `moving-mnist` data name (load_data): a split's videos [N, F, H, W, 1], no captions."""
+    return load_moving_mnist(split, frames=frames or 20, size=size or 64, cache_dir=cache_dir).videos[
+        ..., None
+    ], None
+
+
+register_video_data("moving-mnist", _videos)

@@ -66,7 +66,7 @@ def draw_video(
     rest around them; the baseline puts them in place and draws the others independently."""
     own = run_frames(cfg)
     if own is not None and frames not in (None, own):
-        raise NanodiffError(f"this run makes {own}-frame videos: --frames {frames} is not one of them")
+        raise NanodiffError(f"this run makes {own}-frame videos, not {frames}-frame ones")
     frames = own if frames is None else frames
     if frames is None or not 1 <= frames <= MAX_FRAMES:
         raise NanodiffError(f"frames must be 1 to {MAX_FRAMES}, got {frames}")

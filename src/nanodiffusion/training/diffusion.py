@@ -57,7 +57,7 @@ def prepare_config(cfg: Config, data: ImageData, text_dim: int = 0) -> Config:
     if len(sizes) == 3 and cfg.model.kind != "dit":
         raise NanodiffError(
             f"{data.name} is video [F, H, W] = {sizes}: train a space-time DiT (model.kind=dit, "
-            f"or --preset video-shapes); a {cfg.model.kind} takes images"
+            f"as the video-shapes preset); a {cfg.model.kind} takes images"
         )
     cfg.model.in_channels = cfg.model.out_channels = c
     cfg.model.image_size = list(sizes) if len(sizes) == 3 else sizes[0]

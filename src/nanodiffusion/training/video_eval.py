@@ -76,7 +76,7 @@ def evaluate_video(
     frames = run_frames(cfg)
     if frames is None:
         raise NanodiffError(
-            f"{run} makes images, not videos: eval-video judges a video run (--preset video-shapes)"
+            f"{run} makes images, not videos: eval-video judges a video run (the video-shapes preset)"
         )
     if n < 1:
         raise NanodiffError(f"n must be at least 1, got {n}")
