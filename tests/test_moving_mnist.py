@@ -194,7 +194,8 @@ def test_the_judge_reads_real_videos_and_not_shuffled_ones(tmp_path):
     test = load_moving_mnist("test", cache_dir=tmp_path, progress=False)
     net = train_frame_classifier(train, progress=False)
     # measured at the defaults: identity 0.908 (all 20 frames agreeing: 0.497), per-frame accuracy
-    # 0.917, consistency 0.929; frames shuffled across videos: identity 0.0, consistency 0.116; frame FID floor 5.3, noise 784
+    # 0.917, consistency 0.929; frames shuffled across videos: identity 0.0, consistency 0.116;
+    # frame FID floor 5.3, noise 784
     real = judge_moving_mnist(net, test.videos, test.labels)
     assert real["identity"] >= 0.85 and real["per_frame_accuracy"] >= 0.88 and real["consistency"] >= 0.9
     rng = np.random.default_rng(0)
