@@ -41,7 +41,8 @@ from pathlib import Path
 import torch
 
 from _common import write_section
-from nanodiffusion.io.checkpoint import save_config
+from nanodiffusion.inference.video import run_frames
+from nanodiffusion.io.checkpoint import load_config, save_config
 from nanodiffusion.io.config import apply_overrides, preset
 from nanodiffusion.io.viz import save_strip, save_video_gif
 from nanodiffusion.training.diffusion import Trainer
@@ -195,17 +196,20 @@ def report(s: Settings, results: Store) -> str:
         f"`python bench/video.py` ({s.budget_cpu_s / 60:g} CPU-minutes per training, one torch thread "
         f"each, two at a time; {s.n} prompts per judged set, {s.steps} sampling steps).",
         "",
-        "| training | params | steps x batch | CPU s | samples / CPU s | loss first 20 -> last 50 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| training | params | steps x batch | CPU s | samples / CPU s | frames / CPU s "
+        "| loss first 20 -> last 50 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for v in VARIANTS:
         t = results.get(f"train-{v.name}")
         if t is None:
-            lines.append(f"| {v.name} | not measured yet | | | | |")
+            lines.append(f"| {v.name} | not measured yet | | | | | |")
             continue
+        frames = run_frames(load_config(s.out / v.name)) or 1  # the per-frame baseline's samples are frames
         lines.append(
             f"| {v.name} | {t['params'] / 1e6:.2f}M | {t['steps']} x {t['batch']} | {t['cpu_s']:.0f} | "
-            f"{t['samples_per_cpu_s']:.1f} | {t['first_loss']:.3f} -> {t['final_loss']:.3f} |"
+            f"{t['samples_per_cpu_s']:.1f} | {t['samples_per_cpu_s'] * frames:.0f} | "
+            f"{t['first_loss']:.3f} -> {t['final_loss']:.3f} |"
         )
     judged = {v.name: results.get(f"judge-{v.name}") for v in VARIANTS}
     rows = []
