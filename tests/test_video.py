@@ -308,3 +308,31 @@ def test_two_process_video_training_takes_the_same_steps(tmp_path):
     assert_same_steps(
         tmp_path / "one", tmp_path / "two", ["run/model.safetensors", "run/ema.safetensors"], init, atol=2e-4
     )
+
+
+@pytest.mark.slow
+def test_a_video_run_resumes_to_the_same_weights(tmp_path):
+    """Stopped after 2 of 4 steps and resumed, a video run ends with a straight run's weights."""
+    from safetensors.torch import load_file
+
+    from nanodiffusion.io.checkpoint import checkpoint_file
+    from nanodiffusion.training.diffusion import resume, train
+
+    _video_npz(tmp_path / "v.npz")
+    overrides = [
+        f"data.name={tmp_path / 'v.npz'}",
+        "model.image_size=[4,16,16]",
+        "model.patch_size=[2,4,4]",
+        "model.dropout=0.1",  # the global RNG must come back too
+        "data.text_encoder=",
+        "run.steps=4",
+        "run.device=cpu",
+    ]
+    cfg = lambda: apply_overrides(preset("video-shapes"), [*TINY, *overrides])  # noqa: E731
+    train(cfg(), tmp_path / "straight", progress=False)
+    train(cfg(), tmp_path / "split", progress=False, stop_after=2)
+    resume(tmp_path / "split", progress=False)
+    for name in ("model.safetensors", "ema.safetensors"):
+        a = load_file(str(checkpoint_file(tmp_path / "straight", name)))
+        b = load_file(str(checkpoint_file(tmp_path / "split", name)))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
