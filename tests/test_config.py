@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nanodiffusion.io.config import PRESETS, Config, apply_overrides, preset
-from nanodiffusion.nets.unet import UNet
+from nanodiffusion.nets import build_net, sample_shape
 from one_line import error_of
 
 DATA = {
@@ -18,6 +18,8 @@ DATA = {
     "mnist-flow": "mnist",
     "fashion-mnist-flow": "fashion-mnist",
     "text": "shapes",
+    "video-shapes": "video-shapes",
+    "moving-mnist": "moving-mnist",
     "cifar10": "cifar10",
     "upscale": "shapes",
 }
@@ -54,6 +56,8 @@ def test_every_preset_is_listed():
         "mnist-flow",
         "fashion-mnist-flow",
         "text",
+        "video-shapes",
+        "moving-mnist",
         "cifar10",
         "upscale",
     )
@@ -65,11 +69,11 @@ def test_presets_build_a_config_and_its_network(name):
     cfg = preset(name)
     assert isinstance(cfg, Config) and cfg.data.name == DATA[name]
     assert Config.from_dict(cfg.to_dict()) == cfg
-    net = UNet(cfg.model).eval()
-    size, channels = cfg.model.image_size, cfg.model.in_channels
-    x = torch.zeros(2, channels + cfg.model.cond_channels, size, size)
+    net = build_net(cfg.model).eval()  # a UNet, or the video presets' space-time DiT
+    shape = sample_shape(cfg.model)
+    x = torch.zeros(2, shape[0] + cfg.model.cond_channels, *shape[1:])
     with torch.no_grad():
-        assert net(x, torch.zeros(2)).shape == (2, cfg.model.out_channels, size, size)
+        assert net(x, torch.zeros(2)).shape == (2, cfg.model.out_channels, *shape[1:])
 
 
 def test_preset_values_the_docs_state():
@@ -99,7 +103,7 @@ def test_presets_are_fresh_objects():
 def test_unknown_preset_is_one_line():
     assert error_of(preset, "cifar") == (
         "unknown preset 'cifar'; choose one of digits, mnist, fashion-mnist, mnist-flow, fashion-mnist-flow, "
-        "text, cifar10, upscale"
+        "text, video-shapes, moving-mnist, cifar10, upscale"
     )
 
 

@@ -82,7 +82,9 @@ def draw_video(
         init = torch.zeros(len(given), given.shape[1], frames, *given.shape[-2:])
         init[:, :, :k] = given
         known = given_mask(frames, list(range(k)), init.shape)
-        return draw(cfg, denoiser, n, cond=cond, init_image=init, known=known, inpaint="replace", **common)
+        return draw(
+            cfg, denoiser, n, cond=cond, init_image=init, known=known, **common
+        )  # replace: the default
     # the frame-by-frame baseline: the image run once per frame, its condition repeated
     per = None if cond is None else cond.repeat_interleave(frames, 0)
     images = draw(cfg, denoiser, n * frames, cond=per, **common)

@@ -43,10 +43,20 @@ def train_classifier(
         idx = torch.randint(len(train.images), (batch_size,), generator=g)
         return F.cross_entropy(net(classifier_input(train.images[idx])), train.labels[idx])
 
+    return fit_classifier(net, step_fn, steps, batch_size, lr, 0.3, g, progress, "feature classifier")
+
+
+def fit_classifier(
+    net, step_fn, steps: int, batch_size: int, lr: float, warmup: float, g, progress: bool, desc: str
+):
+    """Train `net` by `step_fn(step, micro) -> loss` through the one loop: AdamW (weight decay
+    1e-4), a linear warm-up over the first `warmup` share of the steps, then a cosine decay to
+    zero, no clipping; the batch generator `g` saved with it. Returns the net in eval mode;
+    KeyboardInterrupt on Ctrl-C, so a half-trained net is never cached."""
     optim = OptimConfig(
         lr=lr,
         weight_decay=1e-4,
-        warmup_steps=round(0.3 * steps),
+        warmup_steps=round(warmup * steps),
         min_lr_ratio=0.0,
         grad_clip=0.0,
         batch_size=batch_size,
@@ -59,7 +69,7 @@ def train_classifier(
         generators={"batch": g},
         log_every=max(1, steps // 20),
         progress=progress,
-        desc="feature classifier",
+        desc=desc,
     )
     if not loop.fit():
         raise KeyboardInterrupt

@@ -2,11 +2,12 @@
 
 Measured at the defaults (900 steps of 128 frames, seed 0; 266 s on 1 CPU thread of a busy 2-core
 machine) on the 1000 test videos of load_moving_mnist: per-frame accuracy (both digits right)
-0.917, identity 0.497, consistency 0.929; the same frames shuffled across videos: identity 0.0,
+0.917, identity 0.497 when all 20 frames must agree (0.908 of the first 500 when 80% must: the judge),
+consistency 0.929; the same frames shuffled across videos: identity 0.0,
 consistency 0.116. Frame FID of test against train[:1000] (the floor) 5.3; against pixel-shuffled
 test frames 784. Most errors are frames where the digits overlap (on 300 test videos, before the
 second-digit threshold was tuned: accuracy 0.59 when the boxes are within 7 pixels, 0.97 when
-they do not overlap), so identity, which needs all 20 frames right, stays near one half.
+they do not overlap), so identity asks for 80% of the frames, not all.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ from nanodiffusion.data.datasets import cache_root
 from nanodiffusion.data.files import one_line, write_atomically
 from nanodiffusion.data.moving_mnist import MovingMNIST, load_moving_mnist
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.io.config import OptimConfig
 from nanodiffusion.metrics.moving_mnist import FrameClassifier, frames_input, multi_hot
-from nanodiffusion.training.loop import Loop
+from nanodiffusion.training.classifier import fit_classifier
 
 
 def train_frame_classifier(
@@ -51,27 +51,7 @@ def train_frame_classifier(
         x = frames_input(data.videos[v, f])
         return F.binary_cross_entropy_with_logits(net(x), targets[v])
 
-    optim = OptimConfig(
-        lr=lr,
-        weight_decay=1e-4,
-        warmup_steps=round(0.1 * steps),
-        min_lr_ratio=0.0,
-        grad_clip=0.0,
-        batch_size=batch_size,
-    )
-    loop = Loop(
-        net,
-        step_fn,
-        optim,
-        steps,
-        generators={"batch": g},
-        log_every=max(1, steps // 20),
-        progress=progress,
-        desc="frame classifier",
-    )
-    if not loop.fit():
-        raise KeyboardInterrupt
-    return net.eval()
+    return fit_classifier(net, step_fn, steps, batch_size, lr, 0.1, g, progress, "frame classifier")
 
 
 def classifier_path(cache_dir: str | Path | None = None) -> Path:
