@@ -122,6 +122,10 @@ def test_image_to_video_keeps_the_given_frames_exactly():
     given = torch.rand(1, 3, 4, 32, 32, generator=g) * 2 - 1  # video prediction: 4 frames given
     predicted = draw_video(cfg, denoiser, 3, first=given, steps=3)
     assert torch.equal(predicted[:, :, :4], given.expand(3, -1, -1, -1, -1))
+    every_other = list(range(0, 16, 2))  # frame interpolation: the odd frames drawn between the even ones
+    between = draw_video(cfg, denoiser, 1, first=given.repeat(1, 1, 2, 1, 1), at=every_other, steps=3)
+    assert torch.equal(between[:, :, every_other], given.repeat(1, 1, 2, 1, 1))
+    assert "different frames" in error_of(lambda: draw_video(cfg, denoiser, 1, first=given, at=[0, 0, 1, 2]))
     plain = draw_video(cfg, denoiser, 2, steps=3, seed=5)
     assert torch.equal(plain, draw_video(cfg, denoiser, 2, steps=3, seed=5))  # seeded
 

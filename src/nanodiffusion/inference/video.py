@@ -51,6 +51,7 @@ def draw_video(
     guidance: float = 1.0,
     uncond: torch.Tensor | None = None,
     first: torch.Tensor | None = None,
+    at: list[int] | None = None,
     sampler: str = "dpm++2m",
     steps: int = 20,
     seed: int = 0,
@@ -63,7 +64,9 @@ def draw_video(
     frame-by-frame baseline: n x frames images, frame f of video i with video i's condition and
     its own noise. ``first`` ([1 or n, C, H, W], or [1 or n, C, k, H, W] for the first k frames)
     is image-to-video / video prediction: a video run keeps those frames exactly and draws the
-    rest around them; the baseline puts them in place and draws the others independently."""
+    rest around them; the baseline puts them in place and draws the others independently.
+    ``at`` places the given frames elsewhere: frame interpolation gives every other frame,
+    ``at=list(range(0, F, 2))`` with k = F / 2 frames in ``first``."""
     own = run_frames(cfg)
     if own is not None and frames not in (None, own):
         raise NanodiffError(f"this run makes {own}-frame videos, not {frames}-frame ones")
@@ -73,15 +76,20 @@ def draw_video(
     if n < 1:
         raise NanodiffError(f"n must be at least 1, got {n}")
     given = None if first is None else _given_frames(cfg, autoencoder, first, n, frames)
+    if at is None and given is not None:
+        at = list(range(given.shape[2]))
+    if given is not None and (
+        len(at) != given.shape[2] or len(set(at)) != len(at) or not set(at) <= set(range(frames))
+    ):
+        raise NanodiffError(f"at must name {given.shape[2]} different frames of 0..{frames - 1}, got {at}")
     common = {"autoencoder": autoencoder, "guidance": guidance, "uncond": uncond, "sampler": sampler}
     common |= {"steps": steps, "seed": seed, "progress": progress, **options}
     if own is not None and given is None:
         return draw(cfg, denoiser, n, cond=cond, **common)
     if own is not None:  # the given frames are the known region of an inpainting over frames
-        k = given.shape[2]
         init = torch.zeros(len(given), given.shape[1], frames, *given.shape[-2:])
-        init[:, :, :k] = given
-        known = given_mask(frames, list(range(k)), init.shape)
+        init[:, :, at] = given
+        known = given_mask(frames, at, init.shape)
         return draw(
             cfg, denoiser, n, cond=cond, init_image=init, known=known, **common
         )  # replace: the default
@@ -90,7 +98,7 @@ def draw_video(
     images = draw(cfg, denoiser, n * frames, cond=per, **common)
     videos = images.unflatten(0, (n, frames)).transpose(1, 2).contiguous()  # [n, C, F, H, W]
     if given is not None:
-        videos[:, :, : given.shape[2]] = given.expand(n, -1, -1, -1, -1)
+        videos[:, :, at] = given.expand(n, -1, -1, -1, -1)
     return videos
 
 
