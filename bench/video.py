@@ -176,7 +176,7 @@ def judge(v: Variant, s: Settings, results: Store) -> None:
     if results.get(f"judge-{v.name}") is not None or v.name == "per-frame":
         return  # the baseline is judged through the run it is the baseline of
     run_dir = s.out / v.name
-    baseline = s.out / "per-frame" if v.preset == "video-shapes" else None
+    baseline = s.out / "per-frame" if v.name == "factorised" else None  # judged once, beside the preset
     report = evaluate_video(run_dir, n=s.n, steps=s.steps, baseline=baseline, progress=False)
     samples = report.pop("samples")
     if not s.quick:  # the docs' pictures: the first prompts' videos, as a strip and a GIF
@@ -256,6 +256,32 @@ def report(s: Settings, results: Store) -> str:
             f"| samples | {_f(mm['identity'])} | {_f(mm['frame_fid'], 2)} |",
             f"| real test videos (floor) | {_f(mm['real_identity'])} | {_f(mm['floor_fid'], 2)} |",
         ]
+    f = judged.get("factorised")
+    if f and mm:
+        aims = [
+            (
+                "moving shapes: every object's identity in every frame, >= 90% of videos",
+                f["text"]["identity"],
+                0.9,
+            ),
+            (
+                "motion direction right in >= 80% of single-object prompts",
+                f["text"].get("motion_single"),
+                0.8,
+            ),
+            ("held-out combinations (all verdicts) >= 50%", f["held_out"]["all"], 0.5),
+            ("Moving MNIST: digit identity kept in >= 90% of videos", mm["identity"], 0.9),
+            ("image-to-video follows the prompt's motion in >= 70%", f["i2v"]["motion"], 0.7),
+        ]
+        lines += ["", "Aims (the `video-shapes` preset, factorised, and `moving-mnist`):", ""]
+        lines += [
+            f"- {what}: {_f(got)}, **{'reached' if got is not None and got >= aim else 'missed'}**"
+            for what, got, aim in aims
+        ]
+        lines.append(
+            "- image-to-video keeps frame 0 exactly: largest difference "
+            f"{f['i2v']['first_frame_max_error']:.1e}"
+        )
     speeds = [(n, r["frames_per_s"]) for n, r in judged.items() if r and "frames_per_s" in r]
     if speeds:
         lines += ["", "Sampling: " + ", ".join(f"{n} {fps:.1f} frames/s" for n, fps in speeds) + "."]
