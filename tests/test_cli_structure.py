@@ -28,6 +28,7 @@ COMMANDS = [
     "eval",
     "generate",
     "eval-prompts",
+    "eval-video",
     "inpaint",
     "upscale",
     "info",
