@@ -198,7 +198,7 @@ def test_npz_member_that_is_not_npy(tmp_path):
         (np.zeros((3, 0, 0), np.uint8), "images have shape [3, 0, 0], with no pixels"),
         (np.zeros((3, 4, 0, 1), np.uint8), "images have shape [3, 4, 0, 1], with no pixels"),
         (np.zeros((3, 4), np.uint8), "images have shape [3, 4]; expected"),
-        (np.zeros((2, 2, 2, 2, 2), np.uint8), "images have shape [2, 2, 2, 2, 2]; expected"),
+        (np.zeros((2, 2, 2, 2, 2), np.uint8), "videos have shape [2, 2, 2, 2, 2]; expected [N, F, H, W, C]"),
         (np.array(["ab", "cd"]).reshape(2, 1, 1), "images have dtype <U2; expected integer or float"),
         (np.zeros((2, 2, 2), bool), "images have dtype bool"),
         (np.full((2, 2, 2), np.nan, np.float32), "pixel values span nan..nan"),
