@@ -23,6 +23,7 @@ from nanodiffusion.errors import NanodiffError
 from nanodiffusion.metrics.fid import fid
 
 SECOND_DIGIT = 0.2  # below this sigmoid probability the second class is not read: one class twice
+SURE = 0.5  # below this sigmoid probability of the most likely class a frame reads no digit
 KEEP = 0.8  # a video keeps its digits' identity when its most common pair is read in this share of frames
 
 
@@ -93,13 +94,15 @@ def _per_frame(classifier: nn.Module, videos: np.ndarray, fn, batch_size: int = 
 
 def read_digits(classifier: nn.Module, videos: np.ndarray) -> np.ndarray:
     """The two digit classes read in each frame, int64 [n, F, 2], sorted; [c, c] when the second
-    most likely class has a probability below SECOND_DIGIT."""
+    most likely class has a probability below SECOND_DIGIT; [-1, -1] (nothing read) when even the
+    most likely one is below SURE: a frame of noise or scribbles shows no digit."""
     videos = _check_videos(videos)
     probs = _per_frame(classifier, videos, lambda net, x: net(x).sigmoid())
     top = probs.topk(2, dim=1)
     first, second = top.indices[:, 0], top.indices[:, 1]
     second = torch.where(top.values[:, 1] < SECOND_DIGIT, first, second)
     pairs = torch.stack([first, second], 1).sort(1).values
+    pairs[top.values[:, 0] < SURE] = -1  # no digit shown clearly: nothing read
     return pairs.numpy().astype(np.int64).reshape(*videos.shape[:2], 2)
 
 
@@ -116,8 +119,8 @@ def judge_moving_mnist(classifier: nn.Module, videos: np.ndarray, labels: np.nda
     correct (with labels): bool [n, F], each frame read right."""
     videos = _check_videos(videos)
     read = read_digits(classifier, videos)
-    codes = read[..., 0] * 10 + read[..., 1]  # one number per pair, 0..99
-    agreement = np.array([np.bincount(c, minlength=100).max() for c in codes]) / read.shape[1]
+    codes = np.where(read[..., 0] < 0, 100, read[..., 0] * 10 + read[..., 1])  # a pair 0..99, 100: nothing
+    agreement = np.array([np.bincount(c, minlength=101)[:100].max() for c in codes]) / read.shape[1]
     kept = agreement >= KEEP
     result = {
         "identity": float(kept.mean()),

@@ -49,13 +49,22 @@ def train_frame_classifier(
         v = torch.randint(n, (batch_size,), generator=g).numpy()
         f = torch.randint(frames, (batch_size,), generator=g).numpy()
         x = frames_input(data.videos[v, f])
-        return F.binary_cross_entropy_with_logits(net(x), targets[v])
+        # a quarter more frames that show no digit, all classes 0: so that noise or scribbles read
+        # as nothing (read_digits' SURE), the judge cannot be passed by frames that are not digits
+        k = batch_size // 4
+        shuffled = x[:k].flatten(1).gather(1, torch.rand(k, x[0].numel(), generator=g).argsort(1))
+        speckle = torch.rand(k, x[0].numel(), generator=g) ** (1 + 4 * torch.rand(k, 1, generator=g)) * 2 - 1
+        negatives = torch.cat([shuffled[: k // 2], speckle[k // 2 :]]).view(k, *x.shape[1:])
+        y = torch.cat([targets[v], torch.zeros(k, targets.shape[1])])
+        return F.binary_cross_entropy_with_logits(net(torch.cat([x, negatives])), y)
 
     return fit_classifier(net, step_fn, steps, batch_size, lr, 0.1, g, progress, "frame classifier")
 
 
 def classifier_path(cache_dir: str | Path | None = None) -> Path:
-    return cache_root(cache_dir) / "eval" / "moving-mnist-classifier.pt"
+    return (
+        cache_root(cache_dir) / "eval" / "moving-mnist-classifier-v2.pt"
+    )  # v2: trained with frames that show no digit
 
 
 def frame_classifier(cache_dir: str | Path | None = None, progress: bool = True) -> FrameClassifier:
