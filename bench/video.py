@@ -179,9 +179,10 @@ def judge(v: Variant, s: Settings, results: Store) -> None:
     baseline = s.out / "per-frame" if v.name == "factorised" else None  # judged once, beside the preset
     report = evaluate_video(run_dir, n=s.n, steps=s.steps, baseline=baseline, progress=False)
     samples = report.pop("samples")
-    if not s.quick:  # the docs' pictures: the first prompts' videos, as a strip and a GIF
+    if not s.quick:  # the docs' pictures: the first prompts' videos as a strip (and the preset's as a GIF)
         save_strip(samples, IMAGES / f"video-{v.name}.png")
-        save_video_gif(samples, IMAGES / f"video-{v.name}.gif", nrow=4)
+        if v.name == "factorised":
+            save_video_gif(samples, IMAGES / f"video-{v.name}.gif", nrow=4)
     results.put(f"judge-{v.name}", report)
 
 
