@@ -237,6 +237,7 @@ def test_cli_generate_sample_and_refusals(video_run, tmp_path, capsys):
         (["eval-prompts", str(video_run)], "makes videos"),
         (["inpaint", str(video_run), "--demo"], "makes videos"),
         (["eval-video", "digits"], "makes images, not videos"),
+        (["app", str(video_run)], "makes videos: the app draws images"),
     ]
     for argv, message in bad:
         assert main(argv) == 2, argv

@@ -283,6 +283,11 @@ class Model:
         from nanodiffusion.io.checkpoint import load_config
 
         cfg = load_config(run_folder(source))
+        if isinstance(cfg.model.image_size, list) and len(cfg.model.image_size) == 3:
+            raise NanodiffError(
+                f"{source} makes videos: the app draws images "
+                "(nanodiff generate writes a video run's GIF and MP4)"
+            )
         m = cls(name, source, "run", controlnet, description)
         m.classes = class_names(cfg)
         m.info = {
