@@ -23,7 +23,9 @@ def add_train(sub) -> None:
     t.add_argument("--preset", default="digits", choices=PRESETS)
     t.add_argument("--config", help="a TOML (or JSON) config file instead of a preset")
     t.add_argument(
-        "--data", help="digits, mnist, fashion-mnist, cifar10, shapes, an image folder or a .npz file"
+        "--data",
+        help="digits, mnist, fashion-mnist, cifar10, shapes, video-shapes, moving-mnist, an image folder "
+        "or a .npz file (images or videos)",
     )
     t.add_argument(
         "--task",
@@ -164,7 +166,7 @@ def stopped(report: dict, out: Path) -> bool:
 
 
 def cmd_train_autoencoder(args) -> int:
-    from nanodiffusion.data.datasets import held_out_images, load_data
+    from nanodiffusion.data.datasets import as_frames, held_out_images, load_data
     from nanodiffusion.io.device import pick_device
     from nanodiffusion.nets.autoencoder import AutoencoderConfig
     from nanodiffusion.training.autoencoder import train_autoencoder_folder
@@ -173,7 +175,7 @@ def cmd_train_autoencoder(args) -> int:
         raise NanodiffError("--resume needs --out, the autoencoder's folder")
     if args.out:
         common.check_out(args.out)
-    images = load_data(args.data, "train", args.size).images
+    images = as_frames(load_data(args.data, "train", args.size).images)  # videos: their frames
     held_out = held_out_images(args.data, images, args.size)
     cfg = AutoencoderConfig(
         in_channels=images.shape[1],
