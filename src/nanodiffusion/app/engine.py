@@ -284,10 +284,7 @@ class Model:
 
         cfg = load_config(run_folder(source))
         if isinstance(cfg.model.image_size, list) and len(cfg.model.image_size) == 3:
-            raise NanodiffError(
-                f"{source} makes videos: the app draws images "
-                "(nanodiff generate writes a video run's GIF and MP4)"
-            )
+            raise NanodiffError(f"{source} makes videos: the app draws images")
         m = cls(name, source, "run", controlnet, description)
         m.classes = class_names(cfg)
         m.info = {
