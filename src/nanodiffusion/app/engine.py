@@ -283,7 +283,9 @@ class Model:
         from nanodiffusion.io.checkpoint import load_config
 
         cfg = load_config(run_folder(source))
-        if isinstance(cfg.model.image_size, list) and len(cfg.model.image_size) == 3:
+        from nanodiffusion.inference.video import run_frames
+
+        if run_frames(cfg) is not None:
             raise NanodiffError(f"{source} makes videos: the app draws images")
         m = cls(name, source, "run", controlnet, description)
         m.classes = class_names(cfg)

@@ -205,10 +205,13 @@ def open_run(args, videos: bool = False):
 
 def refuse_video(cfg, run: str) -> None:
     """One line for a video run given to a command that takes images."""
-    size = cfg.model.image_size
-    if isinstance(size, list) and len(size) == 3:
+    from nanodiffusion.inference.video import run_frames
+    from nanodiffusion.nets import sample_shape
+
+    if run_frames(cfg) is not None:
+        _, f, h, w = sample_shape(cfg.model)
         raise NanodiffError(
-            f"{run} makes videos ({size[0]} frames of {size[1]}x{size[2]}), not images: "
+            f"{run} makes videos ({f} frames of {h}x{w}), not images: "
             "use nanodiff sample / generate (they write videos) or nanodiff eval-video"
         )
 

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from nanodiffusion.core.schedules import Schedule
+from nanodiffusion.data.datasets import as_frames
 from nanodiffusion.data.files import read_image, write_atomically
 from nanodiffusion.errors import NanodiffError
 
@@ -113,7 +114,7 @@ def _check_videos(videos: torch.Tensor) -> None:
 def save_strip(videos: torch.Tensor, path: str | Path, scale: int | None = None) -> Path:
     """Write videos as one PNG: each video's frames left to right, a video a row."""
     _check_videos(videos)
-    frames = videos.transpose(1, 2).flatten(0, 1)  # [N F, C, H, W], video-major
+    frames = as_frames(videos)  # [N F, C, H, W], video-major
     grid = to_pil(frames, videos.shape[2], scale=_auto_scale(frames) if scale is None else scale)
     return write_atomically(path, grid.save)
 
