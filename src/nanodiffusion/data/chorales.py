@@ -149,7 +149,7 @@ def load_chorales(
 
     `limit` reads only the first `limit` corpus files. Both splits are parsed together once (80 s on one
     core the first time, 38 s once music21 has pickled the parsed scores into its temporary
-    folder, for the corpus's 433 Bach files, of which 327 chorales are kept: 1584 train windows from
+    folder, for the corpus's 433 Bach files, 327 chorales give windows: 1584 train windows from
     294 chorales, 189 test windows from 33) and cached as <cache root>/chorales/chorales-{split}.npz
     (chorales-{split}-first{limit}.npz with a limit)."""
     if split not in SPLITS:
