@@ -4,8 +4,10 @@ a description of the machine, and writing one section of docs/benchmarks.md."""
 from __future__ import annotations
 
 import datetime
+import json
 import platform
 import re
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -103,3 +105,65 @@ def write_page(doc: Path | None, fallback: Path, render: Callable[[Path], str]) 
     if doc is not None:
         doc.write_text(text + "\n")
         print(f"wrote {doc}")
+
+
+class Store:
+    """One JSON file per result under out/results, so parallel jobs never write one file."""
+
+    def __init__(self, out: Path):
+        self.root = out / "results"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def get(self, key: str) -> dict | None:
+        path = self.root / f"{key}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def put(self, key: str, value: dict) -> None:
+        tmp = self.root / f".{key}.tmp"
+        tmp.write_text(json.dumps(value, indent=1))
+        tmp.replace(self.root / f"{key}.json")
+
+
+def train_on_budget(cfg, run_dir: Path, budget_cpu_s: float, name: str) -> dict:
+    """Train `cfg` into run_dir (afresh) until this process's CPU time reaches the budget, the cosine
+    decay planned to end with it; save, write the final grid and return the training's numbers."""
+    from nanodiffusion.io.checkpoint import save_config
+    from nanodiffusion.training.diffusion import Trainer
+
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an interrupted training starts again (its budget is one process's)
+    trainer = Trainer(cfg, run_dir, progress=False)
+    params = sum(p.numel() for p in trainer.denoiser.net.parameters())
+    budget, wall = BudgetClock(budget_cpu_s), 0.0
+    losses: list[float] = []
+    trainer.model.train()
+    while not budget.done:
+        trainer.cfg.run.steps = budget.planned_steps(trainer.step)
+        c0, w0 = time.process_time(), time.perf_counter()
+        losses.append(trainer.train_step())
+        budget.used += time.process_time() - c0
+        wall += time.perf_counter() - w0
+        if trainer.step % 100 == 0:
+            tail = sum(losses[-50:]) / len(losses[-50:])
+            print(
+                f"  {name}: step {trainer.step}, {budget.used:.0f}/{budget_cpu_s:.0f} CPU s, loss {tail:.4f}",
+                flush=True,
+            )
+    trainer.cfg.run.steps = trainer.step
+    trainer.save()
+    save_config(trainer.cfg, run_dir)
+    trainer.sample_grid(run_dir / "samples.png")
+    batch = trainer.cfg.optim.batch_size
+    print(
+        f"  trained {name}: {trainer.step} steps in {budget.used:.0f} CPU s ({wall:.0f} s wall)", flush=True
+    )
+    return {
+        "params": params,
+        "steps": trainer.step,
+        "batch": batch,
+        "cpu_s": budget.used,
+        "wall_s": wall,
+        "samples_per_cpu_s": trainer.step * batch / budget.used,
+        "first_loss": sum(losses[:20]) / len(losses[:20]),
+        "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+    }

@@ -20,6 +20,9 @@ DATA = {
     "text": "shapes",
     "video-shapes": "video-shapes",
     "moving-mnist": "moving-mnist",
+    "speech": "speech",
+    "speech-wave": "speech",
+    "chorales": "chorales",
     "cifar10": "cifar10",
     "upscale": "shapes",
 }
@@ -58,6 +61,9 @@ def test_every_preset_is_listed():
         "text",
         "video-shapes",
         "moving-mnist",
+        "speech",
+        "speech-wave",
+        "chorales",
         "cifar10",
         "upscale",
     )
@@ -103,7 +109,7 @@ def test_presets_are_fresh_objects():
 def test_unknown_preset_is_one_line():
     assert error_of(preset, "cifar") == (
         "unknown preset 'cifar'; choose one of digits, mnist, fashion-mnist, mnist-flow, fashion-mnist-flow, "
-        "text, video-shapes, moving-mnist, cifar10, upscale"
+        "text, video-shapes, moving-mnist, speech, speech-wave, chorales, cifar10, upscale"
     )
 
 

@@ -159,7 +159,7 @@ def load_chorales(
     if split == "all":
         a, b = (load_chorales(s, cache_dir, limit, progress) for s in ("train", "test"))
         return np.concatenate([a[0], b[0]]), a[1] + b[1]
-    from nanodiffusion.data.datasets import cache_root  # lazily: datasets may come to import this module
+    from nanodiffusion.data.files import cache_root
 
     folder = cache_root(cache_dir) / "chorales"
     suffix = "" if limit is None else f"-first{limit}"

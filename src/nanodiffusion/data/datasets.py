@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from nanodiffusion.data.files import (
+from nanodiffusion.data.files import (  # cache_root: re-exported, its old home
+    cache_root,
     check_file,
     check_memory,
     one_line,
@@ -47,13 +48,18 @@ from nanodiffusion.data.files import (
 )
 from nanodiffusion.errors import NanodiffError
 
-BUILTINS = ("digits", "mnist", "fashion-mnist", "cifar10", "shapes", "video-shapes", "moving-mnist")
+BUILTINS = (
+    "digits", "mnist", "fashion-mnist", "cifar10", "shapes", "video-shapes", "moving-mnist",
+    "speech", "chorales",
+)  # fmt: skip
 VIDEO_BUILTINS = ("video-shapes", "moving-mnist")  # their images are videos [N, C, F, H, W]
 VIDEO_SHAPES = {"train": 10000, "test": 1000}  # test videos use seeds from SHAPES_TEST_SEED
 SHAPES_SCENES = {"train": 20000, "test": 2000}  # test scenes use seeds from SHAPES_TEST_SEED
 SHAPES_TEST_SEED = 10**7
 SPLITS = ("train", "test", "all")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+AUDIO_RATE = 16000  # a folder of WAV files is resampled to this and cut or padded to one second
+MODALITIES = ("image", "video", "audio", "spectrogram", "roll")
 MAX_CLASSES = 1000  # labelled sets may have more classes only if they have more images
 
 FASHION_CLASSES = [
@@ -123,6 +129,8 @@ class ImageData:
     name: str
     class_names: list[str] | None = None
     captions: list[str] | None = None  # one per image: the shapes world, or a folder's sidecars
+    modality: str = "image"  # image | video | audio (waveforms [N, 1, T]) | spectrogram | roll (piano rolls)
+    sample_rate: int = 0  # audio and spectrograms: the waveforms' samples a second
 
 
 def builtin_class_names(name: str) -> list[str] | None:
@@ -130,6 +138,10 @@ def builtin_class_names(name: str) -> list[str] | None:
     Fashion-MNIST), else None."""
     if name == "fashion-mnist":
         return list(FASHION_CLASSES)
+    if name == "speech":
+        from nanodiffusion.data.speech import WORDS
+
+        return list(WORDS)
     return [str(d) for d in range(10)] if name in ("digits", "mnist") else None
 
 
@@ -140,6 +152,7 @@ def load_data(
     channels: int | None = None,
     cache_dir: str | Path | None = None,
     frames: int | None = None,
+    spectrogram: bool = False,
 ) -> ImageData:
     """Load a dataset by built-in name or path.
 
@@ -149,10 +162,15 @@ def load_data(
         "video-shapes" (captioned videos of moving shapes, `data.moving_shapes`, 16 frames at 32x32
         by default: 10000 train, 1000 test), "moving-mnist" (two MNIST digits bouncing,
         `data.moving_mnist`, 20 frames at 64x64: 10000 train, 1000 test; unlabelled),
+        "speech" (spoken words synthesised by espeak-ng, `data.speech`: one-second 16 kHz
+        waveforms [N, 1, 16000] of 30 words, labelled and captioned with the word; 5,700 train,
+        900 test clips, test voices unheard in training), "chorales" (Bach chorales as 4-voice piano
+        rolls [N, 4, 64, 64], `data.chorales`),
         a folder of images (recursive; if every image sits in a sub-folder, the sorted
         sub-folder names are the classes; captions come from ``name.txt`` beside ``name.png`` or
-        from ``metadata.jsonl`` rows with ``file_name`` and ``text``) or a ``.npz`` file (see
-        ``_load_npz``).
+        from ``metadata.jsonl`` rows with ``file_name`` and ``text``), a folder of WAV files (the
+        same rules for classes and captions; resampled to 16 kHz, cut or padded to one second),
+        or a ``.npz`` file (see ``_load_npz``).
     split: "train", "test" or "all". Digits: train is the first 1437 images (80%), test the
         last 360. MNIST-style and CIFAR-10: the official splits; "all" is train then test. A
         folder or .npz is a single split: "train" and "all" both return it, "test" is an error.
@@ -160,6 +178,7 @@ def load_data(
         size (a folder's images must then all share one size).
     channels: 1 (grey) or 3 (RGB); None keeps the source's (a folder: 1 if all images are grey).
     frames: a video dataset's frames (None: its own, 16 or 20); images only take None.
+    spectrogram: sound as log-mel spectrogram images [N, 1, 64, 64] (`data.audio`), not waveforms.
     cache_dir: where MNIST-style IDX files and the CIFAR-10 archive are looked for and
         downloaded to (in a folder named after the dataset); default
         ``$NANODIFF_DATA`` or ``~/.cache/nanodiffusion``.
@@ -177,6 +196,12 @@ def load_data(
         )
         raise NanodiffError(f"frames {frames} asked of {name}: frames are {what}")
     class_names, captions = None, None
+    if spectrogram or name in ("speech", "chorales") or _is_audio_folder(name):
+        if image_size is not None or channels is not None or frames is not None:
+            raise NanodiffError(f"{name} is sound or music: image_size, channels and frames do not apply")
+        if split == "test" and name not in BUILTINS:
+            raise NanodiffError(f"{name} has no test split: a folder is one split")
+        return _load_sound(name, split, spectrogram, cache_dir)
     if name in VIDEO_BUILTINS:
         videos, captions = _load_videos(name, split, image_size, frames, cache_dir)  # [N, F, H, W, C]
         x = _to_unit_range(videos.transpose(0, 4, 1, 2, 3), name)
@@ -243,10 +268,56 @@ def held_out_images(
     return as_frames(load_data(name, "test", image_size, channels, cache_dir).images)[:n]
 
 
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """Where downloads, rendered datasets and evaluation features are kept: cache_dir, else
-    $NANODIFF_DATA, else ~/.cache/nanodiffusion."""
-    return Path(cache_dir or os.environ.get("NANODIFF_DATA") or "~/.cache/nanodiffusion").expanduser()
+def _is_audio_folder(name: str) -> bool:
+    path = Path(name).expanduser()
+    return path.is_dir() and next(_files(path, (".wav",)), None) is not None
+
+
+def _files(root: Path, suffixes: tuple[str, ...]):
+    """The files under root with one of these suffixes, outside hidden folders (.git, .cache)."""
+    for p in root.rglob("*"):
+        if p.suffix.lower() in suffixes and p.is_file():
+            if not any(part.startswith(".") for part in p.relative_to(root).parts):
+                yield p
+
+
+def _load_sound(name: str, split: str, spectrogram: bool, cache_dir: str | Path | None) -> ImageData:
+    """The speech clips, the chorales' piano rolls or a WAV folder; sound as spectrograms if asked."""
+    from nanodiffusion.data import audio
+
+    if name == "chorales":
+        if spectrogram:
+            raise NanodiffError("chorales are piano rolls, not sound: spectrogram does not apply")
+        from nanodiffusion.data.chorales import load_chorales
+
+        rolls, captions = load_chorales(split, cache_dir)
+        x = torch.from_numpy(rolls).float() * 2 - 1  # a note sounds: 1, silence: -1
+        return ImageData(x, None, 0, name, captions=captions, modality="roll")
+    if name == "speech":
+        from nanodiffusion.data.speech import SAMPLE_RATE, WORDS, load_speech
+
+        waves, labels, captions = load_speech(split, cache_dir)
+        x, y, class_names, rate = torch.from_numpy(waves), torch.from_numpy(labels), list(WORDS), SAMPLE_RATE
+    else:
+        root = Path(name).expanduser()
+        if not _is_audio_folder(name):
+            raise NanodiffError(f"no WAV files found in {root}")
+        paths = sorted(_files(root, (".wav",)))
+        rate = AUDIO_RATE
+        check_memory(len(paths) * rate * 4, f"the {len(paths)} clips of {root}")
+        clips = [audio.fit_length(audio.resample(*audio.read_wav(p), rate), rate) for p in paths]
+        x, y, class_names = torch.from_numpy(np.stack(clips)), None, None
+        captions = _folder_captions(root, paths)
+        relative = [p.relative_to(root) for p in paths]
+        if all(len(r.parts) > 1 for r in relative):
+            class_names = sorted({r.parts[0] for r in relative})
+            y = torch.tensor([class_names.index(r.parts[0]) for r in relative])
+    x = x[:, None]
+    modality = "audio"
+    if spectrogram:
+        x, modality = audio.mel_spectrogram(x, rate), "spectrogram"
+    n = len(class_names) if class_names else 0
+    return ImageData(x, y, n, name, class_names, captions, modality=modality, sample_rate=rate)
 
 
 def _load_shapes(split: str, size: int, cache_dir: str | Path | None) -> tuple[np.ndarray, list[str]]:
@@ -364,13 +435,7 @@ def _to_ncfhw(videos: np.ndarray, where: str | Path) -> np.ndarray:
 def _load_folder(
     root: Path, image_size: int | None, channels: int | None
 ) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, list[str] | None]:
-    paths = sorted(
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)  # .git, .cache
-    )
+    paths = sorted(_files(root, IMAGE_SUFFIXES))
     if not paths:
         raise NanodiffError(f"no images found in {root}")
 

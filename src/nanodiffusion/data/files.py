@@ -60,6 +60,12 @@ def check_file(path: str | Path, what: str) -> Path:
     return path
 
 
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """Where downloads, rendered datasets and evaluation features are kept: cache_dir, else
+    $NANODIFF_DATA, else ~/.cache/nanodiffusion."""
+    return Path(cache_dir or os.environ.get("NANODIFF_DATA") or "~/.cache/nanodiffusion").expanduser()
+
+
 def physical_memory() -> int | None:
     """The machine's physical memory in bytes (None where the OS does not say)."""
     try:

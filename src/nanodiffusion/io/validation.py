@@ -94,6 +94,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.image_size": _int(1, none=True),
     "data.frames": _int(2, none=True),
     "data.channels": ((lambda v: v in (None, 1, 3)), "1 (grey), 3 (RGB) or null (the data's own)"),
+    "data.modality": (
+        (lambda v: v in ("", "image", "video", "audio", "spectrogram", "roll")),
+        "image, video, audio, spectrogram or roll (filled in from the data)",
+    ),
+    "data.sample_rate": NON_NEGATIVE,
     "data.p_uncond": UNIT,
     "data.max_tokens": _int(1, MAX_TOKENS),
     "data.autoencoder_steps": POSITIVE,

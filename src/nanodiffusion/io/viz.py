@@ -89,15 +89,69 @@ def to_pil(images: torch.Tensor, nrow: int | None = None, padding: int = 1, scal
 
 
 def save_grid(
-    images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int | None = None
+    images: torch.Tensor,
+    path: str | Path,
+    nrow: int | None = None,
+    scale: int | None = None,
+    modality: str = "",
+    sample_rate: int = 16000,
 ) -> Path:
     """Write a batch as one PNG grid; by default scaled so each tile is at least 48 px. Videos
-    [N, C, F, H, W] are drawn as frame strips, a video a row."""
+    [N, C, F, H, W] are drawn as frame strips, a video a row; sound (modality "audio": waveforms
+    [N, 1, T]; "spectrogram") as spectrograms; piano rolls ("roll") as rolls."""
     if isinstance(images, torch.Tensor) and images.ndim == 5:
         return save_strip(images, path, scale)
+    if modality == "audio":
+        from nanodiffusion.data.audio import mel_spectrogram
+
+        images, modality = (
+            mel_spectrogram(images.reshape(len(images), -1), sample_rate)[:, None],
+            "spectrogram",
+        )
+    if modality == "spectrogram":
+        return save_spectrograms(images, path, nrow, scale)
+    if modality == "roll":
+        return save_rolls(images, path, nrow, scale)
     _check_images(images)
     grid = to_pil(images, nrow, scale=_auto_scale(images) if scale is None else scale)
     return write_atomically(path, grid.save)
+
+
+# --- sound and music: spectrograms [N, 1, M, F] and piano rolls [N, V, P, S] in [-1, 1] ----------
+VOICE_COLOURS = ((0.85, 0.15, 0.15), (0.95, 0.55, 0.05), (0.15, 0.6, 0.2), (0.15, 0.3, 0.85))
+
+
+def save_spectrograms(
+    specs: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int | None = None
+):
+    """Spectrogram images in [-1, 1] (row 0 the lowest band) as a grid, low frequencies at the
+    bottom, in matplotlib's magma colours."""
+    from matplotlib import colormaps
+
+    if not isinstance(specs, torch.Tensor) or specs.ndim != 4 or specs.shape[1] != 1 or len(specs) == 0:
+        raise NanodiffError(f"spectrograms must be a non-empty [N, 1, M, F] tensor, got {_shape(specs)}")
+    values = ((specs[:, 0].flip(1).clamp(-1, 1) + 1) / 2).numpy()
+    rgb = torch.from_numpy(colormaps["magma"](values)[..., :3]).permute(0, 3, 1, 2).float() * 2 - 1
+    grid = to_pil(rgb, nrow, scale=scale or 2)
+    return write_atomically(path, grid.save)
+
+
+def save_rolls(rolls: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int | None = None):
+    """Piano rolls (a note where > 0; voices soprano, alto, tenor, bass in red, orange, green,
+    blue) as a grid, high pitches at the top, time to the right."""
+    if not isinstance(rolls, torch.Tensor) or rolls.ndim != 4 or len(rolls) == 0:
+        raise NanodiffError(f"piano rolls must be a non-empty [N, V, P, S] tensor, got {_shape(rolls)}")
+    on = (rolls.float() > 0).flip(2)  # [N, V, P, S], high pitches first
+    rgb = torch.ones(len(rolls), 3, *rolls.shape[2:])
+    for v in range(rolls.shape[1]):
+        colour = torch.tensor(VOICE_COLOURS[v % len(VOICE_COLOURS)])[None, :, None, None]
+        rgb = torch.where(on[:, v : v + 1], colour, rgb)
+    grid = to_pil(rgb * 2 - 1, nrow, scale=scale or 2)
+    return write_atomically(path, grid.save)
+
+
+def _shape(x) -> object:
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
 
 
 # --- videos [N, C, F, H, W] in [-1, 1]: frame strips, animated GIFs, MP4 -----------------------

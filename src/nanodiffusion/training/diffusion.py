@@ -52,15 +52,18 @@ def prepare_config(cfg: Config, data: ImageData, text_dim: int = 0) -> Config:
     """Fill in what the data decides: channels, size (a video's [F, H, W]), number of classes,
     the text width."""
     c, *sizes = data.images.shape[1:]
-    if sizes[-1] != sizes[-2]:
+    if len(sizes) == 2 and sizes[-1] != sizes[-2]:
         raise NanodiffError(f"images must be square, got {sizes[-2]}x{sizes[-1]}")
-    if len(sizes) == 3 and cfg.model.kind != "dit":
+    if len(sizes) != 2 and cfg.model.kind != "dit":
+        what = "video [F, H, W]" if len(sizes) == 3 else "sound [T]"
         raise NanodiffError(
-            f"{data.name} is video [F, H, W] = {sizes}: train a space-time DiT (model.kind=dit, "
-            f"as the video-shapes preset); a {cfg.model.kind} takes images"
+            f"{data.name} is {what} = {sizes}: train a DiT (model.kind=dit, as the "
+            f"{'video-shapes' if len(sizes) == 3 else 'speech-wave'} preset); a {cfg.model.kind} takes images"
         )
     cfg.model.in_channels = cfg.model.out_channels = c
-    cfg.model.image_size = list(sizes) if len(sizes) == 3 else sizes[0]
+    cfg.model.image_size = list(sizes) if len(sizes) != 2 else sizes[0]
+    cfg.data.modality = "video" if data.modality == "image" and len(sizes) == 3 else data.modality
+    cfg.data.sample_rate = data.sample_rate
     cfg.model.num_classes = 0
     if cfg.data.class_conditional:
         if data.labels is None:
@@ -121,7 +124,9 @@ class Trainer:
         self.dist, self.device = setup_distributed(cfg.run.device)
         self.progress = progress and self.dist.main
         d = cfg.data
-        self.data = load_data(d.name, "train", d.image_size, d.channels, frames=d.frames)
+        self.data = load_data(
+            d.name, "train", d.image_size, d.channels, frames=d.frames, spectrogram=d.spectrogram
+        )
         if d.per_frame:  # the frame-by-frame baseline: every frame an image, with its video's caption
             self.data = per_frame(self.data)
         self.prompts = None  # text: every distinct caption encoded once (row 0 is "")
@@ -298,7 +303,14 @@ class Trainer:
             uncond=uncond,
             **editing,
         )
-        save_grid(images, path, nrow=int(math.sqrt(self.cfg.run.sample_n)))
+        d = self.cfg.data
+        save_grid(
+            images,
+            path,
+            int(math.sqrt(self.cfg.run.sample_n)),
+            modality=d.modality,
+            sample_rate=d.sample_rate,
+        )
 
     def fit(self, stop_after: int | None = None) -> bool:
         """Train to cfg.run.steps (or stop_after). Returns False if interrupted by Ctrl-C."""

@@ -1,0 +1,178 @@
+"""Spoken words and Bach chorales after a laptop's CPU budget, judged by listening and by music theory.
+
+Three trainings through nanodiffusion's Trainer, each a process of one torch thread that stops
+when its process time reaches its budget (the cosine decay planned to end with it):
+
+- spectrogram: the `speech` preset (log-mel images, a DiT over 4 x 4 patches, class-conditional
+  on the word; back to sound by Griffin-Lim);
+- waveform: the `speech-wave` preset (raw 16 kHz samples, a 1-D DiT over patches of 250 samples),
+  the same budget;
+- chorales: the `chorales` preset (4-voice piano rolls), half the budget.
+
+Then each speech model draws one clip for each word, N/30 times (guidance 3, DPM-Solver++(2M), 20
+steps), heard by the spoken-word judge (metrics.speech): the fraction recognised as the requested
+word and the Frechet distance of the judge's features to the test voices' clips, with the
+real-vs-real floor (test voices against train voices); training and sampling CPU seconds per
+second of audio; a guidance sweep on the better one. The chorales model draws N rolls, compared
+by the music statistics (metrics.music) with held-out chorales and their pitch-shuffled baseline.
+
+Everything is kept under the output folder (runs, results/*.json), so `--reuse` continues; the
+section of docs/audio.md between its markers is rewritten after every job.
+
+    python bench/audio.py                 # 3 trainings (30, 30, 15 CPU-minutes) at once, then the judges
+    python bench/audio.py --reuse         # continue
+    python bench/audio.py --quick         # a smoke test of every path (docs only with --out)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from _common import Store, train_on_budget, write_section
+from nanodiffusion.io.config import apply_overrides, preset
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "audio.md"
+SECTION = "audio"
+IMAGES = DOC.parent / "images"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    preset: str
+    budget: float = 1.0  # share of the budget
+
+
+VARIANTS = (
+    Variant("spectrogram", "speech"),
+    Variant("waveform", "speech-wave"),
+    Variant("chorales", "chorales", 0.5),
+)
+
+
+@dataclass
+class Settings:
+    out: Path
+    budget_cpu_s: float
+    n: int  # clips (rolls) per judged set
+    steps: int  # sampling steps
+    quick: bool
+
+
+def train(v: Variant, s: Settings, results: Store) -> None:
+    if results.get(f"train-{v.name}") is not None:
+        return
+    cfg = apply_overrides(preset(v.preset), ["run.device=cpu"])
+    if s.quick:
+        cfg.run.sample_steps, cfg.run.sample_n = 2, 4
+    results.put(f"train-{v.name}", train_on_budget(cfg, s.out / v.name, s.budget_cpu_s * v.budget, v.name))
+
+
+def judge(v: Variant, s: Settings, results: Store) -> None:
+    from nanodiffusion.training.audio_eval import evaluate_audio
+
+    if results.get(f"judge-{v.name}") is not None:
+        return
+    guidance = (1.0, 2.0, 3.0, 5.0) if v.name == "spectrogram" and not s.quick else (3.0,)
+    report = evaluate_audio(s.out / v.name, n=s.n, steps=s.steps, guidance=guidance, progress=False)
+    report.pop("samples", None)
+    results.put(f"judge-{v.name}", report)
+
+
+def jobs(s: Settings) -> list[str]:
+    return [f"train:{v.name}" for v in VARIANTS] + [f"judge:{v.name}" for v in VARIANTS]
+
+
+def run_job(job: str, s: Settings, results: Store) -> None:
+    kind, name = job.split(":")
+    v = next(v for v in VARIANTS if v.name == name)
+    (train if kind == "train" else judge)(v, s, results)
+
+
+def _f(x, d: int = 3) -> str:
+    return "" if x is None else f"{x:.{d}f}"
+
+
+def report(s: Settings, results: Store) -> str:
+    from nanodiffusion.training.audio_eval import format_audio_report
+
+    trained = {v.name: results.get(f"train-{v.name}") for v in VARIANTS}
+    judged = {v.name: results.get(f"judge-{v.name}") for v in VARIANTS}
+    lines = [
+        f"Budget: {s.budget_cpu_s / 60:.0f} CPU-minutes a speech training, half for the chorales; one torch "
+        "thread each, the three trainings at once on the 2-core machine. `python bench/audio.py`.",
+        "",
+        "| training | params | steps x batch | clips/CPU s | CPU s per audio s | loss, first 20 -> last 50 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, t in trained.items():
+        if t:
+            per_second = 1 / t["samples_per_cpu_s"] if name != "chorales" else None
+            lines.append(
+                f"| {name} | {t['params'] / 1e6:.2f}M | {t['steps']} x {t['batch']} "
+                f"| {t['samples_per_cpu_s']:.1f} "
+                f"| {_f(per_second, 3)} | {t['first_loss']:.3f} -> {t['final_loss']:.3f} |"
+            )
+    lines += ["", format_audio_report(judged)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument(
+        "--out", type=Path, help=f"Markdown file to update (default {DOC}; --quick: only if given)"
+    )
+    p.add_argument("--out-dir", type=Path)
+    p.add_argument("--reuse", action="store_true")
+    p.add_argument("--budget-min", type=float, help="CPU-minutes per speech training (default 30)")
+    p.add_argument("--n", type=int, help="clips per judged set (default 300: 10 per word)")
+    p.add_argument("--only", help="comma-separated jobs (train:NAME, judge:NAME) instead of all")
+    p.add_argument("--jobs", type=int, default=2, help="jobs at once, one torch thread each (default 2)")
+    p.add_argument("--job", help=argparse.SUPPRESS)  # a worker: run one job and exit
+    a = p.parse_args()
+    q = a.quick
+    s = Settings(
+        out=a.out_dir or Path("runs/bench-audio" + ("-quick" if q else "")),
+        budget_cpu_s=60 * (a.budget_min or (0.2 if q else 30.0)),
+        n=a.n or (30 if q else 300),
+        steps=2 if q else 20,
+        quick=q,
+    )
+    results = Store(s.out)
+    if a.job:  # one thread: CPU time then measures the work, not other processes' contention
+        torch.set_num_threads(1)
+        run_job(a.job, s, results)
+        return
+    doc = a.out or (None if q else DOC)
+    if s.out.exists() and not a.reuse:
+        print(f"starting afresh: removing {s.out} (pass --reuse to continue it instead)")
+        shutil.rmtree(s.out)
+    s.out.mkdir(parents=True, exist_ok=True)
+    passed = [arg for arg in sys.argv[1:] if arg not in ("--reuse",)]
+    passed = [
+        arg for i, arg in enumerate(passed) if arg != "--only" and (i == 0 or passed[i - 1] != "--only")
+    ]
+
+    def work(job: str) -> None:
+        subprocess.run([sys.executable, __file__, *passed, "--reuse", "--job", job], check=True)
+        if doc is not None:
+            write_section(SECTION, report(s, results), doc)
+
+    todo = a.only.split(",") if a.only else jobs(s)
+    with ThreadPoolExecutor(a.jobs) as pool:  # the trainings first: every judge needs its model
+        list(pool.map(work, [j for j in todo if j.startswith("train:")]))
+        list(pool.map(work, [j for j in todo if j.startswith("judge:")]))
+    print(report(s, results))
+
+
+if __name__ == "__main__":
+    main()
