@@ -1,7 +1,8 @@
 """`nanodiff`: a thin command line over the library, one module per command group.
 
     train.py   train, train-autoencoder, train-controlnet, demo
-    sample.py  sample, eval, generate, eval-prompts
+    sample.py  sample, eval, generate, eval-prompts, eval-video
+    audio.py   eval-audio; generate's and sample's sound and music
     edit.py    inpaint, upscale
     info.py    info, schedules, forward, bench-samplers
     sd.py      sd
@@ -17,10 +18,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nanodiffusion.cli import app, common, edit, info, sample, sd, train
+from nanodiffusion.cli import app, audio, common, edit, info, sample, sd, train
 from nanodiffusion.errors import NanodiffError
 
-GROUPS = (train, sample, edit, info, sd, app)
+GROUPS = (train, sample, audio, edit, info, sd, app)
 
 
 def build_parser() -> argparse.ArgumentParser:

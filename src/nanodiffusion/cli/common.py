@@ -203,10 +203,27 @@ def open_run(args, videos: bool = False):
     return cfg, denoiser, autoencoder, encoder
 
 
+def run_config(run: str):
+    """The config of a run folder or a shipped model, without its weights."""
+    from nanodiffusion.io.checkpoint import load_config
+    from nanodiffusion.io.pretrained import resolve_run
+
+    return load_config(resolve_run(run))
+
+
 def refuse_video(cfg, run: str) -> None:
-    """One line for a video run given to a command that takes images."""
+    """One line for a video, sound or music run given to a command that takes images."""
+    from nanodiffusion.inference.audio import SOUND, run_modality
     from nanodiffusion.inference.video import run_frames
     from nanodiffusion.nets import sample_shape
+
+    modality = run_modality(cfg)
+    if modality in (*SOUND, "roll"):
+        what = "piano rolls (music)" if modality == "roll" else "sound"
+        raise NanodiffError(
+            f"{run} makes {what}, not images: use nanodiff sample / generate (they write WAV"
+            f"{' and MIDI' if modality == 'roll' else ''} files) or nanodiff eval-audio"
+        )
 
     if run_frames(cfg) is not None:
         _, f, h, w = sample_shape(cfg.model)

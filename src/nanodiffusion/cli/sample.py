@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from nanodiffusion.cli import common
+from nanodiffusion.cli import audio, common
 from nanodiffusion.core.samplers import SAMPLERS
 from nanodiffusion.core.schedules import SPACINGS
 from nanodiffusion.errors import NanodiffError
@@ -93,6 +93,8 @@ def cmd_sample(args) -> int:
     options = sampler_options(args)
     strength = common.strength(args)
     cfg, denoiser, autoencoder, _ = common.open_run(args, videos=True)
+    if audio.is_sound_run(cfg):
+        return sample_sound(args, cfg, denoiser)
     if run_frames(cfg) is not None and (args.init is not None or len(args.guidance or [1.0]) > 1):
         raise NanodiffError("a video run's samples take neither --init nor several --guidance scales")
     init = None if args.init is None else common.read_image(args.init, image_shape(cfg, autoencoder))[0]
@@ -143,6 +145,29 @@ def cmd_sample(args) -> int:
     else:
         picture = viz.plot_rows(rows, [f"w = {w:g}" for w in ws], out / "guidance.png")
         print(f"{args.n} samples per guidance scale, same seeds, one row each ({what}): {picture}")
+    return 0
+
+
+def sample_sound(args, cfg, denoiser) -> int:
+    """sample on a sound or roll run: clips (chorales) of --class-label, of every word in turn with
+    --guidance, or of no class."""
+    from nanodiffusion.inference.audio import draw_sound, sound_files
+
+    if args.init is not None or len(args.guidance or [1.0]) > 1:
+        raise NanodiffError("a sound run's samples take neither --init nor several --guidance scales")
+    w = (args.guidance or [1.0])[0]
+    labels = class_labels(cfg, args.n, args.class_label, w if w != 1 else None)
+    tag = f"{args.sampler}-{args.steps}-seed{args.seed}" + (f"-w{w:g}" if w != 1 else "")
+    out = common.check_out(Path(args.out) if args.out else common.run_output(args.run, "samples", tag))
+    sound = draw_sound(
+        cfg, denoiser, args.n, cond=labels, guidance=w, sampler=args.sampler, steps=args.steps,
+        seed=args.seed, progress=True,
+    )  # fmt: skip
+    files = sound_files(cfg, sound, out)
+    print(
+        f"{args.n} samples ({args.sampler}, {args.steps} steps, seed {args.seed}): "
+        f"{files['first'].parent}/ ({files['first'].name}, ...), {files['picture']}"
+    )
     return 0
 
 
@@ -260,6 +285,7 @@ def add_generate(sub) -> None:
         default=8,
         help="frames per second of the GIF and MP4",
     )
+    audio.add_sound_options(g)
     g.add_argument(
         "--upscale",
         metavar="SR_RUN",
@@ -309,6 +335,10 @@ def cmd_generate(args) -> int:
         return generate_cascade(args)
     if args.aug is not None:
         raise NanodiffError("--aug needs --upscale")
+    if audio.is_sound_run(common.run_config(args.run)):
+        return audio.cmd_generate_sound(args)
+    if args.given or args.gap:
+        raise NanodiffError("--given and --gap edit a sound run's clips; this run draws images")
     controlnet = args.controlnet or common.run_output(args.run, "controlnet")
     wants_control = bool(args.control or args.control_from)
     with common.flag_names(CONTROLNET_FLAGS):

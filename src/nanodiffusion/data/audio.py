@@ -102,7 +102,7 @@ def griffin_lim(
 def write_wav(path: str | Path, waveform: np.ndarray | torch.Tensor, sample_rate: int) -> Path:
     """A mono 16-bit PCM WAV file, written whole or not at all."""
     x = np.asarray(torch.as_tensor(waveform).detach().float().reshape(-1).clamp(-1, 1).numpy())
-    pcm = np.round(x * 32767).astype("<i2").tobytes()
+    pcm = np.clip(np.round(x * 32768), -32768, 32767).astype("<i2").tobytes()  # read_wav divides by 32768
 
     def write(tmp: Path) -> None:
         with wave.open(str(tmp), "wb") as w:
@@ -133,7 +133,7 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
             rate, data = wavfile.read(path, mmap=False)
     except NanodiffError:
         raise
-    except (ValueError, OSError, EOFError, MemoryError, TypeError, IndexError) as e:
+    except Exception as e:  # scipy's reader raises ValueError, struct.error, EOFError, ... on a damaged file
         raise NanodiffError(f"cannot read WAV {path}: {one_line(e)}") from None
     if not rate or rate < 1:
         raise NanodiffError(f"{path} declares a sample rate of {rate} Hz")

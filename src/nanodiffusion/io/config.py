@@ -39,6 +39,7 @@ class DataConfig:
     spectrogram: bool = False  # sound (speech, a WAV folder) as log-mel spectrogram images, not waveforms
     modality: str = ""  # what the data are, filled in from them: image | video | audio | spectrogram | roll
     sample_rate: int = 0  # sound's samples a second, filled in from the data (0: not sound)
+    class_names: str = ""  # a class run's class names, "|"-separated, filled in from the data
     class_conditional: bool = False
     p_uncond: float = 0.1  # label (or prompt, to "") dropped with this probability
     text_encoder: str = ""  # "": no text; "minilm" or a local transformers folder: train on captions

@@ -69,6 +69,7 @@ def prepare_config(cfg: Config, data: ImageData, text_dim: int = 0) -> Config:
         if data.labels is None:
             raise NanodiffError(f"class_conditional needs labels, and {data.name} has none")
         cfg.model.num_classes = data.num_classes
+        cfg.data.class_names = "|".join(data.class_names or [])
     cfg.model.context_dim = text_dim
     get_task(cfg.data.task).prepare(cfg, data)  # its checks, its image condition's channels, crops
     if cfg.optim.batch_size < 1 or cfg.run.steps < 1 or cfg.optim.grad_accum < 1:
