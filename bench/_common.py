@@ -9,8 +9,11 @@ import platform
 import re
 import shutil
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -167,3 +170,37 @@ def train_on_budget(cfg, run_dir: Path, budget_cpu_s: float, name: str) -> dict:
         "first_loss": sum(losses[:20]) / len(losses[:20]),
         "final_loss": sum(losses[-50:]) / len(losses[-50:]),
     }
+
+
+def run_jobs(
+    script: str, a, out: Path, doc: Path | None, section: str, jobs: list[str], run_job, report
+) -> None:
+    """The job runner of the budgeted benchmarks (bench/video.py, bench/audio.py). `a` holds the
+    parsed --job, --reuse, --only and --jobs. A worker (--job) runs one job with one torch thread,
+    so that CPU time measures the work and not other processes' contention. Otherwise the jobs
+    (--only's, else all) run as worker processes, --jobs at a time, the trainings ("train:...")
+    before the rest; the docs' section is rewritten after each, and the report printed at the end.
+    Without --reuse the output folder starts afresh."""
+    if a.job:
+        torch.set_num_threads(1)
+        run_job(a.job)
+        return
+    if out.exists() and not a.reuse:
+        print(f"starting afresh: removing {out} (pass --reuse to continue it instead)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    passed = [arg for arg in sys.argv[1:] if arg not in ("--reuse",)]
+    passed = [
+        arg for i, arg in enumerate(passed) if arg != "--only" and (i == 0 or passed[i - 1] != "--only")
+    ]
+
+    def work(job: str) -> None:
+        subprocess.run([sys.executable, script, *passed, "--reuse", "--job", job], check=True)
+        if doc is not None:
+            write_section(section, report(), doc)
+
+    todo = a.only.split(",") if a.only else jobs
+    with ThreadPoolExecutor(a.jobs) as pool:  # the trainings first: every judge needs its model
+        list(pool.map(work, [j for j in todo if j.startswith("train:")]))
+        list(pool.map(work, [j for j in todo if not j.startswith("train:")]))
+    print(report())

@@ -27,16 +27,10 @@ section of docs/audio.md between its markers is rewritten after every job.
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from _common import Store, train_on_budget, write_section
+from _common import Store, run_jobs, train_on_budget
 from nanodiffusion.io.config import apply_overrides, preset
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "audio.md"
@@ -148,30 +142,17 @@ def main() -> None:
         quick=q,
     )
     results = Store(s.out)
-    if a.job:  # one thread: CPU time then measures the work, not other processes' contention
-        torch.set_num_threads(1)
-        run_job(a.job, s, results)
-        return
     doc = a.out or (None if q else DOC)
-    if s.out.exists() and not a.reuse:
-        print(f"starting afresh: removing {s.out} (pass --reuse to continue it instead)")
-        shutil.rmtree(s.out)
-    s.out.mkdir(parents=True, exist_ok=True)
-    passed = [arg for arg in sys.argv[1:] if arg not in ("--reuse",)]
-    passed = [
-        arg for i, arg in enumerate(passed) if arg != "--only" and (i == 0 or passed[i - 1] != "--only")
-    ]
-
-    def work(job: str) -> None:
-        subprocess.run([sys.executable, __file__, *passed, "--reuse", "--job", job], check=True)
-        if doc is not None:
-            write_section(SECTION, report(s, results), doc)
-
-    todo = a.only.split(",") if a.only else jobs(s)
-    with ThreadPoolExecutor(a.jobs) as pool:  # the trainings first: every judge needs its model
-        list(pool.map(work, [j for j in todo if j.startswith("train:")]))
-        list(pool.map(work, [j for j in todo if j.startswith("judge:")]))
-    print(report(s, results))
+    run_jobs(
+        __file__,
+        a,
+        s.out,
+        doc,
+        SECTION,
+        jobs(s),
+        lambda job: run_job(job, s, results),
+        lambda: report(s, results),
+    )
 
 
 if __name__ == "__main__":

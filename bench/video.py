@@ -29,23 +29,14 @@ section of docs/video.md between its markers is rewritten after every job.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import subprocess
-import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from _common import write_section
+from _common import Store, run_jobs, train_on_budget
 from nanodiffusion.inference.video import run_frames
-from nanodiffusion.io.checkpoint import load_config, save_config
+from nanodiffusion.io.checkpoint import load_config
 from nanodiffusion.io.config import apply_overrides, preset
 from nanodiffusion.io.viz import save_strip, save_video_gif
-from nanodiffusion.training.diffusion import Trainer
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "video.md"
 SECTION = "video"
@@ -86,23 +77,6 @@ class Settings:
     quick: bool
 
 
-class Store:
-    """One JSON file per result under out/results, so parallel jobs never write one file."""
-
-    def __init__(self, out: Path):
-        self.root = out / "results"
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def get(self, key: str) -> dict | None:
-        path = self.root / f"{key}.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def put(self, key: str, value: dict) -> None:
-        tmp = self.root / f".{key}.tmp"
-        tmp.write_text(json.dumps(value, indent=1))
-        tmp.replace(self.root / f"{key}.json")
-
-
 def config(v: Variant, s: Settings):
     cfg = apply_overrides(preset(v.preset), list(v.overrides))
     cfg.run.device = "cpu"
@@ -112,48 +86,8 @@ def config(v: Variant, s: Settings):
 
 
 def train(v: Variant, s: Settings, results: Store) -> None:
-    if results.get(f"train-{v.name}") is not None:
-        return
-    run_dir = s.out / v.name
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # an interrupted training starts again (its budget is one process's)
-    trainer = Trainer(config(v, s), run_dir, progress=False)
-    params = sum(p.numel() for p in trainer.denoiser.net.parameters())
-    used = wall = 0.0
-    losses: list[float] = []
-    trainer.model.train()
-    while used < s.budget_cpu_s:
-        step = trainer.step  # the cosine decay is planned to end with the budget
-        trainer.cfg.run.steps = 10**6 if step < 10 else max(step + 1, round(step * s.budget_cpu_s / used))
-        c0, w0 = time.process_time(), time.perf_counter()
-        losses.append(trainer.train_step())
-        used += time.process_time() - c0
-        wall += time.perf_counter() - w0
-        if trainer.step % 100 == 0:
-            tail = sum(losses[-50:]) / len(losses[-50:])
-            print(
-                f"  {v.name}: step {trainer.step}, {used:.0f}/{s.budget_cpu_s:.0f} CPU s, loss {tail:.4f}",
-                flush=True,
-            )
-    trainer.cfg.run.steps = trainer.step
-    trainer.save()
-    save_config(trainer.cfg, run_dir)
-    trainer.sample_grid(run_dir / "samples.png")
-    batch = trainer.cfg.optim.batch_size
-    results.put(
-        f"train-{v.name}",
-        {
-            "params": params,
-            "steps": trainer.step,
-            "batch": batch,
-            "cpu_s": used,
-            "wall_s": wall,
-            "samples_per_cpu_s": trainer.step * batch / used,
-            "first_loss": sum(losses[:20]) / len(losses[:20]),
-            "final_loss": sum(losses[-50:]) / len(losses[-50:]),
-        },
-    )
-    print(f"  trained {v.name}: {trainer.step} steps in {used:.0f} CPU s ({wall:.0f} s wall)", flush=True)
+    if results.get(f"train-{v.name}") is None:
+        results.put(f"train-{v.name}", train_on_budget(config(v, s), s.out / v.name, s.budget_cpu_s, v.name))
 
 
 def jobs(s: Settings) -> list[str]:
@@ -312,30 +246,17 @@ def main() -> None:
         quick=q,
     )
     results = Store(s.out)
-    if a.job:  # one thread: CPU time then measures the work, not other processes' contention
-        torch.set_num_threads(1)
-        run_job(a.job, s, results)
-        return
     doc = a.out or (None if q else DOC)
-    if s.out.exists() and not a.reuse:
-        print(f"starting afresh: removing {s.out} (pass --reuse to continue it instead)")
-        shutil.rmtree(s.out)
-    s.out.mkdir(parents=True, exist_ok=True)
-    passed = [arg for arg in sys.argv[1:] if arg not in ("--reuse",)]
-    passed = [
-        arg for i, arg in enumerate(passed) if arg != "--only" and (i == 0 or passed[i - 1] != "--only")
-    ]
-
-    def work(job: str) -> None:
-        subprocess.run([sys.executable, __file__, *passed, "--reuse", "--job", job], check=True)
-        if doc is not None:
-            write_section(SECTION, report(s, results), doc)
-
-    todo = a.only.split(",") if a.only else jobs(s)
-    with ThreadPoolExecutor(a.jobs) as pool:  # the trainings first: every judge needs its model
-        list(pool.map(work, [j for j in todo if j.startswith("train:")]))
-        list(pool.map(work, [j for j in todo if j.startswith("judge:")]))
-    print(report(s, results))
+    run_jobs(
+        __file__,
+        a,
+        s.out,
+        doc,
+        SECTION,
+        jobs(s),
+        lambda job: run_job(job, s, results),
+        lambda: report(s, results),
+    )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ COMMANDS = [
     "generate",
     "eval-prompts",
     "eval-video",
+    "eval-audio",
     "inpaint",
     "upscale",
     "info",

@@ -8,6 +8,7 @@ the classifier trained first when it is asked for and not cached yet.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -15,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanodiffusion.data.datasets import ImageData
-from nanodiffusion.data.files import write_atomically
+from nanodiffusion.data.files import one_line, write_atomically
+from nanodiffusion.errors import NanodiffError
 from nanodiffusion.io.config import OptimConfig
 from nanodiffusion.metrics import fid
 from nanodiffusion.metrics.fid import ClassifierFeatures, SmallClassifier, classifier_input
@@ -44,6 +46,22 @@ def train_classifier(
         return F.cross_entropy(net(classifier_input(train.images[idx])), train.labels[idx])
 
     return fit_classifier(net, step_fn, steps, batch_size, lr, 0.3, g, progress, "feature classifier")
+
+
+def cached_net(path: Path, net: nn.Module, train: Callable[[], nn.Module]) -> nn.Module:
+    """A judge's network: its state read from `path` into `net`, else `train()`ed and cached there
+    (whole or not at all); in eval mode. A damaged cache is one line that says to delete it."""
+    if path.is_file():
+        try:
+            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as e:  # a truncated zip, a pickle error, wrong keys or shapes
+            raise NanodiffError(
+                f"cannot read the cached classifier {path}: {one_line(e)}; delete it"
+            ) from None
+        return net.eval()
+    net = train()
+    write_atomically(path, lambda tmp: torch.save(net.state_dict(), tmp))
+    return net.eval()
 
 
 def fit_classifier(

@@ -15,11 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from nanodiffusion.data.datasets import cache_root
-from nanodiffusion.data.files import one_line, write_atomically
 from nanodiffusion.data.moving_mnist import MovingMNIST, load_moving_mnist
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.metrics.moving_mnist import FrameClassifier, frames_input, multi_hot
-from nanodiffusion.training.classifier import fit_classifier
+from nanodiffusion.training.classifier import cached_net, fit_classifier
 
 
 def train_frame_classifier(
@@ -68,18 +67,10 @@ def frame_classifier(cache_dir: str | Path | None = None, progress: bool = True)
     """The Moving MNIST frame classifier: from the cache, else trained on the train split of
     load_moving_mnist (900 steps) and cached as a state dict. It reads both digits of a test
     frame right 91.7% of the time (see the module docstring)."""
-    path = classifier_path(cache_dir)
-    net = FrameClassifier()
-    if path.is_file():
-        try:
-            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        except Exception as e:  # a truncated zip, a pickle error, wrong keys or shapes
-            raise NanodiffError(
-                f"cannot read the cached classifier {path}: {one_line(e)}; delete it"
-            ) from None
-        return net.eval()
-    net = train_frame_classifier(
-        load_moving_mnist("train", cache_dir=cache_dir, progress=progress), progress=progress
+    return cached_net(
+        classifier_path(cache_dir),
+        FrameClassifier(),
+        lambda: train_frame_classifier(
+            load_moving_mnist("train", cache_dir=cache_dir, progress=progress), progress=progress
+        ),
     )
-    write_atomically(path, lambda tmp: torch.save(net.state_dict(), tmp))
-    return net
