@@ -173,6 +173,31 @@ def test_inpainting_and_continuation_keep_the_given_samples(runs):
         assert plain.shape == (3, RATE) and plain.abs().max() <= 1
 
 
+@pytest.mark.slow  # two trained runs
+def test_every_sampler_draws_sound(runs):
+    from nanodiffusion.core.samplers import SAMPLERS
+
+    cfg, denoiser, _, _ = load_parts(runs["wave"], "ema", "cpu")
+    for name in SAMPLERS:
+        x = draw_sound(cfg, denoiser, 2, cond=torch.tensor([0, 1]), guidance=2.0, sampler=name, steps=3)
+        assert x.shape == (2, RATE) and torch.isfinite(x).all(), name
+
+
+@pytest.mark.slow  # MiniLM and a trained run
+def test_a_text_conditional_sound_run_follows_its_captions(wav_folder, tmp_path):
+    run = tmp_path / "text"
+    cfg = apply_overrides(
+        preset("speech-wave"),
+        [*TINY, "model.patch_size=500", f"data.name={wav_folder}", "data.class_conditional=false",
+         "model.num_classes=0", "data.text_encoder=minilm"],
+    )  # fmt: skip
+    assert Trainer(cfg, run, progress=False).fit()
+    assert load_parts(run, "ema", "cpu")[0].model.context_dim > 0
+    out = tmp_path / "g"
+    assert main(["generate", str(run), "a low tone", "--n", "2", "--steps", "2", "--out", str(out)]) == 0
+    assert (out / "clip_0001.wav").is_file()
+
+
 def test_known_frames_are_those_whose_window_is_known():
     known = torch.ones(RATE, dtype=torch.bool)
     known[8000:9000] = False

@@ -83,20 +83,21 @@ def cmd_generate_sound(args) -> int:
     """generate on a sound or roll run: the prompt is the word (a class run) or empty."""
     if args.init or args.control or args.control_from or args.frames or args.first_frame or args.upscale:
         raise NanodiffError("sound takes --given WAV --gap A:B, not --init, a control, frames or --upscale")
-    cfg, denoiser, _, _ = common.open_run(args, videos=True)
-    label = word_label(cfg, args.prompt)
+    cfg, denoiser, _, encoder = common.open_run(args, videos=True)
     default = common.run_output(args.run, "generated", f"{common.slug(args.prompt or 'any')}-seed{args.seed}")
     out = common.check_out(Path(args.out) if args.out else default)
-    return generate_sound(args, cfg, denoiser, label, out, args.guidance if label is not None else None)
-
-
-def generate_sound(args, cfg, denoiser, label: int | None, out: Path, guidance: float | None) -> int:
-    """Draw a sound or roll run's clips into `out` and say where they are."""
+    given, known = given_clip(args, cfg)
     from nanodiffusion.inference.audio import draw_sound, sound_files
     from nanodiffusion.inference.pipelines import conditioning
 
-    given, known = given_clip(args, cfg)
-    cond, w, uncond = conditioning(cfg, None, args.n, class_label=label, guidance=guidance)
+    if encoder is not None:  # a text run: the prompt through its text encoder
+        cond, w, uncond = conditioning(
+            cfg, encoder, args.n, args.prompt, args.negative, guidance=args.guidance
+        )
+    else:  # a word run: the prompt is a class name
+        label = word_label(cfg, args.prompt)
+        guidance = args.guidance if label is not None else None
+        cond, w, uncond = conditioning(cfg, None, args.n, class_label=label, guidance=guidance)
     sound = draw_sound(
         cfg, denoiser, args.n, cond=cond, guidance=w, uncond=uncond, given=given, known=known,
         sampler=args.sampler, steps=args.steps, seed=args.seed, progress=True,
