@@ -143,6 +143,11 @@ def test_a_wav_folder_is_labelled_captioned_resampled_sound(wav_folder, tmp_path
     assert "no images found" in error_of(load_data, str(tmp_path / "empty"))
     assert "no test split" in error_of(load_data, str(wav_folder), "test")
     assert "do not apply" in error_of(load_data, str(wav_folder), "train", 32)
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(other / "stray.png")
+    assert "holds both images and WAV files" in error_of(load_data, str(other))
+    (other / "stray.png").unlink()
     (other / "b.wav").write_text("garbage")
     assert "b.wav is not a WAV file" in error_of(load_data, str(other))
 
@@ -228,6 +233,7 @@ def test_generate_and_sample_write_wavs_and_refuse_bad_input(runs, wav_folder, t
     assert (tmp_path / "s" / "clip_0001.wav").is_file()
     capsys.readouterr()
     audio.write_wav(tmp_path / "44k.wav", tone(300, 1, 44100), 44100)
+    audio.write_wav(tmp_path / "long.wav", tone(300, 1.5), RATE)
     (tmp_path / "junk.wav").write_text("junk")
     before = sorted(p.name for p in out.iterdir())
     gen = ["generate", str(run), ""]
@@ -237,7 +243,10 @@ def test_generate_and_sample_write_wavs_and_refuse_bad_input(runs, wav_folder, t
         ([*gen, "--given", str(tmp_path / "given.wav"), "--gap", "0.5:3"], "must lie within"),
         ([*gen, "--given", str(tmp_path / "given.wav"), "--gap", "half"], "must look like A:B"),
         (["generate", str(run), "", "--gap", "0:1"], "--gap needs --given"),
+        ([*gen, "--given", str(tmp_path / "given.wav"), "--gap", "0.00001:0.00002"], "holds no whole sample"),
+        ([*gen, "--given", str(tmp_path / "long.wav"), "--gap", "0:0.5"], "this run's clips are 1 s"),
         (["generate", str(run), "seven"], "'seven' is not a word this run knows: one of high, low"),
+        (["app", str(run)], "makes sound: the app draws images"),
         (["generate", str(run), "", "--init", str(tmp_path / "given.wav")], "sound takes --given"),
         (["eval", str(run)], "makes sound, not images"),
         (["inpaint", str(run), "--demo"], "makes sound"),

@@ -283,10 +283,10 @@ class Model:
         from nanodiffusion.io.checkpoint import load_config
 
         cfg = load_config(run_folder(source))
-        from nanodiffusion.inference.video import run_frames
+        from nanodiffusion.inference.audio import run_makes
 
-        if run_frames(cfg) is not None:
-            raise NanodiffError(f"{source} makes videos: the app draws images")
+        if run_makes(cfg) != "images":
+            raise NanodiffError(f"{source} makes {run_makes(cfg)}: the app draws images")
         m = cls(name, source, "run", controlnet, description)
         m.classes = class_names(cfg)
         m.info = {

@@ -1,6 +1,6 @@
 """Sound and music runs on the command line: `generate` and `sample` write WAV files and a
-spectrogram picture (MIDI, the synthesiser's WAVs and a piano-roll picture for chorales), with
-`--given WAV --gap A:B` to fill seconds A to B of a clip (inpainting; `--gap 0.5:1` continues its
+spectrogram picture (MIDI, the synthesiser's WAVs and a piano-roll picture for chorales); generate
+takes `--given WAV --gap A:B` to fill seconds A to B of a clip (inpainting; `--gap 0.5:1` continues its
 first half); `eval-audio` judges a run by listening (speech) or by music statistics (chorales)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def is_sound_run(cfg) -> bool:
 
 
 def add_sound_options(g) -> None:
-    """generate's and sample's flags for sound runs."""
+    """generate's flags for sound runs."""
     g.add_argument("--given", metavar="WAV", help="a sound run: a clip to edit, kept exactly outside --gap")
     g.add_argument(
         "--gap",
@@ -41,9 +41,10 @@ def word_label(cfg, prompt: str) -> int | None:
         raise NanodiffError('this run is unconditional: give an empty prompt "" or use nanodiff sample')
     names = cfg.data.class_names.split("|") if cfg.data.class_names else builtin_class_names(cfg.data.name)
     names = names if names and len(names) == k else [str(i) for i in range(k)]
-    if prompt.strip().lower() not in names:
+    folded = [name.lower() for name in names]
+    if prompt.strip().lower() not in folded:
         raise NanodiffError(f"{prompt!r} is not a word this run knows: one of {', '.join(names)}")
-    return names.index(prompt.strip().lower())
+    return folded.index(prompt.strip().lower())
 
 
 def given_clip(args, cfg) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -74,9 +75,14 @@ def given_clip(args, cfg) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         raise NanodiffError(
             f"--gap {args.gap} must lie within the clip's 0 to {seconds:g} s and not be all of it"
         )
+    lo, hi = round(a * rate), round(b * rate)
+    if hi <= lo or (lo, hi) == (0, T):
+        raise NanodiffError(f"--gap {args.gap} holds no whole sample, or all of them: widen or narrow it")
+    if len(wave) > T:
+        raise NanodiffError(f"{args.given} is {len(wave) / rate:g} s; this run's clips are {T / rate:g} s")
     known = torch.ones(T, dtype=torch.bool)
-    known[round(a * rate) : round(b * rate)] = False
-    return torch.from_numpy(fit_length(wave, T))[None], known
+    known[lo:hi] = False
+    return torch.from_numpy(fit_length(wave, T))[None], known  # a shorter clip: silence after it
 
 
 def cmd_generate_sound(args) -> int:
@@ -84,9 +90,13 @@ def cmd_generate_sound(args) -> int:
     if args.init or args.control or args.control_from or args.frames or args.first_frame or args.upscale:
         raise NanodiffError("sound takes --given WAV --gap A:B, not --init, a control, frames or --upscale")
     cfg, denoiser, _, encoder = common.open_run(args, videos=True)
-    default = common.run_output(args.run, "generated", f"{common.slug(args.prompt or 'any')}-seed{args.seed}")
-    out = common.check_out(Path(args.out) if args.out else default)
+    name = f"{common.slug(args.prompt or 'any')}-seed{args.seed}"
+    if args.given:  # an edit never writes over the clip it edits
+        name += f"-{common.slug(Path(args.given).stem)}-gap{common.slug(args.gap or '')}"
+    out = common.check_out(Path(args.out) if args.out else common.run_output(args.run, "generated", name))
     given, known = given_clip(args, cfg)
+    if given is not None and Path(args.given).resolve().parent == out.resolve():
+        raise NanodiffError(f"--given {args.given} lies in the output folder {out}: give another --out")
     from nanodiffusion.inference.audio import draw_sound, sound_files
     from nanodiffusion.inference.pipelines import conditioning
 
@@ -149,7 +159,7 @@ def cmd_eval_audio(args) -> int:
     from nanodiffusion.io.viz import save_grid
 
     modality = "roll" if result["modality"] == "roll" else "audio"
-    picture = save_grid(samples[:16], out.with_suffix(".png"), 4, modality=modality)
+    picture = save_grid(samples[:16], out.with_name(out.stem + "-samples.png"), 4, modality=modality)
     print(f"written: {out}, {picture} (the first {min(16, len(samples))})")
     return 0
 

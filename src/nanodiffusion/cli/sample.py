@@ -161,7 +161,7 @@ def sample_sound(args, cfg, denoiser) -> int:
     out = common.check_out(Path(args.out) if args.out else common.run_output(args.run, "samples", tag))
     sound = draw_sound(
         cfg, denoiser, args.n, cond=labels, guidance=w, sampler=args.sampler, steps=args.steps,
-        seed=args.seed, progress=True,
+        seed=args.seed, progress=True, spacing=args.spacing, **sampler_options(args),
     )  # fmt: skip
     files = sound_files(cfg, sound, out)
     print(

@@ -130,7 +130,10 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # scipy warns of chunks it skips (LIST, cue): harmless
-            rate, data = wavfile.read(path, mmap=False)
+            try:  # mapped first, so that a clip's length is checked before it is read into memory
+                rate, data = wavfile.read(path, mmap=True)
+            except ValueError:  # formats that cannot be mapped (24-bit PCM)
+                rate, data = wavfile.read(path, mmap=False)
     except NanodiffError:
         raise
     except Exception as e:  # scipy's reader raises ValueError, struct.error, EOFError, ... on a damaged file
@@ -141,14 +144,15 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         raise NanodiffError(f"{path} holds no samples (a zero-length clip)")
     if data.shape[0] > MAX_SECONDS * rate:
         raise NanodiffError(f"{path} is {data.shape[0] / rate:.0f} s long: clips are at most {MAX_SECONDS} s")
+    data = np.array(data)  # off the map, now that its length is known
     if data.dtype == np.uint8:
         x = (data.astype(np.float32) - 128) / 128
     elif data.dtype.kind == "i":
         x = data.astype(np.float32) / float(2 ** (8 * data.dtype.itemsize - 1))
     elif data.dtype.kind == "f":
-        x = data.astype(np.float32)
-        if not np.isfinite(x).all():
+        if not np.isfinite(data).all():
             raise NanodiffError(f"{path} holds samples that are not finite numbers")
+        x = np.clip(data, -1, 1).astype(np.float32)
     else:
         raise NanodiffError(f"{path} holds {data.dtype} samples: use PCM or 32-bit float")
     if x.ndim == 2:

@@ -227,7 +227,7 @@ def load_data(
         if not (path.is_dir() or (path.is_file() and path.suffix == ".npz")):
             raise NanodiffError(
                 f"unknown dataset {name!r}: use one of {', '.join(BUILTINS)}, "
-                "a folder of images or a .npz file"
+                "a folder of images or WAV files, or a .npz file"
             )
         if split == "test":
             raise NanodiffError(f"{name} has no test split: a folder or .npz file is one split")
@@ -269,8 +269,13 @@ def held_out_images(
 
 
 def _is_audio_folder(name: str) -> bool:
+    """A folder holding WAV files (and no images: a folder of both is refused)."""
     path = Path(name).expanduser()
-    return path.is_dir() and next(_files(path, (".wav",)), None) is not None
+    if not path.is_dir() or next(_files(path, (".wav",)), None) is None:
+        return False
+    if next(_files(path, IMAGE_SUFFIXES), None) is not None:
+        raise NanodiffError(f"{path} holds both images and WAV files: give a folder of one kind")
+    return True
 
 
 def _files(root: Path, suffixes: tuple[str, ...]):
@@ -301,7 +306,9 @@ def _load_sound(name: str, split: str, spectrogram: bool, cache_dir: str | Path 
     else:
         root = Path(name).expanduser()
         if not _is_audio_folder(name):
-            raise NanodiffError(f"no WAV files found in {root}")
+            raise NanodiffError(
+                f"no WAV files found in {root} (data.spectrogram takes sound: speech or WAVs)"
+            )
         paths = sorted(_files(root, (".wav",)))
         rate = AUDIO_RATE
         check_memory(len(paths) * rate * 4, f"the {len(paths)} clips of {root}")
@@ -437,7 +444,7 @@ def _load_folder(
 ) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, list[str] | None]:
     paths = sorted(_files(root, IMAGE_SUFFIXES))
     if not paths:
-        raise NanodiffError(f"no images found in {root}")
+        raise NanodiffError(f"no images found in {root} (nor WAV files)")
 
     arrays, all_grey = [], True
     for path in paths:
@@ -480,7 +487,7 @@ def _folder_captions(root: Path, paths: list[Path]) -> list[str] | None:
 
     captions: dict[Path, str] = {}
     for meta in sorted(root.rglob("metadata.jsonl")):
-        for i, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+        for i, line in enumerate(_read_caption_file(meta).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -496,7 +503,7 @@ def _folder_captions(root: Path, paths: list[Path]) -> list[str] | None:
     for path in paths:
         txt = path.with_suffix(".txt")
         if txt.is_file():
-            captions[path.resolve()] = txt.read_text(encoding="utf-8").strip()
+            captions[path.resolve()] = _read_caption_file(txt).strip()
     if not captions:
         return None
     missing = [p for p in paths if p.resolve() not in captions]
@@ -507,6 +514,13 @@ def _folder_captions(root: Path, paths: list[Path]) -> list[str] | None:
             "name.txt or a metadata.jsonl row, or none"
         )
     return [captions[p.resolve()] for p in paths]
+
+
+def _read_caption_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise NanodiffError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def _to_nchw(images: np.ndarray, where: str | Path) -> np.ndarray:

@@ -166,6 +166,8 @@ def _synthesise_here(specs: list[Clip]) -> np.ndarray:
         wave = speaker.say(WORDS[c.word], c.voice, wpm, pitch, spread)
         wave = resample_poly(wave, SAMPLE_RATE // 50, ESPEAK_RATE // 50)  # 22,050 Hz to 16,000 Hz
         wave = _trim(wave)[:CLIP]
+        if not len(wave):
+            raise NanodiffError(f"espeak-ng said nothing for {WORDS[c.word]!r} in voice {c.voice}")
         start = int(rng.integers(0, CLIP - len(wave) + 1))
         out[i, start : start + len(wave)] = wave / max(np.abs(wave).max(), 1e-6) * rng.uniform(0.5, 0.9)
         out[i] += rng.normal(0, 1, CLIP).astype(np.float32) * 10 ** (-rng.uniform(30, 40) / 20)

@@ -26,6 +26,7 @@ from nanodiffusion.io.config import Config
 from nanodiffusion.nets import sample_shape
 
 SOUND = ("audio", "spectrogram")
+WHAT = {"image": "images", "video": "videos", "audio": "sound", "spectrogram": "sound", "roll": "music"}
 
 
 def run_modality(cfg: Config) -> str:
@@ -34,6 +35,11 @@ def run_modality(cfg: Config) -> str:
     if cfg.data.modality:
         return cfg.data.modality
     return "video" if len(sample_shape(cfg.model)) == 4 else "image"
+
+
+def run_makes(cfg: Config) -> str:
+    """What a run makes, in a word for messages: images, videos, sound or music."""
+    return WHAT.get(run_modality(cfg), run_modality(cfg))
 
 
 def clip_samples(cfg: Config) -> int:

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.inference.audio import draw_sound, run_modality
+from nanodiffusion.inference.audio import draw_sound, run_makes, run_modality
 from nanodiffusion.inference.pipelines import conditioning, load_parts
 
 BATCH = 30  # clips drawn at once
@@ -47,13 +47,13 @@ def evaluate_audio(
     if modality == "roll":
         return _evaluate_chorales(parts, n, steps, sampler, seed, progress)
     if modality not in ("audio", "spectrogram"):
-        raise NanodiffError(f"{run} draws {modality}s: eval-audio judges a speech or chorales run")
+        raise NanodiffError(f"{run} makes {run_makes(cfg)}: eval-audio judges a speech or chorales run")
     if cfg.data.name != "speech" or not cfg.model.num_classes:
         raise NanodiffError(
             f"{run} is not a word-conditional speech run: the judge knows the 30 words of speech"
         )
-    if n < 1:
-        raise NanodiffError(f"n must be at least 1, got {n}")
+    if n < 2:
+        raise NanodiffError(f"n must be at least 2 (the Frechet distance needs a spread), got {n}")
     from nanodiffusion.data.speech import load_speech
     from nanodiffusion.metrics.fid import fid
     from nanodiffusion.metrics.speech import judge_words

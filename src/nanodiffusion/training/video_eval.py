@@ -76,8 +76,11 @@ def evaluate_video(
     cfg = parts[0]
     frames = run_frames(cfg)
     if frames is None:
+        from nanodiffusion.inference.audio import run_makes
+
         raise NanodiffError(
-            f"{run} makes images, not videos: eval-video judges a video run (the video-shapes preset)"
+            f"{run} makes {run_makes(cfg)}, not videos: "
+            "eval-video judges a video run (the video-shapes preset)"
         )
     if n < 1:
         raise NanodiffError(f"n must be at least 1, got {n}")
