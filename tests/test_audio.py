@@ -18,6 +18,7 @@ from nanodiffusion.inference.pipelines import load_parts
 from nanodiffusion.io.config import apply_overrides, preset
 from nanodiffusion.training.diffusion import Trainer, prepare_config
 from one_line import error_of
+from torchrun_helper import assert_same_steps, needs_torchrun, run_one_and_two
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 RATE = 16000
@@ -281,3 +282,28 @@ def test_a_chorales_run_writes_midi_and_is_judged(tmp_path, capsys):
     result = json.loads(report.read_text())
     assert result["train"]["generated"]["in_key"] > 0.9 and result["shuffled"]["generated"]["in_key"] < 0.8
     assert "held-out chorales" in capsys.readouterr().out
+
+
+@needs_torchrun
+@pytest.mark.slow
+def test_two_process_waveform_training_takes_the_same_steps(wav_folder, tmp_path):
+    """A 1-D DiT on a WAV folder under torchrun with two processes takes the steps of one."""
+    run_one_and_two(
+        ["train", "--preset", "speech-wave", "--data", str(wav_folder), "--steps", "3", "--batch-size", "4",
+         "--set", "model.width=32", "--set", "model.head_dim=16", "--set", "model.depth=1",
+         "--set", "model.patch_size=500", "--set", "model.num_classes=2", "--set", "optim.warmup_steps=1",
+         "--set", "run.sample_every=0", "--set", "run.sample_n=2", "--set", "run.sample_steps=2",
+         "--set", "run.checkpoint_every=3", "--quiet"],
+        tmp_path / "one",
+        tmp_path / "two",
+    )  # fmt: skip
+    from nanodiffusion.inference.pipelines import build_denoiser
+    from nanodiffusion.io.checkpoint import load_config
+
+    cfg = load_config(tmp_path / "one")
+    assert cfg.model.image_size == [RATE] and cfg.data.modality == "audio"
+    torch.manual_seed(cfg.run.seed)
+    init = build_denoiser(cfg).net.state_dict()
+    assert_same_steps(
+        tmp_path / "one", tmp_path / "two", ["run/model.safetensors", "run/ema.safetensors"], init, atol=2e-4
+    )
