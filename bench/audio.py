@@ -36,6 +36,7 @@ from nanodiffusion.io.config import apply_overrides, preset
 DOC = Path(__file__).resolve().parent.parent / "docs" / "audio.md"
 SECTION = "audio"
 IMAGES = DOC.parent / "images"
+SOUNDS = DOC.parent / "sounds"  # WAV (and MIDI) files the docs link to
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,15 @@ def judge(v: Variant, s: Settings, results: Store) -> None:
         return
     guidance = (1.0, 2.0, 3.0, 5.0) if v.name == "spectrogram" and not s.quick else (3.0,)
     report = evaluate_audio(s.out / v.name, n=s.n, steps=s.steps, guidance=guidance, progress=False)
-    report.pop("samples", None)
+    samples = report.pop("samples")
+    if not s.quick:  # the docs' pictures and a few files to listen to (the first words, or chorales)
+        from nanodiffusion.inference.audio import sound_files
+        from nanodiffusion.io.checkpoint import load_config
+        from nanodiffusion.io.viz import save_grid
+
+        modality = "roll" if v.name == "chorales" else "audio"
+        save_grid(samples[:16], IMAGES / f"audio-{v.name}.png", 4, modality=modality)
+        sound_files(load_config(s.out / v.name), samples[:4], SOUNDS, stem=v.name)
     results.put(f"judge-{v.name}", report)
 
 

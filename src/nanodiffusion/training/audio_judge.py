@@ -28,10 +28,14 @@ def train_word_classifier(
     KeyboardInterrupt on Ctrl-C, so a half-trained net is never cached.
 
     The spectrograms are computed once; the augmentations act on them: a circular shift in time
-    (up to 12 frames, 0.19 s) and of up to 2 mel bands (other voices' pitch and formants). (The
-    judge's input is normalised to its loudest cell, so gain needs no augmentation. SpecAugment's
-    masks, Park et al. 2019, with 3-band shifts and 800 steps left 59% of held-out voices' words
-    right where these augmentations leave more: measured once, not kept.)"""
+    (up to 12 frames, 0.19 s) and of up to 2 mel bands (other voices' pitch and formants); the
+    judge's input is normalised to its loudest cell, so gain needs no augmentation.
+
+    Measured on the 900 clips of the held-out voices: these defaults (WordNet, 1500 steps, 823 CPU
+    seconds): 97.2% of words right, noise heard as no word 100%, Griffin-Lim's inversion of
+    real spectrograms 94.0%. Tried and not kept: metrics.fid.SmallClassifier (three blocks) with
+    waveform shifts and gains, 1200 steps: 91.9%; WordNet with SpecAugment's masks (Park et al.
+    2019) and 3-band shifts, 800 steps: 59.3%."""
     with torch.random.fork_rng():  # seeded initial weights; the caller's RNG does not move
         torch.manual_seed(seed)
         net = WordClassifier(len(WORDS), SAMPLE_RATE)
