@@ -76,7 +76,7 @@ def judge(v: Variant, s: Settings, results: Store) -> None:
 
     if results.get(f"judge-{v.name}") is not None:
         return
-    guidance = (1.0, 2.0, 3.0, 5.0) if v.name == "spectrogram" and not s.quick else (3.0,)
+    guidance = (3.0, 1.0, 5.0) if v.name == "spectrogram" and not s.quick else (3.0,)
     report = evaluate_audio(s.out / v.name, n=s.n, steps=s.steps, guidance=guidance, progress=False)
     samples = report.pop("samples")
     if not s.quick:  # the docs' pictures and a few files to listen to (the first words, or chorales)
