@@ -114,7 +114,9 @@ def _to_waves(cfg: Config, x: torch.Tensor) -> torch.Tensor:
     return audio.griffin_lim(x[:, 0], cfg.data.sample_rate)
 
 
-def sound_files(cfg: Config, sound: torch.Tensor, folder: str | Path, stem: str = "clip") -> dict[str, Path]:
+def sound_files(
+    cfg: Config, sound: torch.Tensor, folder: str | Path, stem: str = "clip", picture: bool = True
+) -> dict[str, Path]:
     """Write a sound run's clips [N, T] (stem_0000.wav, ...) and their spectrograms (spectrograms.png);
     a roll run's rolls [N, V, P, S] as MIDI files (stem_0000.mid), the synthesiser's WAVs and the
     rolls' picture (rolls.png)."""
@@ -130,14 +132,17 @@ def sound_files(cfg: Config, sound: torch.Tensor, folder: str | Path, stem: str 
         for i, roll in enumerate(rolls):
             write_midi(roll, folder / f"{stem}_{i:04d}.mid")
             audio.write_wav(folder / f"{stem}_{i:04d}.wav", render_wav(roll, 16000), 16000)
-        files["picture"] = save_rolls(torch.as_tensor(rolls).float() * 2 - 1, folder / "rolls.png", nrow=4)
+        if picture:
+            files["picture"] = save_rolls(
+                torch.as_tensor(rolls).float() * 2 - 1, folder / "rolls.png", nrow=4
+            )
         files["first"] = folder / f"{stem}_0000.mid"
         return files
     rate = cfg.data.sample_rate
     for i, clip in enumerate(sound):
         audio.write_wav(folder / f"{stem}_{i:04d}.wav", clip, rate)
-    files["picture"] = save_spectrograms(
-        audio.mel_spectrogram(sound, rate)[:, None], folder / "spectrograms.png"
-    )
+    if picture:
+        spectrograms = audio.mel_spectrogram(sound, rate)[:, None]
+        files["picture"] = save_spectrograms(spectrograms, folder / "spectrograms.png")
     files["first"] = folder / f"{stem}_0000.wav"
     return files
