@@ -55,10 +55,15 @@ def prepare_config(cfg: Config, data: ImageData, text_dim: int = 0) -> Config:
     if len(sizes) == 2 and sizes[-1] != sizes[-2]:
         raise NanodiffError(f"images must be square, got {sizes[-2]}x{sizes[-1]}")
     if len(sizes) != 2 and cfg.model.kind != "dit":
-        what = "video [F, H, W]" if len(sizes) == 3 else "sound [T]"
+        video = len(sizes) == 3
+        what, net, like = (
+            ("video [F, H, W]", "space-time DiT", "video-shapes")
+            if video
+            else ("sound [T]", "DiT", "speech-wave")
+        )
         raise NanodiffError(
-            f"{data.name} is {what} = {sizes}: train a DiT (model.kind=dit, as the "
-            f"{'video-shapes' if len(sizes) == 3 else 'speech-wave'} preset); a {cfg.model.kind} takes images"
+            f"{data.name} is {what} = {sizes}: train a {net} (model.kind=dit, as the {like} preset); "
+            f"a {cfg.model.kind} takes images"
         )
     cfg.model.in_channels = cfg.model.out_channels = c
     cfg.model.image_size = list(sizes) if len(sizes) != 2 else sizes[0]
