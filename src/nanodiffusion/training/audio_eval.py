@@ -165,14 +165,14 @@ def format_audio_report(reports: dict[str, dict | None]) -> str:
         real = r["real"]
         for w, g in r["guidance"].items():
             speech.append(
-                f"| {name} | {w} | {g['recognised']:.3f} | {g['no_word']:.3f} | {g['fad']:.1f} "
+                f"| {name} | {w} | {g['recognised']:.3f} | {g['no_word']:.3f} | {g['fad']:.2f} "
                 f"| {g['cpu_s_per_audio_s']:.3f} |"
             )
     out = []
     if real:
         speech.append(
             f"| test voices (real) | | {real['recognised']:.3f} | {real['no_word']:.3f} "
-            f"| {real['fad']:.1f} (floor) | |"
+            f"| {real['fad']:.2f} (floor) | |"
         )
         out.append("\n".join(speech))
     if music:
