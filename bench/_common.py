@@ -3,6 +3,7 @@ a description of the machine, and writing one section of docs/benchmarks.md."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import platform
@@ -204,3 +205,20 @@ def run_jobs(
         list(pool.map(work, [j for j in todo if j.startswith("train:")]))
         list(pool.map(work, [j for j in todo if not j.startswith("train:")]))
     print(report())
+
+
+def budget_arguments(description: str, doc: Path, n_help: str, budget_help: str) -> argparse.Namespace:
+    """The command line of the budgeted benchmarks (bench/video.py, bench/audio.py), parsed."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument(
+        "--out", type=Path, help=f"Markdown file to update (default {doc}; --quick: only if given)"
+    )
+    p.add_argument("--out-dir", type=Path)
+    p.add_argument("--reuse", action="store_true")
+    p.add_argument("--budget-min", type=float, help=budget_help)
+    p.add_argument("--n", type=int, help=n_help)
+    p.add_argument("--only", help="comma-separated jobs (train:NAME, judge:NAME) instead of all")
+    p.add_argument("--jobs", type=int, default=2, help="jobs at once, one torch thread each (default 2)")
+    p.add_argument("--job", help=argparse.SUPPRESS)  # a worker: run one job and exit
+    return p.parse_args()

@@ -26,11 +26,10 @@ section of docs/audio.md between its markers is rewritten after every job.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import Store, run_jobs, train_on_budget
+from _common import Store, budget_arguments, run_jobs, train_on_budget
 from nanodiffusion.io.config import apply_overrides, preset
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "audio.md"
@@ -130,19 +129,12 @@ def report(s: Settings, results: Store) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument(
-        "--out", type=Path, help=f"Markdown file to update (default {DOC}; --quick: only if given)"
+    a = budget_arguments(
+        __doc__.splitlines()[0],
+        DOC,
+        "clips per judged set (default 300: 10 per word)",
+        "CPU-minutes per speech training (default 30)",
     )
-    p.add_argument("--out-dir", type=Path)
-    p.add_argument("--reuse", action="store_true")
-    p.add_argument("--budget-min", type=float, help="CPU-minutes per speech training (default 30)")
-    p.add_argument("--n", type=int, help="clips per judged set (default 300: 10 per word)")
-    p.add_argument("--only", help="comma-separated jobs (train:NAME, judge:NAME) instead of all")
-    p.add_argument("--jobs", type=int, default=2, help="jobs at once, one torch thread each (default 2)")
-    p.add_argument("--job", help=argparse.SUPPRESS)  # a worker: run one job and exit
-    a = p.parse_args()
     q = a.quick
     s = Settings(
         out=a.out_dir or Path("runs/bench-audio" + ("-quick" if q else "")),
