@@ -263,10 +263,16 @@ def test_generate_and_sample_write_wavs_and_refuse_bad_input(runs, wav_folder, t
 
 
 @pytest.mark.slow  # parses the chorales once, trains a run
-def test_a_chorales_run_writes_midi_and_is_judged(tmp_path, capsys):
-    """A chorales run (tiny, 2 steps on the first windows) samples MIDI + WAV, and eval-audio
-    compares it with the held-out chorales."""
+def test_a_chorales_run_writes_midi_and_is_judged(tmp_path, capsys, monkeypatch):
+    """A chorales run (tiny, 2 steps on the windows of the first 24 chorale files) samples MIDI +
+    WAV, and eval-audio compares it with the held-out chorales (of those files)."""
     pytest.importorskip("music21")
+    import functools
+
+    from nanodiffusion.data import chorales
+
+    monkeypatch.setenv("NANODIFF_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(chorales, "load_chorales", functools.partial(chorales.load_chorales, limit=24))
     run = tmp_path / "chorales"
     cfg = apply_overrides(preset("chorales"), [*TINY, "model.patch_size=16"])
     assert Trainer(cfg, run, progress=False).fit()
@@ -322,12 +328,12 @@ def test_the_word_judge_hears_held_out_voices_and_griffin_lim():
     assert (heard == torch.from_numpy(labels)).float().mean() >= 0.95
     noise = torch.randn(100, RATE, generator=torch.Generator().manual_seed(0)) * 0.05
     assert (judge.hear(noise)[0] == -1).float().mean() >= 0.95
-    some = torch.from_numpy(waves[::3])
+    some = torch.from_numpy(waves[::10])  # 90 clips, 3 of each word
     inverted = audio.griffin_lim(audio.mel_spectrogram(some, RATE), RATE, RATE)
-    assert (judge.hear(inverted)[0] == torch.from_numpy(labels[::3])).float().mean() >= 0.85
+    assert (judge.hear(inverted)[0] == torch.from_numpy(labels[::10])).float().mean() >= 0.85
 
 
-@pytest.mark.slow  # synthesises 4 words by the 190 train voices (~20 s), trains ~2 CPU-minutes
+@pytest.mark.slow  # synthesises 4 words by the 190 train voices (~20 s), trains ~2.5 CPU-minutes
 def test_a_short_training_speaks_its_words(tmp_path):
     """A spectrogram DiT trained briefly on four words (600 steps) draws clips the judge hears as
     words it was trained on far more often than chance, and as the requested word more often than
@@ -346,7 +352,12 @@ def test_a_short_training_speaks_its_words(tmp_path):
          "model.head_dim=32", "run.steps=600", "run.sample_every=0", "run.checkpoint_every=0",
          "optim.lr=2e-3", "optim.warmup_steps=20", "run.device=cpu"],
     )  # fmt: skip
-    assert Trainer(cfg, tmp_path / "run", progress=False).fit()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the suite's longest training: both cores of the CI machine
+    try:
+        assert Trainer(cfg, tmp_path / "run", progress=False).fit()
+    finally:
+        torch.set_num_threads(threads)
     cfg, denoiser, _, _ = load_parts(tmp_path / "run", "ema", "cpu")
     labels = torch.arange(40) % 4
     clips = draw_sound(cfg, denoiser, 40, cond=labels, steps=20, seed=0)
