@@ -5,19 +5,12 @@ first half); `eval-audio` judges a run by listening (speech) or by music statist
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from nanodiffusion.cli import common
 from nanodiffusion.errors import NanodiffError
-
-
-def is_sound_run(cfg) -> bool:
-    from nanodiffusion.inference.audio import SOUND, run_modality
-
-    return run_modality(cfg) in (*SOUND, "roll")
 
 
 def add_sound_options(g) -> None:
@@ -137,12 +130,9 @@ def add_eval_audio(sub) -> None:
 
 
 def cmd_eval_audio(args) -> int:
-    from nanodiffusion.data.files import write_atomically
     from nanodiffusion.training.audio_eval import evaluate_audio, format_audio_report
 
-    tag = f"{args.sampler}-{args.steps}-n{args.n}-seed{args.seed}"
-    out = Path(args.out) if args.out else common.run_output(args.run, "eval-audio", f"{tag}.json")
-    common.check_out(out, file=True)
+    out = common.judged_out(args, "eval-audio")
     result = evaluate_audio(
         args.run,
         n=args.n,
@@ -153,8 +143,7 @@ def cmd_eval_audio(args) -> int:
         weights=args.weights,
         device=args.device,
     )
-    samples = result.pop("samples")
-    write_atomically(out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+    samples = common.write_judged(out, result)
     print(format_audio_report({Path(args.run).name: result}))
     from nanodiffusion.io.viz import save_grid
 

@@ -203,6 +203,26 @@ def open_run(args, videos: bool = False):
     return cfg, denoiser, autoencoder, encoder
 
 
+def judged_out(args, kind: str) -> Path:
+    """Where an eval-* command writes its JSON: --out, else RUN/kind/<sampler>-<steps>-n<n>-seed<s>.json;
+    checked before the judging starts."""
+    tag = f"{args.sampler}-{args.steps}-n{args.n}-seed{args.seed}"
+    out = Path(args.out) if args.out else run_output(args.run, kind, f"{tag}.json")
+    check_out(out, file=True)
+    return out
+
+
+def write_judged(out: Path, result: dict) -> torch.Tensor:
+    """Write an eval-* result (less its "samples", which are returned) as JSON, whole or not at all."""
+    import json
+
+    from nanodiffusion.data.files import write_atomically
+
+    samples = result.pop("samples")
+    write_atomically(out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+    return samples
+
+
 def run_config(run: str):
     """The config of a run folder or a shipped model, without its weights."""
     from nanodiffusion.io.checkpoint import load_config
@@ -213,12 +233,12 @@ def run_config(run: str):
 
 def refuse_video(cfg, run: str) -> None:
     """One line for a video, sound or music run given to a command that takes images."""
-    from nanodiffusion.inference.audio import SOUND, run_modality
+    from nanodiffusion.inference.audio import draws_sound, run_modality
     from nanodiffusion.inference.video import run_frames
     from nanodiffusion.nets import sample_shape
 
     modality = run_modality(cfg)
-    if modality in (*SOUND, "roll"):
+    if draws_sound(cfg):
         what = "piano rolls (music)" if modality == "roll" else "sound"
         raise NanodiffError(
             f"{run} makes {what}, not images: use nanodiff sample / generate (they write WAV"

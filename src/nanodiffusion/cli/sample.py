@@ -87,13 +87,14 @@ def add_sample(sub) -> None:
 
 
 def cmd_sample(args) -> int:
+    from nanodiffusion.inference.audio import draws_sound
     from nanodiffusion.inference.pipelines import draw, image_shape
     from nanodiffusion.inference.video import run_frames, video_files
 
     options = sampler_options(args)
     strength = common.strength(args)
     cfg, denoiser, autoencoder, _ = common.open_run(args, videos=True)
-    if audio.is_sound_run(cfg):
+    if draws_sound(cfg):
         return sample_sound(args, cfg, denoiser)
     if run_frames(cfg) is not None and (args.init is not None or len(args.guidance or [1.0]) > 1):
         raise NanodiffError("a video run's samples take neither --init nor several --guidance scales")
@@ -327,6 +328,7 @@ def control_image(args, shape: tuple[int, int, int]) -> torch.Tensor | None:
 
 
 def cmd_generate(args) -> int:
+    from nanodiffusion.inference.audio import draws_sound
     from nanodiffusion.inference.pipelines import TextToImage, image_shape
     from nanodiffusion.inference.video import run_frames
 
@@ -335,7 +337,7 @@ def cmd_generate(args) -> int:
         return generate_cascade(args)
     if args.aug is not None:
         raise NanodiffError("--aug needs --upscale")
-    if audio.is_sound_run(common.run_config(args.run)):
+    if draws_sound(common.run_config(args.run)):
         return audio.cmd_generate_sound(args)
     if args.given or args.gap:
         raise NanodiffError("--given and --gap edit a sound run's clips; this run draws images")
@@ -547,12 +549,9 @@ def add_eval_video(sub) -> None:
 
 
 def cmd_eval_video(args) -> int:
-    from nanodiffusion.data.files import write_atomically
     from nanodiffusion.training.video_eval import evaluate_video, format_video_table
 
-    tag = f"{args.sampler}-{args.steps}-n{args.n}-seed{args.seed}"
-    out = Path(args.out) if args.out else common.run_output(args.run, "eval-video", f"{tag}.json")
-    common.check_out(out, file=True)
+    out = common.judged_out(args, "eval-video")
     result = evaluate_video(
         args.run,
         n=args.n,
@@ -565,8 +564,7 @@ def cmd_eval_video(args) -> int:
         weights=args.weights,
         device=args.device,
     )
-    samples = result.pop("samples")
-    write_atomically(out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+    samples = common.write_judged(out, result)
     picture = viz.save_strip(samples, out.with_suffix(".png"))
     print(format_video_table(result))
     print(f"written: {out}, {picture} (the first {len(samples)} videos)")

@@ -37,6 +37,11 @@ def run_modality(cfg: Config) -> str:
     return "video" if len(sample_shape(cfg.model)) == 4 else "image"
 
 
+def draws_sound(cfg: Config) -> bool:
+    """Whether a run draws sound or music (waveforms, spectrograms, piano rolls), not pictures."""
+    return run_modality(cfg) in (*SOUND, "roll")
+
+
 def run_makes(cfg: Config) -> str:
     """What a run makes, in a word for messages: images, videos, sound or music."""
     return WHAT.get(run_modality(cfg), run_modality(cfg))
@@ -69,7 +74,7 @@ def draw_sound(
     roll run. ``given`` ([1 or n, T], a sound run's) with ``known`` ([T] bool: True where given)
     is inpainting or continuation: the known samples are kept exactly."""
     modality = run_modality(cfg)
-    if modality not in (*SOUND, "roll"):
+    if not draws_sound(cfg):
         raise NanodiffError(f"this run draws {modality}s, not sound or music")
     if n < 1:
         raise NanodiffError(f"n must be at least 1, got {n}")

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.inference.audio import draw_sound, run_makes, run_modality
-from nanodiffusion.inference.pipelines import conditioning, load_parts
+from nanodiffusion.inference.pipelines import load_parts
 
 BATCH = 30  # clips drawn at once
 
@@ -83,7 +83,6 @@ def evaluate_audio(
         clips, t0 = [], time.process_time()
         for b, start in enumerate(range(0, n, BATCH)):
             rows = labels[start : start + BATCH]
-            _, _, uncond = conditioning(cfg, None, len(rows), class_label=0, guidance=w)
             clips.append(
                 draw_sound(
                     cfg,
@@ -91,7 +90,6 @@ def evaluate_audio(
                     len(rows),
                     cond=rows,
                     guidance=w,
-                    uncond=uncond,
                     sampler=sampler,
                     steps=steps,
                     seed=seed + b,
