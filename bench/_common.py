@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -222,3 +223,37 @@ def budget_arguments(description: str, doc: Path, n_help: str, budget_help: str)
     p.add_argument("--jobs", type=int, default=2, help="jobs at once, one torch thread each (default 2)")
     p.add_argument("--job", help=argparse.SUPPRESS)  # a worker: run one job and exit
     return p.parse_args()
+
+
+@dataclass
+class Settings:
+    """A budgeted benchmark's settings (bench/video.py, bench/audio.py)."""
+
+    out: Path
+    budget_cpu_s: float
+    n: int  # samples per judged set
+    steps: int  # sampling steps
+    quick: bool
+
+
+def budgeted_main(
+    script: str, doc: Path, section: str, name: str, n: int, n_quick: int, help: dict, work
+) -> None:
+    """The main of a budgeted benchmark: its command line (budget_arguments; `help` holds the
+    description and the help of --n and --budget-min), its Settings (runs/bench-NAME, 30
+    CPU-minutes and `n` samples a set; --quick: 0.2 minutes, `n_quick` samples, 2 steps) and its
+    jobs through run_jobs. `work(s)` gives the benchmark's (jobs, run_job(job, results),
+    report(results))."""
+    a = budget_arguments(help["description"], doc, help["n"], help["budget"])
+    q = a.quick
+    s = Settings(
+        out=a.out_dir or Path(f"runs/bench-{name}" + ("-quick" if q else "")),
+        budget_cpu_s=60 * (a.budget_min or (0.2 if q else 30.0)),
+        n=a.n or (n_quick if q else n),
+        steps=2 if q else 20,
+        quick=q,
+    )
+    results = Store(s.out)
+    jobs, run_job, report = work(s)
+    doc = a.out or (None if q else doc)
+    run_jobs(script, a, s.out, doc, section, jobs, lambda job: run_job(job, results), lambda: report(results))

@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import Store, budget_arguments, run_jobs, train_on_budget
+from _common import Settings, Store, budgeted_main, train_on_budget
 from nanodiffusion.io.config import apply_overrides, preset
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "audio.md"
@@ -50,15 +50,6 @@ VARIANTS = (
     Variant("waveform", "speech-wave"),
     Variant("chorales", "chorales", 0.5),
 )
-
-
-@dataclass
-class Settings:
-    out: Path
-    budget_cpu_s: float
-    n: int  # clips (rolls) per judged set
-    steps: int  # sampling steps
-    quick: bool
 
 
 def train(v: Variant, s: Settings, results: Store) -> None:
@@ -129,32 +120,15 @@ def report(s: Settings, results: Store) -> str:
 
 
 def main() -> None:
-    a = budget_arguments(
-        __doc__.splitlines()[0],
-        DOC,
-        "clips per judged set (default 300: 10 per word)",
-        "CPU-minutes per speech training (default 30)",
-    )
-    q = a.quick
-    s = Settings(
-        out=a.out_dir or Path("runs/bench-audio" + ("-quick" if q else "")),
-        budget_cpu_s=60 * (a.budget_min or (0.2 if q else 30.0)),
-        n=a.n or (30 if q else 300),
-        steps=2 if q else 20,
-        quick=q,
-    )
-    results = Store(s.out)
-    doc = a.out or (None if q else DOC)
-    run_jobs(
-        __file__,
-        a,
-        s.out,
-        doc,
-        SECTION,
-        jobs(s),
-        lambda job: run_job(job, s, results),
-        lambda: report(s, results),
-    )
+    def work(s: Settings):
+        return jobs(s), lambda job, results: run_job(job, s, results), lambda results: report(s, results)
+
+    help = {
+        "description": __doc__.splitlines()[0],
+        "n": "clips per judged set (default 300: 10 per word)",
+        "budget": "CPU-minutes per speech training (default 30)",
+    }
+    budgeted_main(__file__, DOC, SECTION, "audio", 300, 30, help, work)
 
 
 if __name__ == "__main__":

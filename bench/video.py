@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import Store, budget_arguments, run_jobs, train_on_budget
+from _common import Settings, Store, budgeted_main, train_on_budget
 from nanodiffusion.inference.video import run_frames
 from nanodiffusion.io.checkpoint import load_config
 from nanodiffusion.io.config import apply_overrides, preset
@@ -65,15 +65,6 @@ VARIANTS = (
     ),
     Variant("moving-mnist", "moving-mnist"),
 )
-
-
-@dataclass
-class Settings:
-    out: Path
-    budget_cpu_s: float
-    n: int  # prompts (videos) per judged set
-    steps: int  # sampling steps
-    quick: bool
 
 
 def config(v: Variant, s: Settings):
@@ -223,32 +214,15 @@ def report(s: Settings, results: Store) -> str:
 
 
 def main() -> None:
-    a = budget_arguments(
-        __doc__.splitlines()[0],
-        DOC,
-        "prompts per judged set (default 100)",
-        "CPU-minutes per training (default 30)",
-    )
-    q = a.quick
-    s = Settings(
-        out=a.out_dir or Path("runs/bench-video" + ("-quick" if q else "")),
-        budget_cpu_s=60 * (a.budget_min or (0.2 if q else 30.0)),
-        n=a.n or (4 if q else 100),
-        steps=2 if q else 20,
-        quick=q,
-    )
-    results = Store(s.out)
-    doc = a.out or (None if q else DOC)
-    run_jobs(
-        __file__,
-        a,
-        s.out,
-        doc,
-        SECTION,
-        jobs(s),
-        lambda job: run_job(job, s, results),
-        lambda: report(s, results),
-    )
+    def work(s: Settings):
+        return jobs(s), lambda job, results: run_job(job, s, results), lambda results: report(s, results)
+
+    help = {
+        "description": __doc__.splitlines()[0],
+        "n": "prompts per judged set (default 100)",
+        "budget": "CPU-minutes per training (default 30)",
+    }
+    budgeted_main(__file__, DOC, SECTION, "video", 100, 4, help, work)
 
 
 if __name__ == "__main__":
