@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from nanodiffusion.data.datasets import MODALITIES
 from nanodiffusion.data.files import physical_memory
 from nanodiffusion.errors import NanodiffError
 
@@ -95,8 +96,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.frames": _int(2, none=True),
     "data.channels": ((lambda v: v in (None, 1, 3)), "1 (grey), 3 (RGB) or null (the data's own)"),
     "data.modality": (
-        (lambda v: v in ("", "image", "video", "audio", "spectrogram", "roll")),
-        "image, video, audio, spectrogram or roll (filled in from the data)",
+        (lambda v: v in ("", *MODALITIES)),
+        f"one of {', '.join(MODALITIES)} (filled in from the data)",
     ),
     "data.sample_rate": NON_NEGATIVE,
     "data.p_uncond": UNIT,
