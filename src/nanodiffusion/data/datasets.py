@@ -59,7 +59,7 @@ SHAPES_TEST_SEED = 10**7
 SPLITS = ("train", "test", "all")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 AUDIO_RATE = 16000  # a folder of WAV files is resampled to this and cut or padded to one second
-MODALITIES = ("image", "video", "audio", "spectrogram", "roll")
+MODALITIES = ("image", "video", "audio", "spectrogram", "roll", "molecule")
 MAX_CLASSES = 1000  # labelled sets may have more classes only if they have more images
 
 FASHION_CLASSES = [
@@ -131,6 +131,7 @@ class ImageData:
     captions: list[str] | None = None  # one per image: the shapes world, or a folder's sidecars
     modality: str = "image"  # image | video | audio (waveforms [N, 1, T]) | spectrogram | roll (piano rolls)
     sample_rate: int = 0  # audio and spectrograms: the waveforms' samples a second
+    molecules: object = None  # molecule sets: the data.molecules.Molecules the tensors came from
 
 
 def builtin_class_names(name: str) -> list[str] | None:
@@ -153,6 +154,10 @@ def load_data(
     cache_dir: str | Path | None = None,
     frames: int | None = None,
     spectrogram: bool = False,
+    hydrogens: bool = True,
+    limit: int | None = None,
+    property: str = "",
+    property_bins: int = 3,
 ) -> ImageData:
     """Load a dataset by built-in name or path.
 
@@ -179,6 +184,9 @@ def load_data(
     channels: 1 (grey) or 3 (RGB); None keeps the source's (a folder: 1 if all images are grey).
     frames: a video dataset's frames (None: its own, 16 or 20); images only take None.
     spectrogram: sound as log-mel spectrogram images [N, 1, 64, 64] (`data.audio`), not waveforms.
+    hydrogens, limit, property, property_bins: molecules ("qm9-like", "drug-like", a .smi, .sdf or
+        .xyz file; ``molecule_data``): hydrogens as atoms, the first `limit` molecules only, labels
+        = the quantile bin of a property.
     cache_dir: where MNIST-style IDX files and the CIFAR-10 archive are looked for and
         downloaded to (in a folder named after the dataset); default
         ``$NANODIFF_DATA`` or ``~/.cache/nanodiffusion``.
@@ -196,6 +204,14 @@ def load_data(
         )
         raise NanodiffError(f"frames {frames} asked of {name}: frames are {what}")
     class_names, captions = None, None
+    from nanodiffusion.data.molecules import SETS, is_molecule_file
+
+    if name in SETS or is_molecule_file(name):
+        if image_size is not None or channels is not None or frames is not None or spectrogram:
+            raise NanodiffError(
+                f"{name} is molecules: image_size, channels, frames and spectrogram do not apply"
+            )
+        return molecule_data(name, split, hydrogens, limit, property, property_bins, cache_dir)
     if spectrogram or name in ("speech", "chorales") or _is_audio_folder(name):
         if image_size is not None or channels is not None or frames is not None:
             raise NanodiffError(f"{name} is sound or music: image_size, channels and frames do not apply")
@@ -249,6 +265,33 @@ def load_data(
     y = _check_labels(labels, len(x), name)
     num_classes = len(class_names) if class_names else int(y.max()) + 1
     return ImageData(x, y, num_classes, name, class_names, captions)
+
+
+def molecule_data(
+    name: str,
+    split: str = "train",
+    hydrogens: bool = True,
+    limit: int | None = None,
+    property: str = "",
+    bins: int = 3,
+    cache_dir: str | Path | None = None,
+) -> ImageData:
+    """Molecules as an ImageData of [M, N, 3 + K] point sets (data.molecules), labelled by the
+    quantile bin of `property` when one is named (bins of this split's values; class names
+    "qed 0.31-0.47")."""
+    from nanodiffusion.data.molecules import PROPERTIES, load_molecules
+
+    mols = load_molecules(name, split, hydrogens, limit, cache_dir)
+    data = ImageData(mols.tensor(), None, 0, name, modality="molecule", molecules=mols)
+    if property:
+        if property not in PROPERTIES:
+            raise NanodiffError(f"data.property must be one of {', '.join(PROPERTIES)}, got {property!r}")
+        values = mols.properties[property]
+        edges = np.quantile(values, np.linspace(0, 1, bins + 1))
+        labels = np.clip(np.searchsorted(edges[1:-1], values, side="right"), 0, bins - 1)
+        data.labels, data.num_classes = torch.as_tensor(labels, dtype=torch.long), bins
+        data.class_names = [f"{property} {lo:.3g}-{hi:.3g}" for lo, hi in zip(edges, edges[1:], strict=False)]
+    return data
 
 
 def held_out_images(

@@ -143,6 +143,7 @@ def draw(
         strength=strength,
         known=model_known,
         image_cond=plan.image,
+        wrappers=[*plan.wrappers, *options.pop("wrappers", [])],
         **options,
     )
     if plan.finish is not None:

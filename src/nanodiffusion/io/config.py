@@ -20,6 +20,7 @@ from nanodiffusion.errors import NanodiffError
 from nanodiffusion.io.validation import check_value, validate
 from nanodiffusion.nets import model_config_class
 from nanodiffusion.nets.dit import DiTConfig
+from nanodiffusion.nets.egnn import EGNNConfig
 from nanodiffusion.nets.unet import UNetConfig
 
 try:
@@ -57,6 +58,14 @@ class DataConfig:
     residual: bool = True  # upscale: diffuse the residual (x - bicubic(low)) x residual_scale, not x itself
     residual_scale: float = 0.0  # upscale: 0 = measured when training starts (sigma_data / residual std)
     crop: int = 0  # > 0: train on random crops of this size (convolutional UNets without attention)
+    # molecules (data.molecules; data.task "molecules"): a built-in set or a .smi/.sdf/.xyz file
+    hydrogens: bool = True  # the molecules' hydrogens as atoms (false: heavy atoms only)
+    limit: int = 0  # > 0: train on the first `limit` molecules only (quick runs, tests)
+    property: str = ""  # class-conditional on this property's quantile bins: qed | logp | heavy_atoms
+    property_bins: int = 3
+    atom_types: str = ""  # the atom types, "|"-separated, filled in from the data
+    atom_counts: list[int] = field(default_factory=list)  # molecules of n atoms, n = 0.., filled in
+    class_atom_counts: list[int] = field(default_factory=list)  # the same per property bin, flattened
 
 
 @dataclass
@@ -118,7 +127,7 @@ class RunConfig:
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
-    model: UNetConfig | DiTConfig = field(default_factory=UNetConfig)  # model.kind picks the class
+    model: UNetConfig | DiTConfig | EGNNConfig = field(default_factory=UNetConfig)  # model.kind picks it
     schedule: Schedule = field(default_factory=Schedule)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     loss: LossConfig = field(default_factory=LossConfig)

@@ -122,7 +122,14 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.mlp_ratio": _real(0, 64, lo_open=True),
     "model.pos": ((lambda v: v in ("sincos", "learned")), "sincos or learned"),
     "model.attention": ((lambda v: v in ("joint", "factorised")), "joint or factorised"),
-    "model.kind": ((lambda v: v in ("unet", "dit")), "unet or dit"),
+    "model.kind": ((lambda v: v in ("unet", "dit", "egnn")), "unet, dit or egnn"),
+    "model.max_atoms": POSITIVE,
+    "model.coords_range": POSITIVE_REAL,
+    "data.property_bins": _int(2, 100),
+    "data.property": (
+        (lambda v: v in ("", "qed", "logp", "heavy_atoms")),
+        "'', 'qed', 'logp' or 'heavy_atoms'",
+    ),
     "model.context_dim": NON_NEGATIVE,
     "model.cond_channels": NON_NEGATIVE,
     "schedule.T": _int(1, MAX_T),
@@ -471,6 +478,9 @@ def check_model_memory(cfg: Config, *, prepared: bool = True, training: bool = F
     if not memory:
         return
     m, have = cfg.model, f"this machine has {_gb(memory)}"
+    if m.kind == "egnn":
+        _check_egnn_memory(cfg, memory, training)
+        return
     dit = m.kind == "dit"
     params = dit_parameters(m) if dit else unet_parameters(m)
     if 4 * params["class embedding"] > memory:
@@ -544,4 +554,17 @@ def check_model_memory(cfg: Config, *, prepared: bool = True, training: bool = F
         of = f" ({batch} images, {batch_key})" if batch_key else ""
         raise NanodiffError(
             f"{key} = {value} would need about {_gb(need)} for the model and {what}{of}; {have}"
+        )
+
+
+def _check_egnn_memory(cfg: Config, memory: int, training: bool) -> None:
+    """An EGNN's weights (about 6 W^2 a layer) and its messages: ~8 tensors [B, N, N, W] a layer."""
+    m, o = cfg.model, cfg.optim
+    weights = 4 * (5 if training else 1) * (m.depth * 6 * m.width**2 + 4 * m.width**2)
+    batch = o.batch_size // o.grad_accum if training else 1
+    need = weights + 4 * 8 * m.depth * batch * m.max_atoms**2 * m.width
+    if need > memory:
+        raise NanodiffError(
+            f"model.max_atoms = {m.max_atoms} with model.width = {m.width} and a batch of {batch} "
+            f"would need about {_gb(need)}; this machine has {_gb(memory)}"
         )

@@ -13,6 +13,7 @@ from nanodiffusion.io.validation import TASKS  # data.task -> the task; held whe
 from nanodiffusion.tasks.base import Sampling, Task
 from nanodiffusion.tasks.generate import Generate
 from nanodiffusion.tasks.inpaint import Inpaint
+from nanodiffusion.tasks.molecules import Molecules
 from nanodiffusion.tasks.upscale import Upscale
 
 
@@ -34,5 +35,6 @@ def get_task(name: str) -> Task:
 register(Generate())
 register(Inpaint())
 register(Upscale())
+register(Molecules())
 
 __all__ = ["TASKS", "Sampling", "Task", "get_task", "register"]

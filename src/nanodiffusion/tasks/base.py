@@ -24,7 +24,7 @@ Tasks live one per module in ``nanodiffusion.tasks`` and are found by name with 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -34,11 +34,14 @@ import torch
 class Sampling:
     """What a task adds to a draw: ``image``, an image condition [1 or n, C', *spatial] bound beside
     x (None: none); ``clamp``, whether the samples are images to clamp to [-1, 1] (False for a
-    target that is not, such as a residual); ``finish``, samples [n, *shape] -> images."""
+    target that is not, such as a residual or atoms' coordinates); ``finish``, samples [n, *shape]
+    -> images; ``wrappers``, the sampling core's wrappers the task binds innermost (a molecule
+    run's atom mask, core.pointsets.PointMask)."""
 
     image: torch.Tensor | None = None
     clamp: bool = True
     finish: Callable[[torch.Tensor], torch.Tensor] | None = None
+    wrappers: list = field(default_factory=list)
 
 
 class Task(Protocol):

@@ -51,6 +51,51 @@ def lr_factor(step: int, cfg: Config) -> float:
 def prepare_config(cfg: Config, data: ImageData, text_dim: int = 0) -> Config:
     """Fill in what the data decides: channels, size (a video's [F, H, W]), number of classes,
     the text width."""
+    if data.modality == "molecule":
+        _prepare_molecules(cfg, data)
+    else:
+        _prepare_grid(cfg, data)
+    cfg.model.num_classes = 0
+    if cfg.data.class_conditional:
+        if data.labels is None:
+            raise NanodiffError(f"class_conditional needs labels, and {data.name} has none")
+        cfg.model.num_classes = data.num_classes
+        cfg.data.class_names = "|".join(data.class_names or [])
+    cfg.model.context_dim = text_dim
+    get_task(cfg.data.task).prepare(cfg, data)  # its checks, its image condition's channels, crops
+    if cfg.optim.batch_size < 1 or cfg.run.steps < 1 or cfg.optim.grad_accum < 1:
+        raise NanodiffError("batch_size, steps and grad_accum must be positive")
+    return cfg
+
+
+def _prepare_molecules(cfg: Config, data: ImageData) -> None:
+    """Molecules [M, N, 3 + K]: an EGNN of N atoms and K types, the atom types and the histograms
+    of atoms per molecule (overall and per property bin) that sampling draws sizes from."""
+    if cfg.model.kind != "egnn":
+        raise NanodiffError(
+            f"{data.name} is molecules (atoms with 3-D coordinates): train an EGNN (model.kind=egnn, as "
+            f"the qm9-like preset); a {cfg.model.kind} takes images"
+        )
+    if cfg.data.task not in ("", "molecules"):
+        raise NanodiffError(f"data.task = {cfg.data.task!r} takes images; molecules train with 'molecules'")
+    if cfg.data.text_encoder:
+        raise NanodiffError("molecules have no captions: data.text_encoder must be empty")
+    cfg.data.task = "molecules"
+    n, c = data.images.shape[1:]
+    cfg.model.in_channels = cfg.model.out_channels = c
+    cfg.model.max_atoms = n
+    cfg.data.modality, cfg.data.sample_rate = "molecule", 0
+    cfg.data.atom_types = "|".join(data.molecules.elements)
+    counts = torch.as_tensor(data.molecules.counts, dtype=torch.long)
+    cfg.data.atom_counts = torch.bincount(counts, minlength=n + 1).tolist()
+    cfg.data.class_atom_counts = []
+    if cfg.data.class_conditional and data.labels is not None:
+        per = [torch.bincount(counts[data.labels == k], minlength=n + 1) for k in range(data.num_classes)]
+        cfg.data.class_atom_counts = torch.cat(per).tolist()
+
+
+def _prepare_grid(cfg: Config, data: ImageData) -> None:
+    """Images, videos and sound: channels and the size of each axis."""
     c, *sizes = data.images.shape[1:]
     if len(sizes) == 2 and sizes[-1] != sizes[-2]:
         raise NanodiffError(f"images must be square, got {sizes[-2]}x{sizes[-1]}")
@@ -69,17 +114,6 @@ def prepare_config(cfg: Config, data: ImageData, text_dim: int = 0) -> Config:
     cfg.model.image_size = list(sizes) if len(sizes) != 2 else sizes[0]
     cfg.data.modality = "video" if data.modality == "image" and len(sizes) == 3 else data.modality
     cfg.data.sample_rate = data.sample_rate
-    cfg.model.num_classes = 0
-    if cfg.data.class_conditional:
-        if data.labels is None:
-            raise NanodiffError(f"class_conditional needs labels, and {data.name} has none")
-        cfg.model.num_classes = data.num_classes
-        cfg.data.class_names = "|".join(data.class_names or [])
-    cfg.model.context_dim = text_dim
-    get_task(cfg.data.task).prepare(cfg, data)  # its checks, its image condition's channels, crops
-    if cfg.optim.batch_size < 1 or cfg.run.steps < 1 or cfg.optim.grad_accum < 1:
-        raise NanodiffError("batch_size, steps and grad_accum must be positive")
-    return cfg
 
 
 def per_frame(data: ImageData) -> ImageData:
@@ -131,7 +165,16 @@ class Trainer:
         self.progress = progress and self.dist.main
         d = cfg.data
         self.data = load_data(
-            d.name, "train", d.image_size, d.channels, frames=d.frames, spectrogram=d.spectrogram
+            d.name,
+            "train",
+            d.image_size,
+            d.channels,
+            frames=d.frames,
+            spectrogram=d.spectrogram,
+            hydrogens=d.hydrogens,
+            limit=d.limit or None,
+            property=d.property if d.class_conditional else "",
+            property_bins=d.property_bins,
         )
         if d.per_frame:  # the frame-by-frame baseline: every frame an image, with its video's caption
             self.data = per_frame(self.data)

@@ -1,0 +1,103 @@
+"""Point sets with a mask (atoms of molecules): the one denoiser contract on [B, N, 3 + K].
+
+A sample is N points, each with 3 coordinates and K features; ``mask`` [B, N] (1 = a real point)
+pads sets of fewer points. The data live in a linear subspace V of the tensor's space: padded rows
+are zero, and the coordinates have zero centre of mass (a molecule's position is not part of
+it; Hoogeboom et al. 2022, Sec. 3.2, diffuse in this subspace). ``project`` is the orthogonal
+projection P onto V.
+
+Nothing in the samplers changes. The network only ever sees P x, and the denoiser puts the input's
+centre of mass back on its estimate:
+
+    D_V(x, sigma, cond) = D(P x, sigma, cond) + com(x)     (on real rows; padded rows 0)
+
+Every sampler's update is a linear combination of x and D, so P x follows exactly the path it would
+follow if the sampler drew its noise in V, whatever noise it adds outside V (the fresh noise of
+ancestral and SDE samplers, the initial full-space noise): the part outside V never reaches the
+network, and P of the final x is the sample. D_V is translation equivariant (D_V(x + t) = D_V(x) + t)
+when the network is, so inpainting over points can hold some points fixed where they are. Training
+draws its noise in V (``project(eps)``), as the paper does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from nanodiffusion.core.denoisers import Denoiser, batch_rows
+
+COORDS = 3
+
+
+def com(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The real points' mean position, [B, 1, 3]."""
+    m = mask.to(x.dtype)[..., None]
+    return (x[..., :COORDS] * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1)
+
+
+def project(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """P x: padded rows zero, coordinates centred over the real points."""
+    m = mask.to(x.dtype)[..., None]
+    return torch.cat([x[..., :COORDS] - com(x, mask), x[..., COORDS:]], -1) * m
+
+
+def mask_of(x0: torch.Tensor) -> torch.Tensor:
+    """The mask [B, N] of clean point sets: a padded row is all zeros, a real point's features
+    (a one-hot type) never are."""
+    return (x0[..., COORDS:] != 0).any(-1).to(x0.dtype)
+
+
+class MaskedNet(nn.Module):
+    """net(x, c_noise, cond) with a mask [B or 1, N] bound (repeated when guidance doubles the
+    batch): the network sees P x and returns an output in V."""
+
+    def __init__(self, net: nn.Module, mask: torch.Tensor):
+        super().__init__()
+        self.net, self.mask = net, mask
+
+    @property
+    def cfg(self):
+        return self.net.cfg
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        mask = batch_rows(self.mask, x, "a point mask")
+        return self.net(project(x, mask), c_noise, cond, mask=mask)
+
+
+class PointSetDenoiser(Denoiser):
+    """D_V of the module's docstring around a Denoiser whose network takes ``mask=``."""
+
+    def __init__(self, denoiser: Denoiser, mask: torch.Tensor):
+        super().__init__(
+            MaskedNet(denoiser.net, mask), denoiser.schedule, denoiser.parameterization, denoiser.sigma_data
+        )
+        self.mask = mask
+
+    def raw(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None):
+        mask = batch_rows(self.mask, x, "a point mask")
+        return super().raw(project(x, mask), sigma, cond)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        mask = batch_rows(self.mask, x, "a point mask")
+        d = super().forward(project(x, mask), sigma, cond)
+        shift = torch.cat([com(x, mask), torch.zeros_like(x[:, :1, COORDS:])], -1)
+        return (d + shift) * mask[..., None]
+
+
+def on_points(denoiser: Denoiser, mask: torch.Tensor) -> PointSetDenoiser:
+    """The denoiser of point sets whose real rows are ``mask`` ([B or 1, N])."""
+    return PointSetDenoiser(denoiser, mask)
+
+
+class PointMask:
+    """The sampling core's wrapper (inference.sampling.Wrapper) binding each batch's rows of an
+    [n or 1, N] mask."""
+
+    def __init__(self, mask: torch.Tensor):
+        self.mask = mask
+
+    def __call__(self, denoiser, rows: slice):
+        mask = self.mask if len(self.mask) == 1 else self.mask[rows]
+        return on_points(denoiser, mask.to(next(denoiser.parameters()).device))
