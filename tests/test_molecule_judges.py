@@ -105,6 +105,23 @@ def test_bond_order_on_table_distances():
             assert bond_order(a, b, length) >= k
 
 
+def test_bond_matrix_agrees_with_bond_order():
+    for elements, positions in random_atoms([12], {**QM9_WEIGHTS, "S": 0.05, "Cl": 0.05}, 1.2, 20, seed=3):
+        bonds = bond_matrix(elements, positions)
+        assert (bonds == bonds.T).all() and (np.diag(bonds) == 0).all()
+        for i in range(len(elements)):
+            for j in range(len(elements)):
+                if i != j:
+                    d = 100 * np.linalg.norm(positions[i] - positions[j])
+                    assert bonds[i, j] == bond_order(elements[i], elements[j], d)
+    for k, table in BOND_LENGTHS.items():  # on the thresholds themselves
+        for (a, b), length in table.items():
+            for d in (length + MARGINS[k], length + MARGINS[k] - 1e-6):
+                positions = np.array([[0.0, 0.0, 0.0], [d / 100, 0.0, 0.0]])
+                assert bond_matrix([a, b], positions)[0, 1] == bond_order(a, b, 100 * positions[1, 0])
+    assert "'Qq'" in error_of(to_rdkit, ["Qq"], np.zeros((1, 3)))
+
+
 def test_methane_stability_and_bond_matrix():
     elements, positions = _methane()
     bonds = bond_matrix(elements, positions)
