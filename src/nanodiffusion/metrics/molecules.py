@@ -15,7 +15,10 @@ Aromatic rings: a benzene C-C bond (139-140 pm) lies at the single/double bounda
 so ring atoms read as under-bonded and unstable; EDM reports 99.0 % atom and 95.2 % molecule
 stability on QM9's own molecules for this reason.
 
-RDKit is an optional extra (pip install rdkit): it is imported inside the functions that need it.
+The bond tables, the bonds from distances and the RDKit molecule (to_rdkit, smiles_of) are defined
+in io.molecules, below this layer, because molecule files are written with them; they are imported
+here under the same names. RDKit is an optional extra (pip install rdkit): it is imported inside
+the functions that need it.
 """
 
 from __future__ import annotations
@@ -27,108 +30,43 @@ import sys
 import numpy as np
 
 from nanodiffusion.errors import NanodiffError
+from nanodiffusion.io.molecules import (
+    BOND_LENGTHS,
+    MARGINS,
+    bond_matrix,
+    bond_order,
+    canonical,
+    check_molecule,
+    largest_fragment,
+    mol_smiles,
+    require_rdkit,
+    smiles_of,
+    to_rdkit,
+)
 
-# typical bond lengths in pm (standard tables of covalent bond lengths), "A-B length" per entry
-_SINGLE = """
-H-H 74 H-C 109 H-N 101 H-O 96 H-F 92 H-S 134 H-Cl 127 H-Br 141 H-I 161 H-P 144
-C-C 154 C-N 147 C-O 143 C-F 135 C-S 182 C-Cl 177 C-Br 194 C-I 214 C-P 184
-N-N 145 N-O 140 N-F 136 N-S 168 N-Cl 175 N-Br 214 N-P 177
-O-O 148 O-F 142 O-S 151 O-P 163 O-Cl 164 O-I 194
-F-F 142 F-S 158 F-P 156 F-Cl 166 F-Br 178 F-I 187
-S-S 204 S-P 210 S-Cl 207 P-P 221 P-Cl 203 Cl-Cl 199 Cl-Br 214 Cl-I 232 Br-Br 228 Br-I 247 I-I 267
-"""
-_DOUBLE = "C-C 134 C-N 129 C-O 120 N-N 125 N-O 121 O-O 121 C-S 160 S-O 143 P-O 150"
-_TRIPLE = "C-C 120 C-N 116 N-N 110 C-O 113"
+# the bonds from distances live in io.molecules (molecule files are written with them); the
+# judges' public names include them
+__all__ = [
+    "BOND_LENGTHS",
+    "MARGINS",
+    "VALENCES",
+    "atom_stability",
+    "bond_matrix",
+    "bond_order",
+    "canonical",
+    "format_molecule_table",
+    "judge_molecules",
+    "mol_smiles",
+    "properties",
+    "random_atoms",
+    "rings_tv",
+    "smiles_of",
+    "to_rdkit",
+]
 
-
-def _table(text: str) -> dict[tuple[str, str], float]:
-    words = text.split()
-    return {
-        tuple(pair.split("-")): float(length) for pair, length in zip(words[::2], words[1::2], strict=True)
-    }
-
-
-# BOND_LENGTHS[k][(a, b)]: the typical length of a bond of order k; each pair in one order only
-BOND_LENGTHS: dict[int, dict[tuple[str, str], float]] = {
-    1: _table(_SINGLE),
-    2: _table(_DOUBLE),
-    3: _table(_TRIPLE),
-}
-MARGINS = {1: 10, 2: 5, 3: 3}  # pm, EDM's margins m_1, m_2, m_3
+# the allowed valences (sums of bond orders) of each element
 VALENCES: dict[str, tuple[int, ...]] = {"H": (1,), "C": (4,), "N": (3,), "O": (2,), "F": (1,), "S": (2, 4, 6)}
 VALENCES.update({"Cl": (1,), "Br": (1,), "I": (1,), "P": (3, 5)})
-_ELEMENTS = sorted({e for table in BOND_LENGTHS.values() for pair in table for e in pair})
-_INDEX = {e: i for i, e in enumerate(_ELEMENTS)}
-
-
-def _threshold_table() -> np.ndarray:
-    """float [3, T, T]: l_k(a, b) + m_k in pm for k = 1, 2, 3; -inf where the table has no bond."""
-    out = np.full((3, len(_ELEMENTS), len(_ELEMENTS)), -np.inf)
-    for k, table in BOND_LENGTHS.items():
-        for (a, b), length in table.items():
-            out[k - 1, _INDEX[a], _INDEX[b]] = out[k - 1, _INDEX[b], _INDEX[a]] = length + MARGINS[k]
-    return out
-
-
-_THRESHOLDS = _threshold_table()
-
-
-def _rdkit():
-    """RDKit's Chem module with its log silenced, or one line saying how to get it."""
-    try:
-        from rdkit import Chem, RDLogger
-    except ImportError:
-        raise NanodiffError("the molecule judges need RDKit: pip install rdkit") from None
-    RDLogger.DisableLog("rdApp.*")
-    return Chem
-
-
-def bond_order(a: str, b: str, distance_pm: float) -> int:
-    """EDM's bond order of atoms a and b at distance_pm: 0 (none), 1, 2 or 3."""
-    order = 0
-    for k in (1, 2, 3):
-        length = BOND_LENGTHS[k].get((a, b), BOND_LENGTHS[k].get((b, a)))
-        if length is None or not distance_pm < length + MARGINS[k]:
-            break
-        order = k
-    return order
-
-
-def _check(elements, positions) -> tuple[list[str], np.ndarray]:
-    elements = [str(e) for e in elements]
-    positions = np.asarray(positions, dtype=np.float64)
-    if positions.size == 0 and not elements:
-        return elements, positions.reshape(0, 3)
-    if positions.ndim != 2 or positions.shape != (len(elements), 3):
-        raise NanodiffError(
-            f"a molecule needs positions [n, 3] for its {len(elements)} atoms, "
-            f"got shape {list(positions.shape)}"
-        )
-    return elements, positions
-
-
-def _bonds(elements: list[str], positions: np.ndarray) -> np.ndarray:
-    n = len(elements)
-    if n == 0:
-        return np.zeros((0, 0), np.int64)
-    d = 100.0 * np.linalg.norm(positions[:, None] - positions[None], axis=-1)  # pm; nan stays nan
-    known = np.array([e in _INDEX for e in elements])
-    idx = np.array([_INDEX.get(e, 0) for e in elements])
-    t = _THRESHOLDS[:, idx[:, None], idx[None]]  # [3, n, n]
-    with np.errstate(invalid="ignore"):
-        single = d < t[0]
-        double = single & (d < t[1])
-        triple = double & (d < t[2])
-    order = single.astype(np.int64) + double + triple
-    order[~known] = 0
-    order[:, ~known] = 0
-    np.fill_diagonal(order, 0)
-    return order
-
-
-def bond_matrix(elements, positions) -> np.ndarray:
-    """int [n, n]: the bond order of each pair of atoms by their distance (EDM's rule)."""
-    return _bonds(*_check(elements, positions))
 
 
 def _stable(elements: list[str], bonds: np.ndarray) -> np.ndarray:
@@ -139,78 +77,10 @@ def _stable(elements: list[str], bonds: np.ndarray) -> np.ndarray:
 def atom_stability(elements, positions) -> tuple[int, int]:
     """(stable atoms, atoms): an atom is stable when the sum of its bond orders is one of its
     VALENCES. Atoms of a molecule with non-finite positions are all unstable."""
-    elements, positions = _check(elements, positions)
+    elements, positions = check_molecule(elements, positions)
     if not np.isfinite(positions).all():
         return 0, len(elements)
-    return int(_stable(elements, _bonds(elements, positions)).sum()), len(elements)
-
-
-def _build(elements: list[str], positions: np.ndarray, bonds: np.ndarray | None):
-    """An RWMol of the atoms, the bonds (none when bonds is None) and a conformer of the positions."""
-    Chem = _rdkit()
-    from rdkit.Geometry import Point3D
-
-    mol = Chem.RWMol()
-    for e in elements:
-        try:
-            mol.AddAtom(Chem.Atom(e))
-        except RuntimeError:
-            raise NanodiffError(f"unknown element symbol {e!r} in a molecule") from None
-    if bonds is not None:
-        kinds = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
-        for i, j in zip(*np.nonzero(np.triu(bonds)), strict=True):
-            mol.AddBond(int(i), int(j), kinds[int(bonds[i, j])])
-    conf = Chem.Conformer(len(elements))
-    for i, (x, y, z) in enumerate(np.nan_to_num(positions, nan=0.0, posinf=0.0, neginf=0.0)):
-        conf.SetAtomPosition(i, Point3D(float(x), float(y), float(z)))
-    conf.Set3D(True)
-    mol.AddConformer(conf, assignId=True)
-    return mol
-
-
-def _sanitized(elements: list[str], positions: np.ndarray, bonds: np.ndarray):
-    Chem = _rdkit()
-    if not elements or not np.isfinite(positions).all():
-        return None
-    mol = _build(elements, positions, bonds)
-    try:
-        Chem.SanitizeMol(mol)
-    except Exception:  # RDKit raises several types (valence, kekulization, ...)
-        return None
-    return mol
-
-
-def to_rdkit(elements, positions):
-    """An RDKit RWMol of the atoms, the distance-inferred bonds and a conformer of the positions,
-    sanitized; None when sanitization fails (the molecule is invalid, as in EDM)."""
-    elements, positions = _check(elements, positions)
-    return _sanitized(elements, positions, _bonds(elements, positions))
-
-
-def _largest_fragment(mol):
-    """The fragment of a sanitized molecule with the most atoms (hydrogens counted), as in EDM."""
-    frags = _rdkit().GetMolFrags(mol, asMols=True, sanitizeFrags=False)
-    return max(frags, key=lambda f: f.GetNumAtoms())
-
-
-def _smiles(fragment) -> str:
-    Chem = _rdkit()
-    return Chem.MolToSmiles(Chem.RemoveHs(fragment, sanitize=False), isomericSmiles=False)
-
-
-def smiles_of(elements, positions) -> str | None:
-    """The canonical SMILES (no hydrogens, no stereo) of the largest fragment of to_rdkit; None
-    when the molecule is invalid."""
-    mol = to_rdkit(elements, positions)
-    return None if mol is None else _smiles(_largest_fragment(mol))
-
-
-def canonical(smiles: str) -> str | None:
-    """smiles in the form smiles_of gives (RDKit canonical, no stereo); None if it does not parse.
-    Use it on training SMILES before judging novelty."""
-    Chem = _rdkit()
-    mol = Chem.MolFromSmiles(smiles)
-    return None if mol is None else Chem.MolToSmiles(mol, isomericSmiles=False)
+    return int(_stable(elements, bond_matrix(elements, positions)).sum()), len(elements)
 
 
 _SASCORER = None
@@ -236,7 +106,7 @@ def properties(mol) -> dict:
     """Drug-likeness properties of an RDKit molecule (hydrogens removed first): "qed" (Bickerton et
     al. 2012), "sa" (synthetic accessibility, Ertl and Schuffenhauer 2009: 1 easy to 10 hard),
     "logp" (Crippen's), "rings" (SSSR ring count), "heavy_atoms"."""
-    Chem = _rdkit()
+    Chem = require_rdkit()
     from rdkit.Chem import QED, Crippen, rdMolDescriptors
 
     mol = Chem.RemoveHs(mol)
@@ -276,19 +146,19 @@ def judge_molecules(
     stable_atoms = atoms = stable_molecules = 0
     smiles, props = [], []
     for molecule in molecules:
-        elements, positions = _check(molecule[0], molecule[1])
+        elements, positions = check_molecule(molecule[0], molecule[1])
         atoms += len(elements)
         if not elements or not np.isfinite(positions).all():
             continue
-        bonds = _bonds(elements, positions)
+        bonds = bond_matrix(elements, positions)
         stable = int(_stable(elements, bonds).sum())
         stable_atoms += stable
         stable_molecules += stable == len(elements)
-        mol = _sanitized(elements, positions, bonds)
+        mol = to_rdkit(elements, positions, bonds)
         if mol is None:
             continue
-        fragment = _largest_fragment(mol)
-        smiles.append(_smiles(fragment))
+        fragment = largest_fragment(mol)
+        smiles.append(mol_smiles(fragment))
         props.append(properties(fragment))
     n = len(molecules)
 
