@@ -128,17 +128,28 @@ def bond_matrix(elements, positions) -> np.ndarray:
     return _bonds(*check_molecule(elements, positions))
 
 
+_NUMBERS: dict[str, int] = {}
+
+
+def _atomic_numbers() -> dict[str, int]:
+    """Element symbol -> atomic number, from RDKit's periodic table (read once)."""
+    if not _NUMBERS:
+        table = require_rdkit().GetPeriodicTable()
+        _NUMBERS.update({table.GetElementSymbol(z): z for z in range(1, 119)})
+    return _NUMBERS
+
+
 def _build(elements: list[str], positions: np.ndarray, bonds: np.ndarray | None):
     """An RWMol of the atoms, the bonds (none when bonds is None) and a conformer of the positions."""
     Chem = require_rdkit()
     from rdkit.Geometry import Point3D
 
+    numbers = _atomic_numbers()
     mol = Chem.RWMol()
     for e in elements:
-        try:
-            mol.AddAtom(Chem.Atom(e))
-        except RuntimeError:
-            raise NanodiffError(f"unknown element symbol {e!r} in a molecule") from None
+        if e not in numbers:  # checked here: RDKit prints a C++ stack trace for an unknown symbol
+            raise NanodiffError(f"unknown element symbol {e!r} in a molecule")
+        mol.AddAtom(Chem.Atom(numbers[e]))
     if bonds is not None:
         kinds = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
         for i, j in zip(*np.nonzero(np.triu(bonds)), strict=True):
@@ -206,7 +217,7 @@ def _read_sdf(path: Path) -> list:
                 raise NanodiffError(f"cannot read {path}: record {i} has no coordinates")
             conf = mol.GetConformer()
             positions = np.array(conf.GetPositions(), dtype=np.float64).reshape(-1, 3)
-            if not conf.Is3D() or not positions[:, 2].any():
+            if not conf.Is3D() or (len(positions) >= 3 and not positions[:, 2].any()):
                 raise NanodiffError(f"cannot read {path}: record {i} has 2-D coordinates, not 3-D")
             elements = [a.GetSymbol() for a in mol.GetAtoms()]
             out.append((elements, positions, mol_smiles(largest_fragment(mol))))
@@ -250,7 +261,9 @@ def _read_xyz(path: Path) -> list:
 def read_molecules(path) -> list[tuple[list[str], np.ndarray, str | None]]:
     """The molecules of an .sdf or .xyz file as (elements, positions, smiles): for SDF the SMILES
     of the file's own bonds (largest fragment), for XYZ that of the distance-inferred bonds (None
-    when invalid)."""
+    when invalid). Refused in one line: an SDF record that does not parse (RDKit sanitizes it) or
+    whose coordinates are 2-D (the header says so, or all z are 0 in a molecule of 3 atoms or
+    more), an XYZ line that is not "element x y z", a frame cut short, a file without molecules."""
     path = check_file(path, "molecule file")
     suffix = path.suffix.lower()
     if suffix not in (".sdf", ".xyz"):
