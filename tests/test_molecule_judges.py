@@ -161,6 +161,29 @@ def test_real_molecules(real):
     assert judged["uniqueness"] == pytest.approx(30 / 31)  # benzene reads as cyclohexane
 
 
+DRUGS = {
+    "aspirin": "CC(=O)Oc1ccccc1C(=O)O",
+    "ibuprofen": "CC(C)Cc1ccc(cc1)C(C)C(=O)O",
+    "caffeine": "Cn1cnc2c1c(=O)n(C)c(=O)n2C",
+    "paracetamol": "CC(=O)Nc1ccc(O)cc1",
+    "sulfamethoxazole": "Cc1cc(NS(=O)(=O)c2ccc(N)cc2)no1",
+    "chlorpromazine": "CN(C)CCCN1c2ccccc2Sc2ccc(Cl)cc21",
+    "diclofenac": "OC(=O)Cc1ccccc1Nc1c(Cl)cccc1Cl",
+    "celecoxib": "Cc1ccc(cc1)-c1cc(nn1-c1ccc(cc1)S(N)(=O)=O)C(F)(F)F",
+}
+
+
+def test_drug_like_aromatic_rings():
+    """EDM's rule on drugs with benzene rings: ring bonds (138-140 pm) read as single or double
+    by a hair, so ring atoms are unstable and a few molecules over-bonded (invalid). Measured:
+    77.1 % of atoms stable, 1 of 8 molecules (caffeine) stable, 7 of 8 valid (paracetamol has a
+    ring carbon of valence 5); EDM reports 86.5 % atom stability on GEOM-Drugs' own conformers."""
+    judged = judge_molecules([_embed(s) for s in DRUGS.values()])
+    assert 0.65 < judged["atom_stability"] < 0.9
+    assert judged["molecule_stability"] <= 0.25 and judged["validity"] >= 0.75
+    assert atom_stability(*_embed(DRUGS["caffeine"])) == (24, 24)
+
+
 def test_random_baseline_is_worse(real):
     molecules = random_atoms([18], QM9_WEIGHTS, 1.6, 100, seed=0)
     assert len(molecules) == 100 and all(len(e) == 18 and p.shape == (18, 3) for e, p in molecules)
