@@ -140,9 +140,10 @@ def judge_molecules(
     (the largest fragment), and against reference (properties() dicts of held-out molecules) the
     Wasserstein-1 distances "qed_w1", "sa_w1", "logp_w1" and the ring-count "rings_tv"; "n".
     Fractions of nothing are nan; a molecule of 0 atoms or with non-finite positions counts as
-    unstable and invalid."""
+    unstable and invalid. molecules may be any iterable."""
     from scipy.stats import wasserstein_distance
 
+    molecules = list(molecules)
     stable_atoms = atoms = stable_molecules = 0
     smiles, props = [], []
     for molecule in molecules:
@@ -159,7 +160,10 @@ def judge_molecules(
             continue
         fragment = largest_fragment(mol)
         smiles.append(mol_smiles(fragment))
-        props.append(properties(fragment))
+        try:
+            props.append(properties(fragment))
+        except Exception:  # a descriptor RDKit cannot compute for an odd molecule: it has no properties
+            pass
     n = len(molecules)
 
     def frac(a, b):
