@@ -374,3 +374,25 @@ def test_draw_grid(tmp_path, real):
     assert np.asarray(image.convert("L")).std() > 0  # something is drawn
     assert "legends" in error_of(draw_grid, molecules, tmp_path / "x.png", 3, 100, ["a"])
     assert "at least one" in error_of(draw_grid, [], tmp_path / "x.png")
+
+
+def test_without_rdkit(monkeypatch):
+    """RDKit is an optional extra: the modules import without it (no top-level rdkit import), the
+    stability judges work, and what needs it says how to install it."""
+    import ast
+    import sys
+
+    import nanodiffusion.io.molecules as io_molecules
+    import nanodiffusion.metrics.molecules as metrics_molecules
+
+    for module in (io_molecules, metrics_molecules):
+        tree = ast.parse(open(module.__file__).read())
+        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        names = [a.name for n in top for a in n.names] + [
+            n.module or "" for n in top if isinstance(n, ast.ImportFrom)
+        ]
+        assert not any(name.split(".")[0] == "rdkit" for name in names), module.__name__
+    monkeypatch.setitem(sys.modules, "rdkit", None)
+    assert atom_stability(*_methane()) == (5, 5)
+    assert "pip install rdkit" in error_of(judge_molecules, [_methane()])
+    assert "pip install rdkit" in error_of(read_smiles, ["CCO"])
