@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -386,7 +387,7 @@ def test_without_rdkit(monkeypatch):
     import nanodiffusion.metrics.molecules as metrics_molecules
 
     for module in (io_molecules, metrics_molecules):
-        tree = ast.parse(open(module.__file__).read())
+        tree = ast.parse(Path(module.__file__).read_text())
         top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
         names = [a.name for n in top for a in n.names] + [
             n.module or "" for n in top if isinstance(n, ast.ImportFrom)
