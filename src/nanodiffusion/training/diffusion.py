@@ -327,6 +327,14 @@ class Trainer:
         from nanodiffusion.io.viz import save_grid
 
         ema = build_denoiser(self.cfg, self.ema.model).to(self.device)
+        if self.cfg.data.modality == "molecule":  # 2-D depictions of the molecules drawn
+            from nanodiffusion.inference.molecules import draw_molecules
+            from nanodiffusion.io.molecules import draw_grid
+
+            r = self.cfg.run
+            mols = draw_molecules(self.cfg, ema, r.sample_n, sampler=r.sampler, steps=r.sample_steps)
+            draw_grid(mols, path, per_row=int(math.sqrt(r.sample_n)))
+            return
         labels, uncond, guidance = None, None, 1.0
         if self.cfg.model.num_classes:
             labels = torch.arange(self.cfg.run.sample_n) % self.cfg.model.num_classes
