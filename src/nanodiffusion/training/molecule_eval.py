@@ -1,0 +1,190 @@
+"""`nanodiff eval-molecules`: a molecule run's samples judged by chemistry (metrics.molecules).
+
+The run draws n molecules at each sampler setting; EDM's judges (Hoogeboom et al. 2022): atom and
+molecule stability (valences of the bonds read from distances), RDKit validity, uniqueness,
+novelty against the training set, and the distances of the QED, SA, logP and ring-count
+distributions to the held-out molecules. Beside them, the baselines: random atoms in a ball (the
+data's atom counts, type frequencies and radius) and the training set itself (its own conformers,
+the ceiling), and the published numbers of EDM on QM9. A property-conditional run also draws
+towards its lowest and highest bins: the shift of the property's mean from the unconditional
+draw, in standard deviations of the training data.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nanodiffusion.errors import NanodiffError
+from nanodiffusion.inference.molecules import draw_molecules, draws_molecules, property_bins
+from nanodiffusion.inference.runs import load_run
+
+EDM_QM9 = {  # Hoogeboom et al. 2022, Table 2 (QM9 with hydrogens)
+    "atom_stability": 0.987,
+    "molecule_stability": 0.820,
+    "validity": 0.919,
+    "validity_x_uniqueness": 0.907,
+}
+BATCH = 250  # molecules drawn at once
+
+
+def reference_data(cfg, progress: bool = False) -> dict:
+    """The run's data as the judges need them: the training molecules (canonical SMILES, conformers,
+    properties) and the held-out ones (a user's file: itself)."""
+    from rdkit import Chem
+
+    from nanodiffusion.data.molecules import SETS, load_molecules
+    from nanodiffusion.io.molecules import canonical
+    from nanodiffusion.metrics.molecules import properties
+
+    name, h = cfg.data.name, cfg.data.hydrogens
+    limit = cfg.data.limit or None
+    train = load_molecules(name, "train", h, limit, progress=progress)
+    test = load_molecules(name, "test", h, None, progress=progress) if name in SETS else train
+    reference = []
+    for s in test.smiles:
+        mol = Chem.MolFromSmiles(s) if s else None
+        if mol is not None:
+            reference.append(properties(mol))
+    smiles = {c for c in (canonical(s) for s in train.smiles if s) if c}
+    return {"train": train, "test": test, "train_smiles": smiles, "reference": reference}
+
+
+def baselines(data: dict, n: int, seed: int = 0) -> dict:
+    """The judges on random atoms (the training data's atom counts, type frequencies and RMS radius)
+    and on n training molecules (the ceiling)."""
+    from nanodiffusion.metrics.molecules import judge_molecules, random_atoms
+
+    train = data["train"]
+    mols = train.molecules()
+    counts = [len(e) for e, _ in mols]
+    types = np.concatenate([np.asarray(e) for e, _ in mols])
+    kinds, freq = np.unique(types, return_counts=True)
+    rms = float(np.mean([np.sqrt(((p - p.mean(0)) ** 2).sum(1).mean()) for _, p in mols]))
+    weights = {str(k): float(f) / len(types) for k, f in zip(kinds, freq, strict=True)}
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(mols), size=min(n, len(mols)), replace=False)
+    judge = {"train_smiles": data["train_smiles"], "reference": data["reference"]}
+    return {
+        "random atoms": judge_molecules(random_atoms(counts, weights, rms, n, seed), **judge),
+        "training set": judge_molecules([mols[i] for i in pick], **judge),
+    }
+
+
+def evaluate_molecules(
+    run: str | Path,
+    n: int = 500,
+    steps: tuple[int, ...] = (100,),
+    sampler: str = "ddim",
+    seed: int = 0,
+    guidance: float = 2.0,
+    with_baselines: bool = True,
+    conditioning: bool = True,
+    weights: str = "ema",
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """The judges of a molecule run (see the module's docstring) as one dict: "sets" (name -> the
+    judges), "conditioning" (a property run's bins), "molecules" (the first setting's molecules)."""
+    cfg, denoiser = load_run(run, weights, device)
+    if not draws_molecules(cfg):
+        raise NanodiffError(f"{run} does not draw molecules: eval-molecules judges a molecule run")
+    if n < 1:
+        raise NanodiffError(f"n must be at least 1, got {n}")
+    from nanodiffusion.metrics.molecules import judge_molecules
+
+    data = reference_data(cfg, progress)
+    judge = {"train_smiles": data["train_smiles"], "reference": data["reference"]}
+    sets, first, timing = {}, None, {}
+    for k in steps:
+        t = time.process_time()
+        mols = _draw(cfg, denoiser, n, sampler, k, seed, progress)
+        timing[f"{sampler}-{k}"] = (time.process_time() - t) / n
+        sets[f"model, {sampler} {k} steps"] = judge_molecules(mols, **judge)
+        first = first if first is not None else mols
+    if with_baselines:
+        sets.update(baselines(data, n, seed))
+        if cfg.data.name == "qm9-like":
+            sets["EDM on QM9 (paper)"] = dict(EDM_QM9)
+    result = {
+        "run": str(run),
+        "n": n,
+        "sampler": sampler,
+        "steps": list(steps),
+        "sets": sets,
+        "cpu_s_per_molecule": timing,
+        "molecules": first,
+    }
+    bins = property_bins(cfg)
+    if conditioning and bins:
+        result["conditioning"] = _conditioning(
+            cfg, denoiser, data, n, sampler, steps[0], seed, guidance, judge
+        )
+    return result
+
+
+def _draw(cfg, denoiser, n, sampler, steps, seed, progress, **options):
+    out = []
+    for start in range(0, n, BATCH):
+        out += draw_molecules(
+            cfg, denoiser, min(BATCH, n - start), sampler=sampler, steps=steps, seed=seed + start,
+            progress=progress, **options,
+        )  # fmt: skip
+    return out
+
+
+def _conditioning(cfg, denoiser, data, n, sampler, steps, seed, guidance, judge) -> dict:
+    """The property's mean drawn unconditionally and towards the first and last bins, and the
+    shifts in standard deviations of the training data."""
+    from nanodiffusion.metrics.molecules import judge_molecules
+
+    prop = cfg.data.property
+    values = data["train"].properties[prop]
+    std = float(np.std(values))
+    key = {"qed": "qed", "logp": "logp", "heavy_atoms": "heavy_atoms"}[prop]
+    plain = judge_molecules(_draw(cfg, denoiser, n, sampler, steps, seed, False), **judge)
+    bins = property_bins(cfg)
+    rows = {"unconditional": {"mean": plain[key], "validity": plain["validity"]}}
+    for label in (0, len(bins) - 1):
+        got = judge_molecules(
+            _draw(cfg, denoiser, n, sampler, steps, seed, False, label=label, guidance=guidance), **judge
+        )
+        shift = None if got[key] is None or plain[key] is None else (got[key] - plain[key]) / std
+        rows[bins[label]] = {"mean": got[key], "validity": got["validity"], "shift_std": shift}
+    return {"property": prop, "data_mean": float(np.mean(values)), "data_std": std,
+            "guidance": guidance, "rows": rows}  # fmt: skip
+
+
+def format_molecule_report(result: dict) -> str:
+    """The judges' table, the sampling cost and a property run's shifts, as Markdown."""
+    from nanodiffusion.metrics.molecules import format_molecule_table
+
+    lines = [format_molecule_table(result["sets"])]
+    cost = ", ".join(f"{k}: {v:.3f} CPU s" for k, v in result.get("cpu_s_per_molecule", {}).items())
+    if cost:
+        lines += ["", f"Sampling, per molecule: {cost}."]
+    c = result.get("conditioning")
+    if c:
+        lines += [
+            "",
+            f"Conditioning on {c['property']} (data mean {c['data_mean']:.3f}, std {c['data_std']:.3f}; "
+            f"guidance {c['guidance']:g}):",
+            "",
+            f"| drawn towards | mean {c['property']} | validity | shift from unconditional (std) |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for name, row in c["rows"].items():
+            mean = "-" if row["mean"] is None else f"{row['mean']:.3f}"
+            shift = "-" if row.get("shift_std") is None else f"{row['shift_std']:+.2f}"
+            lines.append(f"| {name} | {mean} | {100 * row['validity']:.1f}% | {shift} |")
+    return "\n".join(lines)
+
+
+def molecule_json(result: dict) -> dict:
+    """The result without its molecules (for JSON)."""
+    return {k: v for k, v in result.items() if k != "molecules"}
+
+
+__all__ = ["baselines", "evaluate_molecules", "format_molecule_report", "molecule_json", "reference_data"]
