@@ -3,6 +3,7 @@
     train.py   train, train-autoencoder, train-controlnet, demo
     sample.py  sample, eval, generate, eval-prompts, eval-video
     audio.py   eval-audio; generate's and sample's sound and music
+    molecules.py  eval-molecules; generate's and sample's molecules
     edit.py    inpaint, upscale
     info.py    info, schedules, forward, bench-samplers
     sd.py      sd
@@ -18,10 +19,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nanodiffusion.cli import app, audio, common, edit, info, sample, sd, train
+from nanodiffusion.cli import app, audio, common, edit, info, molecules, sample, sd, train
 from nanodiffusion.errors import NanodiffError
 
-GROUPS = (train, sample, audio, edit, info, sd, app)
+GROUPS = (train, sample, audio, molecules, edit, info, sd, app)
 
 
 def build_parser() -> argparse.ArgumentParser:

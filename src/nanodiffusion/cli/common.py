@@ -238,6 +238,11 @@ def refuse_video(cfg, run: str) -> None:
     from nanodiffusion.nets import sample_shape
 
     modality = run_modality(cfg)
+    if modality == "molecule":
+        raise NanodiffError(
+            f"{run} makes molecules, not images: use nanodiff sample / generate (they write SDF and XYZ "
+            "files) or nanodiff eval-molecules"
+        )
     if draws_sound(cfg):
         what = "piano rolls (music)" if modality == "roll" else "sound"
         raise NanodiffError(

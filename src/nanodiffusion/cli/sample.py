@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from nanodiffusion.cli import audio, common
+from nanodiffusion.cli import audio, common, molecules
 from nanodiffusion.core.samplers import SAMPLERS
 from nanodiffusion.core.schedules import SPACINGS
 from nanodiffusion.errors import NanodiffError
@@ -93,6 +93,8 @@ def cmd_sample(args) -> int:
 
     options = sampler_options(args)
     strength = common.strength(args)
+    if common.run_config(args.run).data.modality == "molecule":
+        return molecules.sample_molecules(args)
     cfg, denoiser, autoencoder, _ = common.open_run(args, videos=True)
     if draws_sound(cfg):
         return sample_sound(args, cfg, denoiser)
@@ -250,7 +252,9 @@ def cmd_eval(args) -> int:
 def add_generate(sub) -> None:
     g = sub.add_parser("generate", help="draw images of a prompt from a text-conditional run")
     common.add_run(g)
-    g.add_argument("prompt")
+    g.add_argument(
+        "prompt", nargs="?", help="the prompt (a word run: the word; a molecule run: a property bin, or none)"
+    )
     common.add_n(g, 8)
     g.add_argument("--guidance", type=common.guidance, default=4.0)
     common.add_negative(g, "negative prompt (default: the empty prompt)")
@@ -287,6 +291,7 @@ def add_generate(sub) -> None:
         help="frames per second of the GIF and MP4",
     )
     audio.add_sound_options(g)
+    molecules.add_molecule_options(g)
     g.add_argument(
         "--upscale",
         metavar="SR_RUN",
@@ -337,7 +342,14 @@ def cmd_generate(args) -> int:
         return generate_cascade(args)
     if args.aug is not None:
         raise NanodiffError("--aug needs --upscale")
-    if draws_sound(common.run_config(args.run)):
+    cfg = common.run_config(args.run)
+    if cfg.data.modality == "molecule":
+        return molecules.cmd_generate_molecules(args, args.prompt)
+    if args.atoms is not None or args.scaffold:
+        raise NanodiffError("--atoms and --scaffold are a molecule run's; this run draws images")
+    if args.prompt is None:
+        raise NanodiffError('generate needs a prompt (the empty prompt "" draws without one)')
+    if draws_sound(cfg):
         return audio.cmd_generate_sound(args)
     if args.given or args.gap:
         raise NanodiffError("--given and --gap edit a sound run's clips; this run draws images")
