@@ -30,6 +30,7 @@ COMMANDS = [
     "eval-prompts",
     "eval-video",
     "eval-audio",
+    "eval-molecules",
     "inpaint",
     "upscale",
     "info",

@@ -25,6 +25,8 @@ DATA = {
     "chorales": "chorales",
     "cifar10": "cifar10",
     "upscale": "shapes",
+    "qm9-like": "qm9-like",
+    "drug-like": "drug-like",
 }
 
 
@@ -66,6 +68,8 @@ def test_every_preset_is_listed():
         "chorales",
         "cifar10",
         "upscale",
+        "qm9-like",
+        "drug-like",
     )
     assert set(DATA) == set(PRESETS)
 
@@ -77,6 +81,10 @@ def test_presets_build_a_config_and_its_network(name):
     assert Config.from_dict(cfg.to_dict()) == cfg
     net = build_net(cfg.model).eval()  # a UNet, or the video presets' space-time DiT
     shape = sample_shape(cfg.model)
+    if cfg.model.kind == "egnn":  # atoms [N, 3 + K]: no channel axis first
+        with torch.no_grad():
+            assert net(torch.zeros(2, *shape), torch.zeros(2)).shape == (2, *shape)
+        return
     x = torch.zeros(2, shape[0] + cfg.model.cond_channels, *shape[1:])
     with torch.no_grad():
         assert net(x, torch.zeros(2)).shape == (2, cfg.model.out_channels, *shape[1:])
@@ -109,7 +117,8 @@ def test_presets_are_fresh_objects():
 def test_unknown_preset_is_one_line():
     assert error_of(preset, "cifar") == (
         "unknown preset 'cifar'; choose one of digits, mnist, fashion-mnist, mnist-flow, fashion-mnist-flow, "
-        "text, video-shapes, moving-mnist, speech, speech-wave, chorales, cifar10, upscale"
+        "text, video-shapes, moving-mnist, speech, speech-wave, chorales, cifar10, upscale, qm9-like, "
+        "drug-like"
     )
 
 

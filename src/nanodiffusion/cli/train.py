@@ -37,7 +37,7 @@ def add_train(sub) -> None:
     )
     t.add_argument(
         "--model",
-        choices=["unet", "dit"],
+        choices=["unet", "dit", "egnn"],
         help="the network (model.kind): the preset's UNet, or a DiT (a transformer on patches, "
         "Peebles & Xie 2023) with the DiT defaults; tune it with --set model.width=... model.depth=...",
     )

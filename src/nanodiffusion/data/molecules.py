@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from nanodiffusion.data.files import cache_root, write_atomically
+from nanodiffusion.data.files import cache_root, check_file, one_line, write_atomically
 from nanodiffusion.errors import NanodiffError
 
 SETS = ("qm9-like", "drug-like")
@@ -48,19 +48,144 @@ CACHE_VERSION = 1
 SPLIT_SIZES = {"train": 20000, "test": 2000}
 
 
-def install_hint() -> str:
-    return "molecules need RDKit: pip install rdkit (or the package's molecules extra)"
+def require_rdkit():
+    """RDKit's Chem module with its log silenced, or one line saying how to get it."""
+    try:
+        from rdkit import Chem, RDLogger
+    except ImportError:
+        raise NanodiffError("reading, judging and drawing molecules needs RDKit: pip install rdkit") from None
+    RDLogger.DisableLog("rdApp.*")
+    return Chem
 
 
 def rdkit():
-    """RDKit's Chem and AllChem, with its log quiet, or one line saying how to install it."""
-    try:
-        from rdkit import Chem, RDLogger
-        from rdkit.Chem import AllChem
-    except ImportError:
-        raise NanodiffError(install_hint()) from None
-    RDLogger.DisableLog("rdApp.*")
+    """RDKit's Chem and AllChem (require_rdkit's one line if it is missing)."""
+    Chem = require_rdkit()
+    from rdkit.Chem import AllChem
+
     return Chem, AllChem
+
+
+def largest_fragment(mol):
+    """The fragment of a sanitized molecule with the most atoms (hydrogens counted), as in EDM."""
+    frags = require_rdkit().GetMolFrags(mol, asMols=True, sanitizeFrags=False)
+    return max(frags, key=lambda f: f.GetNumAtoms())
+
+
+def mol_smiles(mol) -> str:
+    """The canonical SMILES of an RDKit molecule as smiles_of writes it: no hydrogens, no stereo."""
+    Chem = require_rdkit()
+    return Chem.MolToSmiles(Chem.RemoveHs(mol, sanitize=False), isomericSmiles=False)
+
+
+def canonical(smiles: str) -> str | None:
+    """smiles in the form smiles_of gives (RDKit canonical, no stereo); None if it does not parse.
+    Use it on training SMILES before judging novelty."""
+    Chem = require_rdkit()
+    mol = Chem.MolFromSmiles(smiles)
+    return None if mol is None else Chem.MolToSmiles(mol, isomericSmiles=False)
+
+
+def _read_sdf(path: Path) -> list:
+    Chem = require_rdkit()
+    out = []
+    try:
+        supplier = Chem.SDMolSupplier(str(path), removeHs=False)
+        for i, mol in enumerate(supplier, start=1):
+            if mol is None:
+                raise NanodiffError(f"cannot read {path}: record {i} does not parse as a molecule")
+            if mol.GetNumConformers() == 0:
+                raise NanodiffError(f"cannot read {path}: record {i} has no coordinates")
+            conf = mol.GetConformer()
+            positions = np.array(conf.GetPositions(), dtype=np.float64).reshape(-1, 3)
+            if not conf.Is3D() or (len(positions) >= 3 and not positions[:, 2].any()):
+                raise NanodiffError(f"cannot read {path}: record {i} has 2-D coordinates, not 3-D")
+            elements = [a.GetSymbol() for a in mol.GetAtoms()]
+            out.append((elements, positions, mol_smiles(largest_fragment(mol))))
+    except OSError as e:
+        raise NanodiffError(f"cannot read {path}: {one_line(e)}") from None
+    return out
+
+
+def _read_xyz(path: Path) -> list:
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise NanodiffError(f"cannot read {path}: {one_line(e)}") from None
+    out, i = [], 0
+    while i < len(lines):
+        if not lines[i].strip():
+            i += 1
+            continue
+        try:
+            count = int(lines[i].split()[0])
+        except ValueError:
+            raise NanodiffError(f"cannot read {path}: line {i + 1} should be an atom count") from None
+        if count < 0 or i + 2 + count > len(lines):
+            raise NanodiffError(f"cannot read {path}: the frame at line {i + 1} is cut short")
+        elements, positions = [], []
+        for j in range(i + 2, i + 2 + count):
+            words = lines[j].replace("*^", "e").split()
+            try:
+                if len(words) < 4 or not words[0].isalpha():
+                    raise ValueError
+                positions.append([float(w) for w in words[1:4]])
+            except ValueError:
+                raise NanodiffError(f"cannot read {path}: line {j + 1} is not 'element x y z'") from None
+            elements.append(words[0].capitalize())
+        positions = np.array(positions, dtype=np.float64).reshape(-1, 3)
+        out.append((elements, positions, None))  # io.molecules.read_molecules infers the bonds
+        i += 2 + count
+    return out
+
+
+def read_molecule_file(path) -> list[tuple[list[str], np.ndarray, str | None]]:
+    """The molecules of an .sdf or .xyz file as (elements, positions, smiles): for SDF the SMILES
+    of the file's own bonds (largest fragment), for XYZ None (io.molecules.read_molecules reads
+    bonds from distances). Refused in one line: an SDF record that does not parse (RDKit sanitizes it) or
+    whose coordinates are 2-D (the header says so, or all z are 0 in a molecule of 3 atoms or
+    more), an XYZ line that is not "element x y z", a frame cut short, a file without molecules."""
+    path = check_file(path, "molecule file")
+    suffix = path.suffix.lower()
+    if suffix not in (".sdf", ".xyz"):
+        raise NanodiffError(f"cannot read {path}: molecules are read from .sdf or .xyz files")
+    out = _read_sdf(path) if suffix == ".sdf" else _read_xyz(path)
+    if not out:
+        raise NanodiffError(f"cannot read {path}: it holds no molecules")
+    return out
+
+
+def read_smiles(path_or_list) -> list:
+    """(canonical smiles, RDKit Mol) for each SMILES of a list of strings or of a .smi/.txt file
+    (the first field of each non-empty line; a first line "SMILES" is a header)."""
+    Chem = require_rdkit()
+    if isinstance(path_or_list, (str, Path)):
+        path = check_file(path_or_list, "SMILES file")
+        if path.suffix.lower() not in (".smi", ".txt"):
+            raise NanodiffError(f"cannot read {path}: SMILES are read from .smi or .txt files")
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise NanodiffError(f"cannot read {path}: {one_line(e)}") from None
+        where = f" of {path}"
+    else:
+        lines, where = [str(s) for s in path_or_list], ""
+    out, first = [], True
+    for number, line in enumerate(lines, start=1):
+        words = line.split()
+        if not words:
+            continue
+        if first and words[0].lower() == "smiles":
+            first = False
+            continue
+        first = False
+        mol = Chem.MolFromSmiles(words[0])
+        if mol is None:
+            raise NanodiffError(f"the SMILES {words[0]!r} on line {number}{where} does not parse")
+        out.append((Chem.MolToSmiles(mol, isomericSmiles=False), mol))
+    if not out:
+        raise NanodiffError(f"no SMILES{where or ' in the list'}")
+    return out
 
 
 # --- 3-D structures ----------------------------------------------------------------------------
@@ -256,12 +381,10 @@ def is_molecule_file(name: str) -> bool:
 
 def load_molecule_file(path: str, split: str = "train", hydrogens: bool = True, progress: bool = True):
     """A user's molecules: SMILES (.smi, or a .txt whose name says smiles) or 3-D (.sdf, .xyz)."""
-    from nanodiffusion.io.molecules import read_molecules, read_smiles
-
     if split == "test":
         raise NanodiffError(f"{path} has no test split: a file is one split")
     if Path(path).suffix.lower() in (".sdf", ".xyz"):
-        records = read_molecules(path)
+        records = read_molecule_file(path)
         Chem, _ = rdkit()
         mols = []
         for els, pos, _ in records:
@@ -331,7 +454,9 @@ def build_shipped(out: Path = SHIPPED, seed: int = 0) -> None:
     Chem, _ = rdkit()
     spec = importlib.util.find_spec("moses")  # its files only: importing moses needs its old pins
     if spec is None:
-        raise NanodiffError("building the shipped SMILES needs MOSES: pip install --no-deps molsets")
+        raise NanodiffError(
+            "building the shipped SMILES needs MOSES: install the molsets package without its dependencies"
+        )
     root = Path(spec.submodule_search_locations[0]) / "dataset" / "data"
     train = gzip.open(root / "train.csv.gz", "rt").read().split("\n")[1:]
     test = gzip.open(root / "test.csv.gz", "rt").read().split("\n")[1:]

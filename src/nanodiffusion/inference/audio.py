@@ -26,7 +26,10 @@ from nanodiffusion.io.config import Config
 from nanodiffusion.nets import sample_shape
 
 SOUND = ("audio", "spectrogram")
-WHAT = {"image": "images", "video": "videos", "audio": "sound", "spectrogram": "sound", "roll": "music"}
+WHAT = {
+    "image": "images", "video": "videos", "audio": "sound", "spectrogram": "sound", "roll": "music",
+    "molecule": "molecules",
+}  # fmt: skip
 
 
 def run_modality(cfg: Config) -> str:

@@ -32,7 +32,7 @@ def draws_molecules(cfg: Config) -> bool:
 
 def atom_types(cfg: Config) -> list[str]:
     if not draws_molecules(cfg):
-        raise NanodiffError("this run does not draw molecules (train one with --preset qm9-like)")
+        raise NanodiffError("this run does not draw molecules (train one with the qm9-like preset)")
     return cfg.data.atom_types.split("|")
 
 

@@ -23,8 +23,35 @@ from pathlib import Path
 
 import numpy as np
 
-from nanodiffusion.data.files import check_file, one_line, write_atomically
+from nanodiffusion.data.files import write_atomically
+from nanodiffusion.data.molecules import (  # the readers sit in the data layer, which loads user files
+    canonical,
+    largest_fragment,
+    mol_smiles,
+    read_molecule_file,
+    read_smiles,
+    require_rdkit,
+)
 from nanodiffusion.errors import NanodiffError
+
+__all__ = [  # the readers are data.molecules', imported here where files are read and written
+    "BOND_LENGTHS",
+    "MARGINS",
+    "bond_matrix",
+    "bond_order",
+    "canonical",
+    "check_molecule",
+    "draw_grid",
+    "largest_fragment",
+    "mol_smiles",
+    "read_molecules",
+    "read_smiles",
+    "require_rdkit",
+    "smiles_of",
+    "to_rdkit",
+    "write_sdf",
+    "write_xyz",
+]
 
 # typical bond lengths in pm (standard tables of covalent bond lengths), "A-B length" per entry
 _SINGLE = """
@@ -67,16 +94,6 @@ def _threshold_table() -> np.ndarray:
 
 
 _THRESHOLDS = _threshold_table()
-
-
-def require_rdkit():
-    """RDKit's Chem module with its log silenced, or one line saying how to get it."""
-    try:
-        from rdkit import Chem, RDLogger
-    except ImportError:
-        raise NanodiffError("reading, judging and drawing molecules needs RDKit: pip install rdkit") from None
-    RDLogger.DisableLog("rdApp.*")
-    return Chem
 
 
 def bond_order(a: str, b: str, distance_pm: float) -> int:
@@ -178,18 +195,6 @@ def to_rdkit(elements, positions, bonds: np.ndarray | None = None):
     return mol
 
 
-def largest_fragment(mol):
-    """The fragment of a sanitized molecule with the most atoms (hydrogens counted), as in EDM."""
-    frags = require_rdkit().GetMolFrags(mol, asMols=True, sanitizeFrags=False)
-    return max(frags, key=lambda f: f.GetNumAtoms())
-
-
-def mol_smiles(mol) -> str:
-    """The canonical SMILES of an RDKit molecule as smiles_of writes it: no hydrogens, no stereo."""
-    Chem = require_rdkit()
-    return Chem.MolToSmiles(Chem.RemoveHs(mol, sanitize=False), isomericSmiles=False)
-
-
 def smiles_of(elements, positions) -> str | None:
     """The canonical SMILES (no hydrogens, no stereo) of the largest fragment of to_rdkit; None
     when the molecule is invalid."""
@@ -197,114 +202,16 @@ def smiles_of(elements, positions) -> str | None:
     return None if mol is None else mol_smiles(largest_fragment(mol))
 
 
-def canonical(smiles: str) -> str | None:
-    """smiles in the form smiles_of gives (RDKit canonical, no stereo); None if it does not parse.
-    Use it on training SMILES before judging novelty."""
-    Chem = require_rdkit()
-    mol = Chem.MolFromSmiles(smiles)
-    return None if mol is None else Chem.MolToSmiles(mol, isomericSmiles=False)
-
-
-def _read_sdf(path: Path) -> list:
-    Chem = require_rdkit()
-    out = []
-    try:
-        supplier = Chem.SDMolSupplier(str(path), removeHs=False)
-        for i, mol in enumerate(supplier, start=1):
-            if mol is None:
-                raise NanodiffError(f"cannot read {path}: record {i} does not parse as a molecule")
-            if mol.GetNumConformers() == 0:
-                raise NanodiffError(f"cannot read {path}: record {i} has no coordinates")
-            conf = mol.GetConformer()
-            positions = np.array(conf.GetPositions(), dtype=np.float64).reshape(-1, 3)
-            if not conf.Is3D() or (len(positions) >= 3 and not positions[:, 2].any()):
-                raise NanodiffError(f"cannot read {path}: record {i} has 2-D coordinates, not 3-D")
-            elements = [a.GetSymbol() for a in mol.GetAtoms()]
-            out.append((elements, positions, mol_smiles(largest_fragment(mol))))
-    except OSError as e:
-        raise NanodiffError(f"cannot read {path}: {one_line(e)}") from None
-    return out
-
-
-def _read_xyz(path: Path) -> list:
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise NanodiffError(f"cannot read {path}: {one_line(e)}") from None
-    out, i = [], 0
-    while i < len(lines):
-        if not lines[i].strip():
-            i += 1
-            continue
-        try:
-            count = int(lines[i].split()[0])
-        except ValueError:
-            raise NanodiffError(f"cannot read {path}: line {i + 1} should be an atom count") from None
-        if count < 0 or i + 2 + count > len(lines):
-            raise NanodiffError(f"cannot read {path}: the frame at line {i + 1} is cut short")
-        elements, positions = [], []
-        for j in range(i + 2, i + 2 + count):
-            words = lines[j].replace("*^", "e").split()
-            try:
-                if len(words) < 4 or not words[0].isalpha():
-                    raise ValueError
-                positions.append([float(w) for w in words[1:4]])
-            except ValueError:
-                raise NanodiffError(f"cannot read {path}: line {j + 1} is not 'element x y z'") from None
-            elements.append(words[0].capitalize())
-        positions = np.array(positions, dtype=np.float64).reshape(-1, 3)
-        out.append((elements, positions, smiles_of(elements, positions)))
-        i += 2 + count
-    return out
-
-
 def read_molecules(path) -> list[tuple[list[str], np.ndarray, str | None]]:
     """The molecules of an .sdf or .xyz file as (elements, positions, smiles): for SDF the SMILES
     of the file's own bonds (largest fragment), for XYZ that of the distance-inferred bonds (None
-    when invalid). Refused in one line: an SDF record that does not parse (RDKit sanitizes it) or
-    whose coordinates are 2-D (the header says so, or all z are 0 in a molecule of 3 atoms or
-    more), an XYZ line that is not "element x y z", a frame cut short, a file without molecules."""
-    path = check_file(path, "molecule file")
-    suffix = path.suffix.lower()
-    if suffix not in (".sdf", ".xyz"):
-        raise NanodiffError(f"cannot read {path}: molecules are read from .sdf or .xyz files")
-    out = _read_sdf(path) if suffix == ".sdf" else _read_xyz(path)
-    if not out:
-        raise NanodiffError(f"cannot read {path}: it holds no molecules")
-    return out
+    when invalid). The refusals are data.molecules.read_molecule_file's."""
+    return [(e, p, s if s is not None or path_suffix(path) != ".xyz" else smiles_of(e, p))
+            for e, p, s in read_molecule_file(path)]  # fmt: skip
 
 
-def read_smiles(path_or_list) -> list:
-    """(canonical smiles, RDKit Mol) for each SMILES of a list of strings or of a .smi/.txt file
-    (the first field of each non-empty line; a first line "SMILES" is a header)."""
-    Chem = require_rdkit()
-    if isinstance(path_or_list, (str, Path)):
-        path = check_file(path_or_list, "SMILES file")
-        if path.suffix.lower() not in (".smi", ".txt"):
-            raise NanodiffError(f"cannot read {path}: SMILES are read from .smi or .txt files")
-        try:
-            lines = path.read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise NanodiffError(f"cannot read {path}: {one_line(e)}") from None
-        where = f" of {path}"
-    else:
-        lines, where = [str(s) for s in path_or_list], ""
-    out, first = [], True
-    for number, line in enumerate(lines, start=1):
-        words = line.split()
-        if not words:
-            continue
-        if first and words[0].lower() == "smiles":
-            first = False
-            continue
-        first = False
-        mol = Chem.MolFromSmiles(words[0])
-        if mol is None:
-            raise NanodiffError(f"the SMILES {words[0]!r} on line {number}{where} does not parse")
-        out.append((Chem.MolToSmiles(mol, isomericSmiles=False), mol))
-    if not out:
-        raise NanodiffError(f"no SMILES{where or ' in the list'}")
-    return out
+def path_suffix(path) -> str:
+    return Path(path).suffix.lower()
 
 
 def write_xyz(path, elements, positions, comment: str = "") -> Path:

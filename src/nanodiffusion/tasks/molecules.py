@@ -47,9 +47,10 @@ def draw_sizes(cfg, n: int, seed: int, labels: torch.Tensor | None = None) -> to
 def size_mask(sizes: torch.Tensor, max_atoms: int) -> torch.Tensor:
     """[n, max_atoms] masks of the first sizes[i] rows."""
     sizes = torch.as_tensor(sizes, dtype=torch.long).reshape(-1)
-    if len(sizes) and (sizes.min() < 1 or sizes.max() > max_atoms):
+    bad = [int(k) for k in sizes if not 1 <= k <= max_atoms]
+    if bad:
         raise NanodiffError(
-            f"molecules must have 1 to {max_atoms} atoms (the model's maximum), got {sizes.tolist()}"
+            f"a molecule of {bad[0]} atoms: this model's molecules have 1 to at most {max_atoms}"
         )
     return (torch.arange(max_atoms)[None] < sizes[:, None]).float()
 
@@ -91,7 +92,7 @@ class Molecules:
 def _molecule_preset(name: str, width: int, depth: int, batch: int, steps: int, **data) -> Config:
     """Equivariant diffusion as Hoogeboom et al. 2022 train it (eps prediction, uniform t, plain
     MSE; a cosine schedule of 1000 steps in place of their polynomial one), at CPU size."""
-    model = EGNNConfig(width=width, depth=depth)
+    model = EGNNConfig(width=width, depth=depth, num_classes=data.get("property_bins", 0))
     run = RunConfig(steps=steps, sample_every=0, checkpoint_every=250, sampler="ddim", sample_steps=100)
     run.sample_n = 16
     return Config(
