@@ -27,7 +27,7 @@ def judge_run(run: Path, n: int, quick: bool, picture: Path) -> dict:
 
     nfe = (2, 3) if quick else NFE
     first = evaluate_molecules(
-        run, n=n, steps=(nfe[0],), with_baselines=False, conditioning=not quick or True, progress=False
+        run, n=n, steps=(nfe[0],), sampler="ddpm", with_baselines=False, progress=False
     )
     sets = dict(first["sets"])
     timing = dict(first["cpu_s_per_molecule"])
@@ -40,9 +40,9 @@ def judge_run(run: Path, n: int, quick: bool, picture: Path) -> dict:
         import time
 
         t = time.process_time()
-        mols = _draw(cfg, denoiser, m, "ddim", k, 0, False)
-        timing[f"ddim-{k}"] = (time.process_time() - t) / m
-        sets[f"model, ddim {k} steps"] = judge_molecules(mols, **judge)
+        mols = _draw(cfg, denoiser, m, "ddpm", k, 0, False)
+        timing[f"ddpm-{k}"] = (time.process_time() - t) / m
+        sets[f"model, ddpm {k} steps"] = judge_molecules(mols, **judge)
         if k == 100 or shown is None:
             shown = mols
     sets.update(baselines(data, n))

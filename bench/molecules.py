@@ -7,7 +7,7 @@ its process time reaches its budget (the cosine decay planned to end with it):
   hydrogens, an EGNN of width 96 and 6 layers, conditioned on the QED tercile);
 - drug-like: the `drug-like` preset (MOSES molecules as heavy atoms), the same budget.
 
-Then each model draws N molecules (DDIM at 50, 100 and 500 network evaluations; N/2 at 500),
+Then each model draws N molecules (ancestral DDPM steps at 50, 100 and 500 network evaluations; N/2 at 500),
 judged by metrics.molecules beside the random-atoms baseline, the training set (the ceiling) and
 the published numbers of EDM on QM9; the QED-conditional model draws N/2 molecules towards each
 QED tercile (guidance 1 and 2) and the shift of the mean QED is reported in standard deviations

@@ -248,7 +248,7 @@ def test_generate_sample_and_eval_molecules_through_the_cli(small_run, tmp_path,
 
     result = json.loads(js.read_text())
     assert set(result["sets"]) >= {
-        "model, ddim 2 steps",
+        "model, ddpm 2 steps",
         "random atoms",
         "training set",
         "EDM on QM9 (paper)",

@@ -133,7 +133,7 @@ def add_eval_molecules(sub) -> None:
     )
     ev.add_argument("--no-baselines", action="store_true", help="skip the random-atoms and training-set rows")
     common.add_drawing(ev, steps=100, out="RUN/eval-molecules/<sampler>-<steps>-n<n>-seed<s>.json")
-    ev.set_defaults(func=cmd_eval_molecules, sampler="ddim")  # the paper's sampler: ancestral steps
+    ev.set_defaults(func=cmd_eval_molecules, sampler="ddpm")  # the paper's sampler: ancestral steps
 
 
 def cmd_eval_molecules(args) -> int:

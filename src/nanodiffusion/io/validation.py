@@ -125,6 +125,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.kind": ((lambda v: v in ("unet", "dit", "egnn")), "unet, dit or egnn"),
     "model.max_atoms": POSITIVE,
     "model.coords_range": POSITIVE_REAL,
+    "model.rbf": NON_NEGATIVE,
+    "model.normalization": NON_NEGATIVE_REAL,
     "data.property_bins": _int(2, 100),
     "data.property": (
         (lambda v: v in ("", "qed", "logp", "heavy_atoms")),

@@ -44,6 +44,8 @@ class EGNNConfig:
     depth: int = 6  # equivariant layers
     num_classes: int = 0  # 0: unconditional; else index num_classes is "no class"
     coords_range: float = 15.0  # C: the bound on one layer's step of x (EDM's tanh)
+    rbf: int = 0  # > 0: each distance also as this many Gaussians over 0-6 Å (SchNet's expansion)
+    normalization: float = 0.0  # messages summed and divided by this (EDM: 1); 0: their mean
     context_dim: int = 0  # text conditioning: not for atoms (kept for the shared checks)
     cond_channels: int = 0  # an image condition: not for atoms (kept for the shared checks)
     dropout: float = 0.0
@@ -88,13 +90,13 @@ def center(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class EquivariantLayer(nn.Module):
     """One E(n)-equivariant graph convolutional layer (EGCL, paper eq. 3-6) over an edge list."""
 
-    def __init__(self, width: int, coords_range: float):
+    def __init__(self, width: int, coords_range: float, rbf: int = 0):
         super().__init__()
-        self.coords_range = coords_range
+        self.coords_range, self.rbf = coords_range, rbf
         # phi_e's first layer on [h_i, h_j, d2, d2_0], applied as A h_i + B h_j + (d2, d2_0) w: the
         # per-atom products are computed once, not once per edge
         self.edge_i, self.edge_j = nn.Linear(width, width), nn.Linear(width, width, bias=False)
-        self.edge_d = nn.Linear(2, width, bias=False)
+        self.edge_d = nn.Linear(2 + rbf, width, bias=False)
         self.edge_out = nn.Sequential(nn.SiLU(), nn.Linear(width, width), nn.SiLU())
         self.gate = nn.Linear(width, 1)  # phi_inf
         self.phi_x = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 1, bias=False))
@@ -108,7 +110,11 @@ class EquivariantLayer(nn.Module):
         first distances, count [A, 1] each atom's neighbours (at least 1)."""
         diff = x[row] - x[col]  # x_i - x_j
         d2 = (diff**2).sum(-1, keepdim=True)
-        m = self.edge_i(h)[row] + self.edge_j(h)[col] + self.edge_d(torch.cat([d2, d2_0], -1))
+        edge = [d2, d2_0]
+        if self.rbf:  # Gaussians of width 6 / rbf Å centred from 0 to 6 Å (Schutt et al. 2017)
+            centres = torch.linspace(0, 6, self.rbf, device=x.device, dtype=x.dtype)
+            edge.append(torch.exp(-((((d2 + 1e-8).sqrt() - centres) * (self.rbf / 6)) ** 2)))
+        m = self.edge_i(h)[row] + self.edge_j(h)[col] + self.edge_d(torch.cat(edge, -1))
         m = self.edge_out(m)
         m = m * torch.sigmoid(self.gate(m))
         step = diff / (d2 + 1e-8).sqrt().add(1) * torch.tanh(self.phi_x(m)) * self.coords_range
@@ -129,7 +135,7 @@ class EGNN(nn.Module):
         self.time = nn.Sequential(nn.Linear(W, W), nn.SiLU(), nn.Linear(W, W))
         self.class_emb = nn.Embedding(cfg.num_classes + 1, W) if cfg.num_classes else None
         self.text_emb = None
-        self.layers = nn.ModuleList(EquivariantLayer(W, cfg.coords_range) for _ in range(cfg.depth))
+        self.layers = nn.ModuleList(EquivariantLayer(W, cfg.coords_range, cfg.rbf) for _ in range(cfg.depth))
         self.out = nn.Sequential(nn.LayerNorm(W), nn.Linear(W, K))
 
     def forward(self, x, c_noise, cond=None, mask=None):
@@ -154,6 +160,8 @@ class EGNN(nn.Module):
         b, i, j = pair.nonzero(as_tuple=True)
         row, col = b * N + i, b * N + j
         count = pair.sum(2).reshape(B * N, 1).clamp(min=1).to(x.dtype)
+        if self.cfg.normalization:
+            count = torch.full_like(count, self.cfg.normalization)
         y = pos.reshape(B * N, COORDS)
         d2_0 = ((y[row] - y[col]) ** 2).sum(-1, keepdim=True)
         for layer in self.layers:

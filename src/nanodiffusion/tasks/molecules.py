@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import torch
 
+from nanodiffusion.core.losses import LossConfig
 from nanodiffusion.core.pointsets import PointMask, mask_of, on_points, project
 from nanodiffusion.core.schedules import Schedule
 from nanodiffusion.errors import NanodiffError
-from nanodiffusion.io.config import Config, DataConfig, OptimConfig, RunConfig
+from nanodiffusion.io.config import Config, DataConfig, DiffusionConfig, OptimConfig, RunConfig
 from nanodiffusion.nets.egnn import EGNNConfig
 from nanodiffusion.tasks.base import Sampling
 
@@ -90,15 +91,20 @@ class Molecules:
 
 
 def _molecule_preset(name: str, width: int, depth: int, batch: int, steps: int, **data) -> Config:
-    """Equivariant diffusion as Hoogeboom et al. 2022 train it (eps prediction, uniform t, plain
-    MSE; a cosine schedule of 1000 steps in place of their polynomial one), at CPU size."""
+    """Equivariant diffusion (Hoogeboom et al. 2022's network, noise and sampling) trained with
+    Karras et al. 2022's preconditioning, lognormal noise levels and loss weighting (sigma_data 1:
+    coordinates in Å): in a short CPU budget it draws more valid molecules than the paper's eps
+    prediction with uniform t (docs/molecules.md), and a cosine schedule's last level (sigma 2e4)
+    wrecks the first steps of sampling. Sampled by ancestral steps (DDPM), as the paper does."""
     model = EGNNConfig(width=width, depth=depth, num_classes=data.get("property_bins", 0))
-    run = RunConfig(steps=steps, sample_every=0, checkpoint_every=250, sampler="ddim", sample_steps=100)
+    run = RunConfig(steps=steps, sample_every=0, checkpoint_every=250, sampler="ddpm", sample_steps=100)
     run.sample_n = 16
     return Config(
         data=DataConfig(name=name, task="molecules", **data),
         model=model,
-        schedule=Schedule(kind="cosine"),
+        schedule=Schedule(kind="edm"),
+        diffusion=DiffusionConfig(parameterization="edm", sigma_data=1.0),
+        loss=LossConfig(sigma_sampling="lognormal", weighting="edm"),
         optim=OptimConfig(lr=1e-3, batch_size=batch, warmup_steps=100, grad_clip=1.0),
         run=run,
     )

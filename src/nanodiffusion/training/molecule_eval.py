@@ -77,7 +77,7 @@ def evaluate_molecules(
     run: str | Path,
     n: int = 500,
     steps: tuple[int, ...] = (100,),
-    sampler: str = "ddim",
+    sampler: str = "ddpm",
     seed: int = 0,
     guidance: float = 2.0,
     with_baselines: bool = True,
@@ -136,14 +136,15 @@ def _draw(cfg, denoiser, n, sampler, steps, seed, progress, **options):
 
 
 def _conditioning(cfg, denoiser, data, n, sampler, steps, seed, guidance, judge) -> dict:
-    """The property's mean drawn unconditionally and towards the first and last bins, and the
-    shifts in standard deviations of the training data."""
+    """The property's mean drawn unconditionally and towards the first and last bins (n/2
+    molecules each, at least 2), and the shifts in standard deviations of the training data."""
     from nanodiffusion.metrics.molecules import judge_molecules
 
     prop = cfg.data.property
     values = data["train"].properties[prop]
     std = float(np.std(values))
     key = {"qed": "qed", "logp": "logp", "heavy_atoms": "heavy_atoms"}[prop]
+    n = max(n // 2, 2)
     plain = judge_molecules(_draw(cfg, denoiser, n, sampler, steps, seed, False), **judge)
     bins = property_bins(cfg)
     rows = {"unconditional": {"mean": plain[key], "validity": plain["validity"]}}
