@@ -18,6 +18,7 @@ from nanodiffusion.core.samplers import SAMPLERS
 from nanodiffusion.core.schedules import Schedule
 from nanodiffusion.nets.egnn import EGNN, EGNNConfig
 from one_line import error_of
+from torchrun_helper import assert_same_steps, needs_torchrun, run_one_and_two
 
 pytest.importorskip("rdkit")
 
@@ -286,3 +287,32 @@ def test_bad_molecule_input_is_one_line(small_run, tmp_path, capsys):
     _fails(capsys, ["train", "--preset", "qm9-like", "--set", "model.kind=unet", "--set", "data.limit=20",
                     "--out", str(tmp_path / "r2")], "EGNN")  # fmt: skip
     assert not (tmp_path / "o").exists()  # nothing was written by a refused command
+
+
+SMILES = """CCO CC(=O)O CC#N c1ccncc1 CC(C)=O NC(N)=O NCC(=O)O FC(F)F OCCO CNC=O C1CCOC1 CC(C)CO
+C=CC=O COC(C)=O CC(N)C(=O)O OC1CCCC1 N#CCC#N CCOC(N)=O O=C1CCCN1 CC1=CNC=C1""".split()
+
+
+@needs_torchrun
+@pytest.mark.slow
+def test_two_process_molecule_training_takes_the_same_steps(tmp_path):
+    """An EGNN on a SMILES file under torchrun with two processes takes the steps of one."""
+    data = tmp_path / "small.smi"
+    data.write_text("\n".join(SMILES) + "\n")
+    run_one_and_two(
+        ["train", "--preset", "qm9-like", "--data", str(data), "--steps", "3", "--batch-size", "4",
+         "--set", "model.width=16", "--set", "model.depth=2", "--set", "data.class_conditional=false",
+         "--set", "model.num_classes=0", "--set", "optim.warmup_steps=1", "--set", "run.sample_n=2",
+         "--set", "run.sample_steps=2", "--set", "run.checkpoint_every=3", "--quiet"],
+        tmp_path / "one",
+        tmp_path / "two",
+    )  # fmt: skip
+    from nanodiffusion.inference.pipelines import build_denoiser
+    from nanodiffusion.io.checkpoint import load_config
+
+    cfg = load_config(tmp_path / "one")
+    assert cfg.data.atom_types == "H|C|N|O|F" and cfg.model.max_atoms == 16  # cyclopentanol: 16 atoms
+    torch.manual_seed(cfg.run.seed)
+    init = dict(build_denoiser(cfg).net.state_dict())
+    files = ["run/model.safetensors", "run/ema.safetensors"]
+    assert_same_steps(tmp_path / "one", tmp_path / "two", files, init, atol=2e-4)
