@@ -45,8 +45,8 @@ def test_model_kind_picks_the_network_and_keeps_the_shared_keys():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["model.kind=transformer"], "model.kind must be one of 'unet', 'dit', got 'transformer'"),
-        (["model.kind=[]"], "model.kind must be one of 'unet', 'dit', got \\[\\]"),  # unhashable
+        (["model.kind=transformer"], "model.kind must be one of 'unet', 'dit', 'egnn', got 'transformer'"),
+        (["model.kind=[]"], "model.kind must be one of 'unet', 'dit', 'egnn', got \\[\\]"),  # unhashable
         (["model.kind=dit", "model.channels=32"], "unknown config key 'model.channels'"),
         (
             ["model.kind=dit", "model.patch_size=3"],

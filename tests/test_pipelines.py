@@ -210,7 +210,7 @@ def test_an_unknown_task_is_one_line_naming_the_choices(tiny_config):
         prepare_config(tiny_config, load_data("digits"))
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", sorted(t for t in TASKS if t != "molecules"))  # atoms: test_molecules.py
 def test_every_task_trains_a_tiny_run_and_its_grid_is_the_tasks_draw(name, tiny_config, tmp_path):
     """The trainer's final grid (RUN/samples.png) is exactly draw() with the task's grid inputs."""
     from PIL import Image

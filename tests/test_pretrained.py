@@ -66,12 +66,14 @@ def test_the_weights_ship_as_float16_and_few_megabytes():
 
 
 def test_a_wheel_takes_every_shipped_file():
-    """pyproject.toml's package data covers every file under weights/, so pip installs them."""
+    """pyproject.toml's package data covers every file under weights/ and the molecule sets' SMILES
+    (data/smiles/), so pip installs them."""
     root = Path(__file__).resolve().parent.parent
     globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     package = WEIGHTS_ROOT.parent
     taken = {p for pattern in globs["nanodiffusion"] for p in package.glob(pattern)}
-    assert taken == {p for p in WEIGHTS_ROOT.rglob("*") if p.is_file()}
+    shipped = [*WEIGHTS_ROOT.rglob("*"), *(package / "data" / "smiles").rglob("*")]
+    assert taken == {p for p in shipped if p.is_file()}
 
 
 def test_list_pretrained_names_and_describes_every_model():

@@ -108,7 +108,10 @@ BAD = [
     (["data.noise_aug=-1"], "data.noise_aug must be a finite number >= 0, got -1"),
     (["data.residual_scale=Infinity"], "data.residual_scale must be a finite number >= 0, got inf"),
     (["data.crop=-4"], "data.crop must be an integer >= 0, got -4"),
-    (["data.task=colorize"], "data.task must be one of '', 'inpaint', 'upscale', 'molecules', got 'colorize'"),
+    (
+        ["data.task=colorize"],
+        "data.task must be one of '', 'inpaint', 'upscale', 'molecules', got 'colorize'",
+    ),
     (
         ["data.class_conditional=true", "data.text_encoder=minilm"],
         "data.class_conditional = true and data.text_encoder = 'minilm': train on labels or on captions, "
