@@ -237,13 +237,13 @@ class Settings:
 
 
 def budgeted_main(
-    script: str, doc: Path, section: str, name: str, n: int, n_quick: int, help: dict, work
+    script: str, doc: Path, section: str, name: str, n: int, n_quick: int, help: dict, jobs, run_job, report
 ) -> None:
     """The main of a budgeted benchmark: its command line (budget_arguments; `help` holds the
     description and the help of --n and --budget-min), its Settings (runs/bench-NAME, 30
     CPU-minutes and `n` samples a set; --quick: 0.2 minutes, `n_quick` samples, 2 steps) and its
-    jobs through run_jobs. `work(s)` gives the benchmark's (jobs, run_job(job, results),
-    report(results))."""
+    jobs through run_jobs: the benchmark's jobs(s) (names), run_job(job, s, results) and
+    report(s, results)."""
     a = budget_arguments(help["description"], doc, help["n"], help["budget"])
     q = a.quick
     s = Settings(
@@ -254,6 +254,14 @@ def budgeted_main(
         quick=q,
     )
     results = Store(s.out)
-    jobs, run_job, report = work(s)
     doc = a.out or (None if q else doc)
-    run_jobs(script, a, s.out, doc, section, jobs, lambda job: run_job(job, results), lambda: report(results))
+    run_jobs(
+        script,
+        a,
+        s.out,
+        doc,
+        section,
+        jobs(s),
+        lambda job: run_job(job, s, results),
+        lambda: report(s, results),
+    )

@@ -120,15 +120,12 @@ def report(s: Settings, results: Store) -> str:
 
 
 def main() -> None:
-    def work(s: Settings):
-        return jobs(s), lambda job, results: run_job(job, s, results), lambda results: report(s, results)
-
     help = {
         "description": __doc__.splitlines()[0],
         "n": "clips per judged set (default 300: 10 per word)",
         "budget": "CPU-minutes per speech training (default 30)",
     }
-    budgeted_main(__file__, DOC, SECTION, "audio", 300, 30, help, work)
+    budgeted_main(__file__, DOC, SECTION, "audio", 300, 30, help, jobs, run_job, report)
 
 
 if __name__ == "__main__":

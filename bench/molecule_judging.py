@@ -77,5 +77,10 @@ def format_report(s, trained: dict, judged: dict) -> str:
     for name, r in judged.items():
         if r:
             what = "with hydrogens" if r.get("hydrogens", True) else "heavy atoms only"
-            lines += ["", f"### {name} ({what}; n = {r['n']}, DDIM)", "", format_molecule_report(r)]
+            lines += [
+                "",
+                f"### {name} ({what}; n = {r['n']}, ancestral DDPM steps)",
+                "",
+                format_molecule_report(r),
+            ]
     return "\n".join(lines)

@@ -214,15 +214,12 @@ def report(s: Settings, results: Store) -> str:
 
 
 def main() -> None:
-    def work(s: Settings):
-        return jobs(s), lambda job, results: run_job(job, s, results), lambda results: report(s, results)
-
     help = {
         "description": __doc__.splitlines()[0],
         "n": "prompts per judged set (default 100)",
         "budget": "CPU-minutes per training (default 30)",
     }
-    budgeted_main(__file__, DOC, SECTION, "video", 100, 4, help, work)
+    budgeted_main(__file__, DOC, SECTION, "video", 100, 4, help, jobs, run_job, report)
 
 
 if __name__ == "__main__":
