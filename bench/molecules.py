@@ -84,10 +84,10 @@ def report(s: Settings, results: Store) -> str:
 def main() -> None:
     help = {
         "description": __doc__.splitlines()[0],
-        "n": "molecules per judged set (default 500)",
+        "n": "molecules per judged set (default 300)",
         "budget": "CPU-minutes per training (default 30)",
     }
-    budgeted_main(__file__, DOC, SECTION, "molecules", 500, 40, help, jobs, run_job, report)
+    budgeted_main(__file__, DOC, SECTION, "molecules", 300, 40, help, jobs, run_job, report)
 
 
 if __name__ == "__main__":
