@@ -23,7 +23,7 @@ def judge_run(run: Path, n: int, quick: bool, picture: Path) -> dict:
     from nanodiffusion.inference.runs import load_run
     from nanodiffusion.io.molecules import draw_grid
     from nanodiffusion.metrics.molecules import judge_molecules
-    from nanodiffusion.training.molecule_eval import _draw, reference_data
+    from nanodiffusion.training.molecule_eval import draw_batches, judging, reference_data
 
     nfe = (2, 3) if quick else NFE
     first = evaluate_molecules(
@@ -33,14 +33,14 @@ def judge_run(run: Path, n: int, quick: bool, picture: Path) -> dict:
     timing = dict(first["cpu_s_per_molecule"])
     cfg, denoiser = load_run(run, "ema", "cpu")
     data = reference_data(cfg)
-    judge = {"train_smiles": data["train_smiles"], "reference": data["reference"]}
+    judge = judging(data)
     shown = None
     for k in nfe[1:]:
         m = n if k <= 100 else max(n // 2, 2)
         import time
 
         t = time.process_time()
-        mols = _draw(cfg, denoiser, m, "ddpm", k, 0, False)
+        mols = draw_batches(cfg, denoiser, m, "ddpm", k, 0, False)
         timing[f"ddpm-{k}"] = (time.process_time() - t) / m
         sets[f"model, ddpm {k} steps"] = judge_molecules(mols, **judge)
         if k == 100 or shown is None:

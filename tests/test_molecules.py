@@ -144,11 +144,16 @@ def test_a_scaffold_keeps_its_atoms_exactly(method):
     den = build_denoiser(cfg)
     ring = [(1.39 * math.cos(a), 1.39 * math.sin(a), 0.2) for a in np.linspace(0, 2 * math.pi, 7)[:6]]
     scaffold = (["C"] * 5 + ["N"], np.asarray(ring) + 4.0)  # anywhere: the frame is the scaffold's
-    mols = draw_molecules(cfg, den, 3, scaffold=scaffold, steps=5, seed=1, inpaint=method, jump=2, resample=2)
+    mols = draw_molecules(
+        cfg, den, 3, scaffold=scaffold, steps=12, seed=1, inpaint=method, jump=2, resample=2
+    )
     for elements, pos in mols:
         assert elements[:6] == scaffold[0] and len(elements) > 6
         assert np.abs(pos[:6] - scaffold[1]).max() < 1e-5  # float32 storage of the given positions
         assert np.isfinite(pos).all()
+        # the rest is drawn where the scaffold is (the estimate takes the held atoms' frame), not
+        # where the initial noise's centre of mass put it (tens of ångström away)
+        assert np.linalg.norm(pos[6:].mean(0) - scaffold[1].mean(0)) < 2.5  # 0.4-1.7 here; 2.6-7.4 without
     big = (["C"] * 12, np.zeros((12, 3)))
     assert "at most 12" in error_of(lambda: draw_molecules(cfg, den, 1, scaffold=big))
     assert "not trained on" in error_of(
@@ -176,6 +181,14 @@ def test_molecule_tensors_and_files(tmp_path):
     assert "line 2" in error_of(load_data, str(tmp_path / "bad.smi"))
     assert "test split" in error_of(load_data, str(tmp_path / "mine.smi"), "test")
     assert "do not apply" in error_of(lambda: load_data("qm9-like", image_size=8))
+    (tmp_path / "list.txt").write_text("CCO\nCCN\nCCC\n")
+    assert len(load_data(str(tmp_path / "list.txt"), limit=2).images) == 2  # a .txt of SMILES, limited
+    (tmp_path / "nan.xyz").write_text("2\nbad\nC 0 0 nan\nO 1.2 0 0\n")
+    assert "not a finite number" in error_of(load_data, str(tmp_path / "nan.xyz"))
+    (tmp_path / "empty.xyz").write_text("1\nh\nH 0 0 0\n0\nnothing\n")
+    assert "no atoms" in error_of(load_data, str(tmp_path / "empty.xyz"))
+    (tmp_path / "w.xyz").write_text("3\nwater\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n")
+    assert "SMILES" in error_of(lambda: load_data(str(tmp_path / "w.xyz"), property="qed"))
 
 
 def test_the_judges_on_the_data_and_on_random_atoms():
@@ -190,6 +203,15 @@ def test_the_judges_on_the_data_and_on_random_atoms():
     assert real["validity"] >= 0.95 and real["atom_stability"] >= 0.98  # measured: 0.98, 0.997
     assert rand["validity"] < 0.3 and rand["atom_stability"] < 0.4
     assert rand["molecule_stability"] < real["molecule_stability"] - 0.5
+    # novelty is judged against the SMILES the judge reads from the training conformers too, so the
+    # training set is not novel to itself (aromatic rings read as single bonds would be)
+    from nanodiffusion.io.config import preset
+    from nanodiffusion.training.molecule_eval import judging, reference_data
+
+    cfg = preset("qm9-like")
+    cfg.data.limit = 150
+    data = reference_data(cfg)
+    assert judge_molecules(data["train"].molecules(), **judging(data))["novelty"] == 0.0
 
 
 @pytest.fixture(scope="module")

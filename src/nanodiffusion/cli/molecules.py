@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from nanodiffusion.cli import common
 from nanodiffusion.errors import NanodiffError
 
@@ -63,6 +65,11 @@ def read_scaffold(spec: str, hydrogens: bool):
             if len(records) != 1:
                 raise NanodiffError(f"{spec} holds {len(records)} molecules; a scaffold is one")
             els, pos, _ = records[0]
+            if not hydrogens:  # a heavy-atom run: the scaffold's heavy atoms
+                keep = [i for i, e in enumerate(els) if e != "H"]
+                els, pos = [els[i] for i in keep], pos[keep]
+            if not np.isfinite(pos).all():
+                raise NanodiffError(f"{spec}: a coordinate is not a finite number")
             return list(els), pos
     smiles = read_smiles([spec])[0][0]
     made = embed(smiles, hydrogens=False)
@@ -139,7 +146,7 @@ def add_eval_molecules(sub) -> None:
 def cmd_eval_molecules(args) -> int:
     from nanodiffusion.inference.molecules import draws_molecules
     from nanodiffusion.io.molecules import draw_grid
-    from nanodiffusion.training.molecule_eval import evaluate_molecules, format_molecule_report
+    from nanodiffusion.training.molecule_eval import evaluate_molecules, format_molecule_report, molecule_json
 
     if not draws_molecules(common.run_config(args.run)):
         raise NanodiffError(f"{args.run} does not draw molecules: eval-molecules judges a molecule run")
@@ -149,8 +156,8 @@ def cmd_eval_molecules(args) -> int:
         guidance=args.guidance, with_baselines=not args.no_baselines, weights=args.weights,
         device=args.device,
     )  # fmt: skip
-    result["samples"] = result.pop("molecules")
-    molecules = common.write_judged(out, result)
+    molecules = result["molecules"]
+    common.write_judged(out, {**molecule_json(result), "samples": None})
     print(format_molecule_report(result))
     picture = draw_grid(molecules[:20], out.with_name(out.stem + "-molecules.png"))
     print(f"written: {out}, {picture} (the first {min(20, len(molecules))})")

@@ -15,8 +15,13 @@ Every sampler's update is a linear combination of x and D, so P x follows exactl
 follow if the sampler drew its noise in V, whatever noise it adds outside V (the fresh noise of
 ancestral and SDE samplers, the initial full-space noise): the part outside V never reaches the
 network, and P of the final x is the sample. D_V is translation equivariant (D_V(x + t) = D_V(x) + t)
-when the network is, so inpainting over points can hold some points fixed where they are. Training
-draws its noise in V (``project(eps)``), as the paper does.
+when the network is. Training draws its noise in V (``project(eps)``), as the paper does.
+
+Inpainting over points (some points held where they are) needs the estimate in the held points'
+frame, not the noise's: with ``anchor`` rows, the translation added to D(P x) is the one that best
+lays its anchor rows onto x's, t = mean over anchors of (x - D(P x)) (least squares), so the points
+generated around a scaffold are generated where the scaffold is. With every real point as the
+anchor, t = com(x): the plain D_V above.
 """
 
 from __future__ import annotations
@@ -67,13 +72,14 @@ class MaskedNet(nn.Module):
 
 
 class PointSetDenoiser(Denoiser):
-    """D_V of the module's docstring around a Denoiser whose network takes ``mask=``."""
+    """D_V of the module's docstring around a Denoiser whose network takes ``mask=``; ``anchor``
+    ([B or 1, N], default: the mask) the rows whose frame the estimate takes."""
 
-    def __init__(self, denoiser: Denoiser, mask: torch.Tensor):
+    def __init__(self, denoiser: Denoiser, mask: torch.Tensor, anchor: torch.Tensor | None = None):
         super().__init__(
             MaskedNet(denoiser.net, mask), denoiser.schedule, denoiser.parameterization, denoiser.sigma_data
         )
-        self.mask = mask
+        self.mask, self.anchor = mask, anchor
 
     def raw(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None):
         mask = batch_rows(self.mask, x, "a point mask")
@@ -82,22 +88,31 @@ class PointSetDenoiser(Denoiser):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None) -> torch.Tensor:
         mask = batch_rows(self.mask, x, "a point mask")
         d = super().forward(project(x, mask), sigma, cond)
-        shift = torch.cat([com(x, mask), torch.zeros_like(x[:, :1, COORDS:])], -1)
+        if self.anchor is None:
+            t = com(x, mask)
+        else:  # the translation that lays the estimate's anchor rows onto x's
+            t = com(x - d, batch_rows(self.anchor, x, "an anchor mask") * mask)
+        shift = torch.cat([t, torch.zeros_like(x[:, :1, COORDS:])], -1)
         return (d + shift) * mask[..., None]
 
 
-def on_points(denoiser: Denoiser, mask: torch.Tensor) -> PointSetDenoiser:
-    """The denoiser of point sets whose real rows are ``mask`` ([B or 1, N])."""
-    return PointSetDenoiser(denoiser, mask)
+def on_points(denoiser: Denoiser, mask: torch.Tensor, anchor: torch.Tensor | None = None) -> PointSetDenoiser:
+    """The denoiser of point sets whose real rows are ``mask`` ([B or 1, N]), in the frame of the
+    ``anchor`` rows (default: all real rows)."""
+    return PointSetDenoiser(denoiser, mask, anchor)
 
 
 class PointMask:
     """The sampling core's wrapper (inference.sampling.Wrapper) binding each batch's rows of an
-    [n or 1, N] mask."""
+    [n or 1, N] mask (and of an anchor mask: the rows held fixed, whose frame the estimate takes)."""
 
-    def __init__(self, mask: torch.Tensor):
-        self.mask = mask
+    def __init__(self, mask: torch.Tensor, anchor: torch.Tensor | None = None):
+        self.mask, self.anchor = mask, anchor
 
     def __call__(self, denoiser, rows: slice):
-        mask = self.mask if len(self.mask) == 1 else self.mask[rows]
-        return on_points(denoiser, mask.to(next(denoiser.parameters()).device))
+        device = next(denoiser.parameters()).device
+
+        def take(t):
+            return None if t is None else (t if len(t) == 1 else t[rows]).to(device)
+
+        return on_points(denoiser, take(self.mask), take(self.anchor))

@@ -286,6 +286,11 @@ def molecule_data(
     if property:
         if property not in PROPERTIES:
             raise NanodiffError(f"data.property must be one of {', '.join(PROPERTIES)}, got {property!r}")
+        if not all(mols.smiles):
+            raise NanodiffError(
+                f"data.property needs each molecule's SMILES, and {name} has molecules without (an .xyz "
+                "file has no bonds): give a .smi or .sdf file"
+            )
         values = mols.properties[property]
         edges = np.quantile(values, np.linspace(0, 1, bins + 1))
         labels = np.clip(np.searchsorted(edges[1:-1], values, side="right"), 0, bins - 1)

@@ -41,7 +41,7 @@ ELEMENTS = {  # each set's atom types, in this order in the one-hot
     "qm9-like": ("H", "C", "N", "O", "F"),
     "drug-like": ("H", "C", "N", "O", "F", "S", "Cl", "Br"),
 }
-ORDER = ("H", "C", "N", "O", "F", "P", "S", "Cl", "Br", "I", "B", "Si", "Se")  # a user file's types
+ORDER = ("H", "C", "N", "O", "F", "P", "S", "Cl", "Br", "I")  # a user file's types: the judges' elements
 TYPE_SCALE = 0.25
 SHIPPED = Path(__file__).parent / "smiles"
 CACHE_VERSION = 1
@@ -98,7 +98,7 @@ def _read_sdf(path: Path) -> list:
                 raise NanodiffError(f"cannot read {path}: record {i} has no coordinates")
             conf = mol.GetConformer()
             positions = np.array(conf.GetPositions(), dtype=np.float64).reshape(-1, 3)
-            if not conf.Is3D() or (len(positions) >= 3 and not positions[:, 2].any()):
+            if not conf.Is3D():  # the header's flag: a planar molecule written as 3-D is 3-D
                 raise NanodiffError(f"cannot read {path}: record {i} has 2-D coordinates, not 3-D")
             elements = [a.GetSymbol() for a in mol.GetAtoms()]
             out.append((elements, positions, mol_smiles(largest_fragment(mol))))
@@ -319,6 +319,11 @@ def pack(name, molecules, smiles, elements=None, hydrogens=True) -> Molecules:
     keep = [(m, s) for m, s in zip(molecules, smiles, strict=True) if m is not None]
     if not keep:
         raise NanodiffError(f"{name}: no molecule could be given 3-D coordinates")
+    for i, ((els, pos), _) in enumerate(keep, start=1):
+        if not els:
+            raise NanodiffError(f"{name}: molecule {i} has no atoms{'' if hydrogens else ' but hydrogens'}")
+        if not np.isfinite(np.asarray(pos, np.float32)).all():
+            raise NanodiffError(f"{name}: molecule {i} has a coordinate that is not a finite number")
     seen = {e for m, _ in keep for e in m[0]}
     if elements is None:
         unknown = seen - set(ORDER)
@@ -370,21 +375,22 @@ def load_molecules(
         arrays.update({f"prop_{k}": v for k, v in mols.properties.items()})
         write_atomically(path, lambda tmp: np.savez(tmp, **arrays))
         return mols
-    return load_molecule_file(name, split, hydrogens, progress)
+    return load_molecule_file(name, split, hydrogens, progress, limit)
 
 
 def is_molecule_file(name: str) -> bool:
-    return Path(name).suffix.lower() in (".smi", ".sdf", ".xyz") or (
-        Path(name).suffix.lower() == ".txt" and "smiles" in Path(name).name.lower()
-    )
+    """A .smi or .txt (SMILES), .sdf or .xyz file name."""
+    return Path(name).suffix.lower() in (".smi", ".txt", ".sdf", ".xyz")
 
 
-def load_molecule_file(path: str, split: str = "train", hydrogens: bool = True, progress: bool = True):
-    """A user's molecules: SMILES (.smi, or a .txt whose name says smiles) or 3-D (.sdf, .xyz)."""
+def load_molecule_file(
+    path: str, split: str = "train", hydrogens: bool = True, progress: bool = True, limit: int | None = None
+):
+    """A user's molecules: SMILES (.smi or .txt) or 3-D (.sdf, .xyz); the first `limit` only."""
     if split == "test":
         raise NanodiffError(f"{path} has no test split: a file is one split")
     if Path(path).suffix.lower() in (".sdf", ".xyz"):
-        records = read_molecule_file(path)
+        records = read_molecule_file(path)[:limit]
         Chem, _ = rdkit()
         mols = []
         for els, pos, _ in records:
@@ -393,12 +399,14 @@ def load_molecule_file(path: str, split: str = "train", hydrogens: bool = True, 
                 els, pos = [els[i] for i in keep], pos[keep]
             mols.append((list(els), np.asarray(pos, np.float32)))
         smiles = [s or "" for _, _, s in records]
-        out = pack(str(path), mols, ["C"] * len(mols))  # properties filled from the SMILES below
+        out = pack(
+            str(path), mols, ["C"] * len(mols), hydrogens=hydrogens
+        )  # properties: from the SMILES below
         out.smiles = smiles
         valid = [s if s and Chem.MolFromSmiles(s) is not None else "C" for s in smiles]
         out.properties = _properties(valid)
         return out
-    smiles = [s for s, _ in read_smiles(path)]
+    smiles = [s for s, _ in read_smiles(path)][:limit]
     return pack(str(path), embed_all(smiles, hydrogens=hydrogens, progress=progress), smiles)
 
 

@@ -112,7 +112,7 @@ def draw_molecules(
         sizes = sizes.clamp(min=m + 1)
         known = torch.zeros(1, N, 1)
         known[0, :m] = 1
-        edit = dict(init_image=init, known=known)
+        edit = dict(init_image=init, known=known, fixed=known[..., 0])
     mask = size_mask(sizes, N)
     x = draw(
         cfg,
@@ -139,7 +139,9 @@ def molecule_files(out: str | Path, molecules: list[Molecule], legends: list[str
 
     out = Path(out)
     (out / "xyz").mkdir(parents=True, exist_ok=True)
-    sdf = write_sdf(out / "molecules.sdf", molecules) or out / "molecules.sdf"
+    for old in (out / "xyz").glob("molecule_*.xyz"):  # an earlier draw's, so the folder holds one draw
+        old.unlink()
+    sdf = write_sdf(out / "molecules.sdf", molecules)
     for i, (els, pos) in enumerate(molecules):
         write_xyz(out / "xyz" / f"molecule_{i:04d}.xyz", els, pos, comment=f"nanodiffusion molecule {i}")
     grid = draw_grid(molecules[:100], out / "molecules.png", legends=legends)

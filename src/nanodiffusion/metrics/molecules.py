@@ -130,7 +130,10 @@ def rings_tv(a: list[int], b: list[int]) -> float:
 
 
 def judge_molecules(
-    molecules, train_smiles: set[str] | None = None, reference: list[dict] | None = None
+    molecules,
+    train_smiles: set[str] | None = None,
+    reference: list[dict] | None = None,
+    hydrogens: bool = True,
 ) -> dict:
     """EDM's judges over a list of molecules (elements, positions[, ...]): "atom_stability" (stable
     atoms / atoms), "molecule_stability" (fraction with all atoms stable), "validity" (fraction
@@ -140,7 +143,8 @@ def judge_molecules(
     (the largest fragment), and against reference (properties() dicts of held-out molecules) the
     Wasserstein-1 distances "qed_w1", "sa_w1", "logp_w1" and the ring-count "rings_tv"; "n".
     Fractions of nothing are nan; a molecule of 0 atoms or with non-finite positions counts as
-    unstable and invalid. molecules may be any iterable."""
+    unstable and invalid. molecules may be any iterable. ``hydrogens`` False: molecules of heavy
+    atoms only, whose valences hydrogens would complete: stability is not defined (None)."""
     from scipy.stats import wasserstein_distance
 
     molecules = list(molecules)
@@ -172,8 +176,8 @@ def judge_molecules(
     unique = set(smiles)
     out = {
         "n": n,
-        "atom_stability": frac(stable_atoms, atoms),
-        "molecule_stability": frac(stable_molecules, n),
+        "atom_stability": frac(stable_atoms, atoms) if hydrogens else None,
+        "molecule_stability": frac(stable_molecules, n) if hydrogens else None,
         "validity": frac(len(smiles), n),
         "uniqueness": frac(len(unique), len(smiles)),
         "validity_x_uniqueness": frac(len(unique), n),

@@ -57,11 +57,12 @@ def size_mask(sizes: torch.Tensor, max_atoms: int) -> torch.Tensor:
 
 
 class Molecules:
-    """Atoms from noise; see the module's docstring. Draw keyword: ``atoms``, the number of atoms
-    of each molecule ([n] or one int), or a mask [n, N]."""
+    """Atoms from noise; see the module's docstring. Draw keywords: ``atoms``, the number of atoms
+    of each molecule ([n] or one int), or a mask [n, N]; ``fixed``, the rows [1 or n, N] an edit
+    holds where they are (their frame is the estimate's: core.pointsets)."""
 
     name = "molecules"
-    inputs: tuple[str, ...] = ("atoms",)
+    inputs: tuple[str, ...] = ("atoms", "fixed")
 
     def prepare(self, cfg, data) -> None:
         if data.modality != "molecule":
@@ -75,7 +76,7 @@ class Molecules:
     def grid(self, cfg, images: torch.Tensor) -> dict:
         return {}
 
-    def sampling(self, cfg, n: int, seed: int, atoms=None) -> Sampling:
+    def sampling(self, cfg, n: int, seed: int, atoms=None, fixed=None) -> Sampling:
         N = cfg.model.max_atoms
         if atoms is None:
             atoms = draw_sizes(cfg, n, seed)
@@ -87,7 +88,8 @@ class Molecules:
             raise NanodiffError(
                 f"atoms: give one size, {n} sizes or masks [{n}, {N}], got {list(atoms.shape)}"
             )
-        return Sampling(clamp=False, finish=lambda x: x * mask[..., None].to(x), wrappers=[PointMask(mask)])
+        wrap = PointMask(mask, None if fixed is None else torch.as_tensor(fixed, dtype=torch.float32))
+        return Sampling(clamp=False, finish=lambda x: x * mask[..., None].to(x), wrappers=[wrap])
 
 
 def _molecule_preset(name: str, width: int, depth: int, batch: int, steps: int, **data) -> Config:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.inference.molecules import draw_molecules, draws_molecules, property_bins
@@ -31,12 +32,12 @@ BATCH = 250  # molecules drawn at once
 
 
 def reference_data(cfg, progress: bool = False) -> dict:
-    """The run's data as the judges need them: the training molecules (canonical SMILES, conformers,
-    properties) and the held-out ones (a user's file: itself)."""
-    from rdkit import Chem
-
+    """The run's data as the judges read them: the training molecules (their SMILES, and the SMILES
+    the judge reads from their own conformers: novelty is judged against both, so that a molecule
+    the judge misreads, such as an aromatic ring read as single bonds, is not counted novel) and
+    the held-out ones' properties as the judge reads them (a user's file: itself)."""
     from nanodiffusion.data.molecules import SETS, load_molecules
-    from nanodiffusion.io.molecules import canonical
+    from nanodiffusion.io.molecules import canonical, largest_fragment, smiles_of, to_rdkit
     from nanodiffusion.metrics.molecules import properties
 
     name, h = cfg.data.name, cfg.data.hydrogens
@@ -44,12 +45,21 @@ def reference_data(cfg, progress: bool = False) -> dict:
     train = load_molecules(name, "train", h, limit, progress=progress)
     test = load_molecules(name, "test", h, None, progress=progress) if name in SETS else train
     reference = []
-    for s in test.smiles:
-        mol = Chem.MolFromSmiles(s) if s else None
+    for elements, positions in test.molecules():
+        mol = to_rdkit(elements, positions)
         if mol is not None:
-            reference.append(properties(mol))
-    smiles = {c for c in (canonical(s) for s in train.smiles if s) if c}
-    return {"train": train, "test": test, "train_smiles": smiles, "reference": reference}
+            try:
+                reference.append(properties(largest_fragment(mol)))
+            except Exception:  # a descriptor RDKit cannot compute for an odd molecule
+                pass
+    read = (smiles_of(e, p) for e, p in tqdm(train.molecules(), disable=not progress, desc="training SMILES"))
+    smiles = {c for c in (canonical(s) for s in train.smiles if s) if c} | {s for s in read if s}
+    return {"train": train, "test": test, "train_smiles": smiles, "reference": reference, "hydrogens": h}
+
+
+def judging(data: dict) -> dict:
+    """judge_molecules' keywords for a run's reference_data."""
+    return {key: data[key] for key in ("train_smiles", "reference", "hydrogens")}
 
 
 def baselines(data: dict, n: int, seed: int = 0) -> dict:
@@ -66,7 +76,7 @@ def baselines(data: dict, n: int, seed: int = 0) -> dict:
     weights = {str(k): float(f) / len(types) for k, f in zip(kinds, freq, strict=True)}
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(mols), size=min(n, len(mols)), replace=False)
-    judge = {"train_smiles": data["train_smiles"], "reference": data["reference"]}
+    judge = judging(data)
     return {
         "random atoms": judge_molecules(random_atoms(counts, weights, rms, n, seed), **judge),
         "training set": judge_molecules([mols[i] for i in pick], **judge),
@@ -96,11 +106,11 @@ def evaluate_molecules(
     from nanodiffusion.metrics.molecules import judge_molecules
 
     data = reference_data(cfg, progress)
-    judge = {"train_smiles": data["train_smiles"], "reference": data["reference"]}
+    judge = judging(data)
     sets, first, timing = {}, None, {}
     for k in steps:
         t = time.process_time()
-        mols = _draw(cfg, denoiser, n, sampler, k, seed, progress)
+        mols = draw_batches(cfg, denoiser, n, sampler, k, seed, progress)
         timing[f"{sampler}-{k}"] = (time.process_time() - t) / n
         sets[f"model, {sampler} {k} steps"] = judge_molecules(mols, **judge)
         first = first if first is not None else mols
@@ -125,7 +135,8 @@ def evaluate_molecules(
     return result
 
 
-def _draw(cfg, denoiser, n, sampler, steps, seed, progress, **options):
+def draw_batches(cfg, denoiser, n, sampler, steps, seed, progress, **options):
+    """draw_molecules in batches of BATCH (each seeded by its first index)."""
     out = []
     for start in range(0, n, BATCH):
         out += draw_molecules(
@@ -145,13 +156,12 @@ def _conditioning(cfg, denoiser, data, n, sampler, steps, seed, guidance, judge)
     std = float(np.std(values))
     key = {"qed": "qed", "logp": "logp", "heavy_atoms": "heavy_atoms"}[prop]
     n = max(n // 2, 2)
-    plain = judge_molecules(_draw(cfg, denoiser, n, sampler, steps, seed, False), **judge)
+    plain = judge_molecules(draw_batches(cfg, denoiser, n, sampler, steps, seed, False), **judge)
     bins = property_bins(cfg)
     rows = {"unconditional": {"mean": plain[key], "validity": plain["validity"]}}
     for label in (0, len(bins) - 1):
-        got = judge_molecules(
-            _draw(cfg, denoiser, n, sampler, steps, seed, False, label=label, guidance=guidance), **judge
-        )
+        drawn = draw_batches(cfg, denoiser, n, sampler, steps, seed, False, label=label, guidance=guidance)
+        got = judge_molecules(drawn, **judge)
         shift = None if got[key] is None or plain[key] is None else (got[key] - plain[key]) / std
         rows[bins[label]] = {"mean": got[key], "validity": got["validity"], "shift_std": shift}
     return {"property": prop, "data_mean": float(np.mean(values)), "data_std": std,
@@ -184,8 +194,23 @@ def format_molecule_report(result: dict) -> str:
 
 
 def molecule_json(result: dict) -> dict:
-    """The result without its molecules (for JSON)."""
-    return {k: v for k, v in result.items() if k != "molecules"}
+    """The result without its molecules, NaN (a fraction of nothing) as null: strict JSON."""
+
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return None if isinstance(v, float) and v != v else v
+
+    return clean({k: v for k, v in result.items() if k != "molecules"})
 
 
-__all__ = ["baselines", "evaluate_molecules", "format_molecule_report", "molecule_json", "reference_data"]
+__all__ = [
+    "baselines",
+    "evaluate_molecules",
+    "judging",
+    "format_molecule_report",
+    "molecule_json",
+    "reference_data",
+]
