@@ -145,7 +145,16 @@ def test_a_scaffold_keeps_its_atoms_exactly(method):
     ring = [(1.39 * math.cos(a), 1.39 * math.sin(a), 0.2) for a in np.linspace(0, 2 * math.pi, 7)[:6]]
     scaffold = (["C"] * 5 + ["N"], np.asarray(ring) + 4.0)  # anywhere: the frame is the scaffold's
     mols = draw_molecules(
-        cfg, den, 3, scaffold=scaffold, steps=12, seed=1, inpaint=method, jump=2, resample=2
+        cfg,
+        den,
+        3,
+        scaffold=scaffold,
+        atoms=[9, 10, 11],
+        steps=12,
+        seed=1,
+        inpaint=method,
+        jump=2,
+        resample=2,
     )
     for elements, pos in mols:
         assert elements[:6] == scaffold[0] and len(elements) > 6
