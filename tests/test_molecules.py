@@ -295,7 +295,7 @@ def test_bad_molecule_input_is_one_line(small_run, tmp_path, capsys):
     run = str(small_run)
     out = ["--out", str(tmp_path / "o")]
     _fails(capsys, ["generate", run, "--atoms", "500", *out], "at most")
-    _fails(capsys, ["generate", run, "--scaffold", "C1CC", *out], "does not parse")
+    _fails(capsys, ["generate", run, "--scaffold", "C1CC", *out], "neither a SMILES that parses")
     _fails(capsys, ["generate", run, "--scaffold", "ClCCl", *out], "not trained on")
     flat = tmp_path / "flat.sdf"
     flat.write_text(

@@ -71,7 +71,12 @@ def read_scaffold(spec: str, hydrogens: bool):
             if not np.isfinite(pos).all():
                 raise NanodiffError(f"{spec}: a coordinate is not a finite number")
             return list(els), pos
-    smiles = read_smiles([spec])[0][0]
+    try:
+        smiles = read_smiles([spec])[0][0]
+    except NanodiffError:
+        raise NanodiffError(
+            f"the scaffold {spec!r} is neither a SMILES that parses nor a .sdf or .xyz file"
+        ) from None
     made = embed(smiles, hydrogens=False)
     if made is None:
         raise NanodiffError(f"RDKit could not give the scaffold {spec!r} 3-D coordinates")

@@ -42,10 +42,14 @@ def com(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x[..., :COORDS] * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1)
 
 
+def center(pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Coordinates [B, N, 3] moved so that the real points' mean is 0; padded rows set to 0."""
+    return (pos - com(pos, mask)) * mask.to(pos.dtype)[..., None]
+
+
 def project(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """P x: padded rows zero, coordinates centred over the real points."""
-    m = mask.to(x.dtype)[..., None]
-    return torch.cat([x[..., :COORDS] - com(x, mask), x[..., COORDS:]], -1) * m
+    return torch.cat([center(x[..., :COORDS], mask), x[..., COORDS:] * mask.to(x.dtype)[..., None]], -1)
 
 
 def mask_of(x0: torch.Tensor) -> torch.Tensor:

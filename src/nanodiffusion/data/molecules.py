@@ -291,11 +291,12 @@ def to_tensor(types: np.ndarray, positions: np.ndarray, k: int, max_atoms: int |
     n = types.shape[1] if max_atoms is None else max_atoms
     if types.shape[1] > n:
         raise NanodiffError(f"a molecule of {types.shape[1]} atoms is more than the model's maximum ({n})")
+    from nanodiffusion.core.pointsets import center
+
     t = torch.as_tensor(types, dtype=torch.long)
-    real = (t >= 0).float()[..., None]
-    pos = torch.as_tensor(positions, dtype=torch.float32) * real
-    pos = (pos - pos.sum(1, keepdim=True) / real.sum(1, keepdim=True).clamp(min=1)) * real
-    onehot = torch.nn.functional.one_hot(t.clamp(min=0), k).float() * real * TYPE_SCALE
+    real = (t >= 0).float()
+    pos = center(torch.as_tensor(positions, dtype=torch.float32), real)
+    onehot = torch.nn.functional.one_hot(t.clamp(min=0), k).float() * real[..., None] * TYPE_SCALE
     x = torch.cat([pos, onehot], -1)
     return torch.nn.functional.pad(x, (0, 0, 0, n - x.shape[1]))
 

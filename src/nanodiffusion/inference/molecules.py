@@ -50,7 +50,9 @@ def scaffold_tensor(cfg: Config, scaffold: Molecule) -> tuple[torch.Tensor, int]
     if not els:
         raise NanodiffError("the scaffold has no atoms")
     if len(els) >= N:
-        raise NanodiffError(f"the scaffold has {len(els)} atoms; this run's molecules have at most {N}")
+        raise NanodiffError(
+            f"the scaffold has {len(els)} atoms; this run's molecules have at most {N}, a scaffold {N - 1}"
+        )
     unknown = sorted(set(els) - set(elements))
     if unknown:
         raise NanodiffError(

@@ -29,10 +29,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from nanodiffusion.core.pointsets import COORDS, center  # the first three features: the position
 from nanodiffusion.errors import NanodiffError
 from nanodiffusion.nets.unet import timestep_embedding
-
-COORDS = 3  # the first three features of an atom are its position
 
 
 @dataclass
@@ -78,13 +77,6 @@ class EGNNConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def center(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Coordinates [B, N, 3] moved so that the real atoms' mean is 0; padded rows set to 0."""
-    m = mask[..., None]
-    mean = (x * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1)
-    return (x - mean) * m
 
 
 class EquivariantLayer(nn.Module):

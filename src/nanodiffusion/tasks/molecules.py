@@ -29,6 +29,8 @@ def atom_histogram(cfg, label: int | None = None) -> torch.Tensor:
         per = torch.tensor(cfg.data.class_atom_counts, dtype=torch.float64).view(-1, len(counts))
         counts = per[label]
     if counts.sum() <= 0:
+        if label is not None:
+            raise NanodiffError(f"property bin {label} has no training molecules: choose another bin")
         raise NanodiffError("this run records no molecule sizes (data.atom_counts); train it again")
     return counts
 
