@@ -10,7 +10,7 @@ downloads, their 3-D structures made here once and cached:
   molecules (``rdkit/Data/NCI/first_5K.smi``) that are small enough; neutral, one fragment.
   20,000 train and 2,000 test molecules, split by a hash of the SMILES.
 * ``drug-like``: 20,000 MOSES training molecules and 2,000 of its test set (drawn with seed 0;
-  C, N, O, F, S, Cl, Br; 9-27 heavy atoms).
+  C, N, O, F, S, Cl, Br; 9-26 heavy atoms).
 
 A 3-D structure is RDKit's ETKDG v3 conformer (Wang et al. 2020; seed 0 for every molecule, so
 the set does not depend on the order or the number of workers) relaxed by MMFF94. A molecule's

@@ -125,7 +125,7 @@ def _qm9_like() -> Config:
 
 
 def _drug_like() -> Config:
-    """Drug-like MOSES molecules as heavy atoms only (9-27 atoms of C, N, O, F, S, Cl, Br; the
+    """Drug-like MOSES molecules as heavy atoms only (9-26 atoms of C, N, O, F, S, Cl, Br; the
     hydrogens follow from valences), an EGNN of width 96 and 6 layers."""
     return _molecule_preset("drug-like", 96, 6, 32, 3000, hydrogens=False)
 
