@@ -60,7 +60,7 @@ class DataConfig:
     crop: int = 0  # > 0: train on random crops of this size (convolutional UNets without attention)
     # molecules (data.molecules; data.task "molecules"): a built-in set or a .smi/.sdf/.xyz file
     hydrogens: bool = True  # the molecules' hydrogens as atoms (false: heavy atoms only)
-    limit: int = 0  # > 0: train on the first `limit` molecules only (quick runs, tests)
+    limit: int = 0  # > 0: the first `limit` molecules of each split only (quick runs, tests)
     property: str = ""  # class-conditional on this property's quantile bins: qed | logp | heavy_atoms
     property_bins: int = 3
     atom_types: str = ""  # the atom types, "|"-separated, filled in from the data

@@ -43,7 +43,7 @@ def reference_data(cfg, progress: bool = False) -> dict:
     name, h = cfg.data.name, cfg.data.hydrogens
     limit = cfg.data.limit or None
     train = load_molecules(name, "train", h, limit, progress=progress)
-    test = load_molecules(name, "test", h, None, progress=progress) if name in SETS else train
+    test = load_molecules(name, "test", h, limit, progress=progress) if name in SETS else train
     reference = []
     for elements, positions in test.molecules():
         mol = to_rdkit(elements, positions)
