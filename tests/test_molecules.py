@@ -200,6 +200,7 @@ def test_molecule_tensors_and_files(tmp_path):
     assert "SMILES" in error_of(lambda: load_data(str(tmp_path / "w.xyz"), property="qed"))
 
 
+@pytest.mark.slow  # makes 300 conformers (~5 s): the fast suite is near its 2 minutes
 def test_the_judges_on_the_data_and_on_random_atoms():
     from nanodiffusion.data.molecules import load_molecules
     from nanodiffusion.metrics.molecules import judge_molecules, random_atoms
