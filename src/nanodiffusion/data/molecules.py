@@ -400,12 +400,11 @@ def load_molecule_file(
                 els, pos = [els[i] for i in keep], pos[keep]
             mols.append((list(els), np.asarray(pos, np.float32)))
         smiles = [s or "" for _, _, s in records]
-        out = pack(
-            str(path), mols, ["C"] * len(mols), hydrogens=hydrogens
-        )  # properties: from the SMILES below
-        out.smiles = smiles
+        # properties need a SMILES that parses: an XYZ record (no bonds) stands in as methane, and
+        # data.property refuses such files (data.datasets.molecule_data)
         valid = [s if s and Chem.MolFromSmiles(s) is not None else "C" for s in smiles]
-        out.properties = _properties(valid)
+        out = pack(str(path), mols, valid, hydrogens=hydrogens)
+        out.smiles = smiles
         return out
     smiles = [s for s, _ in read_smiles(path)][:limit]
     return pack(str(path), embed_all(smiles, hydrogens=hydrogens, progress=progress), smiles)

@@ -95,9 +95,11 @@ def evaluate_molecules(
     weights: str = "ema",
     device: str = "auto",
     progress: bool = True,
+    data: dict | None = None,
 ) -> dict:
     """The judges of a molecule run (see the module's docstring) as one dict: "sets" (name -> the
-    judges), "conditioning" (a property run's bins), "molecules" (the first setting's molecules)."""
+    judges), "conditioning" (a property run's bins), "molecules" (the first setting's molecules).
+    ``data``: the run's reference_data when the caller has it already."""
     cfg, denoiser = load_run(run, weights, device)
     if not draws_molecules(cfg):
         raise NanodiffError(f"{run} does not draw molecules: eval-molecules judges a molecule run")
@@ -105,7 +107,7 @@ def evaluate_molecules(
         raise NanodiffError(f"n must be at least 1, got {n}")
     from nanodiffusion.metrics.molecules import judge_molecules
 
-    data = reference_data(cfg, progress)
+    data = reference_data(cfg, progress) if data is None else data
     judge = judging(data)
     sets, first, timing = {}, None, {}
     for k in steps:
